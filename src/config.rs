@@ -1,0 +1,653 @@
+//! The server's own configuration (`stemcell.yaml`).
+//!
+//! Owns reading the file into typed values and validating them before anything is bound:
+//! every problem names `file:line:col` and says what would be valid; unknown keys are
+//! refused (a typo must not silently fall back to a default). Relative paths are relative
+//! to the config file's folder. Resolving the interface's address happens at `serve` time
+//! (`Config::resolve_server_ip`), so `check` works on a machine without that interface.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnetwork::Ipv4Network;
+
+use crate::yaml::{self, Kind, Node, Problems, Report};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DhcpMode {
+    /// Answer PXE clients only, beside the site's DHCP server; never hand out addresses.
+    Proxy,
+    /// Pools, reservations and durable leases.
+    Authoritative,
+    /// No DHCP at all (HTTP and TFTP only).
+    Off,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Subnet {
+    pub net: Ipv4Network,
+    pub pool_start: Ipv4Addr,
+    pub pool_end: Ipv4Addr,
+    pub router: Option<Ipv4Addr>,
+    pub dns: Vec<Ipv4Addr>,
+    pub domain: Option<String>,
+    pub lease_time: Duration,
+    pub pos: yaml::Pos,
+}
+
+impl Subnet {
+    pub fn in_pool(&self, ip: Ipv4Addr) -> bool {
+        ip >= self.pool_start && ip <= self.pool_end
+    }
+}
+
+/// Which file each firmware class is told to fetch by TFTP.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BootFiles {
+    pub bios: String,
+    pub uefi_x64: String,
+    pub uefi_ia32: String,
+    pub arm64: String,
+}
+
+impl Default for BootFiles {
+    fn default() -> Self {
+        BootFiles {
+            bios: "undionly.kpxe".into(),
+            uefi_x64: "snponly.efi".into(),
+            uefi_ia32: "ipxe-ia32.efi".into(),
+            arm64: "ipxe-arm64.efi".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct DhcpConfig {
+    pub mode: DhcpMode,
+    pub subnets: Vec<Subnet>,
+    pub boot_files: BootFiles,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TftpConfig {
+    pub root: PathBuf,
+    pub max_transfers: usize,
+    pub max_window: u16,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    /// What machines are told; `None` means `http://SERVER_IP:PORT`.
+    pub url: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct StemcellFiles {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// Extra kernel arguments for the stem cell (e.g. `console=ttyS0,115200`).
+    pub cmdline: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub file: PathBuf,
+    pub interface: Option<String>,
+    pub server_ip: Option<Ipv4Addr>,
+    pub dhcp: DhcpConfig,
+    pub tftp: Option<TftpConfig>,
+    pub http: HttpConfig,
+    pub stemcell: StemcellFiles,
+    pub assets: Option<PathBuf>,
+    pub inventory: PathBuf,
+    pub kickstarts: PathBuf,
+    pub state_dir: PathBuf,
+    pub admin_token_file: Option<PathBuf>,
+}
+
+/// Why the config could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: cannot read: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(Problems),
+    #[error("{0}")]
+    Resolve(String),
+}
+
+const TOP_KEYS: &[&str] = &[
+    "interface",
+    "server_ip",
+    "dhcp",
+    "tftp",
+    "http",
+    "stemcell",
+    "assets",
+    "inventory",
+    "kickstarts",
+    "state_dir",
+    "admin_token_file",
+];
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(path, &text).map_err(ConfigError::Invalid)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Config, Problems> {
+        let root = yaml::parse(path, text)?;
+        let dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let dir = if dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            dir
+        };
+        let rel = |p: String| -> PathBuf {
+            let p = PathBuf::from(p);
+            if p.is_absolute() {
+                p
+            } else {
+                dir.join(p)
+            }
+        };
+        let mut r = Report::new(path);
+        let Some(mut top) = r.map(&root, "the config file") else {
+            return Err(r.finish(()).unwrap_err());
+        };
+
+        let interface = top.get("interface").and_then(|n| {
+            let s = r.string(n, "interface")?;
+            if s.is_empty()
+                || s.len() > 15
+                || !s
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c))
+            {
+                r.add(n.pos, format!("interface: {s:?} is not a network interface name (1-15 letters, digits, - _ . @)"));
+                return None;
+            }
+            Some(s)
+        });
+        let server_ip = top
+            .get("server_ip")
+            .and_then(|n| r.parsed::<Ipv4Addr>(n, "server_ip", "an IPv4 address"));
+
+        // dhcp
+        let mut dhcp = DhcpConfig {
+            mode: DhcpMode::Proxy,
+            subnets: Vec::new(),
+            boot_files: BootFiles::default(),
+        };
+        let dhcp_node = top.get("dhcp");
+        if let Some(node) = dhcp_node {
+            if let Some(mut m) = r.map(node, "dhcp") {
+                if let Some(n) = m.get("mode") {
+                    match n.as_str() {
+                        Some("proxy") => dhcp.mode = DhcpMode::Proxy,
+                        Some("authoritative") => dhcp.mode = DhcpMode::Authoritative,
+                        Some("off") => dhcp.mode = DhcpMode::Off,
+                        _ => r.add(
+                            n.pos,
+                            "dhcp.mode must be one of: proxy, authoritative, off",
+                        ),
+                    }
+                }
+                if let Some(n) = m.get("subnets") {
+                    for item in r.list(n, "dhcp.subnets").unwrap_or_default() {
+                        if let Some(s) = parse_subnet(&mut r, item) {
+                            dhcp.subnets.push(s);
+                        }
+                    }
+                }
+                if let Some(n) = m.get("boot_files") {
+                    if let Some(mut b) = r.map(n, "dhcp.boot_files") {
+                        let mut file = |r: &mut Report, key: &str, slot: &mut String| {
+                            if let Some(v) = b.get(key) {
+                                if let Some(s) = r.string(v, key) {
+                                    if !safe_path(&s) {
+                                        r.add(v.pos, format!("dhcp.boot_files.{key}: {s:?} must be a relative file name of letters, digits and . _ - /"));
+                                    } else {
+                                        *slot = s;
+                                    }
+                                }
+                            }
+                        };
+                        file(&mut r, "bios", &mut dhcp.boot_files.bios);
+                        file(&mut r, "uefi_x64", &mut dhcp.boot_files.uefi_x64);
+                        file(&mut r, "uefi_ia32", &mut dhcp.boot_files.uefi_ia32);
+                        file(&mut r, "arm64", &mut dhcp.boot_files.arm64);
+                        b.deny_unknown(
+                            &mut r,
+                            "dhcp.boot_files",
+                            &["bios", "uefi_x64", "uefi_ia32", "arm64"],
+                        );
+                    }
+                }
+                m.deny_unknown(&mut r, "dhcp", &["mode", "subnets", "boot_files"]);
+            }
+        }
+        if dhcp.mode == DhcpMode::Authoritative && dhcp.subnets.is_empty() {
+            r.add(
+                dhcp_node.map(|n| n.pos).unwrap_or(top.pos),
+                "dhcp.mode authoritative needs at least one entry under dhcp.subnets",
+            );
+        }
+        for (i, a) in dhcp.subnets.iter().enumerate() {
+            for b in &dhcp.subnets[..i] {
+                if a.net.overlaps(b.net) {
+                    r.add(
+                        a.pos,
+                        format!(
+                            "subnet {} overlaps subnet {} (line {})",
+                            a.net, b.net, b.pos.line
+                        ),
+                    );
+                }
+            }
+        }
+
+        // tftp
+        let mut tftp = None;
+        if let Some(node) = top.get("tftp") {
+            if let Some(mut m) = r.map(node, "tftp") {
+                let mut t = TftpConfig {
+                    root: PathBuf::from("/usr/lib/ipxe"),
+                    max_transfers: 256,
+                    max_window: 64,
+                };
+                let mut enabled = true;
+                if let Some(n) = m.get("enabled") {
+                    enabled = r.boolean(n, "tftp.enabled").unwrap_or(true);
+                }
+                if let Some(n) = m.get("root") {
+                    if let Some(s) = r.string(n, "tftp.root") {
+                        t.root = rel(s);
+                    }
+                }
+                if let Some(n) = m.get("max_transfers") {
+                    match r.parsed::<usize>(n, "tftp.max_transfers", "a whole number from 1") {
+                        Some(0) => r.add(n.pos, "tftp.max_transfers must be at least 1"),
+                        Some(v) => t.max_transfers = v,
+                        None => {}
+                    }
+                }
+                if let Some(n) = m.get("max_window") {
+                    match r.parsed::<u16>(n, "tftp.max_window", "a whole number from 1 to 64") {
+                        Some(v @ 1..=64) => t.max_window = v,
+                        Some(_) => r.add(
+                            n.pos,
+                            "tftp.max_window must be from 1 to 64 (larger windows break some clients)",
+                        ),
+                        None => {}
+                    }
+                }
+                m.deny_unknown(
+                    &mut r,
+                    "tftp",
+                    &["enabled", "root", "max_transfers", "max_window"],
+                );
+                if enabled {
+                    tftp = Some(t);
+                }
+            }
+        }
+
+        // http
+        let mut http = HttpConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            url: None,
+        };
+        if let Some(node) = top.get("http") {
+            if let Some(mut m) = r.map(node, "http") {
+                if let Some(n) = m.get("listen") {
+                    if let Some(a) = r.parsed::<SocketAddr>(
+                        n,
+                        "http.listen",
+                        "an address with a port, such as 0.0.0.0:8080",
+                    ) {
+                        http.listen = a;
+                    }
+                }
+                if let Some(n) = m.get("url") {
+                    if let Some(s) = r.string(n, "http.url") {
+                        let s = s.trim_end_matches('/').to_string();
+                        if !(s.starts_with("http://") || s.starts_with("https://"))
+                            || !s[s.find("//").unwrap_or(0) + 2..]
+                                .chars()
+                                .all(|c| c.is_ascii_alphanumeric() || ".-:[]/_".contains(c))
+                        {
+                            r.add(n.pos, format!("http.url: {s:?} must be an http:// URL such as http://198.18.0.1:8080 (letters, digits and . - : / only)"));
+                        } else {
+                            http.url = Some(s);
+                        }
+                    }
+                }
+                m.deny_unknown(&mut r, "http", &["listen", "url"]);
+            }
+        }
+
+        // stemcell files
+        let mut stemcell = StemcellFiles {
+            kernel: dir.join("stemcell/vmlinuz"),
+            initrd: dir.join("stemcell/initrd.img"),
+            cmdline: String::new(),
+        };
+        if let Some(node) = top.get("stemcell") {
+            if let Some(mut m) = r.map(node, "stemcell") {
+                if let Some(n) = m.get("kernel") {
+                    if let Some(s) = r.string(n, "stemcell.kernel") {
+                        stemcell.kernel = rel(s);
+                    }
+                }
+                if let Some(n) = m.get("initrd") {
+                    if let Some(s) = r.string(n, "stemcell.initrd") {
+                        stemcell.initrd = rel(s);
+                    }
+                }
+                if let Some(n) = m.get("cmdline") {
+                    if let Some(s) = r.string(n, "stemcell.cmdline") {
+                        if let Some(bad) = s.chars().find(|c| !crate::inventory::cmdline_char(*c)) {
+                            r.add(n.pos, format!("stemcell.cmdline contains {bad:?}; allowed are letters, digits, spaces and . _ - : / = , + @ % ?"));
+                        } else {
+                            stemcell.cmdline = s;
+                        }
+                    }
+                }
+                m.deny_unknown(&mut r, "stemcell", &["kernel", "initrd", "cmdline"]);
+            }
+        }
+
+        let path_key = |r: &mut Report, top: &mut yaml::MapReader, key: &str, default: &str| {
+            match top.get(key) {
+                Some(n) => r.string(n, key).map(rel),
+                None => Some(rel(default.to_string())),
+            }
+        };
+        let inventory = path_key(&mut r, &mut top, "inventory", "inventory.yaml").unwrap_or_default();
+        let kickstarts = path_key(&mut r, &mut top, "kickstarts", "kickstarts").unwrap_or_default();
+        let state_dir = path_key(&mut r, &mut top, "state_dir", "/var/lib/stemcell").unwrap_or_default();
+        let assets = top
+            .get("assets")
+            .and_then(|n| r.string(n, "assets"))
+            .map(rel);
+        let admin_token_file = top
+            .get("admin_token_file")
+            .and_then(|n| r.string(n, "admin_token_file"))
+            .map(rel);
+        top.deny_unknown(&mut r, "the config file", TOP_KEYS);
+
+        let needs_interface = dhcp.mode != DhcpMode::Off || tftp.is_some();
+        if needs_interface && interface.is_none() && r.problems.is_empty() {
+            r.add(
+                root.pos,
+                "interface is required: the one interface DHCP and TFTP answer on (stemcell never answers on an interface it was not given); with dhcp.mode: off and no tftp section it may be left out",
+            );
+        }
+        if matches!(root.kind, Kind::Null) {
+            r.add(root.pos, "the config file is empty");
+        }
+        r.finish(Config {
+            file: path.to_path_buf(),
+            interface,
+            server_ip,
+            dhcp,
+            tftp,
+            http,
+            stemcell,
+            assets,
+            inventory,
+            kickstarts,
+            state_dir,
+            admin_token_file,
+        })
+    }
+
+    /// The server's address: `server_ip`, else the interface's first IPv4 address.
+    pub fn resolve_server_ip(&self) -> Result<Ipv4Addr, ConfigError> {
+        if let Some(ip) = self.server_ip {
+            return Ok(ip);
+        }
+        let Some(ifname) = &self.interface else {
+            return Err(ConfigError::Resolve(format!(
+                "{}: set server_ip (no interface is configured to take it from)",
+                self.file.display()
+            )));
+        };
+        let addrs = if_addrs::get_if_addrs().map_err(|e| {
+            ConfigError::Resolve(format!("cannot list network interfaces: {e}"))
+        })?;
+        addrs
+            .iter()
+            .filter(|a| &a.name == ifname)
+            .find_map(|a| match a.ip() {
+                std::net::IpAddr::V4(v4) => Some(v4),
+                _ => None,
+            })
+            .ok_or_else(|| {
+                ConfigError::Resolve(format!(
+                    "{}: interface {ifname:?} has no IPv4 address here; give it one or set server_ip",
+                    self.file.display()
+                ))
+            })
+    }
+
+    /// The base URL machines are told, without a trailing slash.
+    pub fn server_url(&self, server_ip: Ipv4Addr) -> String {
+        match &self.http.url {
+            Some(u) => u.clone(),
+            None => format!("http://{}:{}", server_ip, self.http.listen.port()),
+        }
+    }
+
+    /// The URL for `render` and `check`, which must not fail on a host without the
+    /// interface: falls back to a placeholder address.
+    pub fn display_url(&self) -> String {
+        let ip = self
+            .resolve_server_ip()
+            .unwrap_or(Ipv4Addr::new(198, 18, 0, 1));
+        self.server_url(ip)
+    }
+}
+
+fn safe_path(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with('/')
+        && !s.split('/').any(|c| c == ".." || c.is_empty())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c))
+}
+
+fn parse_subnet(r: &mut Report, node: &Node) -> Option<Subnet> {
+    let mut m = r.map(node, "a dhcp.subnets entry")?;
+    let net = match m.get("subnet") {
+        Some(n) => r.parsed::<Ipv4Network>(n, "subnet", "an IPv4 network such as 198.18.0.0/24"),
+        None => {
+            r.add(node.pos, "a subnet needs `subnet:` (such as 198.18.0.0/24)");
+            None
+        }
+    };
+    let net = net.map(|n| Ipv4Network::new(n.network(), n.prefix()).expect("prefix already valid"));
+    let mut pool = None;
+    if let Some(n) = m.get("pool") {
+        let items = r.list(n, "pool").unwrap_or_default();
+        if items.len() != 2 {
+            r.add(n.pos, "pool must be [first, last], two IPv4 addresses such as [198.18.0.100, 198.18.0.199]");
+        } else {
+            let a = r.parsed::<Ipv4Addr>(items[0], "pool start", "an IPv4 address");
+            let b = r.parsed::<Ipv4Addr>(items[1], "pool end", "an IPv4 address");
+            if let (Some(a), Some(b)) = (a, b) {
+                if a > b {
+                    r.add(n.pos, format!("pool starts at {a} after it ends at {b}"));
+                } else if let Some(net) = net {
+                    for (ip, it) in [(a, items[0]), (b, items[1])] {
+                        if !net.contains(ip) || ip == net.network() || ip == net.broadcast() {
+                            r.add(it.pos, format!("pool address {ip} is not a host address of subnet {net}"));
+                        }
+                    }
+                    pool = Some((a, b));
+                }
+            }
+        }
+    } else {
+        r.add(node.pos, "a subnet needs `pool: [first, last]`");
+    }
+    let router = m.get("router").and_then(|n| {
+        let ip = r.parsed::<Ipv4Addr>(n, "router", "an IPv4 address")?;
+        if let Some(net) = net {
+            if !net.contains(ip) {
+                r.add(n.pos, format!("router {ip} is outside subnet {net}"));
+            }
+        }
+        Some(ip)
+    });
+    let mut dns = Vec::new();
+    if let Some(n) = m.get("dns") {
+        for item in r.list(n, "dns").unwrap_or_default() {
+            if let Some(ip) = r.parsed::<Ipv4Addr>(item, "dns", "an IPv4 address") {
+                dns.push(ip);
+            }
+        }
+    }
+    let domain = m.get("domain").and_then(|n| {
+        let s = r.string(n, "domain")?;
+        if !crate::inventory::valid_hostname(&s) {
+            r.add(n.pos, format!("domain {s:?} is not a valid DNS name"));
+            return None;
+        }
+        Some(s)
+    });
+    let mut lease_time = Duration::from_secs(3600);
+    if let Some(n) = m.get("lease_time") {
+        match n.as_str().and_then(parse_duration) {
+            Some(d) if d >= Duration::from_secs(60) => lease_time = d,
+            Some(_) => r.add(n.pos, "lease_time must be at least 60s"),
+            None => r.add(n.pos, "lease_time must be a duration such as 3600, 90s, 30m, 12h or 7d"),
+        }
+    }
+    m.deny_unknown(
+        r,
+        "a dhcp.subnets entry",
+        &["subnet", "pool", "router", "dns", "domain", "lease_time"],
+    );
+    let (pool_start, pool_end) = pool?;
+    Some(Subnet {
+        net: net?,
+        pool_start,
+        pool_end,
+        router,
+        dns,
+        domain,
+        lease_time,
+        pos: node.pos,
+    })
+}
+
+/// `3600`, `90s`, `30m`, `12h`, `7d`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: u64 = num.parse().ok()?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return None,
+    };
+    n.checked_mul(mult).map(Duration::from_secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config, Problems> {
+        Config::parse(Path::new("/etc/stemcell/stemcell.yaml"), s)
+    }
+
+    const FULL: &str = "interface: br0
+server_ip: 198.18.0.1
+dhcp:
+  mode: authoritative
+  subnets:
+    - subnet: 198.18.0.0/24
+      pool: [198.18.0.100, 198.18.0.199]
+      router: 198.18.0.1
+      dns: [198.18.0.1]
+      lease_time: 1h
+tftp:
+  root: /usr/lib/ipxe
+http:
+  listen: 0.0.0.0:8080
+  url: http://198.18.0.1:8080
+stemcell:
+  kernel: stemcell/vmlinuz
+  initrd: stemcell/initrd.img
+inventory: inventory.yaml
+kickstarts: kickstarts
+state_dir: /var/lib/stemcell
+admin_token_file: admin.token
+";
+
+    #[test]
+    fn the_documented_example_parses() {
+        let c = parse(FULL).unwrap();
+        assert_eq!(c.interface.as_deref(), Some("br0"));
+        assert_eq!(c.dhcp.mode, DhcpMode::Authoritative);
+        assert_eq!(c.dhcp.subnets[0].lease_time, Duration::from_secs(3600));
+        assert_eq!(c.inventory, PathBuf::from("/etc/stemcell/inventory.yaml"));
+        assert_eq!(c.stemcell.kernel, PathBuf::from("/etc/stemcell/stemcell/vmlinuz"));
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/stemcell"));
+        assert_eq!(c.server_url(c.server_ip.unwrap()), "http://198.18.0.1:8080");
+    }
+
+    #[test]
+    fn an_invented_key_anywhere_is_refused_with_its_position() {
+        // Like hickory-dns: every level of the example, with one invented key added.
+        let e = parse(&FULL.replace("  listen:", "  lisen: 1\n  listen:")).unwrap_err();
+        assert!(e.to_string().contains("stemcell.yaml:14:3: unknown key \"lisen\" in http (did you mean \"listen\"?)"), "{e}");
+        let e = parse(&format!("{FULL}colour: blue\n")).unwrap_err();
+        assert!(e.to_string().contains(":23:1: unknown key \"colour\""), "{e}");
+        let e = parse(&FULL.replace("      router:", "      gateway: 1\n      router:")).unwrap_err();
+        assert!(e.to_string().contains(":8:7: unknown key \"gateway\""), "{e}");
+    }
+
+    #[test]
+    fn bad_values_say_what_would_be_valid() {
+        let e = parse(&FULL.replace("mode: authoritative", "mode: full")).unwrap_err();
+        assert!(e.to_string().contains(":4:9: dhcp.mode must be one of: proxy, authoritative, off"), "{e}");
+        let e = parse(&FULL.replace("198.18.0.199]", "198.18.1.199]")).unwrap_err();
+        assert!(e.to_string().contains("not a host address of subnet 198.18.0.0/24"), "{e}");
+        let e = parse(&FULL.replace("lease_time: 1h", "lease_time: soon")).unwrap_err();
+        assert!(e.to_string().contains(":10:19: lease_time must be a duration"), "{e}");
+        let e = parse("dhcp: {mode: proxy}\n").unwrap_err();
+        assert!(e.to_string().contains("interface is required"), "{e}");
+        assert!(parse("dhcp: {mode: off}\n").is_ok());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("30m"), Some(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("7d"), Some(Duration::from_secs(604800)));
+        assert_eq!(parse_duration("1w"), None);
+        assert_eq!(parse_duration("h"), None);
+    }
+}

@@ -1,0 +1,217 @@
+//! Static files for firmware and installers: streamed, with HEAD, Range, ETag and
+//! Last-Modified (RFC 9110 §13–14), never a redirect (firmware does not follow them).
+
+use std::io::SeekFrom;
+use std::path::{Component, Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+/// Resolve `rel` inside `root`, refusing anything that could leave it (`..`, absolute
+/// paths, NUL, and symlinks that point outside).
+pub fn jail(root: &Path, rel: &str) -> Option<PathBuf> {
+    if rel.contains('\0') || rel.contains('\\') {
+        return None;
+    }
+    let rel = rel.trim_start_matches('/');
+    let mut clean = PathBuf::new();
+    for c in Path::new(rel).components() {
+        match c {
+            Component::Normal(p) => clean.push(p),
+            Component::CurDir => {}
+            _ => return None,
+        }
+    }
+    if clean.as_os_str().is_empty() {
+        return None;
+    }
+    let root = root.canonicalize().ok()?;
+    let full = root.join(&clean).canonicalize().ok()?;
+    full.starts_with(&root).then_some(full)
+}
+
+/// Parsed `Range: bytes=…` for a file of `len` bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RangeReq {
+    Whole,
+    Part(u64, u64),
+    Unsatisfiable,
+}
+
+pub fn parse_range(value: &str, len: u64) -> RangeReq {
+    let Some(spec) = value.trim().strip_prefix("bytes=") else {
+        return RangeReq::Whole;
+    };
+    if spec.contains(',') {
+        // Several ranges: serving the whole file is allowed and simpler for everyone.
+        return RangeReq::Whole;
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return RangeReq::Whole;
+    };
+    let (a, b) = (a.trim(), b.trim());
+    let range = if a.is_empty() {
+        // Suffix: the last N bytes.
+        match b.parse::<u64>() {
+            Ok(0) => return RangeReq::Unsatisfiable,
+            Ok(n) => (len.saturating_sub(n), len.saturating_sub(1)),
+            Err(_) => return RangeReq::Whole,
+        }
+    } else {
+        let Ok(start) = a.parse::<u64>() else {
+            return RangeReq::Whole;
+        };
+        let end = if b.is_empty() {
+            len.saturating_sub(1)
+        } else {
+            match b.parse::<u64>() {
+                Ok(e) if e >= start => e.min(len.saturating_sub(1)),
+                _ => return RangeReq::Whole,
+            }
+        };
+        (start, end)
+    };
+    if len == 0 || range.0 >= len {
+        return RangeReq::Unsatisfiable;
+    }
+    RangeReq::Part(range.0, range.1)
+}
+
+fn etag_matches(list: &str, etag: &str) -> bool {
+    list.split(',')
+        .map(|t| t.trim().trim_start_matches("W/"))
+        .any(|t| t == "*" || t == etag)
+}
+
+/// Serve one file (already jailed) for GET or HEAD.
+pub async fn serve(path: &Path, headers: &HeaderMap) -> Response {
+    let mut file = match tokio::fs::File::open(path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return (StatusCode::NOT_FOUND, "not found\n").into_response()
+        }
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot open file");
+            return (StatusCode::FORBIDDEN, "cannot read file\n").into_response();
+        }
+    };
+    let meta = match file.metadata().await {
+        Ok(m) if m.is_file() => m,
+        _ => return (StatusCode::NOT_FOUND, "not found\n").into_response(),
+    };
+    let len = meta.len();
+    let mtime = meta.modified().unwrap_or(UNIX_EPOCH);
+    let mtime_ns = mtime
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let etag = format!("\"{len:x}-{mtime_ns:x}\"");
+    let last_modified = httpdate::fmt_http_date(mtime);
+
+    let mut out = HeaderMap::new();
+    out.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    out.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        out.insert(header::ETAG, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&last_modified) {
+        out.insert(header::LAST_MODIFIED, v);
+    }
+
+    // Conditional requests: If-None-Match wins over If-Modified-Since.
+    let hv = |h: header::HeaderName| headers.get(h).and_then(|v| v.to_str().ok());
+    let not_modified = match hv(header::IF_NONE_MATCH) {
+        Some(list) => etag_matches(list, &etag),
+        None => hv(header::IF_MODIFIED_SINCE)
+            .and_then(|d| httpdate::parse_http_date(d).ok())
+            .map(|since| {
+                mtime
+                    .duration_since(UNIX_EPOCH)
+                    .map(|m| m.as_secs())
+                    .unwrap_or(0)
+                    <= since
+                        .duration_since(UNIX_EPOCH)
+                        .map(|s| s.as_secs())
+                        .unwrap_or(0)
+            })
+            .unwrap_or(false),
+    };
+    if not_modified {
+        return (StatusCode::NOT_MODIFIED, out).into_response();
+    }
+
+    let range_ok = match hv(header::IF_RANGE) {
+        None => true,
+        Some(v) => v == etag || v == last_modified,
+    };
+    let range = match hv(header::RANGE) {
+        Some(r) if range_ok => parse_range(r, len),
+        _ => RangeReq::Whole,
+    };
+    let (status, start, count) = match range {
+        RangeReq::Whole => (StatusCode::OK, 0, len),
+        RangeReq::Part(a, b) => {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes {a}-{b}/{len}")) {
+                out.insert(header::CONTENT_RANGE, v);
+            }
+            (StatusCode::PARTIAL_CONTENT, a, b - a + 1)
+        }
+        RangeReq::Unsatisfiable => {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                out.insert(header::CONTENT_RANGE, v);
+            }
+            return (StatusCode::RANGE_NOT_SATISFIABLE, out).into_response();
+        }
+    };
+    out.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
+    if start > 0 {
+        if let Err(e) = file.seek(SeekFrom::Start(start)).await {
+            tracing::warn!(path = %path.display(), error = %e, "seek failed");
+            return (StatusCode::INTERNAL_SERVER_ERROR, "read error\n").into_response();
+        }
+    }
+    let stream = tokio_util::io::ReaderStream::with_capacity(file.take(count), 256 * 1024);
+    (status, out, Body::from_stream(stream)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-99", 1000), RangeReq::Part(0, 99));
+        assert_eq!(parse_range("bytes=900-", 1000), RangeReq::Part(900, 999));
+        assert_eq!(parse_range("bytes=-100", 1000), RangeReq::Part(900, 999));
+        assert_eq!(parse_range("bytes=-5000", 1000), RangeReq::Part(0, 999));
+        assert_eq!(parse_range("bytes=990-5000", 1000), RangeReq::Part(990, 999));
+        assert_eq!(parse_range("bytes=1000-", 1000), RangeReq::Unsatisfiable);
+        assert_eq!(parse_range("bytes=-0", 1000), RangeReq::Unsatisfiable);
+        assert_eq!(parse_range("bytes=5-1", 1000), RangeReq::Whole);
+        assert_eq!(parse_range("bytes=0-1,5-6", 1000), RangeReq::Whole);
+        assert_eq!(parse_range("items=0-1", 1000), RangeReq::Whole);
+        assert_eq!(parse_range("bytes=x-1", 1000), RangeReq::Whole);
+    }
+
+    #[test]
+    fn the_jail_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::fs::write(root.join("sub/a.bin"), b"a").unwrap();
+        std::fs::write(dir.path().join("secret"), b"s").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("secret"), root.join("link")).unwrap();
+        assert!(jail(&root, "sub/a.bin").is_some());
+        assert!(jail(&root, "/sub/a.bin").is_some());
+        assert!(jail(&root, "./sub/a.bin").is_some());
+        for bad in ["../secret", "sub/../../secret", "link", "", "sub/a.bin\0", "..\\secret", "/../secret"] {
+            assert!(jail(&root, bad).is_none(), "{bad:?}");
+        }
+    }
+}

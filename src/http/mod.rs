@@ -1,0 +1,597 @@
+//! The HTTP half of booting, and the API.
+//!
+//! Owns the axum router: per-MAC iPXE boot scripts (`/boot/{mac}.ipxe`), the stem cell's
+//! kernel and initrd and the assets folder (`files`), install scripts
+//! (`/install/{mac}?token=…`) and their callbacks (`log`, `done`, `failed`), and the JSON
+//! API under `/api/v1`. It decides nothing about lifecycles itself: `render::choose` picks
+//! the script and `state::Store` records what happened.
+//!
+//! Every request from a machine is an event in that machine's history.
+
+pub mod files;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use askama::Template;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::inventory::{self, Inventory, Machine};
+use crate::mac::MacAddr;
+use crate::render::{self, Choice, InstallVars};
+use crate::state::{self, Lifecycle, Record, StateError, Store};
+
+/// Everything a request handler needs; cheap to clone.
+#[derive(Clone)]
+pub struct App {
+    pub config: Arc<Config>,
+    pub server_url: String,
+    pub inventory: Arc<inventory::Live>,
+    pub store: Arc<Store>,
+    pub admin_token: Option<Arc<String>>,
+}
+
+pub fn router(app: App) -> Router {
+    Router::new()
+        .route("/boot/{file}", get(boot_script))
+        .route("/stemcell/{file}", get(stemcell_file))
+        .route("/assets/{*path}", get(asset))
+        .route("/install/{mac}", get(install_script))
+        .route("/install/{mac}/{action}", post(install_callback))
+        .route("/api/v1/machines", get(api_machines))
+        .route("/api/v1/machines/{mac}", get(api_machine))
+        .route("/api/v1/machines/{mac}/reinstall", post(api_reinstall))
+        .route("/api/v1/status", get(api_status))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(app)
+}
+
+/// Serve `router` on an already-bound listener until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: App,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router(app).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body.into(),
+    )
+        .into_response()
+}
+
+fn parse_mac(s: &str) -> Result<MacAddr, Response> {
+    s.parse::<MacAddr>()
+        .map_err(|e| text(StatusCode::BAD_REQUEST, format!("{e}\n")))
+}
+
+/// A short fingerprint of what a machine would be installed from (role, template text,
+/// variables), to tell when an installed machine has drifted from its inventory entry.
+pub fn install_fingerprint(config: &Config, inv: &Inventory, m: &Machine) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |b: &[u8]| {
+        for x in b {
+            h ^= u64::from(*x);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    feed(m.role.as_bytes());
+    if let Some(role) = inv.role_of(m) {
+        feed(role.template.as_bytes());
+        feed(&std::fs::read(config.kickstarts.join(&role.template)).unwrap_or_default());
+        feed(format!("{:?}{:?}{:?}", role.kernel, role.initrd, role.cmdline).as_bytes());
+    }
+    feed(serde_json::to_string(&inv.merged_vars(m)).unwrap_or_default().as_bytes());
+    format!("{}:{h:016x}", m.role)
+}
+
+// ---------------------------------------------------------------------------------------
+// Boot scripts
+
+async fn boot_script(
+    State(app): State<App>,
+    Path(file): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    let Some(mac) = file.strip_suffix(".ipxe") else {
+        return text(StatusCode::NOT_FOUND, "boot scripts are /boot/MAC.ipxe\n");
+    };
+    let mac = match parse_mac(mac) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    match boot_script_for(&app, mac).await {
+        Ok((choice, script)) => {
+            tracing::info!(mac = %mac, peer = %peer, choice = ?choice, "boot script");
+            (
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                script,
+            )
+                .into_response()
+        }
+        Err(e) => {
+            tracing::warn!(mac = %mac, error = %e, "boot script failed");
+            app.store.event(mac, "error", format!("boot script failed: {e}"));
+            text(StatusCode::INTERNAL_SERVER_ERROR, "boot script failed; see the server log\n")
+        }
+    }
+}
+
+/// The boot script for `mac` now, recording that it was served (arming a pending
+/// machine with a durable install token first).
+pub async fn boot_script_for(app: &App, mac: MacAddr) -> anyhow::Result<(Choice, String)> {
+    let inv = app.inventory.get();
+    let machine = inv.machine(&mac);
+    let record = app.store.record(&mac);
+    let choice = choice_for(&inv, mac, record.as_ref());
+    app.store
+        .observe(mac, machine.is_some(), state::Facts::default());
+    let token = match choice {
+        Choice::Install => Some(app.store.arm(mac).await?),
+        _ => None,
+    };
+    let message = match (&choice, machine) {
+        (Choice::Install, Some(m)) => format!("boot script: install as role {}", m.role),
+        (Choice::Local, _) => "boot script: installed, boot from local disk".into(),
+        (Choice::Failed(_), _) => "boot script: last install failed, waiting to be re-armed".into(),
+        (Choice::Discover, _) => "boot script: unknown machine, discovery boot".into(),
+        _ => "boot script: not in the inventory, ignored".into(),
+    };
+    let script = boot_script_text(&app.config, &app.server_url, &inv, mac, &choice, token.as_deref())?;
+    app.store.event(mac, "boot", message);
+    Ok((choice, script))
+}
+
+/// Pure: what `mac` should do on its next boot.
+pub fn choice_for(inv: &Inventory, mac: MacAddr, record: Option<&Record>) -> Choice {
+    let machine = inv.machine(&mac);
+    render::choose(
+        machine,
+        state::effective(record, machine.is_some()),
+        record.and_then(|r| r.reason.as_deref()),
+        inv.defaults.unknown,
+    )
+}
+
+/// Pure: the text of the boot script for a choice (`token` is needed for `Install`).
+pub fn boot_script_text(
+    config: &Config,
+    url: &str,
+    inv: &Inventory,
+    mac: MacAddr,
+    choice: &Choice,
+    token: Option<&str>,
+) -> anyhow::Result<String> {
+    let mac_s = mac.to_string();
+    let machine = inv.machine(&mac);
+    let script_url = format!("{url}/boot/{mac_s}.ipxe");
+    Ok(match (choice, machine) {
+        (Choice::Install, Some(m)) => {
+            let token = token.ok_or_else(|| anyhow::anyhow!("no install token"))?;
+            let (kernel, initrd, cmdline) = installer(config, url, inv, m, token)?;
+            render::InstallScript {
+                mac: &mac_s,
+                hostname: &m.hostname,
+                role: &m.role,
+                kernel_url: &kernel,
+                initrd_url: &initrd,
+                cmdline: &cmdline,
+                script_url: &script_url,
+            }
+            .render()?
+        }
+        (Choice::Local, Some(m)) => render::LocalScript {
+            mac: &mac_s,
+            hostname: &m.hostname,
+        }
+        .render()?,
+        (Choice::Failed(reason), Some(m)) => render::FailedScript {
+            mac: &mac_s,
+            hostname: &m.hostname,
+            reason: &render::ipxe_text(reason),
+        }
+        .render()?,
+        (Choice::Discover, _) => render::InstallScript {
+            mac: &mac_s,
+            hostname: "unknown",
+            role: "discover",
+            kernel_url: &format!("{url}/stemcell/vmlinuz?mac={mac_s}"),
+            initrd_url: &format!("{url}/stemcell/initrd.img?mac={mac_s}"),
+            cmdline: &render::stemcell_cmdline(&mac, url, None, &config.stemcell.cmdline),
+            script_url: &script_url,
+        }
+        .render()?,
+        _ => render::IgnoreScript { mac: &mac_s }.render()?,
+    })
+}
+
+/// Kernel URL, initrd URL and command line for a machine's install boot.
+fn installer(
+    config: &Config,
+    url: &str,
+    inv: &Inventory,
+    m: &Machine,
+    token: &str,
+) -> anyhow::Result<(String, String, String)> {
+    let mac = m.mac;
+    let role = inv
+        .role_of(m)
+        .ok_or_else(|| anyhow::anyhow!("role {:?} is not defined", m.role))?;
+    let locate = |s: &str| -> String {
+        if s.starts_with("http://") || s.starts_with("https://") {
+            s.to_string()
+        } else {
+            format!("{url}/assets/{s}?mac={mac}")
+        }
+    };
+    match &role.kernel {
+        Some(k) => {
+            let vars = InstallVars::new(inv, m, url, token);
+            let cmdline = match &role.cmdline {
+                Some(c) => render::cmdline(c, &vars)?,
+                None => String::new(),
+            };
+            let initrd = role.initrd.as_deref().map(locate).unwrap_or_default();
+            Ok((locate(k), initrd, cmdline))
+        }
+        None => Ok((
+            format!("{url}/stemcell/vmlinuz?mac={mac}"),
+            format!("{url}/stemcell/initrd.img?mac={mac}"),
+            render::stemcell_cmdline(&mac, url, Some(token), &config.stemcell.cmdline),
+        )),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Files
+
+#[derive(Deserialize)]
+struct MacQuery {
+    mac: Option<String>,
+}
+
+fn file_event(app: &App, q: &MacQuery, headers: &HeaderMap, what: &str) {
+    if let Some(mac) = q.mac.as_deref().and_then(|m| m.parse::<MacAddr>().ok()) {
+        // Only whole-file fetches are boot steps; resumed ranges are not worth an event.
+        if headers.get(header::RANGE).is_none() {
+            app.store.event(mac, "file", format!("fetched {what}"));
+        }
+    }
+}
+
+async fn stemcell_file(
+    State(app): State<App>,
+    Path(file): Path<String>,
+    Query(q): Query<MacQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let path: PathBuf = match file.as_str() {
+        "vmlinuz" => app.config.stemcell.kernel.clone(),
+        "initrd.img" => app.config.stemcell.initrd.clone(),
+        _ => return text(StatusCode::NOT_FOUND, "the stem cell has vmlinuz and initrd.img\n"),
+    };
+    file_event(&app, &q, &headers, &format!("stem-cell {file}"));
+    files::serve(&path, &headers).await
+}
+
+async fn asset(
+    State(app): State<App>,
+    Path(rel): Path<String>,
+    Query(q): Query<MacQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(root) = &app.config.assets else {
+        return text(StatusCode::NOT_FOUND, "no assets folder is configured\n");
+    };
+    let Some(path) = files::jail(root, &rel) else {
+        tracing::warn!(path = %rel, "asset request refused or not found");
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    };
+    file_event(&app, &q, &headers, &format!("asset {rel}"));
+    files::serve(&path, &headers).await
+}
+
+// ---------------------------------------------------------------------------------------
+// Install scripts and callbacks
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+async fn install_script(
+    State(app): State<App>,
+    Path(mac): Path<String>,
+    Query(q): Query<TokenQuery>,
+) -> Response {
+    let mac = match parse_mac(&mac) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let inv = app.inventory.get();
+    let Some(machine) = inv.machine(&mac).cloned() else {
+        return text(StatusCode::NOT_FOUND, format!("{mac} is not in the inventory\n"));
+    };
+    let Some(token) = q.token.filter(|t| app.store.check_token(&mac, t)) else {
+        tracing::warn!(mac = %mac, "install script refused: wrong or missing token");
+        app.store
+            .event(mac, "error", "install script refused: wrong or missing token");
+        return text(StatusCode::FORBIDDEN, "wrong or missing install token\n");
+    };
+    let Some(role) = inv.role_of(&machine).cloned() else {
+        return text(StatusCode::INTERNAL_SERVER_ERROR, "role is not defined\n");
+    };
+    let vars = InstallVars::new(&inv, &machine, &app.server_url, &token);
+    let kickstarts = app.config.kickstarts.clone();
+    let template = role.template.clone();
+    let rendered = tokio::task::spawn_blocking(move || {
+        render::install_script(&kickstarts, &template, &vars)
+    })
+    .await;
+    let rendered = match rendered {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(e) => Err(format!("render task failed: {e}")),
+    };
+    match rendered {
+        Ok(script) => {
+            if let Err(e) = app.store.install_started(mac, &token).await {
+                return state_error(mac, e);
+            }
+            app.store.event(
+                mac,
+                "install",
+                format!("install script served ({} bytes, template {})", script.len(), role.template),
+            );
+            tracing::info!(mac = %mac, template = %role.template, "install script served");
+            (
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                script,
+            )
+                .into_response()
+        }
+        Err(e) => {
+            tracing::warn!(mac = %mac, error = %e, "install template failed");
+            app.store.event(mac, "error", format!("install template failed: {e}"));
+            let _ = app
+                .store
+                .failed(mac, None, format!("install template failed: {e}"))
+                .await;
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "install template failed to render; the cause is in the server log and the machine's events\n",
+            )
+        }
+    }
+}
+
+fn state_error(mac: MacAddr, e: StateError) -> Response {
+    match e {
+        StateError::BadToken => text(StatusCode::FORBIDDEN, "wrong or missing install token\n"),
+        StateError::Io(e) => {
+            tracing::error!(mac = %mac, error = %e, "state journal write failed");
+            text(StatusCode::SERVICE_UNAVAILABLE, "state could not be saved; try again\n")
+        }
+    }
+}
+
+/// Longest log line kept, and most lines taken from one request.
+const LOG_LINE_MAX: usize = 2000;
+const LOG_LINES_MAX: usize = 5000;
+
+async fn install_callback(
+    State(app): State<App>,
+    Path((mac, action)): Path<(String, String)>,
+    Query(q): Query<TokenQuery>,
+    body: String,
+) -> Response {
+    let mac = match parse_mac(&mac) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let Some(token) = q.token.filter(|t| app.store.check_token(&mac, t)) else {
+        tracing::warn!(mac = %mac, action = %action, "install callback refused: wrong or missing token");
+        return text(StatusCode::FORBIDDEN, "wrong or missing install token\n");
+    };
+    match action.as_str() {
+        "log" => {
+            let mut n = 0;
+            for line in body.lines().take(LOG_LINES_MAX) {
+                let line: String = line.chars().take(LOG_LINE_MAX).collect();
+                app.store.event(mac, "log", line);
+                n += 1;
+            }
+            text(StatusCode::OK, format!("{n} lines\n"))
+        }
+        "done" => {
+            let inv = app.inventory.get();
+            let from = inv
+                .machine(&mac)
+                .map(|m| install_fingerprint(&app.config, &inv, m))
+                .unwrap_or_default();
+            match app.store.done(mac, &token, from).await {
+                Ok(_) => {
+                    app.store.event(mac, "done", "install done; next boots are from the local disk");
+                    tracing::info!(mac = %mac, "install done");
+                    text(StatusCode::OK, "installed\n")
+                }
+                Err(e) => state_error(mac, e),
+            }
+        }
+        "failed" => {
+            let reason: String = body.trim().chars().take(LOG_LINE_MAX).collect();
+            let reason = if reason.is_empty() { "no reason given".to_string() } else { reason };
+            match app.store.failed(mac, Some(&token), reason.clone()).await {
+                Ok(_) => {
+                    app.store.event(mac, "failed", format!("install failed: {reason}"));
+                    tracing::warn!(mac = %mac, reason = %reason, "install failed");
+                    text(StatusCode::OK, "recorded as failed\n")
+                }
+                Err(e) => state_error(mac, e),
+            }
+        }
+        _ => text(StatusCode::NOT_FOUND, "callbacks are log, done and failed\n"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// API
+
+#[derive(Serialize)]
+pub struct MachineView {
+    pub mac: MacAddr,
+    pub hostname: Option<String>,
+    pub role: Option<String>,
+    pub state: Lifecycle,
+    pub ip: Option<String>,
+    pub listed: bool,
+    pub reason: Option<String>,
+    pub last_seen: Option<u64>,
+    pub installed_at: Option<u64>,
+    pub facts: state::Facts,
+    pub last_event: Option<state::Event>,
+}
+
+fn view(app: &App, inv: &Inventory, mac: MacAddr, record: Option<&Record>) -> MachineView {
+    let m = inv.machine(&mac);
+    MachineView {
+        mac,
+        hostname: m.map(|m| m.hostname.clone()),
+        role: m.map(|m| m.role.clone()),
+        state: state::effective(record, m.is_some()),
+        ip: m
+            .and_then(|m| m.ip.map(|i| i.to_string()))
+            .or_else(|| record.and_then(|r| r.facts.ip.clone())),
+        listed: m.is_some(),
+        reason: record.and_then(|r| r.reason.clone()),
+        last_seen: record.map(|r| r.last_seen).filter(|t| *t > 0),
+        installed_at: record.and_then(|r| r.installed_at),
+        facts: record.map(|r| r.facts.clone()).unwrap_or_default(),
+        last_event: app.store.last_event(&mac),
+    }
+}
+
+/// Every listed machine in file order, then every other machine that was seen.
+pub fn machine_views(app: &App) -> Vec<MachineView> {
+    let inv = app.inventory.get();
+    let records: BTreeMap<MacAddr, Record> =
+        app.store.records().into_iter().map(|r| (r.mac, r)).collect();
+    let mut out: Vec<MachineView> = inv
+        .order
+        .iter()
+        .map(|mac| view(app, &inv, *mac, records.get(mac)))
+        .collect();
+    for (mac, r) in &records {
+        if inv.machine(mac).is_none() {
+            out.push(view(app, &inv, *mac, Some(r)));
+        }
+    }
+    out
+}
+
+async fn api_machines(State(app): State<App>) -> Response {
+    Json(machine_views(&app)).into_response()
+}
+
+async fn api_machine(State(app): State<App>, Path(mac): Path<String>) -> Response {
+    let mac = match parse_mac(&mac) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let inv = app.inventory.get();
+    let record = app.store.record(&mac);
+    if inv.machine(&mac).is_none() && record.is_none() {
+        return text(StatusCode::NOT_FOUND, format!("{mac} is neither in the inventory nor seen\n"));
+    }
+    #[derive(Serialize)]
+    struct Detail {
+        #[serde(flatten)]
+        machine: MachineView,
+        events: Vec<state::Event>,
+    }
+    Json(Detail {
+        machine: view(&app, &inv, mac, record.as_ref()),
+        events: app.store.events(&mac),
+    })
+    .into_response()
+}
+
+fn authorized(app: &App, headers: &HeaderMap) -> Result<(), Response> {
+    let Some(want) = &app.admin_token else {
+        return Err(text(
+            StatusCode::FORBIDDEN,
+            "no admin_token_file is configured: the mutating API is off\n",
+        ));
+    };
+    let got = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if state::constant_time_eq(got.trim().as_bytes(), want.as_bytes()) {
+        Ok(())
+    } else {
+        Err(text(StatusCode::UNAUTHORIZED, "wrong or missing bearer token\n"))
+    }
+}
+
+async fn api_reinstall(
+    State(app): State<App>,
+    Path(mac): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = authorized(&app, &headers) {
+        return r;
+    }
+    let mac = match parse_mac(&mac) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    if app.inventory.get().machine(&mac).is_none() {
+        return text(
+            StatusCode::CONFLICT,
+            format!("{mac} is not in the inventory; add it with a role first\n"),
+        );
+    }
+    match app.store.rearm(mac).await {
+        Ok(_) => {
+            app.store.event(mac, "rearm", "re-armed: the next netboot reinstalls");
+            tracing::info!(mac = %mac, "machine re-armed");
+            let inv = app.inventory.get();
+            Json(view(&app, &inv, mac, app.store.record(&mac).as_ref())).into_response()
+        }
+        Err(e) => state_error(mac, e),
+    }
+}
+
+async fn api_status(State(app): State<App>) -> Response {
+    #[derive(Serialize)]
+    struct Status {
+        version: &'static str,
+        server_url: String,
+        inventory: inventory::Status,
+    }
+    Json(Status {
+        version: env!("CARGO_PKG_VERSION"),
+        server_url: app.server_url.clone(),
+        inventory: app.inventory.status(),
+    })
+    .into_response()
+}

@@ -1,0 +1,806 @@
+//! The fleet: which MAC is which machine, in which role, with which variables.
+//!
+//! Owns `inventory.yaml`: parsing with positions, validation (every problem as
+//! `file:line:col: message`), the MAC index, and hot reload with last-good fallback. The
+//! inventory is intent only; what happened to a machine lives in `state`.
+//!
+//! Values that reach kernel command lines and shell scripts (hostnames, role names,
+//! variables) are limited to safe characters here, at load time, so no template has to
+//! remember to quote them: a value cannot contain quotes, `$`, backticks, `;`, `&`, `|`,
+//! `<`, `>`, backslashes or newlines.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Subnet;
+use crate::mac::MacAddr;
+use crate::yaml::{self, Kind, Node, Pos, Problems, Report};
+
+/// Variables as templates see them.
+pub type Vars = serde_json::Map<String, Value>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownPolicy {
+    /// Machines not listed get no boot answer.
+    Ignore,
+    /// Machines not listed boot into the stem cell, which reports what they are.
+    Discover,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Role {
+    pub name: String,
+    pub template: String,
+    pub vars: Vars,
+    /// Another kernel than the stem cell's: an http(s) URL or a path under `assets`.
+    pub kernel: Option<String>,
+    pub initrd: Option<String>,
+    /// Kernel command line for `kernel` (a template: may use `{{ install_url }}` etc.).
+    pub cmdline: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Machine {
+    pub mac: MacAddr,
+    pub hostname: String,
+    pub role: String,
+    pub ip: Option<Ipv4Addr>,
+    pub vars: Vars,
+    pub line: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Defaults {
+    pub unknown: UnknownPolicy,
+    pub vars: Vars,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Inventory {
+    pub file: PathBuf,
+    pub defaults: Defaults,
+    pub roles: BTreeMap<String, Role>,
+    pub machines: HashMap<MacAddr, Machine>,
+    /// MACs in file order.
+    pub order: Vec<MacAddr>,
+}
+
+/// What validation needs from the server config.
+#[derive(Clone, Debug, Default)]
+pub struct Context {
+    pub kickstarts: PathBuf,
+    pub subnets: Vec<Subnet>,
+}
+
+impl Inventory {
+    pub fn empty(file: &Path) -> Inventory {
+        Inventory {
+            file: file.to_path_buf(),
+            defaults: Defaults {
+                unknown: UnknownPolicy::Ignore,
+                vars: Vars::new(),
+            },
+            roles: BTreeMap::new(),
+            machines: HashMap::new(),
+            order: Vec::new(),
+        }
+    }
+
+    pub fn load(path: &Path, ctx: &Context) -> Result<Inventory, Problems> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Problems(vec![yaml::Problem {
+                file: path.to_path_buf(),
+                pos: Pos { line: 1, col: 1 },
+                message: format!("cannot read the inventory: {e}"),
+            }])
+        })?;
+        Inventory::parse(path, &text, ctx)
+    }
+
+    pub fn parse(path: &Path, text: &str, ctx: &Context) -> Result<Inventory, Problems> {
+        let root = yaml::parse(path, text)?;
+        let mut r = Report::new(path);
+        let mut inv = Inventory::empty(path);
+        let Some(mut top) = r.map(&root, "the inventory") else {
+            return Err(r.finish(()).unwrap_err());
+        };
+
+        if let Some(n) = top.get("defaults") {
+            if let Some(mut d) = r.map(n, "defaults") {
+                if let Some(u) = d.get("unknown") {
+                    match u.as_str() {
+                        Some("ignore") => inv.defaults.unknown = UnknownPolicy::Ignore,
+                        Some("discover") => inv.defaults.unknown = UnknownPolicy::Discover,
+                        _ => r.add(u.pos, "defaults.unknown must be ignore or discover"),
+                    }
+                }
+                if let Some(v) = d.get("vars") {
+                    inv.defaults.vars = read_vars(&mut r, v, "defaults.vars");
+                }
+                d.deny_unknown(&mut r, "defaults", &["unknown", "vars"]);
+            }
+        }
+
+        if let Some(n) = top.get("roles") {
+            if let Some(mut roles) = r.map(n, "roles") {
+                for (k, v) in roles.entries() {
+                    let Some(name) = r.string(k, "a role name") else {
+                        continue;
+                    };
+                    if !valid_name(&name) {
+                        r.add(k.pos, format!("role name {name:?} must be 1-63 letters, digits, - or _"));
+                        continue;
+                    }
+                    if let Some(role) = read_role(&mut r, &name, v, ctx) {
+                        inv.roles.insert(name, role);
+                    }
+                }
+            }
+        }
+
+        let mut hostnames: HashMap<String, Pos> = HashMap::new();
+        let mut ips: HashMap<Ipv4Addr, Pos> = HashMap::new();
+        let mut macs: HashMap<MacAddr, Pos> = HashMap::new();
+        if let Some(n) = top.get("machines") {
+            if let Some(mut ms) = r.map(n, "machines") {
+                for (k, v) in ms.entries() {
+                    let Some(key) = r.string(k, "a machine's MAC address") else {
+                        continue;
+                    };
+                    let mac = match key.parse::<MacAddr>() {
+                        Ok(m) => m,
+                        Err(e) => {
+                            r.add(k.pos, e.to_string());
+                            continue;
+                        }
+                    };
+                    if let Some(first) = macs.get(&mac) {
+                        r.add(
+                            k.pos,
+                            format!(
+                                "duplicate machine {mac}: already listed at line {}, column {} (spelled differently, but the same MAC)",
+                                first.line, first.col
+                            ),
+                        );
+                        continue;
+                    }
+                    macs.insert(mac, k.pos);
+                    let Some(m) = read_machine(&mut r, mac, k.pos, v, &inv.roles, ctx) else {
+                        continue;
+                    };
+                    let host_pos = m.1;
+                    let m = m.0;
+                    if let Some(first) = hostnames.get(&m.hostname.to_ascii_lowercase()) {
+                        r.add(
+                            host_pos,
+                            format!(
+                                "duplicate hostname {:?}: already used at line {}, column {}",
+                                m.hostname, first.line, first.col
+                            ),
+                        );
+                    } else {
+                        hostnames.insert(m.hostname.to_ascii_lowercase(), host_pos);
+                    }
+                    if let Some((ip, ip_pos)) = m.ip.zip(ip_pos_of(v)) {
+                        if let Some(first) = ips.get(&ip) {
+                            r.add(
+                                ip_pos,
+                                format!(
+                                    "duplicate reserved IP {ip}: already reserved at line {}, column {}",
+                                    first.line, first.col
+                                ),
+                            );
+                        } else {
+                            ips.insert(ip, ip_pos);
+                        }
+                    }
+                    inv.order.push(mac);
+                    inv.machines.insert(mac, m);
+                }
+            }
+        }
+        top.deny_unknown(&mut r, "the inventory", &["defaults", "roles", "machines"]);
+        r.finish(inv)
+    }
+
+    pub fn machine(&self, mac: &MacAddr) -> Option<&Machine> {
+        self.machines.get(mac)
+    }
+
+    pub fn role_of(&self, m: &Machine) -> Option<&Role> {
+        self.roles.get(&m.role)
+    }
+
+    /// Variables as a template sees them: defaults ← role ← machine (a later level
+    /// replaces an earlier one key by key).
+    pub fn merged_vars(&self, m: &Machine) -> Vars {
+        let mut out = self.defaults.vars.clone();
+        if let Some(role) = self.role_of(m) {
+            for (k, v) in &role.vars {
+                out.insert(k.clone(), v.clone());
+            }
+        }
+        for (k, v) in &m.vars {
+            out.insert(k.clone(), v.clone());
+        }
+        out
+    }
+}
+
+fn ip_pos_of(machine_node: &Node) -> Option<Pos> {
+    if let Kind::Map(entries) = &machine_node.kind {
+        entries
+            .iter()
+            .find(|(k, _)| k.as_str() == Some("ip"))
+            .map(|(_, v)| v.pos)
+    } else {
+        None
+    }
+}
+
+fn read_role(r: &mut Report, name: &str, node: &Node, ctx: &Context) -> Option<Role> {
+    let mut m = r.map(node, &format!("role {name:?}"))?;
+    let template = match m.get("template") {
+        Some(t) => {
+            let s = r.string(t, "template")?;
+            if !safe_relative(&s) {
+                r.add(t.pos, format!("template {s:?} must be a file name inside the kickstarts folder (letters, digits, . _ - /; no ..)"));
+                None
+            } else if !ctx.kickstarts.join(&s).is_file() {
+                r.add(
+                    t.pos,
+                    format!(
+                        "role {name:?}: template {s:?} does not exist in {}",
+                        ctx.kickstarts.display()
+                    ),
+                );
+                None
+            } else {
+                Some(s)
+            }
+        }
+        None => {
+            r.add(node.pos, format!("role {name:?} needs `template:` (a file in the kickstarts folder)"));
+            None
+        }
+    };
+    let vars = m
+        .get("vars")
+        .map(|v| read_vars(r, v, &format!("role {name:?} vars")))
+        .unwrap_or_default();
+    let mut location = |r: &mut Report, key: &str| -> Option<String> {
+        let n = m.get(key)?;
+        let s = r.string(n, key)?;
+        let ok = if s.starts_with("http://") || s.starts_with("https://") {
+            s.chars().all(|c| c.is_ascii_alphanumeric() || "._-:/~%?=&+@".contains(c))
+        } else {
+            safe_relative(&s)
+        };
+        if !ok {
+            r.add(n.pos, format!("role {name:?}: {key} {s:?} must be an http(s) URL or a file path inside the assets folder"));
+            return None;
+        }
+        Some(s)
+    };
+    let kernel = location(r, "kernel");
+    let initrd = location(r, "initrd");
+    let cmdline = m.get("cmdline").and_then(|n| {
+        let s = r.string(n, "cmdline")?;
+        if let Some(bad) = s.chars().find(|c| !cmdline_char(*c) && !"{}".contains(*c)) {
+            r.add(n.pos, format!("role {name:?}: cmdline contains {bad:?}; allowed are letters, digits, spaces, . _ - : / = , + @ % ? and {{{{ variable }}}} placeholders"));
+            return None;
+        }
+        Some(s)
+    });
+    if (initrd.is_some() || cmdline.is_some()) && kernel.is_none() {
+        r.add(node.pos, format!("role {name:?}: initrd and cmdline need a kernel too"));
+    }
+    m.deny_unknown(
+        r,
+        &format!("role {name:?}"),
+        &["template", "vars", "kernel", "initrd", "cmdline"],
+    );
+    Some(Role {
+        name: name.to_string(),
+        template: template?,
+        vars,
+        kernel,
+        initrd,
+        cmdline,
+    })
+}
+
+fn read_machine(
+    r: &mut Report,
+    mac: MacAddr,
+    key_pos: Pos,
+    node: &Node,
+    roles: &BTreeMap<String, Role>,
+    ctx: &Context,
+) -> Option<(Machine, Pos)> {
+    let mut m = r.map(node, &format!("machine {mac}"))?;
+    let (hostname, host_pos) = match m.get("hostname") {
+        Some(n) => {
+            let s = r.string(n, "hostname")?;
+            if !valid_hostname(&s) {
+                r.add(n.pos, format!("hostname {s:?} is not a valid hostname: letters, digits and - in dot-separated labels of 1-63 characters, not starting or ending with -"));
+                return None;
+            }
+            (s, n.pos)
+        }
+        None => (format!("mac-{}", mac.hex()), key_pos),
+    };
+    let role = match m.get("role") {
+        Some(n) => {
+            let s = r.string(n, "role")?;
+            if !roles.contains_key(&s) {
+                let names: Vec<&str> = roles.keys().map(String::as_str).collect();
+                let hint = yaml::suggestion(&s, &names)
+                    .map(|x| format!(" (did you mean {x:?}?)"))
+                    .unwrap_or_default();
+                r.add(
+                    n.pos,
+                    format!(
+                        "machine {mac}: unknown role {s:?}{hint}; roles defined: {}",
+                        if names.is_empty() { "none".to_string() } else { names.join(", ") }
+                    ),
+                );
+                return None;
+            }
+            s
+        }
+        None => {
+            r.add(node.pos, format!("machine {mac} needs `role:`"));
+            return None;
+        }
+    };
+    let ip = m.get("ip").and_then(|n| {
+        let ip = r.parsed::<Ipv4Addr>(n, "ip", "an IPv4 address")?;
+        if !ctx.subnets.is_empty() {
+            match ctx.subnets.iter().find(|s| s.net.contains(ip)) {
+                None => {
+                    let nets: Vec<String> = ctx.subnets.iter().map(|s| s.net.to_string()).collect();
+                    r.add(n.pos, format!("machine {mac}: reserved IP {ip} is outside every configured subnet ({})", nets.join(", ")));
+                    return None;
+                }
+                Some(s) if s.in_pool(ip) => {
+                    r.add(n.pos, format!("machine {mac}: reserved IP {ip} is inside the dynamic pool {}-{} of {}; reserve an address outside the pool", s.pool_start, s.pool_end, s.net));
+                    return None;
+                }
+                Some(s) if ip == s.net.network() || ip == s.net.broadcast() => {
+                    r.add(n.pos, format!("machine {mac}: reserved IP {ip} is not a host address of {}", s.net));
+                    return None;
+                }
+                Some(_) => {}
+            }
+        }
+        Some(ip)
+    });
+    let vars = m
+        .get("vars")
+        .map(|v| read_vars(r, v, &format!("machine {mac} vars")))
+        .unwrap_or_default();
+    m.deny_unknown(r, &format!("machine {mac}"), &["hostname", "role", "ip", "vars"]);
+    Some((
+        Machine {
+            mac,
+            hostname,
+            role,
+            ip,
+            vars,
+            line: key_pos.line,
+        },
+        host_pos,
+    ))
+}
+
+fn read_vars(r: &mut Report, node: &Node, what: &str) -> Vars {
+    let mut out = Vars::new();
+    let Some(mut m) = r.map(node, what) else {
+        return out;
+    };
+    for (k, v) in m.entries() {
+        let Some(name) = r.string(k, "a variable name") else {
+            continue;
+        };
+        if !valid_var_name(&name) {
+            r.add(k.pos, format!("variable name {name:?} must start with a letter or _ and hold only letters, digits and _"));
+            continue;
+        }
+        if let Some(value) = read_value(r, v, &name, 0) {
+            out.insert(name, value);
+        }
+    }
+    out
+}
+
+fn read_value(r: &mut Report, node: &Node, name: &str, depth: usize) -> Option<Value> {
+    if depth > 8 {
+        r.add(node.pos, format!("variable {name:?} nests deeper than 8 levels"));
+        return None;
+    }
+    match &node.kind {
+        Kind::Null => Some(Value::Null),
+        Kind::Scalar { text, quoted } => {
+            if let Some(bad) = text.chars().find(|c| !value_char(*c)) {
+                r.add(node.pos, format!("variable {name:?}: {bad:?} is not allowed in values that reach scripts; allowed are letters, digits, spaces and . _ - : / @ + = , % ~ ^ * # [ ] ( ) !"));
+                return None;
+            }
+            if !quoted {
+                if let Ok(i) = text.parse::<i64>() {
+                    return Some(Value::from(i));
+                }
+                match text.as_str() {
+                    "true" => return Some(Value::Bool(true)),
+                    "false" => return Some(Value::Bool(false)),
+                    _ => {}
+                }
+            }
+            Some(Value::String(text.clone()))
+        }
+        Kind::Seq(items) => Some(Value::Array(
+            items
+                .iter()
+                .filter_map(|i| read_value(r, i, name, depth + 1))
+                .collect(),
+        )),
+        Kind::Map(entries) => {
+            let mut out = Vars::new();
+            for (k, v) in entries {
+                let Some(key) = k.as_str().filter(|s| valid_var_name(s)) else {
+                    r.add(k.pos, format!("keys inside variable {name:?} must be letters, digits and _"));
+                    continue;
+                };
+                if let Some(val) = read_value(r, v, name, depth + 1) {
+                    out.insert(key.to_string(), val);
+                }
+            }
+            Some(Value::Object(out))
+        }
+    }
+}
+
+/// Characters allowed in variable values: nothing a shell or a kernel command line treats
+/// specially apart from the space (templates that put values into a command line keep them
+/// one word by choosing values without spaces).
+pub fn value_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || " ._-:/@+=,%~^*#[]()!".contains(c)
+}
+
+/// Characters allowed on a kernel command line we build.
+pub fn cmdline_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || " ._-:/=,+@%?".contains(c)
+}
+
+fn valid_var_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && s.len() <= 64
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// RFC 1123 host name (one or more labels).
+pub fn valid_hostname(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+/// A relative path that stays inside its folder.
+pub fn safe_relative(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with('/')
+        && !s.split('/').any(|c| c.is_empty() || c == "." || c == "..")
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c))
+}
+
+/// How the inventory loaded last, for the API and the page.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Status {
+    pub file: PathBuf,
+    /// Seconds since the epoch of the last good load.
+    pub loaded_at: Option<u64>,
+    pub machines: usize,
+    pub roles: usize,
+    /// The current problem (the last edit was invalid and is not in use), if any.
+    pub error: Option<String>,
+    pub reloads: u64,
+    pub reload_errors: u64,
+}
+
+/// The inventory in use, swapped whole on a good reload.
+pub struct Live {
+    current: RwLock<Arc<Inventory>>,
+    status: RwLock<Status>,
+    ctx: Context,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Live {
+    pub fn new(inv: Inventory, ctx: Context) -> Live {
+        let status = Status {
+            file: inv.file.clone(),
+            loaded_at: Some(unix_now()),
+            machines: inv.machines.len(),
+            roles: inv.roles.len(),
+            ..Status::default()
+        };
+        Live {
+            current: RwLock::new(Arc::new(inv)),
+            status: RwLock::new(status),
+            ctx,
+        }
+    }
+
+    pub fn get(&self) -> Arc<Inventory> {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn status(&self) -> Status {
+        self.status.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Load the file again: a good file replaces the inventory; a bad one is kept as the
+    /// current error and the last good inventory stays.
+    pub fn reload(&self) -> Result<(), Problems> {
+        let path = self.get().file.clone();
+        let result = Inventory::load(&path, &self.ctx);
+        let mut st = self.status.write().unwrap_or_else(|e| e.into_inner());
+        st.reloads += 1;
+        match result {
+            Ok(inv) => {
+                st.loaded_at = Some(unix_now());
+                st.machines = inv.machines.len();
+                st.roles = inv.roles.len();
+                st.error = None;
+                drop(st);
+                *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(inv);
+                Ok(())
+            }
+            Err(p) => {
+                st.reload_errors += 1;
+                st.error = Some(p.to_string());
+                Err(p)
+            }
+        }
+    }
+
+    /// Poll the file (cheap `stat`) and reload when its identity, size or time changes.
+    /// Polling sees every kind of edit — in place, or an editor's write-and-rename — and
+    /// needs nothing from the platform.
+    pub async fn watch(self: Arc<Self>, every: Duration, shutdown: CancellationToken) {
+        let path = self.get().file.clone();
+        let mut last = fingerprint(&path);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let now = fingerprint(&path);
+            if now == last {
+                continue;
+            }
+            last = now;
+            if now.is_none() {
+                let msg = format!("{}: the inventory file is gone; still serving the last good inventory", path.display());
+                tracing::warn!(file = %path.display(), "inventory file is gone; keeping the last good inventory");
+                let mut st = self.status.write().unwrap_or_else(|e| e.into_inner());
+                st.error = Some(msg);
+                continue;
+            }
+            let me = self.clone();
+            match tokio::task::spawn_blocking(move || me.reload()).await {
+                Ok(Ok(())) => {
+                    let inv = self.get();
+                    tracing::info!(file = %path.display(), machines = inv.machines.len(), roles = inv.roles.len(), "inventory reloaded");
+                }
+                Ok(Err(p)) => {
+                    tracing::warn!(error = %p, "inventory edit is invalid; still serving the last good inventory");
+                }
+                Err(e) => tracing::error!(error = %e, "inventory reload task failed"),
+            }
+        }
+    }
+}
+
+#[cfg(unix)]
+fn fingerprint(path: &Path) -> Option<(u64, u64, i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            fs::create_dir(dir.path().join("kickstarts")).unwrap();
+            fs::write(dir.path().join("kickstarts/web.sh.j2"), "echo {{ hostname }}\n").unwrap();
+            Fixture { dir }
+        }
+        fn ctx(&self, subnets: Vec<Subnet>) -> Context {
+            Context {
+                kickstarts: self.dir.path().join("kickstarts"),
+                subnets,
+            }
+        }
+        fn parse(&self, text: &str) -> Result<Inventory, Problems> {
+            Inventory::parse(Path::new("inventory.yaml"), text, &self.ctx(subnets()))
+        }
+    }
+
+    fn subnets() -> Vec<Subnet> {
+        vec![Subnet {
+            net: "198.18.0.0/24".parse().unwrap(),
+            pool_start: "198.18.0.100".parse().unwrap(),
+            pool_end: "198.18.0.199".parse().unwrap(),
+            router: None,
+            dns: vec![],
+            domain: None,
+            lease_time: Duration::from_secs(3600),
+            pos: Pos::default(),
+        }]
+    }
+
+    const GOOD: &str = "defaults:
+  unknown: discover
+  vars: { ntp_server: 198.18.0.1, disk: /dev/sda }
+roles:
+  web:
+    template: web.sh.j2
+    vars: { puppet_server: puppet.lab.example, disk: /dev/vdb }
+machines:
+  \"52:54:00:12:34:56\":
+    hostname: web01
+    role: web
+    ip: 198.18.0.21
+    vars: { disk: /dev/vda }
+  52-54-00-12-34-57:
+    hostname: web02
+    role: web
+";
+
+    fn err(f: &Fixture, text: &str) -> String {
+        f.parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_documented_example_loads_and_normalises_macs() {
+        let f = Fixture::new();
+        let inv = f.parse(GOOD).unwrap();
+        assert_eq!(inv.defaults.unknown, UnknownPolicy::Discover);
+        let m = inv.machine(&"52:54:00:12:34:57".parse().unwrap()).unwrap();
+        assert_eq!(m.hostname, "web02");
+        assert_eq!(inv.order.len(), 2);
+    }
+
+    #[test]
+    fn variables_merge_defaults_then_role_then_machine() {
+        let f = Fixture::new();
+        let inv = f.parse(GOOD).unwrap();
+        let m = inv.machine(&"52:54:00:12:34:56".parse().unwrap()).unwrap();
+        let v = inv.merged_vars(m);
+        assert_eq!(v["disk"], "/dev/vda");
+        assert_eq!(v["puppet_server"], "puppet.lab.example");
+        assert_eq!(v["ntp_server"], "198.18.0.1");
+        let m2 = inv.machine(&"52:54:00:12:34:57".parse().unwrap()).unwrap();
+        assert_eq!(inv.merged_vars(m2)["disk"], "/dev/vdb");
+    }
+
+    #[test]
+    fn duplicate_mac_in_another_spelling_names_both_lines() {
+        let f = Fixture::new();
+        let e = err(&f, &GOOD.replace("52-54-00-12-34-57", "52-54-00-12-34-56"));
+        assert!(e.contains("inventory.yaml:14:3: duplicate machine 52:54:00:12:34:56: already listed at line 9, column 3"), "{e}");
+        let e = err(&f, &GOOD.replace("52-54-00-12-34-57", "\"52:54:00:12:34:56\""));
+        assert!(e.contains("inventory.yaml:14:3: duplicate key"), "{e}");
+        assert!(e.contains("line 9, column 3"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_hostname_and_ip() {
+        let f = Fixture::new();
+        let e = err(&f, &GOOD.replace("hostname: web02", "hostname: WEB01"));
+        assert!(e.contains("inventory.yaml:15:15: duplicate hostname \"WEB01\": already used at line 10, column 15"), "{e}");
+        let e = err(&f, &format!("{GOOD}    ip: 198.18.0.21\n"));
+        assert!(e.contains("inventory.yaml:17:9: duplicate reserved IP 198.18.0.21: already reserved at line 12, column 9"), "{e}");
+    }
+
+    #[test]
+    fn unknown_role_missing_template_and_unknown_keys() {
+        let f = Fixture::new();
+        let e = err(&f, &GOOD.replace("    role: web\n    ip", "    role: wbe\n    ip"));
+        assert!(e.contains("inventory.yaml:11:11: machine 52:54:00:12:34:56: unknown role \"wbe\" (did you mean \"web\"?)"), "{e}");
+        let e = err(&f, &GOOD.replace("template: web.sh.j2", "template: db.sh.j2"));
+        assert!(e.contains("inventory.yaml:6:15: role \"web\": template \"db.sh.j2\" does not exist"), "{e}");
+        let e = err(&f, &GOOD.replace("    hostname: web02", "    hostnme: web02"));
+        assert!(e.contains("inventory.yaml:15:5: unknown key \"hostnme\" in machine 52:54:00:12:34:57 (did you mean \"hostname\"?)"), "{e}");
+        let e = err(&f, &GOOD.replace("template: web.sh.j2", "template: ../etc/passwd"));
+        assert!(e.contains("inside the kickstarts folder"), "{e}");
+    }
+
+    #[test]
+    fn reservations_must_be_in_a_subnet_and_outside_its_pool() {
+        let f = Fixture::new();
+        let e = err(&f, &GOOD.replace("ip: 198.18.0.21", "ip: 198.18.5.21"));
+        assert!(e.contains("inventory.yaml:12:9: machine 52:54:00:12:34:56: reserved IP 198.18.5.21 is outside every configured subnet (198.18.0.0/24)"), "{e}");
+        let e = err(&f, &GOOD.replace("ip: 198.18.0.21", "ip: 198.18.0.150"));
+        assert!(e.contains("inside the dynamic pool 198.18.0.100-198.18.0.199"), "{e}");
+    }
+
+    #[test]
+    fn invalid_hostnames_and_macs() {
+        let f = Fixture::new();
+        for bad in ["-web", "web_01", "a..b", "we b", "x;reboot"] {
+            let e = err(&f, &GOOD.replace("hostname: web02", &format!("hostname: \"{bad}\"")));
+            assert!(e.contains("inventory.yaml:15:15:") && e.contains("is not a valid hostname"), "{bad}: {e}");
+        }
+        let e = err(&f, &GOOD.replace("52-54-00-12-34-57", "52-54-00-12-34"));
+        assert!(e.contains("inventory.yaml:14:3: invalid MAC address"), "{e}");
+    }
+
+    #[test]
+    fn hostile_values_are_refused_at_load() {
+        let f = Fixture::new();
+        for bad in ["$(reboot)", "a;b", "`id`", "x\\\"y", "a|b", "a&b", "a'b", "a\\nb", "a>b"] {
+            let text = GOOD.replace("disk: /dev/vda", &format!("disk: \"{bad}\""));
+            let e = err(&f, &text);
+            assert!(e.contains("inventory.yaml:13:19: variable \"disk\":") && e.contains("is not allowed"), "{bad}: {e}");
+        }
+        let e = err(&f, &GOOD.replace("    ip: 198.18.0.21\n", "    ip: 198.18.0.21\n    vars: {\"bad-name\": 1}\n"));
+        assert!(e.contains("duplicate key \"vars\"") || e.contains("variable name"), "{e}");
+    }
+
+    #[test]
+    fn live_reload_keeps_last_good_on_a_bad_edit() {
+        let f = Fixture::new();
+        let path = f.dir.path().join("inventory.yaml");
+        fs::write(&path, GOOD).unwrap();
+        let ctx = f.ctx(subnets());
+        let live = Live::new(Inventory::load(&path, &ctx).unwrap(), ctx);
+        fs::write(&path, GOOD.replace("role: web\n    ip", "role: nope\n    ip")).unwrap();
+        assert!(live.reload().is_err());
+        assert_eq!(live.get().machines.len(), 2);
+        let st = live.status();
+        assert!(st.error.as_deref().unwrap().contains(":11:11: machine"), "{st:?}");
+        fs::write(&path, GOOD.replace("hostname: web02", "hostname: web03")).unwrap();
+        live.reload().unwrap();
+        assert!(live.status().error.is_none());
+        assert!(live.get().machines.values().any(|m| m.hostname == "web03"));
+    }
+}

@@ -1,0 +1,149 @@
+//! Ethernet MAC addresses as operators and firmware spell them.
+//!
+//! Owns parsing of every common spelling (colons, dashes, Cisco dots, bare hex, any case)
+//! into one canonical value, and the spellings stemcell writes back out: lower-case with
+//! colons for humans and keys, and PXELINUX's `01-aa-bb-…` for the kernel's `BOOTIF=`.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// A 48-bit Ethernet hardware address.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MacAddr(pub [u8; 6]);
+
+/// Why a string is not a MAC address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid MAC address {input:?}: expected six hex octets such as 52:54:00:12:34:56, 52-54-00-12-34-56, 5254.0012.3456 or 525400123456")]
+pub struct MacParseError {
+    pub input: String,
+}
+
+impl MacAddr {
+    /// `01-aa-bb-cc-dd-ee-ff`: the form PXELINUX and Linux initramfs tools use for `BOOTIF=`.
+    pub fn bootif(&self) -> String {
+        let o = self.0;
+        format!(
+            "01-{:02x}-{:02x}-{:02x}-{:02x}-{:02x}-{:02x}",
+            o[0], o[1], o[2], o[3], o[4], o[5]
+        )
+    }
+
+    /// `aabbccddeeff`: for file names.
+    pub fn hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Parse a MAC from raw bytes (a DHCP chaddr); `None` unless there are at least six.
+    pub fn from_slice(b: &[u8]) -> Option<MacAddr> {
+        let six: [u8; 6] = b.get(..6)?.try_into().ok()?;
+        Some(MacAddr(six))
+    }
+}
+
+impl FromStr for MacAddr {
+    type Err = MacParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || MacParseError {
+            input: s.to_string(),
+        };
+        let t = s.trim();
+        let digits: String = if t.len() == 12 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
+            t.to_string()
+        } else if t.len() == 14 && t.as_bytes()[4] == b'.' && t.as_bytes()[9] == b'.' {
+            // Cisco: 5254.0012.3456
+            t.split('.').collect::<String>()
+        } else if t.len() == 17 {
+            let sep = t.as_bytes()[2];
+            if sep != b':' && sep != b'-' {
+                return Err(err());
+            }
+            let parts: Vec<&str> = t.split(sep as char).collect();
+            if parts.len() != 6 || parts.iter().any(|p| p.len() != 2) {
+                return Err(err());
+            }
+            parts.concat()
+        } else {
+            return Err(err());
+        };
+        if digits.len() != 12 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(err());
+        }
+        let mut out = [0u8; 6];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = u8::from_str_radix(&digits[i * 2..i * 2 + 2], 16).map_err(|_| err())?;
+        }
+        Ok(MacAddr(out))
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let o = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            o[0], o[1], o[2], o[3], o[4], o[5]
+        )
+    }
+}
+
+impl fmt::Debug for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl serde::Serialize for MacAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for MacAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_common_spelling_is_the_same_mac() {
+        let want = MacAddr([0x52, 0x54, 0x00, 0xab, 0xcd, 0xef]);
+        for s in [
+            "52:54:00:ab:cd:ef",
+            "52:54:00:AB:CD:EF",
+            "52-54-00-ab-cd-ef",
+            "5254.00ab.cdef",
+            "525400ABCDEF",
+            " 52:54:00:ab:cd:ef ",
+        ] {
+            assert_eq!(s.parse::<MacAddr>().unwrap(), want, "{s}");
+        }
+        assert_eq!(want.to_string(), "52:54:00:ab:cd:ef");
+        assert_eq!(want.bootif(), "01-52-54-00-ab-cd-ef");
+        assert_eq!(want.hex(), "525400abcdef");
+    }
+
+    #[test]
+    fn malformed_macs_are_refused() {
+        for s in [
+            "",
+            "52:54:00:ab:cd",
+            "52:54:00:ab:cd:ef:01",
+            "52:54-00:ab:cd:ef",
+            "52:54:00:ab:cd:eg",
+            "5254.00ab.cdeg",
+            "52.54.00.ab.cd.ef",
+            "+2:54:00:ab:cd:ef",
+            "525400abcdefa",
+            "52::54:00:ab:cdef",
+        ] {
+            assert!(s.parse::<MacAddr>().is_err(), "{s:?} should be refused");
+        }
+    }
+}

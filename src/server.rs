@@ -1,0 +1,221 @@
+//! Start-up and shutdown: load and validate everything before binding anything, bind,
+//! run every service until a signal, then drain.
+//!
+//! Also the `check` and `render` subcommands, which share the loading path but bind
+//! nothing and change no state.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::http::{self, App};
+use crate::inventory::{self, Inventory};
+use crate::mac::MacAddr;
+use crate::render;
+use crate::state::{self, Store};
+
+/// Exit code for unusable configuration (EX_CONFIG-like, as linkerd2-proxy uses 64).
+pub const EXIT_CONFIG: i32 = 64;
+
+/// A start-up failure and the exit code it maps to.
+#[derive(Debug)]
+pub struct Fatal {
+    pub code: i32,
+    pub error: anyhow::Error,
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Fatal {
+    fn from(e: E) -> Self {
+        Fatal {
+            code: 1,
+            error: e.into(),
+        }
+    }
+}
+
+fn config_error(e: impl Into<anyhow::Error>) -> Fatal {
+    Fatal {
+        code: EXIT_CONFIG,
+        error: e.into(),
+    }
+}
+
+pub fn inventory_context(config: &Config) -> inventory::Context {
+    inventory::Context {
+        kickstarts: config.kickstarts.clone(),
+        subnets: config.dhcp.subnets.clone(),
+    }
+}
+
+/// Load config and inventory, or say exactly what is wrong.
+pub fn load(config_path: &Path) -> Result<(Config, Inventory), Fatal> {
+    let config = Config::load(config_path).map_err(config_error)?;
+    let inv = Inventory::load(&config.inventory, &inventory_context(&config))
+        .map_err(config_error)?;
+    Ok((config, inv))
+}
+
+fn read_admin_token(config: &Config) -> Result<Option<Arc<String>>, Fatal> {
+    let Some(p) = &config.admin_token_file else {
+        return Ok(None);
+    };
+    let t = std::fs::read_to_string(p)
+        .with_context(|| format!("{}: cannot read admin_token_file", p.display()))
+        .map_err(config_error)?;
+    let t = t.trim().to_string();
+    if t.len() < 16 {
+        return Err(config_error(anyhow::anyhow!(
+            "{}: the admin token must be at least 16 characters",
+            p.display()
+        )));
+    }
+    Ok(Some(Arc::new(t)))
+}
+
+/// `stemcell serve`: run until SIGINT or SIGTERM.
+pub async fn serve(config_path: &Path) -> Result<(), Fatal> {
+    let (config, inv) = load(config_path)?;
+    let server_ip = config.resolve_server_ip().map_err(config_error)?;
+    let server_url = config.server_url(server_ip);
+    let admin_token = read_admin_token(&config)?;
+    let store = Arc::new(
+        Store::open(&config.state_dir)
+            .with_context(|| format!("{}: cannot open the state directory", config.state_dir.display()))?,
+    );
+    let ctx = inventory_context(&config);
+    tracing::info!(
+        file = %inv.file.display(),
+        machines = inv.machines.len(),
+        roles = inv.roles.len(),
+        "inventory loaded"
+    );
+    let live = Arc::new(inventory::Live::new(inv, ctx));
+    let config = Arc::new(config);
+    let shutdown = CancellationToken::new();
+
+    let listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("cannot listen for HTTP on {}", config.http.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, url = %server_url, "http listening");
+
+    let app = App {
+        config: config.clone(),
+        server_url,
+        inventory: live.clone(),
+        store: store.clone(),
+        admin_token,
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(live.clone().watch(Duration::from_millis(200), shutdown.clone()));
+    {
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            if let Err(e) = http::serve(listener, app, shutdown).await {
+                tracing::error!(error = %e, "http service stopped");
+            }
+        });
+    }
+
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    shutdown.cancel();
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
+        tracing::warn!("some requests did not finish within 10 s; stopping anyway");
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// `stemcell check`: validate config and inventory, and render every machine's templates.
+/// Returns the number of machines checked.
+pub fn check(config_path: &Path) -> Result<usize, Fatal> {
+    let (config, inv) = load(config_path)?;
+    let url = config.display_url();
+    let mut problems = Vec::new();
+    for mac in &inv.order {
+        let Some(m) = inv.machine(mac) else { continue };
+        let Some(role) = inv.role_of(m) else { continue };
+        let vars = render::InstallVars::new(&inv, m, &url, "0123456789abcdef0123456789abcdef");
+        if let Err(e) = render::install_script(&config.kickstarts, &role.template, &vars) {
+            problems.push(format!(
+                "{}:{}: machine {} ({}): {e}",
+                inv.file.display(),
+                m.line,
+                m.mac,
+                m.hostname
+            ));
+        }
+        if let Some(c) = &role.cmdline {
+            if let Err(e) = render::cmdline(c, &vars) {
+                problems.push(format!(
+                    "{}:{}: machine {}: role {} cmdline: {e}",
+                    inv.file.display(),
+                    m.line,
+                    m.mac,
+                    role.name
+                ));
+            }
+        }
+    }
+    if !config.stemcell.kernel.is_file() {
+        tracing::warn!(path = %config.stemcell.kernel.display(), "the stem-cell kernel does not exist yet (build it with `stemcell image build`)");
+    }
+    if !problems.is_empty() {
+        return Err(config_error(anyhow::anyhow!(problems.join("\n"))));
+    }
+    Ok(inv.machines.len())
+}
+
+/// `stemcell render`: what `mac` would be served now, without changing anything.
+pub fn render_machine(config_path: &Path, mac: MacAddr) -> Result<String, Fatal> {
+    let (config, inv) = load(config_path)?;
+    let url = config.display_url();
+    let record = state::read_records(&config.state_dir)
+        .map_err(Fatal::from)?
+        .remove(&mac);
+    let choice = http::choice_for(&inv, mac, record.as_ref());
+    let token = record
+        .as_ref()
+        .and_then(|r| r.token.clone())
+        .unwrap_or_else(|| "TOKEN-ISSUED-AT-BOOT".to_string());
+    let mut out = format!("# boot script ({choice:?}) for {mac}\n");
+    out.push_str(&http::boot_script_text(
+        &config,
+        &url,
+        &inv,
+        mac,
+        &choice,
+        Some(&token),
+    )?);
+    if let Some(m) = inv.machine(&mac) {
+        if let Some(role) = inv.role_of(m) {
+            let vars = render::InstallVars::new(&inv, m, &url, &token);
+            out.push_str(&format!("\n# install script (template {})\n", role.template));
+            out.push_str(
+                &render::install_script(&config.kickstarts, &role.template, &vars)
+                    .map_err(config_error)?,
+            );
+        }
+    }
+    Ok(out)
+}

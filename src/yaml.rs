@@ -1,0 +1,509 @@
+//! A YAML tree that remembers where every node came from.
+//!
+//! Owns turning operator-written YAML into nodes with `line:col` positions, so config and
+//! inventory errors can say `inventory.yaml:12:5: unknown role "wbe"`. Most YAML parsers
+//! silently keep the last of two equal mapping keys; this one refuses them and names both
+//! places. Typed reading (what keys exist, what values mean) belongs to `config` and
+//! `inventory`; this module only offers small helpers for it (`MapReader`).
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use saphyr_parser::{Event, Parser, ScalarStyle, Span};
+
+/// A position in a file: 1-based line and column.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, PartialOrd, Ord)]
+pub struct Pos {
+    pub line: usize,
+    pub col: usize,
+}
+
+impl fmt::Display for Pos {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.line, self.col)
+    }
+}
+
+/// One problem in one file, at one place.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}:{}: {}", file.display(), pos, message)]
+pub struct Problem {
+    pub file: PathBuf,
+    pub pos: Pos,
+    pub message: String,
+}
+
+/// Every problem found in a file (validation goes on after the first, so an operator sees
+/// them all at once). Never empty.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problems(pub Vec<Problem>);
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Problems {}
+
+impl Problems {
+    pub fn first(&self) -> &Problem {
+        &self.0[0]
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Kind {
+    /// `~`, `null`, or nothing.
+    Null,
+    /// Any scalar, as written; `quoted` is true for '…' and "…" and block scalars (never
+    /// read as a number, boolean or null).
+    Scalar { text: String, quoted: bool },
+    Seq(Vec<Node>),
+    /// Keys are kept in order; duplicate keys were refused at parse time.
+    Map(Vec<(Node, Node)>),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Node {
+    pub kind: Kind,
+    pub pos: Pos,
+}
+
+impl Node {
+    pub fn describe(&self) -> &'static str {
+        match &self.kind {
+            Kind::Null => "nothing",
+            Kind::Scalar { .. } => "a scalar",
+            Kind::Seq(_) => "a list",
+            Kind::Map(_) => "a mapping",
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match &self.kind {
+            Kind::Scalar { text, .. } => Some(text),
+            _ => None,
+        }
+    }
+}
+
+fn pos_of(span: &Span) -> Pos {
+    Pos {
+        line: span.start.line(),
+        col: span.start.col() + 1,
+    }
+}
+
+/// Parse one YAML document. An empty file is `Null`. More than one document, an unknown
+/// alias or a duplicate key is an error with its position.
+pub fn parse(file: &Path, text: &str) -> Result<Node, Problems> {
+    let problem = |pos: Pos, message: String| {
+        Problems(vec![Problem {
+            file: file.to_path_buf(),
+            pos,
+            message,
+        }])
+    };
+    // Containers under construction: (node being filled, pending key for maps).
+    enum Open {
+        Seq(Pos, Vec<Node>, usize),
+        Map(Pos, Vec<(Node, Node)>, Option<Node>, usize),
+    }
+    let mut stack: Vec<Open> = Vec::new();
+    let mut anchors: HashMap<usize, Node> = HashMap::new();
+    let mut root: Option<Node> = None;
+    let mut documents = 0usize;
+    let mut parser = Parser::new_from_str(text);
+
+    // Attach a finished node to whatever is open, checking duplicate keys.
+    fn attach(
+        stack: &mut [Open],
+        root: &mut Option<Node>,
+        node: Node,
+        file: &Path,
+    ) -> Result<(), Problems> {
+        match stack.last_mut() {
+            None => {
+                *root = Some(node);
+                Ok(())
+            }
+            Some(Open::Seq(_, items, _)) => {
+                items.push(node);
+                Ok(())
+            }
+            Some(Open::Map(_, entries, pending, _)) => match pending.take() {
+                None => {
+                    if let Some((first, _)) = entries.iter().find(|(k, _)| same_key(k, &node)) {
+                        return Err(Problems(vec![Problem {
+                            file: file.to_path_buf(),
+                            pos: node.pos,
+                            message: format!(
+                                "duplicate key {} (first defined at line {}, column {}); YAML would silently keep only the last one",
+                                key_text(&node),
+                                first.pos.line,
+                                first.pos.col
+                            ),
+                        }]));
+                    }
+                    *pending = Some(node);
+                    Ok(())
+                }
+                Some(key) => {
+                    entries.push((key, node));
+                    Ok(())
+                }
+            },
+        }
+    }
+
+    while let Some(ev) = parser.next_event() {
+        let (ev, span) = match ev {
+            Ok(x) => x,
+            Err(e) => {
+                let m = e.marker();
+                return Err(problem(
+                    Pos {
+                        line: m.line(),
+                        col: m.col() + 1,
+                    },
+                    format!("YAML syntax error: {}", e.info()),
+                ));
+            }
+        };
+        let pos = pos_of(&span);
+        match ev {
+            Event::DocumentStart(_) => {
+                documents += 1;
+                if documents > 1 {
+                    return Err(problem(
+                        pos,
+                        "a second YAML document ('---'); this file holds exactly one".into(),
+                    ));
+                }
+            }
+            Event::Scalar(value, style, anchor, tag) => {
+                let quoted = !matches!(style, ScalarStyle::Plain) || tag.is_some();
+                let kind = if !quoted && is_null(&value) {
+                    Kind::Null
+                } else {
+                    Kind::Scalar {
+                        text: Cow::into_owned(value),
+                        quoted,
+                    }
+                };
+                let node = Node { kind, pos };
+                if anchor > 0 {
+                    anchors.insert(anchor, node.clone());
+                }
+                attach(&mut stack, &mut root, node, file)?;
+            }
+            Event::Alias(id) => {
+                let Some(node) = anchors.get(&id) else {
+                    return Err(problem(pos, "alias to an unknown anchor".into()));
+                };
+                let mut node = node.clone();
+                node.pos = pos;
+                attach(&mut stack, &mut root, node, file)?;
+            }
+            Event::SequenceStart(anchor, _) => stack.push(Open::Seq(pos, Vec::new(), anchor)),
+            Event::MappingStart(anchor, _) => stack.push(Open::Map(pos, Vec::new(), None, anchor)),
+            Event::SequenceEnd | Event::MappingEnd => {
+                let (node, anchor) = match stack.pop() {
+                    Some(Open::Seq(p, items, a)) => (
+                        Node {
+                            kind: Kind::Seq(items),
+                            pos: p,
+                        },
+                        a,
+                    ),
+                    Some(Open::Map(p, entries, _, a)) => (
+                        Node {
+                            kind: Kind::Map(entries),
+                            pos: p,
+                        },
+                        a,
+                    ),
+                    None => return Err(problem(pos, "unbalanced YAML structure".into())),
+                };
+                if anchor > 0 {
+                    anchors.insert(anchor, node.clone());
+                }
+                attach(&mut stack, &mut root, node, file)?;
+            }
+            Event::StreamEnd => break,
+            _ => {}
+        }
+    }
+    Ok(root.unwrap_or(Node {
+        kind: Kind::Null,
+        pos: Pos { line: 1, col: 1 },
+    }))
+}
+
+fn is_null(s: &str) -> bool {
+    matches!(s, "" | "~" | "null" | "Null" | "NULL")
+}
+
+fn same_key(a: &Node, b: &Node) -> bool {
+    match (&a.kind, &b.kind) {
+        (Kind::Scalar { text: x, .. }, Kind::Scalar { text: y, .. }) => x == y,
+        (Kind::Null, Kind::Null) => true,
+        _ => false,
+    }
+}
+
+fn key_text(n: &Node) -> String {
+    match &n.kind {
+        Kind::Scalar { text, .. } => format!("{text:?}"),
+        other => format!("<{}>", Node { kind: other.clone(), pos: n.pos }.describe()),
+    }
+}
+
+/// Collects problems for one file while a typed reader walks a tree.
+pub struct Report {
+    pub file: PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+impl Report {
+    pub fn new(file: &Path) -> Report {
+        Report {
+            file: file.to_path_buf(),
+            problems: Vec::new(),
+        }
+    }
+
+    pub fn add(&mut self, pos: Pos, message: impl Into<String>) {
+        self.problems.push(Problem {
+            file: self.file.clone(),
+            pos,
+            message: message.into(),
+        });
+    }
+
+    pub fn finish<T>(mut self, value: T) -> Result<T, Problems> {
+        if self.problems.is_empty() {
+            Ok(value)
+        } else {
+            self.problems.sort_by_key(|p| p.pos);
+            Err(Problems(self.problems))
+        }
+    }
+
+    /// A required string scalar.
+    pub fn string(&mut self, node: &Node, what: &str) -> Option<String> {
+        match &node.kind {
+            Kind::Scalar { text, .. } => Some(text.clone()),
+            _ => {
+                self.add(
+                    node.pos,
+                    format!("{what} must be a string, found {}", node.describe()),
+                );
+                None
+            }
+        }
+    }
+
+    /// A string scalar parsed with `FromStr`, with `expected` saying what would be valid.
+    pub fn parsed<T: std::str::FromStr>(
+        &mut self,
+        node: &Node,
+        what: &str,
+        expected: &str,
+    ) -> Option<T> {
+        let s = self.string(node, what)?;
+        match s.trim().parse::<T>() {
+            Ok(v) => Some(v),
+            Err(_) => {
+                self.add(node.pos, format!("{what}: {s:?} is not {expected}"));
+                None
+            }
+        }
+    }
+
+    pub fn boolean(&mut self, node: &Node, what: &str) -> Option<bool> {
+        match node.as_str() {
+            Some("true" | "yes" | "on") => Some(true),
+            Some("false" | "no" | "off") => Some(false),
+            _ => {
+                self.add(node.pos, format!("{what} must be true or false"));
+                None
+            }
+        }
+    }
+
+    /// Entries of a mapping node (`Null` is an empty mapping), or a problem.
+    pub fn map<'n>(&mut self, node: &'n Node, what: &str) -> Option<MapReader<'n>> {
+        match &node.kind {
+            Kind::Map(entries) => Some(MapReader {
+                entries,
+                pos: node.pos,
+                taken: vec![false; entries.len()],
+            }),
+            Kind::Null => Some(MapReader {
+                entries: &[],
+                pos: node.pos,
+                taken: Vec::new(),
+            }),
+            _ => {
+                self.add(
+                    node.pos,
+                    format!("{what} must be a mapping (key: value), found {}", node.describe()),
+                );
+                None
+            }
+        }
+    }
+
+    /// Items of a list node (`Null` is empty; a single scalar is a one-item list).
+    pub fn list<'n>(&mut self, node: &'n Node, what: &str) -> Option<Vec<&'n Node>> {
+        match &node.kind {
+            Kind::Seq(items) => Some(items.iter().collect()),
+            Kind::Null => Some(Vec::new()),
+            Kind::Scalar { .. } => Some(vec![node]),
+            Kind::Map(_) => {
+                self.add(node.pos, format!("{what} must be a list, found a mapping"));
+                None
+            }
+        }
+    }
+}
+
+/// Reads known keys from a mapping and reports the rest as unknown.
+pub struct MapReader<'n> {
+    entries: &'n [(Node, Node)],
+    pub pos: Pos,
+    taken: Vec<bool>,
+}
+
+impl<'n> MapReader<'n> {
+    /// The value of `key`, if present.
+    pub fn get(&mut self, key: &str) -> Option<&'n Node> {
+        let i = self
+            .entries
+            .iter()
+            .position(|(k, _)| k.as_str() == Some(key))?;
+        self.taken[i] = true;
+        Some(&self.entries[i].1)
+    }
+
+    /// All entries (for maps keyed by data: MACs, role names, variables).
+    pub fn entries(&mut self) -> &'n [(Node, Node)] {
+        self.taken.iter_mut().for_each(|t| *t = true);
+        self.entries
+    }
+
+    /// Report every key not read, with the keys that would be valid.
+    pub fn deny_unknown(self, report: &mut Report, context: &str, valid: &[&str]) {
+        for (i, (k, _)) in self.entries.iter().enumerate() {
+            if !self.taken[i] {
+                let name = k.as_str().unwrap_or("?");
+                let hint = suggestion(name, valid)
+                    .map(|s| format!(" (did you mean {s:?}?)"))
+                    .unwrap_or_default();
+                report.add(
+                    k.pos,
+                    format!(
+                        "unknown key {name:?} in {context}{hint}; valid keys: {}",
+                        valid.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// The valid name closest to a typo, if any is close enough.
+pub fn suggestion<'a>(name: &str, valid: &[&'a str]) -> Option<&'a str> {
+    valid
+        .iter()
+        .map(|v| (edit_distance(name, v), *v))
+        .filter(|(d, v)| *d <= 2.max(v.len() / 4))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, v)| v)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Result<Node, Problems> {
+        parse(Path::new("t.yaml"), s)
+    }
+
+    #[test]
+    fn positions_are_one_based() {
+        let n = p("a:\n  b: 1\n").unwrap();
+        let Kind::Map(e) = &n.kind else { panic!() };
+        let Kind::Map(inner) = &e[0].1.kind else {
+            panic!()
+        };
+        assert_eq!(inner[0].0.pos, Pos { line: 2, col: 3 });
+        assert_eq!(inner[0].1.pos, Pos { line: 2, col: 6 });
+    }
+
+    #[test]
+    fn duplicate_keys_name_both_lines() {
+        let e = p("machines:\n  a: 1\n  b: 2\n  a: 3\n").unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.starts_with("t.yaml:4:3: duplicate key \"a\""), "{msg}");
+        assert!(msg.contains("line 2, column 3"), "{msg}");
+    }
+
+    #[test]
+    fn syntax_errors_have_positions() {
+        let e = p("a: [1, 2\nb: 3\n").unwrap_err();
+        assert!(e.to_string().starts_with("t.yaml:"), "{e}");
+        assert!(e.to_string().contains("YAML syntax error"), "{e}");
+        let e = p("a: 1\n---\nb: 2\n").unwrap_err();
+        assert!(e.to_string().contains("second YAML document"), "{e}");
+    }
+
+    #[test]
+    fn quoting_and_null_are_kept_apart() {
+        let n = p("a: ~\nb: 'null'\nc:\n").unwrap();
+        let Kind::Map(e) = &n.kind else { panic!() };
+        assert_eq!(e[0].1.kind, Kind::Null);
+        assert!(matches!(&e[1].1.kind, Kind::Scalar { text, quoted: true } if text == "null"));
+        assert_eq!(e[2].1.kind, Kind::Null);
+        assert_eq!(p("").unwrap().kind, Kind::Null);
+    }
+
+    #[test]
+    fn aliases_expand_and_unknown_keys_suggest() {
+        let n = p("x: &v {k: 1}\ny: *v\n").unwrap();
+        let Kind::Map(e) = &n.kind else { panic!() };
+        assert!(matches!(e[1].1.kind, Kind::Map(_)));
+        let mut r = Report::new(Path::new("t.yaml"));
+        let root = p("hostnam: a\n").unwrap();
+        let mut m = r.map(&root, "machine").unwrap();
+        assert!(m.get("hostname").is_none());
+        m.deny_unknown(&mut r, "machine", &["hostname", "role"]);
+        let e = r.finish(()).unwrap_err();
+        assert!(e.to_string().contains("did you mean \"hostname\""), "{e}");
+        assert!(e.to_string().starts_with("t.yaml:1:1:"), "{e}");
+    }
+}
