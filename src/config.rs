@@ -200,10 +200,7 @@ impl Config {
                         Some("proxy") => dhcp.mode = DhcpMode::Proxy,
                         Some("authoritative") => dhcp.mode = DhcpMode::Authoritative,
                         Some("off") => dhcp.mode = DhcpMode::Off,
-                        _ => r.add(
-                            n.pos,
-                            "dhcp.mode must be one of: proxy, authoritative, off",
-                        ),
+                        _ => r.add(n.pos, "dhcp.mode must be one of: proxy, authoritative, off"),
                     }
                 }
                 if let Some(n) = m.get("subnets") {
@@ -377,9 +374,11 @@ impl Config {
                 None => Some(rel(default.to_string())),
             }
         };
-        let inventory = path_key(&mut r, &mut top, "inventory", "inventory.yaml").unwrap_or_default();
+        let inventory =
+            path_key(&mut r, &mut top, "inventory", "inventory.yaml").unwrap_or_default();
         let kickstarts = path_key(&mut r, &mut top, "kickstarts", "kickstarts").unwrap_or_default();
-        let state_dir = path_key(&mut r, &mut top, "state_dir", "/var/lib/stemcell").unwrap_or_default();
+        let state_dir =
+            path_key(&mut r, &mut top, "state_dir", "/var/lib/stemcell").unwrap_or_default();
         let assets = top
             .get("assets")
             .and_then(|n| r.string(n, "assets"))
@@ -427,9 +426,8 @@ impl Config {
                 self.file.display()
             )));
         };
-        let addrs = if_addrs::get_if_addrs().map_err(|e| {
-            ConfigError::Resolve(format!("cannot list network interfaces: {e}"))
-        })?;
+        let addrs = if_addrs::get_if_addrs()
+            .map_err(|e| ConfigError::Resolve(format!("cannot list network interfaces: {e}")))?;
         addrs
             .iter()
             .filter(|a| &a.name == ifname)
@@ -495,7 +493,10 @@ fn parse_subnet(r: &mut Report, node: &Node) -> Option<Subnet> {
                 } else if let Some(net) = net {
                     for (ip, it) in [(a, items[0]), (b, items[1])] {
                         if !net.contains(ip) || ip == net.network() || ip == net.broadcast() {
-                            r.add(it.pos, format!("pool address {ip} is not a host address of subnet {net}"));
+                            r.add(
+                                it.pos,
+                                format!("pool address {ip} is not a host address of subnet {net}"),
+                            );
                         }
                     }
                     pool = Some((a, b));
@@ -535,7 +536,10 @@ fn parse_subnet(r: &mut Report, node: &Node) -> Option<Subnet> {
         match n.as_str().and_then(parse_duration) {
             Some(d) if d >= Duration::from_secs(60) => lease_time = d,
             Some(_) => r.add(n.pos, "lease_time must be at least 60s"),
-            None => r.add(n.pos, "lease_time must be a duration such as 3600, 90s, 30m, 12h or 7d"),
+            None => r.add(
+                n.pos,
+                "lease_time must be a duration such as 3600, 90s, 30m, 12h or 7d",
+            ),
         }
     }
     m.deny_unknown(
@@ -613,7 +617,10 @@ admin_token_file: admin.token
         assert_eq!(c.dhcp.mode, DhcpMode::Authoritative);
         assert_eq!(c.dhcp.subnets[0].lease_time, Duration::from_secs(3600));
         assert_eq!(c.inventory, PathBuf::from("/etc/stemcell/inventory.yaml"));
-        assert_eq!(c.stemcell.kernel, PathBuf::from("/etc/stemcell/stemcell/vmlinuz"));
+        assert_eq!(
+            c.stemcell.kernel,
+            PathBuf::from("/etc/stemcell/stemcell/vmlinuz")
+        );
         assert_eq!(c.state_dir, PathBuf::from("/var/lib/stemcell"));
         assert_eq!(c.server_url(c.server_ip.unwrap()), "http://198.18.0.1:8080");
     }
@@ -622,21 +629,45 @@ admin_token_file: admin.token
     fn an_invented_key_anywhere_is_refused_with_its_position() {
         // Like hickory-dns: every level of the example, with one invented key added.
         let e = parse(&FULL.replace("  listen:", "  lisen: 1\n  listen:")).unwrap_err();
-        assert!(e.to_string().contains("stemcell.yaml:14:3: unknown key \"lisen\" in http (did you mean \"listen\"?)"), "{e}");
+        assert!(
+            e.to_string().contains(
+                "stemcell.yaml:14:3: unknown key \"lisen\" in http (did you mean \"listen\"?)"
+            ),
+            "{e}"
+        );
         let e = parse(&format!("{FULL}colour: blue\n")).unwrap_err();
-        assert!(e.to_string().contains(":23:1: unknown key \"colour\""), "{e}");
-        let e = parse(&FULL.replace("      router:", "      gateway: 1\n      router:")).unwrap_err();
-        assert!(e.to_string().contains(":8:7: unknown key \"gateway\""), "{e}");
+        assert!(
+            e.to_string().contains(":23:1: unknown key \"colour\""),
+            "{e}"
+        );
+        let e =
+            parse(&FULL.replace("      router:", "      gateway: 1\n      router:")).unwrap_err();
+        assert!(
+            e.to_string().contains(":8:7: unknown key \"gateway\""),
+            "{e}"
+        );
     }
 
     #[test]
     fn bad_values_say_what_would_be_valid() {
         let e = parse(&FULL.replace("mode: authoritative", "mode: full")).unwrap_err();
-        assert!(e.to_string().contains(":4:9: dhcp.mode must be one of: proxy, authoritative, off"), "{e}");
+        assert!(
+            e.to_string()
+                .contains(":4:9: dhcp.mode must be one of: proxy, authoritative, off"),
+            "{e}"
+        );
         let e = parse(&FULL.replace("198.18.0.199]", "198.18.1.199]")).unwrap_err();
-        assert!(e.to_string().contains("not a host address of subnet 198.18.0.0/24"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("not a host address of subnet 198.18.0.0/24"),
+            "{e}"
+        );
         let e = parse(&FULL.replace("lease_time: 1h", "lease_time: soon")).unwrap_err();
-        assert!(e.to_string().contains(":10:19: lease_time must be a duration"), "{e}");
+        assert!(
+            e.to_string()
+                .contains(":10:19: lease_time must be a duration"),
+            "{e}"
+        );
         let e = parse("dhcp: {mode: proxy}\n").unwrap_err();
         assert!(e.to_string().contains("interface is required"), "{e}");
         assert!(parse("dhcp: {mode: off}\n").is_ok());

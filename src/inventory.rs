@@ -136,7 +136,10 @@ impl Inventory {
                         continue;
                     };
                     if !valid_name(&name) {
-                        r.add(k.pos, format!("role name {name:?} must be 1-63 letters, digits, - or _"));
+                        r.add(
+                            k.pos,
+                            format!("role name {name:?} must be 1-63 letters, digits, - or _"),
+                        );
                         continue;
                     }
                     if let Some(role) = read_role(&mut r, &name, v, ctx) {
@@ -268,7 +271,10 @@ fn read_role(r: &mut Report, name: &str, node: &Node, ctx: &Context) -> Option<R
             }
         }
         None => {
-            r.add(node.pos, format!("role {name:?} needs `template:` (a file in the kickstarts folder)"));
+            r.add(
+                node.pos,
+                format!("role {name:?} needs `template:` (a file in the kickstarts folder)"),
+            );
             None
         }
     };
@@ -280,7 +286,8 @@ fn read_role(r: &mut Report, name: &str, node: &Node, ctx: &Context) -> Option<R
         let n = m.get(key)?;
         let s = r.string(n, key)?;
         let ok = if s.starts_with("http://") || s.starts_with("https://") {
-            s.chars().all(|c| c.is_ascii_alphanumeric() || "._-:/~%?=&+@".contains(c))
+            s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-:/~%?=&+@".contains(c))
         } else {
             safe_relative(&s)
         };
@@ -301,7 +308,10 @@ fn read_role(r: &mut Report, name: &str, node: &Node, ctx: &Context) -> Option<R
         Some(s)
     });
     if (initrd.is_some() || cmdline.is_some()) && kernel.is_none() {
-        r.add(node.pos, format!("role {name:?}: initrd and cmdline need a kernel too"));
+        r.add(
+            node.pos,
+            format!("role {name:?}: initrd and cmdline need a kernel too"),
+        );
     }
     m.deny_unknown(
         r,
@@ -350,7 +360,11 @@ fn read_machine(
                     n.pos,
                     format!(
                         "machine {mac}: unknown role {s:?}{hint}; roles defined: {}",
-                        if names.is_empty() { "none".to_string() } else { names.join(", ") }
+                        if names.is_empty() {
+                            "none".to_string()
+                        } else {
+                            names.join(", ")
+                        }
                     ),
                 );
                 return None;
@@ -388,7 +402,11 @@ fn read_machine(
         .get("vars")
         .map(|v| read_vars(r, v, &format!("machine {mac} vars")))
         .unwrap_or_default();
-    m.deny_unknown(r, &format!("machine {mac}"), &["hostname", "role", "ip", "vars"]);
+    m.deny_unknown(
+        r,
+        &format!("machine {mac}"),
+        &["hostname", "role", "ip", "vars"],
+    );
     Some((
         Machine {
             mac,
@@ -424,7 +442,10 @@ fn read_vars(r: &mut Report, node: &Node, what: &str) -> Vars {
 
 fn read_value(r: &mut Report, node: &Node, name: &str, depth: usize) -> Option<Value> {
     if depth > 8 {
-        r.add(node.pos, format!("variable {name:?} nests deeper than 8 levels"));
+        r.add(
+            node.pos,
+            format!("variable {name:?} nests deeper than 8 levels"),
+        );
         return None;
     }
     match &node.kind {
@@ -456,7 +477,10 @@ fn read_value(r: &mut Report, node: &Node, name: &str, depth: usize) -> Option<V
             let mut out = Vars::new();
             for (k, v) in entries {
                 let Some(key) = k.as_str().filter(|s| valid_var_name(s)) else {
-                    r.add(k.pos, format!("keys inside variable {name:?} must be letters, digits and _"));
+                    r.add(
+                        k.pos,
+                        format!("keys inside variable {name:?} must be letters, digits and _"),
+                    );
                     continue;
                 };
                 if let Some(val) = read_value(r, v, name, depth + 1) {
@@ -490,7 +514,8 @@ fn valid_var_name(s: &str) -> bool {
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// RFC 1123 host name (one or more labels).
@@ -560,11 +585,17 @@ impl Live {
     }
 
     pub fn get(&self) -> Arc<Inventory> {
-        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn status(&self) -> Status {
-        self.status.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.status
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Load the file again: a good file replaces the inventory; a bad one is kept as the
@@ -609,7 +640,10 @@ impl Live {
             }
             last = now;
             if now.is_none() {
-                let msg = format!("{}: the inventory file is gone; still serving the last good inventory", path.display());
+                let msg = format!(
+                    "{}: the inventory file is gone; still serving the last good inventory",
+                    path.display()
+                );
                 tracing::warn!(file = %path.display(), "inventory file is gone; keeping the last good inventory");
                 let mut st = self.status.write().unwrap_or_else(|e| e.into_inner());
                 st.error = Some(msg);
@@ -650,7 +684,11 @@ mod tests {
         fn new() -> Fixture {
             let dir = tempfile::tempdir().unwrap();
             fs::create_dir(dir.path().join("kickstarts")).unwrap();
-            fs::write(dir.path().join("kickstarts/web.sh.j2"), "echo {{ hostname }}\n").unwrap();
+            fs::write(
+                dir.path().join("kickstarts/web.sh.j2"),
+                "echo {{ hostname }}\n",
+            )
+            .unwrap();
             Fixture { dir }
         }
         fn ctx(&self, subnets: Vec<Subnet>) -> Context {
@@ -727,7 +765,10 @@ machines:
         let f = Fixture::new();
         let e = err(&f, &GOOD.replace("52-54-00-12-34-57", "52-54-00-12-34-56"));
         assert!(e.contains("inventory.yaml:14:3: duplicate machine 52:54:00:12:34:56: already listed at line 9, column 3"), "{e}");
-        let e = err(&f, &GOOD.replace("52-54-00-12-34-57", "\"52:54:00:12:34:56\""));
+        let e = err(
+            &f,
+            &GOOD.replace("52-54-00-12-34-57", "\"52:54:00:12:34:56\""),
+        );
         assert!(e.contains("inventory.yaml:14:3: duplicate key"), "{e}");
         assert!(e.contains("line 9, column 3"), "{e}");
     }
@@ -744,13 +785,28 @@ machines:
     #[test]
     fn unknown_role_missing_template_and_unknown_keys() {
         let f = Fixture::new();
-        let e = err(&f, &GOOD.replace("    role: web\n    ip", "    role: wbe\n    ip"));
+        let e = err(
+            &f,
+            &GOOD.replace("    role: web\n    ip", "    role: wbe\n    ip"),
+        );
         assert!(e.contains("inventory.yaml:11:11: machine 52:54:00:12:34:56: unknown role \"wbe\" (did you mean \"web\"?)"), "{e}");
-        let e = err(&f, &GOOD.replace("template: web.sh.j2", "template: db.sh.j2"));
-        assert!(e.contains("inventory.yaml:6:15: role \"web\": template \"db.sh.j2\" does not exist"), "{e}");
-        let e = err(&f, &GOOD.replace("    hostname: web02", "    hostnme: web02"));
+        let e = err(
+            &f,
+            &GOOD.replace("template: web.sh.j2", "template: db.sh.j2"),
+        );
+        assert!(
+            e.contains("inventory.yaml:6:15: role \"web\": template \"db.sh.j2\" does not exist"),
+            "{e}"
+        );
+        let e = err(
+            &f,
+            &GOOD.replace("    hostname: web02", "    hostnme: web02"),
+        );
         assert!(e.contains("inventory.yaml:15:5: unknown key \"hostnme\" in machine 52:54:00:12:34:57 (did you mean \"hostname\"?)"), "{e}");
-        let e = err(&f, &GOOD.replace("template: web.sh.j2", "template: ../etc/passwd"));
+        let e = err(
+            &f,
+            &GOOD.replace("template: web.sh.j2", "template: ../etc/passwd"),
+        );
         assert!(e.contains("inside the kickstarts folder"), "{e}");
     }
 
@@ -760,30 +816,65 @@ machines:
         let e = err(&f, &GOOD.replace("ip: 198.18.0.21", "ip: 198.18.5.21"));
         assert!(e.contains("inventory.yaml:12:9: machine 52:54:00:12:34:56: reserved IP 198.18.5.21 is outside every configured subnet (198.18.0.0/24)"), "{e}");
         let e = err(&f, &GOOD.replace("ip: 198.18.0.21", "ip: 198.18.0.150"));
-        assert!(e.contains("inside the dynamic pool 198.18.0.100-198.18.0.199"), "{e}");
+        assert!(
+            e.contains("inside the dynamic pool 198.18.0.100-198.18.0.199"),
+            "{e}"
+        );
     }
 
     #[test]
     fn invalid_hostnames_and_macs() {
         let f = Fixture::new();
         for bad in ["-web", "web_01", "a..b", "we b", "x;reboot"] {
-            let e = err(&f, &GOOD.replace("hostname: web02", &format!("hostname: \"{bad}\"")));
-            assert!(e.contains("inventory.yaml:15:15:") && e.contains("is not a valid hostname"), "{bad}: {e}");
+            let e = err(
+                &f,
+                &GOOD.replace("hostname: web02", &format!("hostname: \"{bad}\"")),
+            );
+            assert!(
+                e.contains("inventory.yaml:15:15:") && e.contains("is not a valid hostname"),
+                "{bad}: {e}"
+            );
         }
         let e = err(&f, &GOOD.replace("52-54-00-12-34-57", "52-54-00-12-34"));
-        assert!(e.contains("inventory.yaml:14:3: invalid MAC address"), "{e}");
+        assert!(
+            e.contains("inventory.yaml:14:3: invalid MAC address"),
+            "{e}"
+        );
     }
 
     #[test]
     fn hostile_values_are_refused_at_load() {
         let f = Fixture::new();
-        for bad in ["$(reboot)", "a;b", "`id`", "x\\\"y", "a|b", "a&b", "a'b", "a\\nb", "a>b"] {
+        for bad in [
+            "$(reboot)",
+            "a;b",
+            "`id`",
+            "x\\\"y",
+            "a|b",
+            "a&b",
+            "a'b",
+            "a\\nb",
+            "a>b",
+        ] {
             let text = GOOD.replace("disk: /dev/vda", &format!("disk: \"{bad}\""));
             let e = err(&f, &text);
-            assert!(e.contains("inventory.yaml:13:19: variable \"disk\":") && e.contains("is not allowed"), "{bad}: {e}");
+            assert!(
+                e.contains("inventory.yaml:13:19: variable \"disk\":")
+                    && e.contains("is not allowed"),
+                "{bad}: {e}"
+            );
         }
-        let e = err(&f, &GOOD.replace("    ip: 198.18.0.21\n", "    ip: 198.18.0.21\n    vars: {\"bad-name\": 1}\n"));
-        assert!(e.contains("duplicate key \"vars\"") || e.contains("variable name"), "{e}");
+        let e = err(
+            &f,
+            &GOOD.replace(
+                "    ip: 198.18.0.21\n",
+                "    ip: 198.18.0.21\n    vars: {\"bad-name\": 1}\n",
+            ),
+        );
+        assert!(
+            e.contains("duplicate key \"vars\"") || e.contains("variable name"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -793,11 +884,18 @@ machines:
         fs::write(&path, GOOD).unwrap();
         let ctx = f.ctx(subnets());
         let live = Live::new(Inventory::load(&path, &ctx).unwrap(), ctx);
-        fs::write(&path, GOOD.replace("role: web\n    ip", "role: nope\n    ip")).unwrap();
+        fs::write(
+            &path,
+            GOOD.replace("role: web\n    ip", "role: nope\n    ip"),
+        )
+        .unwrap();
         assert!(live.reload().is_err());
         assert_eq!(live.get().machines.len(), 2);
         let st = live.status();
-        assert!(st.error.as_deref().unwrap().contains(":11:11: machine"), "{st:?}");
+        assert!(
+            st.error.as_deref().unwrap().contains(":11:11: machine"),
+            "{st:?}"
+        );
         fs::write(&path, GOOD.replace("hostname: web02", "hostname: web03")).unwrap();
         live.reload().unwrap();
         assert!(live.status().error.is_none());

@@ -79,7 +79,9 @@ impl Journal {
                 match std::str::from_utf8(&buf[..n - 1]) {
                     Ok(s) if !s.trim().is_empty() => lines.push(s.to_string()),
                     Ok(_) => {}
-                    Err(_) => tracing::warn!(path = %path.display(), "journal line is not UTF-8; skipping it"),
+                    Err(_) => {
+                        tracing::warn!(path = %path.display(), "journal line is not UTF-8; skipping it")
+                    }
                 }
             }
         }

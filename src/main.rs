@@ -7,7 +7,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "stemcell", version, about = "PXE/netboot bare-metal bootstrap server")]
+#[command(
+    name = "stemcell",
+    version,
+    about = "PXE/netboot bare-metal bootstrap server"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -36,11 +40,11 @@ enum Command {
 
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("STEMCELL_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_env("STEMCELL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
 }
@@ -55,7 +59,10 @@ fn main() -> ExitCode {
     init_tracing();
     match cli.command {
         Command::Serve { config } => {
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("stemcell: cannot start the runtime: {e}");

@@ -143,10 +143,15 @@ pub enum RenderError {
     UnsafeCmdline(char),
 }
 
-fn describe(template: &str, e: &minijinja::Error) -> RenderError {
+fn describe(template: &str, e: &minijinja::Error, source: Option<&str>) -> RenderError {
     let mut message = e.to_string();
     if let Some(line) = e.line() {
-        message = format!("line {line}: {message}");
+        // Quote the offending line: "undefined value" alone does not say which one.
+        let quoted = source
+            .and_then(|s| s.lines().nth(line.saturating_sub(1)))
+            .map(|l| format!(" in `{}`", l.trim()))
+            .unwrap_or_default();
+        message = format!("line {line}{quoted}: {message}");
     }
     let mut src = std::error::Error::source(e);
     while let Some(s) = src {
@@ -163,6 +168,8 @@ fn environment<'a>() -> minijinja::Environment<'a> {
     let mut env = minijinja::Environment::new();
     env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
     env.set_keep_trailing_newline(true);
+    env.set_trim_blocks(true);
+    env.set_lstrip_blocks(true);
     env
 }
 
@@ -177,8 +184,9 @@ pub fn install_script(
     env.set_loader(minijinja::path_loader(kickstarts));
     let t = env
         .get_template(template)
-        .map_err(|e| describe(template, &e))?;
-    t.render(vars).map_err(|e| describe(template, &e))
+        .map_err(|e| describe(template, &e, None))?;
+    t.render(vars)
+        .map_err(|e| describe(template, &e, Some(t.source())))
 }
 
 /// Render a role's kernel command line (a template string) and check the result.
@@ -186,7 +194,7 @@ pub fn cmdline(template: &str, vars: &InstallVars) -> Result<String, RenderError
     let env = environment();
     let out = env
         .render_str(template, vars)
-        .map_err(|e| describe("cmdline", &e))?;
+        .map_err(|e| describe("cmdline", &e, Some(template)))?;
     if let Some(bad) = out.chars().find(|c| !crate::inventory::cmdline_char(*c)) {
         return Err(RenderError::UnsafeCmdline(bad));
     }
@@ -243,10 +251,19 @@ mod tests {
             (Installed, Choice::Local),
             (Failed, Choice::Failed("disk".into())),
         ] {
-            assert_eq!(choose(Some(&m), state, Some("disk"), UnknownPolicy::Ignore), want);
+            assert_eq!(
+                choose(Some(&m), state, Some("disk"), UnknownPolicy::Ignore),
+                want
+            );
         }
-        assert_eq!(choose(None, Unknown, None, UnknownPolicy::Ignore), Choice::Ignore);
-        assert_eq!(choose(None, Discovered, None, UnknownPolicy::Discover), Choice::Discover);
+        assert_eq!(
+            choose(None, Unknown, None, UnknownPolicy::Ignore),
+            Choice::Ignore
+        );
+        assert_eq!(
+            choose(None, Discovered, None, UnknownPolicy::Discover),
+            Choice::Discover
+        );
     }
 
     #[test]
@@ -278,7 +295,11 @@ mod tests {
     #[test]
     fn install_templates_render_strictly() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("ok.j2"), "h={{ hostname }} d={{ vars.disk }} t={{ token }}\n").unwrap();
+        std::fs::write(
+            dir.path().join("ok.j2"),
+            "h={{ hostname }} d={{ vars.disk }} t={{ token }}\n",
+        )
+        .unwrap();
         std::fs::write(dir.path().join("typo.j2"), "echo start\n{{ vars.dsik }}\n").unwrap();
         std::fs::write(dir.path().join("syntax.j2"), "{% if %}\n").unwrap();
         let mut inv = Inventory::empty(Path::new("i.yaml"));
@@ -286,12 +307,19 @@ mod tests {
         m.vars.insert("disk".into(), "/dev/vda".into());
         inv.machines.insert(m.mac, m.clone());
         let v = InstallVars::new(&inv, &m, "http://s:8080", "tok");
-        assert_eq!(v.done_url, "http://s:8080/install/52:54:00:00:00:07/done?token=tok");
+        assert_eq!(
+            v.done_url,
+            "http://s:8080/install/52:54:00:00:00:07/done?token=tok"
+        );
         let out = install_script(dir.path(), "ok.j2", &v).unwrap();
         assert_eq!(out, "h=web07 d=/dev/vda t=tok\n");
-        let e = install_script(dir.path(), "typo.j2", &v).unwrap_err().to_string();
+        let e = install_script(dir.path(), "typo.j2", &v)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("typo.j2") && e.contains("line 2"), "{e}");
-        let e = install_script(dir.path(), "syntax.j2", &v).unwrap_err().to_string();
+        let e = install_script(dir.path(), "syntax.j2", &v)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("syntax.j2"), "{e}");
         assert!(install_script(dir.path(), "missing.j2", &v).is_err());
         let _ = Context::default();
@@ -304,7 +332,13 @@ mod tests {
         assert_eq!(s, "BOOTIF=01-52-54-00-00-00-07 stemcell.url=http://s stemcell.mac=52:54:00:00:00:07 stemcell.token=t0k console=ttyS0");
         let inv = Inventory::empty(Path::new("i.yaml"));
         let v = InstallVars::new(&inv, &machine(), "http://s", "t");
-        assert_eq!(cmdline("auto url={{ install_url }}", &v).unwrap(), "auto url=http://s/install/52:54:00:00:00:07?token=t");
-        assert!(matches!(cmdline("a {{ token }}'", &v), Err(RenderError::UnsafeCmdline('\''))));
+        assert_eq!(
+            cmdline("auto url={{ install_url }}", &v).unwrap(),
+            "auto url=http://s/install/52:54:00:00:00:07?token=t"
+        );
+        assert!(matches!(
+            cmdline("a {{ token }}'", &v),
+            Err(RenderError::UnsafeCmdline('\''))
+        ));
     }
 }

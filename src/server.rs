@@ -54,8 +54,8 @@ pub fn inventory_context(config: &Config) -> inventory::Context {
 /// Load config and inventory, or say exactly what is wrong.
 pub fn load(config_path: &Path) -> Result<(Config, Inventory), Fatal> {
     let config = Config::load(config_path).map_err(config_error)?;
-    let inv = Inventory::load(&config.inventory, &inventory_context(&config))
-        .map_err(config_error)?;
+    let inv =
+        Inventory::load(&config.inventory, &inventory_context(&config)).map_err(config_error)?;
     Ok((config, inv))
 }
 
@@ -80,12 +80,13 @@ fn read_admin_token(config: &Config) -> Result<Option<Arc<String>>, Fatal> {
 pub async fn serve(config_path: &Path) -> Result<(), Fatal> {
     let (config, inv) = load(config_path)?;
     let server_ip = config.resolve_server_ip().map_err(config_error)?;
-    let server_url = config.server_url(server_ip);
     let admin_token = read_admin_token(&config)?;
-    let store = Arc::new(
-        Store::open(&config.state_dir)
-            .with_context(|| format!("{}: cannot open the state directory", config.state_dir.display()))?,
-    );
+    let store = Arc::new(Store::open(&config.state_dir).with_context(|| {
+        format!(
+            "{}: cannot open the state directory",
+            config.state_dir.display()
+        )
+    })?);
     let ctx = inventory_context(&config);
     tracing::info!(
         file = %inv.file.display(),
@@ -101,6 +102,11 @@ pub async fn serve(config_path: &Path) -> Result<(), Fatal> {
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", config.http.listen))?;
     let addr = listener.local_addr()?;
+    // With `listen: …:0` (tests) machines must be told the port actually bound.
+    let mut server_url = config.server_url(server_ip);
+    if config.http.url.is_none() && config.http.listen.port() == 0 {
+        server_url = format!("http://{}:{}", server_ip, addr.port());
+    }
     tracing::info!(%addr, url = %server_url, "http listening");
 
     let app = App {
@@ -111,7 +117,10 @@ pub async fn serve(config_path: &Path) -> Result<(), Fatal> {
         admin_token,
     };
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(live.clone().watch(Duration::from_millis(200), shutdown.clone()));
+    tasks.spawn(
+        live.clone()
+            .watch(Duration::from_millis(200), shutdown.clone()),
+    );
     {
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
@@ -125,7 +134,10 @@ pub async fn serve(config_path: &Path) -> Result<(), Fatal> {
     tracing::info!("shutting down");
     shutdown.cancel();
     let drain = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(10), drain)
+        .await
+        .is_err()
+    {
         tracing::warn!("some requests did not finish within 10 s; stopping anyway");
     }
     Ok(())
@@ -210,7 +222,10 @@ pub fn render_machine(config_path: &Path, mac: MacAddr) -> Result<String, Fatal>
     if let Some(m) = inv.machine(&mac) {
         if let Some(role) = inv.role_of(m) {
             let vars = render::InstallVars::new(&inv, m, &url, &token);
-            out.push_str(&format!("\n# install script (template {})\n", role.template));
+            out.push_str(&format!(
+                "\n# install script (template {})\n",
+                role.template
+            ));
             out.push_str(
                 &render::install_script(&config.kickstarts, &role.template, &vars)
                     .map_err(config_error)?,

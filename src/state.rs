@@ -170,33 +170,33 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// Replay journal lines into entries; returns how many lines could not be read.
 fn replay(lines: &[String]) -> (HashMap<MacAddr, Entry>, usize) {
     let mut machines: HashMap<MacAddr, Entry> = HashMap::new();
-        let mut bad = 0usize;
-        for l in lines {
-            match serde_json::from_str::<Line>(l) {
-                Ok(Line::Record(r)) => {
-                    let mac = r.mac;
-                    machines
-                        .entry(mac)
-                        .or_insert_with(|| Entry {
-                            record: None,
-                            events: VecDeque::new(),
-                        })
-                        .record = Some(r);
-                }
-                Ok(Line::Event { mac, event }) => {
-                    let e = machines.entry(mac).or_insert_with(|| Entry {
+    let mut bad = 0usize;
+    for l in lines {
+        match serde_json::from_str::<Line>(l) {
+            Ok(Line::Record(r)) => {
+                let mac = r.mac;
+                machines
+                    .entry(mac)
+                    .or_insert_with(|| Entry {
                         record: None,
                         events: VecDeque::new(),
-                    });
-                    if e.events.len() >= EVENTS_KEPT {
-                        e.events.pop_front();
-                    }
-                    e.events.push_back(event);
-                }
-                Err(_) => bad += 1,
+                    })
+                    .record = Some(r);
             }
+            Ok(Line::Event { mac, event }) => {
+                let e = machines.entry(mac).or_insert_with(|| Entry {
+                    record: None,
+                    events: VecDeque::new(),
+                });
+                if e.events.len() >= EVENTS_KEPT {
+                    e.events.pop_front();
+                }
+                e.events.push_back(event);
+            }
+            Err(_) => bad += 1,
         }
-        (machines, bad)
+    }
+    (machines, bad)
 }
 
 /// The records in a state directory, read without taking it over (for `render` beside a
@@ -239,11 +239,7 @@ impl Store {
     }
 
     fn maybe_compact(&self, inner: &mut Inner, force: bool) {
-        let live: usize = inner
-            .machines
-            .values()
-            .map(|e| e.events.len() + 1)
-            .sum();
+        let live: usize = inner.machines.values().map(|e| e.events.len() + 1).sum();
         if !force && inner.lines_since_compact <= 4 * live + 10_000 {
             return;
         }
@@ -532,13 +528,23 @@ mod tests {
         let s = Store::open(dir.path()).unwrap();
         assert_eq!(s.lifecycle(&mac(), true), Lifecycle::Pending);
         let t = s.arm(mac()).await.unwrap();
-        assert_eq!(s.arm(mac()).await.unwrap(), t, "arming twice keeps the token");
-        assert!(matches!(s.install_started(mac(), "nope").await, Err(StateError::BadToken)));
+        assert_eq!(
+            s.arm(mac()).await.unwrap(),
+            t,
+            "arming twice keeps the token"
+        );
+        assert!(matches!(
+            s.install_started(mac(), "nope").await,
+            Err(StateError::BadToken)
+        ));
         s.install_started(mac(), &t).await.unwrap();
         s.event(mac(), "log", "partitioning");
         s.done(mac(), &t, "web".into()).await.unwrap();
         assert!(!s.check_token(&mac(), &t), "the token dies with done");
-        assert!(matches!(s.done(mac(), &t, "web".into()).await, Err(StateError::BadToken)));
+        assert!(matches!(
+            s.done(mac(), &t, "web".into()).await,
+            Err(StateError::BadToken)
+        ));
         drop(s);
         let s = Store::open(dir.path()).unwrap();
         assert_eq!(s.lifecycle(&mac(), true), Lifecycle::Installed);

@@ -66,7 +66,10 @@ pub enum Kind {
     Null,
     /// Any scalar, as written; `quoted` is true for '…' and "…" and block scalars (never
     /// read as a number, boolean or null).
-    Scalar { text: String, quoted: bool },
+    Scalar {
+        text: String,
+        quoted: bool,
+    },
     Seq(Vec<Node>),
     /// Keys are kept in order; duplicate keys were refused at parse time.
     Map(Vec<(Node, Node)>),
@@ -264,7 +267,14 @@ fn same_key(a: &Node, b: &Node) -> bool {
 fn key_text(n: &Node) -> String {
     match &n.kind {
         Kind::Scalar { text, .. } => format!("{text:?}"),
-        other => format!("<{}>", Node { kind: other.clone(), pos: n.pos }.describe()),
+        other => format!(
+            "<{}>",
+            Node {
+                kind: other.clone(),
+                pos: n.pos
+            }
+            .describe()
+        ),
     }
 }
 
@@ -357,7 +367,10 @@ impl Report {
             _ => {
                 self.add(
                     node.pos,
-                    format!("{what} must be a mapping (key: value), found {}", node.describe()),
+                    format!(
+                        "{what} must be a mapping (key: value), found {}",
+                        node.describe()
+                    ),
                 );
                 None
             }

@@ -190,7 +190,10 @@ mod tests {
         assert_eq!(parse_range("bytes=900-", 1000), RangeReq::Part(900, 999));
         assert_eq!(parse_range("bytes=-100", 1000), RangeReq::Part(900, 999));
         assert_eq!(parse_range("bytes=-5000", 1000), RangeReq::Part(0, 999));
-        assert_eq!(parse_range("bytes=990-5000", 1000), RangeReq::Part(990, 999));
+        assert_eq!(
+            parse_range("bytes=990-5000", 1000),
+            RangeReq::Part(990, 999)
+        );
         assert_eq!(parse_range("bytes=1000-", 1000), RangeReq::Unsatisfiable);
         assert_eq!(parse_range("bytes=-0", 1000), RangeReq::Unsatisfiable);
         assert_eq!(parse_range("bytes=5-1", 1000), RangeReq::Whole);
@@ -210,7 +213,15 @@ mod tests {
         assert!(jail(&root, "sub/a.bin").is_some());
         assert!(jail(&root, "/sub/a.bin").is_some());
         assert!(jail(&root, "./sub/a.bin").is_some());
-        for bad in ["../secret", "sub/../../secret", "link", "", "sub/a.bin\0", "..\\secret", "/../secret"] {
+        for bad in [
+            "../secret",
+            "sub/../../secret",
+            "link",
+            "",
+            "sub/a.bin\0",
+            "..\\secret",
+            "/../secret",
+        ] {
             assert!(jail(&root, bad).is_none(), "{bad:?}");
         }
     }

@@ -78,9 +78,18 @@ fn text(status: StatusCode, body: impl Into<String>) -> Response {
         .into_response()
 }
 
-fn parse_mac(s: &str) -> Result<MacAddr, Response> {
+/// A refused request: status and a one-line reason.
+pub struct Reject(StatusCode, String);
+
+impl IntoResponse for Reject {
+    fn into_response(self) -> Response {
+        text(self.0, self.1)
+    }
+}
+
+fn parse_mac(s: &str) -> Result<MacAddr, Reject> {
     s.parse::<MacAddr>()
-        .map_err(|e| text(StatusCode::BAD_REQUEST, format!("{e}\n")))
+        .map_err(|e| Reject(StatusCode::BAD_REQUEST, format!("{e}\n")))
 }
 
 /// A short fingerprint of what a machine would be installed from (role, template text,
@@ -99,7 +108,11 @@ pub fn install_fingerprint(config: &Config, inv: &Inventory, m: &Machine) -> Str
         feed(&std::fs::read(config.kickstarts.join(&role.template)).unwrap_or_default());
         feed(format!("{:?}{:?}{:?}", role.kernel, role.initrd, role.cmdline).as_bytes());
     }
-    feed(serde_json::to_string(&inv.merged_vars(m)).unwrap_or_default().as_bytes());
+    feed(
+        serde_json::to_string(&inv.merged_vars(m))
+            .unwrap_or_default()
+            .as_bytes(),
+    );
     format!("{}:{h:016x}", m.role)
 }
 
@@ -116,7 +129,7 @@ async fn boot_script(
     };
     let mac = match parse_mac(mac) {
         Ok(m) => m,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     match boot_script_for(&app, mac).await {
         Ok((choice, script)) => {
@@ -129,8 +142,12 @@ async fn boot_script(
         }
         Err(e) => {
             tracing::warn!(mac = %mac, error = %e, "boot script failed");
-            app.store.event(mac, "error", format!("boot script failed: {e}"));
-            text(StatusCode::INTERNAL_SERVER_ERROR, "boot script failed; see the server log\n")
+            app.store
+                .event(mac, "error", format!("boot script failed: {e}"));
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "boot script failed; see the server log\n",
+            )
         }
     }
 }
@@ -155,7 +172,14 @@ pub async fn boot_script_for(app: &App, mac: MacAddr) -> anyhow::Result<(Choice,
         (Choice::Discover, _) => "boot script: unknown machine, discovery boot".into(),
         _ => "boot script: not in the inventory, ignored".into(),
     };
-    let script = boot_script_text(&app.config, &app.server_url, &inv, mac, &choice, token.as_deref())?;
+    let script = boot_script_text(
+        &app.config,
+        &app.server_url,
+        &inv,
+        mac,
+        &choice,
+        token.as_deref(),
+    )?;
     app.store.event(mac, "boot", message);
     Ok((choice, script))
 }
@@ -286,7 +310,12 @@ async fn stemcell_file(
     let path: PathBuf = match file.as_str() {
         "vmlinuz" => app.config.stemcell.kernel.clone(),
         "initrd.img" => app.config.stemcell.initrd.clone(),
-        _ => return text(StatusCode::NOT_FOUND, "the stem cell has vmlinuz and initrd.img\n"),
+        _ => {
+            return text(
+                StatusCode::NOT_FOUND,
+                "the stem cell has vmlinuz and initrd.img\n",
+            )
+        }
     };
     file_event(&app, &q, &headers, &format!("stem-cell {file}"));
     files::serve(&path, &headers).await
@@ -324,16 +353,22 @@ async fn install_script(
 ) -> Response {
     let mac = match parse_mac(&mac) {
         Ok(m) => m,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let inv = app.inventory.get();
     let Some(machine) = inv.machine(&mac).cloned() else {
-        return text(StatusCode::NOT_FOUND, format!("{mac} is not in the inventory\n"));
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("{mac} is not in the inventory\n"),
+        );
     };
     let Some(token) = q.token.filter(|t| app.store.check_token(&mac, t)) else {
         tracing::warn!(mac = %mac, "install script refused: wrong or missing token");
-        app.store
-            .event(mac, "error", "install script refused: wrong or missing token");
+        app.store.event(
+            mac,
+            "error",
+            "install script refused: wrong or missing token",
+        );
         return text(StatusCode::FORBIDDEN, "wrong or missing install token\n");
     };
     let Some(role) = inv.role_of(&machine).cloned() else {
@@ -342,10 +377,9 @@ async fn install_script(
     let vars = InstallVars::new(&inv, &machine, &app.server_url, &token);
     let kickstarts = app.config.kickstarts.clone();
     let template = role.template.clone();
-    let rendered = tokio::task::spawn_blocking(move || {
-        render::install_script(&kickstarts, &template, &vars)
-    })
-    .await;
+    let rendered =
+        tokio::task::spawn_blocking(move || render::install_script(&kickstarts, &template, &vars))
+            .await;
     let rendered = match rendered {
         Ok(r) => r.map_err(|e| e.to_string()),
         Err(e) => Err(format!("render task failed: {e}")),
@@ -358,7 +392,11 @@ async fn install_script(
             app.store.event(
                 mac,
                 "install",
-                format!("install script served ({} bytes, template {})", script.len(), role.template),
+                format!(
+                    "install script served ({} bytes, template {})",
+                    script.len(),
+                    role.template
+                ),
             );
             tracing::info!(mac = %mac, template = %role.template, "install script served");
             (
@@ -369,7 +407,8 @@ async fn install_script(
         }
         Err(e) => {
             tracing::warn!(mac = %mac, error = %e, "install template failed");
-            app.store.event(mac, "error", format!("install template failed: {e}"));
+            app.store
+                .event(mac, "error", format!("install template failed: {e}"));
             let _ = app
                 .store
                 .failed(mac, None, format!("install template failed: {e}"))
@@ -387,7 +426,10 @@ fn state_error(mac: MacAddr, e: StateError) -> Response {
         StateError::BadToken => text(StatusCode::FORBIDDEN, "wrong or missing install token\n"),
         StateError::Io(e) => {
             tracing::error!(mac = %mac, error = %e, "state journal write failed");
-            text(StatusCode::SERVICE_UNAVAILABLE, "state could not be saved; try again\n")
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "state could not be saved; try again\n",
+            )
         }
     }
 }
@@ -404,7 +446,7 @@ async fn install_callback(
 ) -> Response {
     let mac = match parse_mac(&mac) {
         Ok(m) => m,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let Some(token) = q.token.filter(|t| app.store.check_token(&mac, t)) else {
         tracing::warn!(mac = %mac, action = %action, "install callback refused: wrong or missing token");
@@ -428,7 +470,11 @@ async fn install_callback(
                 .unwrap_or_default();
             match app.store.done(mac, &token, from).await {
                 Ok(_) => {
-                    app.store.event(mac, "done", "install done; next boots are from the local disk");
+                    app.store.event(
+                        mac,
+                        "done",
+                        "install done; next boots are from the local disk",
+                    );
                     tracing::info!(mac = %mac, "install done");
                     text(StatusCode::OK, "installed\n")
                 }
@@ -437,17 +483,25 @@ async fn install_callback(
         }
         "failed" => {
             let reason: String = body.trim().chars().take(LOG_LINE_MAX).collect();
-            let reason = if reason.is_empty() { "no reason given".to_string() } else { reason };
+            let reason = if reason.is_empty() {
+                "no reason given".to_string()
+            } else {
+                reason
+            };
             match app.store.failed(mac, Some(&token), reason.clone()).await {
                 Ok(_) => {
-                    app.store.event(mac, "failed", format!("install failed: {reason}"));
+                    app.store
+                        .event(mac, "failed", format!("install failed: {reason}"));
                     tracing::warn!(mac = %mac, reason = %reason, "install failed");
                     text(StatusCode::OK, "recorded as failed\n")
                 }
                 Err(e) => state_error(mac, e),
             }
         }
-        _ => text(StatusCode::NOT_FOUND, "callbacks are log, done and failed\n"),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "callbacks are log, done and failed\n",
+        ),
     }
 }
 
@@ -491,8 +545,12 @@ fn view(app: &App, inv: &Inventory, mac: MacAddr, record: Option<&Record>) -> Ma
 /// Every listed machine in file order, then every other machine that was seen.
 pub fn machine_views(app: &App) -> Vec<MachineView> {
     let inv = app.inventory.get();
-    let records: BTreeMap<MacAddr, Record> =
-        app.store.records().into_iter().map(|r| (r.mac, r)).collect();
+    let records: BTreeMap<MacAddr, Record> = app
+        .store
+        .records()
+        .into_iter()
+        .map(|r| (r.mac, r))
+        .collect();
     let mut out: Vec<MachineView> = inv
         .order
         .iter()
@@ -513,12 +571,15 @@ async fn api_machines(State(app): State<App>) -> Response {
 async fn api_machine(State(app): State<App>, Path(mac): Path<String>) -> Response {
     let mac = match parse_mac(&mac) {
         Ok(m) => m,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let inv = app.inventory.get();
     let record = app.store.record(&mac);
     if inv.machine(&mac).is_none() && record.is_none() {
-        return text(StatusCode::NOT_FOUND, format!("{mac} is neither in the inventory nor seen\n"));
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("{mac} is neither in the inventory nor seen\n"),
+        );
     }
     #[derive(Serialize)]
     struct Detail {
@@ -533,11 +594,11 @@ async fn api_machine(State(app): State<App>, Path(mac): Path<String>) -> Respons
     .into_response()
 }
 
-fn authorized(app: &App, headers: &HeaderMap) -> Result<(), Response> {
+fn authorized(app: &App, headers: &HeaderMap) -> Result<(), Reject> {
     let Some(want) = &app.admin_token else {
-        return Err(text(
+        return Err(Reject(
             StatusCode::FORBIDDEN,
-            "no admin_token_file is configured: the mutating API is off\n",
+            "no admin_token_file is configured: the mutating API is off\n".into(),
         ));
     };
     let got = headers
@@ -548,7 +609,10 @@ fn authorized(app: &App, headers: &HeaderMap) -> Result<(), Response> {
     if state::constant_time_eq(got.trim().as_bytes(), want.as_bytes()) {
         Ok(())
     } else {
-        Err(text(StatusCode::UNAUTHORIZED, "wrong or missing bearer token\n"))
+        Err(Reject(
+            StatusCode::UNAUTHORIZED,
+            "wrong or missing bearer token\n".into(),
+        ))
     }
 }
 
@@ -558,11 +622,11 @@ async fn api_reinstall(
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = authorized(&app, &headers) {
-        return r;
+        return r.into_response();
     }
     let mac = match parse_mac(&mac) {
         Ok(m) => m,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     if app.inventory.get().machine(&mac).is_none() {
         return text(
@@ -572,7 +636,8 @@ async fn api_reinstall(
     }
     match app.store.rearm(mac).await {
         Ok(_) => {
-            app.store.event(mac, "rearm", "re-armed: the next netboot reinstalls");
+            app.store
+                .event(mac, "rearm", "re-armed: the next netboot reinstalls");
             tracing::info!(mac = %mac, "machine re-armed");
             let inv = app.inventory.get();
             Json(view(&app, &inv, mac, app.store.record(&mac).as_ref())).into_response()

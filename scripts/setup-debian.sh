@@ -1,0 +1,27 @@
+#!/bin/bash
+# Install what stemcell's build, tests and lab need on Debian 12, as root. Idempotent.
+set -euo pipefail
+
+PACKAGES=(
+  build-essential pkg-config curl ca-certificates iproute2 procps psmisc
+  isc-dhcp-client udhcpc tftp-hpa atftp dnsmasq-base isc-dhcp-relay
+  qemu-system-x86 ipxe ipxe-qemu ovmf busybox-static cpio zstd xz-utils
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  [ -x "$HOME/.cargo/bin/cargo" ] || {
+    echo "setup: installing the Rust toolchain with rustup"
+    curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c clippy,rustfmt
+  }
+fi

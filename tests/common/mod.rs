@@ -1,0 +1,185 @@
+//! Shared harness: start the real `stemcell` binary on a free port in a temporary folder
+//! and drive it with real clients (curl). Readiness is the "http listening" log line,
+//! never a sleep.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_stemcell");
+
+pub struct Server {
+    pub child: Child,
+    pub addr: String,
+    pub dir: PathBuf,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+/// A lab folder with config, inventory and kickstarts, HTTP on 127.0.0.1:0, no DHCP/TFTP.
+pub fn lab(dir: &Path, inventory: &str) {
+    std::fs::create_dir_all(dir.join("kickstarts")).unwrap();
+    std::fs::create_dir_all(dir.join("stemcell")).unwrap();
+    std::fs::create_dir_all(dir.join("assets/sub")).unwrap();
+    std::fs::write(
+        dir.join("stemcell.yaml"),
+        "server_ip: 127.0.0.1\ndhcp:\n  mode: off\nhttp:\n  listen: 127.0.0.1:0\nstemcell:\n  kernel: stemcell/vmlinuz\n  initrd: stemcell/initrd.img\n  cmdline: console=ttyS0\nassets: assets\ninventory: inventory.yaml\nkickstarts: kickstarts\nstate_dir: state\nadmin_token_file: admin.token\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("admin.token"), "test-admin-token-0123456789\n").unwrap();
+    std::fs::write(dir.join("inventory.yaml"), inventory).unwrap();
+    std::fs::write(
+        dir.join("kickstarts/web.sh.j2"),
+        "#!/bin/sh\necho host={{ hostname }} role={{ role }} disk={{ vars.disk }}\ncurl -X POST '{{ done_url }}'\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("kickstarts/broken.sh.j2"),
+        "#!/bin/sh\necho {{ vars.no_such_variable }}\n",
+    )
+    .unwrap();
+    // A "kernel" with known bytes, for Range checks.
+    let kernel: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(dir.join("stemcell/vmlinuz"), kernel).unwrap();
+    std::fs::write(dir.join("stemcell/initrd.img"), b"initrd").unwrap();
+    std::fs::write(dir.join("assets/sub/file.txt"), b"asset").unwrap();
+    std::fs::write(dir.join("secret.txt"), b"secret").unwrap();
+}
+
+impl Server {
+    pub fn start(dir: &Path) -> Server {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(dir.join("stemcell.yaml"))
+            .env("STEMCELL_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start stemcell");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if line.contains("http listening") {
+                        let _ = tx.send(line.clone());
+                    }
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        let line = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(l) => l,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "stemcell did not report listening; log:\n{}",
+                    log.lock().unwrap().join("\n")
+                );
+            }
+        };
+        let addr = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("addr="))
+            .expect("addr= in the listening line")
+            .to_string();
+        Server {
+            child,
+            addr,
+            dir: dir.to_path_buf(),
+            log,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Wait until a log line contains `needle`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
+        let t0 = Instant::now();
+        while t0.elapsed() < timeout {
+            if self.log_text().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: String,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    }
+}
+
+/// Run curl with `args` and the URL; returns status, headers and body.
+pub fn curl(args: &[&str], url: &str) -> Reply {
+    let tmp = tempfile::tempdir().unwrap();
+    let hdr = tmp.path().join("h");
+    let body = tmp.path().join("b");
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "-D"])
+        .arg(&hdr)
+        .arg("-o")
+        .arg(&body)
+        .args(["-w", "%{http_code}"])
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("curl must be installed (apt-get install curl)");
+    let status: u16 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("curl failed: {}", String::from_utf8_lossy(&out.stderr)));
+    Reply {
+        status,
+        headers: std::fs::read_to_string(&hdr).unwrap_or_default(),
+        body: std::fs::read(&body).unwrap_or_default(),
+    }
+}
+
+/// The value of `key=` on a kernel command line in a boot script.
+pub fn cmdline_value(script: &str, key: &str) -> Option<String> {
+    script
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")).map(str::to_string))
+}
+
+pub fn json(r: &Reply) -> serde_json::Value {
+    serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", r.text()))
+}

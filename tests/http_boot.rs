@@ -1,0 +1,411 @@
+//! The HTTP half of booting, against the real binary, driven with curl.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const WEB: &str = "52:54:00:00:00:01";
+const INVENTORY: &str = "defaults:
+  unknown: ignore
+  vars: { disk: /dev/vda }
+roles:
+  web:
+    template: web.sh.j2
+  broken:
+    template: broken.sh.j2
+machines:
+  52-54-00-00-00-01:
+    hostname: web01
+    role: web
+  \"52:54:00:00:00:02\":
+    hostname: bad01
+    role: broken
+";
+
+fn boot(s: &Server, mac: &str) -> String {
+    let r = curl(&[], &s.url(&format!("/boot/{mac}.ipxe")));
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.text()
+}
+
+#[test]
+fn a_machine_installs_once_then_boots_from_disk_and_survives_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    lab(dir.path(), INVENTORY);
+    let mut s = Server::start(dir.path());
+
+    // Pending: the stem cell with this MAC's BOOTIF, the server URL and a token.
+    let script = boot(&s, "52-54-00-00-00-01");
+    assert!(script.starts_with("#!ipxe\n"), "{script}");
+    assert!(
+        script.contains(&format!(
+            "kernel http://127.0.0.1:{}/stemcell/vmlinuz",
+            s.addr.split(':').nth(1).unwrap()
+        )) || script.contains("/stemcell/vmlinuz?mac="),
+        "{script}"
+    );
+    assert_eq!(
+        cmdline_value(&script, "BOOTIF").as_deref(),
+        Some("01-52-54-00-00-00-01")
+    );
+    assert_eq!(
+        cmdline_value(&script, "stemcell.url").as_deref(),
+        Some("http://127.0.0.1:".to_string() + s.addr.split(':').nth(1).unwrap()).as_deref()
+    );
+    assert!(script.contains("console=ttyS0"), "{script}");
+    let token = cmdline_value(&script, "stemcell.token").expect("a token on the command line");
+    assert_eq!(token.len(), 32);
+    // Asking again keeps the same token (a retried boot must not invalidate a running install).
+    assert_eq!(
+        cmdline_value(&boot(&s, WEB), "stemcell.token").as_deref(),
+        Some(token.as_str())
+    );
+
+    // The install script: without, with a wrong, and with the right token.
+    assert_eq!(curl(&[], &s.url(&format!("/install/{WEB}"))).status, 403);
+    assert_eq!(
+        curl(&[], &s.url(&format!("/install/{WEB}?token=0000"))).status,
+        403
+    );
+    let wrong = "f".repeat(32);
+    assert_eq!(
+        curl(&[], &s.url(&format!("/install/{WEB}?token={wrong}"))).status,
+        403
+    );
+    let r = curl(&[], &s.url(&format!("/install/{WEB}?token={token}")));
+    assert_eq!(r.status, 200);
+    assert!(
+        r.text().contains("echo host=web01 role=web disk=/dev/vda"),
+        "{}",
+        r.text()
+    );
+    assert!(
+        r.text()
+            .contains(&format!("/install/{WEB}/done?token={token}")),
+        "{}",
+        r.text()
+    );
+
+    let m = json(&curl(&[], &s.url(&format!("/api/v1/machines/{WEB}"))));
+    assert_eq!(m["state"], "installing");
+
+    // Log lines become events; done flips the machine to installed.
+    let r = curl(
+        &[
+            "-X",
+            "POST",
+            "--data-binary",
+            "partitioning /dev/vda\nwriting files\n",
+        ],
+        &s.url(&format!("/install/{WEB}/log?token={token}")),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        curl(
+            &["-X", "POST"],
+            &s.url(&format!("/install/{WEB}/done?token=bad"))
+        )
+        .status,
+        403
+    );
+    let r = curl(
+        &["-X", "POST"],
+        &s.url(&format!("/install/{WEB}/done?token={token}")),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    let script = boot(&s, WEB);
+    assert!(
+        script.contains("sanboot --no-describe --drive 0x80"),
+        "{script}"
+    );
+    assert!(!script.contains("stemcell.token"), "{script}");
+    // The old token is dead: the install script is refused now.
+    assert_eq!(
+        curl(&[], &s.url(&format!("/install/{WEB}?token={token}"))).status,
+        403
+    );
+
+    let m = json(&curl(&[], &s.url(&format!("/api/v1/machines/{WEB}"))));
+    assert_eq!(m["state"], "installed");
+    let events: Vec<String> = m["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            format!(
+                "{}: {}",
+                e["kind"].as_str().unwrap(),
+                e["message"].as_str().unwrap()
+            )
+        })
+        .collect();
+    let joined = events.join("\n");
+    for want in [
+        "boot: boot script: install as role web",
+        "install: install script served",
+        "log: partitioning /dev/vda",
+        "log: writing files",
+        "done: install done",
+        "boot: boot script: installed, boot from local disk",
+    ] {
+        assert!(joined.contains(want), "missing {want:?} in\n{joined}");
+    }
+
+    // SIGKILL and restart: nothing acknowledged is lost.
+    s.kill();
+    let s = Server::start(dir.path());
+    assert!(
+        boot(&s, WEB).contains("sanboot"),
+        "installed state must survive a restart"
+    );
+    let m = json(&curl(&[], &s.url(&format!("/api/v1/machines/{WEB}"))));
+    assert!(m["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["message"] == "partitioning /dev/vda"));
+
+    // Re-arm needs the admin token; then the next boot reinstalls with a new token.
+    let rearm = s.url(&format!("/api/v1/machines/{WEB}/reinstall"));
+    assert_eq!(curl(&["-X", "POST"], &rearm).status, 401);
+    assert_eq!(
+        curl(&["-X", "POST", "-H", "Authorization: Bearer nope"], &rearm).status,
+        401
+    );
+    let r = curl(
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "Authorization: Bearer test-admin-token-0123456789",
+        ],
+        &rearm,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let script = boot(&s, WEB);
+    let token2 = cmdline_value(&script, "stemcell.token").expect("re-armed machines install again");
+    assert_ne!(token2, token);
+}
+
+#[test]
+fn unknown_machines_follow_the_inventory_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    lab(dir.path(), INVENTORY);
+    let s = Server::start(dir.path());
+    let script = boot(&s, "aa:bb:cc:dd:ee:ff");
+    assert!(
+        script.contains("is not in the inventory") && script.contains("exit 1"),
+        "{script}"
+    );
+    assert!(!script.contains("kernel "), "{script}");
+    assert_eq!(curl(&[], &s.url("/boot/not-a-mac.ipxe")).status, 400);
+    assert_eq!(
+        curl(&[], &s.url("/install/aa:bb:cc:dd:ee:ff?token=x")).status,
+        404
+    );
+    assert_eq!(
+        curl(
+            &["-X", "POST"],
+            &s.url("/install/aa:bb:cc:dd:ee:ff/done?token=x")
+        )
+        .status,
+        403
+    );
+
+    // Switch the policy to discover while serving.
+    std::fs::write(
+        dir.path().join("inventory.yaml"),
+        INVENTORY.replace("unknown: ignore", "unknown: discover"),
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    let script = loop {
+        let s2 = boot(&s, "aa:bb:cc:dd:ee:ff");
+        if s2.contains("kernel ") || t0.elapsed() > Duration::from_secs(3) {
+            break s2;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(script.contains("stemcell.mode=discover"), "{script}");
+    assert!(!script.contains("stemcell.token"), "{script}");
+    let list = json(&curl(&[], &s.url("/api/v1/machines")));
+    let row = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mac"] == "aa:bb:cc:dd:ee:ff")
+        .expect("discovered machine listed");
+    assert_eq!(row["state"], "discovered");
+    assert_eq!(row["listed"], false);
+    let web = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mac"] == WEB)
+        .unwrap();
+    for key in ["mac", "hostname", "role", "state", "ip"] {
+        assert!(web.get(key).is_some(), "{key} missing in {web}");
+    }
+}
+
+#[test]
+fn kernel_and_assets_stream_with_range_etag_and_head() {
+    let dir = tempfile::tempdir().unwrap();
+    lab(dir.path(), INVENTORY);
+    let s = Server::start(dir.path());
+    let kernel = std::fs::read(dir.path().join("stemcell/vmlinuz")).unwrap();
+
+    let r = curl(&[], &s.url(&format!("/stemcell/vmlinuz?mac={WEB}")));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, kernel);
+    let etag = r.header("etag").expect("ETag");
+    assert!(r.header("last-modified").is_some());
+    assert_eq!(r.header("accept-ranges").as_deref(), Some("bytes"));
+
+    let r = curl(&["-r", "1000-1999"], &s.url("/stemcell/vmlinuz"));
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body, &kernel[1000..2000]);
+    assert_eq!(
+        r.header("content-range").as_deref(),
+        Some("bytes 1000-1999/1000000")
+    );
+    let r = curl(&["-r", "-10"], &s.url("/stemcell/vmlinuz"));
+    assert_eq!(r.body, &kernel[kernel.len() - 10..]);
+    let r = curl(&["-r", "2000000-"], &s.url("/stemcell/vmlinuz"));
+    assert_eq!(r.status, 416);
+    assert_eq!(
+        r.header("content-range").as_deref(),
+        Some("bytes */1000000")
+    );
+
+    let r = curl(
+        &["-H", &format!("If-None-Match: {etag}")],
+        &s.url("/stemcell/vmlinuz"),
+    );
+    assert_eq!(r.status, 304);
+    assert!(r.body.is_empty());
+    // If-Range with a stale validator: the whole file, not a fragment of a changed one.
+    let r = curl(
+        &["-r", "0-9", "-H", "If-Range: \"stale\""],
+        &s.url("/stemcell/vmlinuz"),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), kernel.len());
+
+    let r = curl(&["-I"], &s.url("/stemcell/vmlinuz"));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-length").as_deref(), Some("1000000"));
+    assert_eq!(curl(&[], &s.url("/stemcell/other")).status, 404);
+
+    assert_eq!(curl(&[], &s.url("/assets/sub/file.txt")).text(), "asset");
+    for hostile in [
+        "/assets/../secret.txt",
+        "/assets/%2e%2e/secret.txt",
+        "/assets/sub/%2e%2e/%2e%2e/secret.txt",
+        "/assets/..%2fsecret.txt",
+    ] {
+        let r = curl(&["--path-as-is"], &s.url(hostile));
+        assert_ne!(r.status, 200, "{hostile} must not escape the assets folder");
+        assert_ne!(r.text(), "secret");
+    }
+    // No redirects anywhere: firmware does not follow them.
+    assert!(!s.log_text().contains("redirect"));
+    let m = json(&curl(&[], &s.url(&format!("/api/v1/machines/{WEB}"))));
+    assert!(
+        m["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["message"] == "fetched stem-cell vmlinuz"),
+        "{m}"
+    );
+}
+
+#[test]
+fn a_failing_template_is_a_500_and_an_event_never_half_a_script() {
+    let dir = tempfile::tempdir().unwrap();
+    lab(dir.path(), INVENTORY);
+    let s = Server::start(dir.path());
+    let bad = "52:54:00:00:00:02";
+    let token = cmdline_value(&boot(&s, bad), "stemcell.token").unwrap();
+    let r = curl(&[], &s.url(&format!("/install/{bad}?token={token}")));
+    assert_eq!(r.status, 500);
+    assert!(!r.text().contains("#!/bin/sh"), "{}", r.text());
+    let m = json(&curl(&[], &s.url(&format!("/api/v1/machines/{bad}"))));
+    assert_eq!(m["state"], "failed");
+    let ev = m["events"].as_array().unwrap();
+    assert!(
+        ev.iter().any(|e| e["kind"] == "error"
+            && e["message"].as_str().unwrap().contains("broken.sh.j2")
+            && e["message"].as_str().unwrap().contains("no_such_variable")),
+        "{m}"
+    );
+    assert!(s.log_text().contains("install template failed"));
+    // A failed machine is not sent back into the installer.
+    let script = boot(&s, bad);
+    assert!(
+        script.contains("failed") && !script.contains("kernel "),
+        "{script}"
+    );
+}
+
+#[test]
+fn inventory_edits_while_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    lab(dir.path(), INVENTORY);
+    let s = Server::start(dir.path());
+    let inv = dir.path().join("inventory.yaml");
+    let new_mac = "52:54:00:00:00:03";
+    assert!(boot(&s, new_mac).contains("not in the inventory"));
+
+    // An invalid edit: the old inventory keeps serving and the error is reported with its place.
+    std::fs::write(
+        &inv,
+        INVENTORY.replace("    role: web\n", "    role: wbe\n"),
+    )
+    .unwrap();
+    assert!(
+        s.wait_log("inventory edit is invalid", Duration::from_secs(5)),
+        "{}",
+        s.log_text()
+    );
+    let st = json(&curl(&[], &s.url("/api/v1/status")));
+    let err = st["inventory"]["error"]
+        .as_str()
+        .expect("current error reported");
+    assert!(
+        err.contains("inventory.yaml:12:11: machine 52:54:00:00:00:01: unknown role \"wbe\""),
+        "{err}"
+    );
+    assert!(
+        boot(&s, WEB).contains("stemcell.token"),
+        "the last good inventory still serves"
+    );
+
+    // A valid edit, written the way editors do (new file, then rename over the old one).
+    let tmp = dir.path().join(".inventory.yaml.swp");
+    std::fs::write(
+        &tmp,
+        format!("{INVENTORY}  {new_mac}:\n    hostname: web03\n    role: web\n"),
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    std::fs::rename(&tmp, &inv).unwrap();
+    loop {
+        let script = boot(&s, new_mac);
+        if script.contains("installing web03") {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "a valid edit must be served within a second; got\n{script}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let st = json(&curl(&[], &s.url("/api/v1/status")));
+    assert!(st["inventory"]["error"].is_null(), "{st}");
+    assert_eq!(st["inventory"]["machines"], 3);
+}
