@@ -5,11 +5,13 @@
 //! modules and the boot path.
 #![forbid(unsafe_code)]
 
+pub mod client;
 pub mod config;
 pub mod http;
 pub mod inventory;
 pub mod journal;
 pub mod mac;
+pub mod metrics;
 pub mod render;
 pub mod server;
 pub mod state;

@@ -36,6 +36,81 @@ enum Command {
         #[arg(long)]
         mac: String,
     },
+    /// List machines and their states (over the API of a running server).
+    Machines {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Show one machine with its events.
+    Machine {
+        #[command(flatten)]
+        api: ApiArgs,
+        mac: String,
+    },
+    /// Re-arm a machine: its next netboot reinstalls (needs the admin token).
+    Reinstall {
+        #[command(flatten)]
+        api: ApiArgs,
+        mac: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct ApiArgs {
+    /// The server's URL (default: http.url from --config, else http://127.0.0.1:8080).
+    #[arg(long, env = "STEMCELL_SERVER")]
+    server: Option<String>,
+    /// A config file to take the URL and the admin token file from.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// The admin token file (default: admin_token_file from --config).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+}
+
+impl ApiArgs {
+    fn resolve(&self) -> Result<(String, Option<PathBuf>), String> {
+        let config = match &self.config {
+            Some(p) => Some(stemcell::config::Config::load(p).map_err(|e| e.to_string())?),
+            None => None,
+        };
+        let server = self
+            .server
+            .clone()
+            .or_else(|| config.as_ref().map(|c| c.display_url()))
+            .unwrap_or_else(|| "http://127.0.0.1:8080".into());
+        let token_file = self
+            .token_file
+            .clone()
+            .or_else(|| config.and_then(|c| c.admin_token_file));
+        Ok((server, token_file))
+    }
+}
+
+fn api_command(
+    api: &ApiArgs,
+    f: impl FnOnce(&str, Option<String>) -> anyhow::Result<String>,
+) -> ExitCode {
+    let (server, token_file) = match api.resolve() {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("stemcell: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    let token = token_file
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .map(|t| t.trim().to_string());
+    match f(&server, token) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("stemcell: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn init_tracing() {
@@ -81,6 +156,16 @@ fn main() -> ExitCode {
             }
             Err(f) => fail(f),
         },
+        Command::Machines { api } => api_command(&api, |s, _| stemcell::client::machines(s)),
+        Command::Machine { api, mac } => {
+            api_command(&api, |s, _| stemcell::client::machine(s, &mac))
+        }
+        Command::Reinstall { api, mac } => api_command(&api, |s, t| {
+            let t = t.ok_or_else(|| {
+                anyhow::anyhow!("the admin token is needed: pass --token-file or --config")
+            })?;
+            stemcell::client::reinstall(s, &mac, &t)
+        }),
         Command::Render { config, mac } => {
             let mac = match mac.parse::<stemcell::mac::MacAddr>() {
                 Ok(m) => m,

@@ -115,6 +115,8 @@ pub async fn serve(config_path: &Path) -> Result<(), Fatal> {
         inventory: live.clone(),
         store: store.clone(),
         admin_token,
+        sessions: Default::default(),
+        metrics: Default::default(),
     };
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(

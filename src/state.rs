@@ -71,6 +71,9 @@ pub struct Facts {
     pub uuid: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ip: Option<String>,
+    /// What the stem cell reported in discovery (cpus, memory, disks, nics, DMI…).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub hardware: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -140,9 +143,17 @@ pub enum StateError {
     Io(#[from] std::io::Error),
 }
 
+/// A machine changed (an event was added or its record changed): for live pages.
+#[derive(Clone, Debug)]
+pub struct Change {
+    pub mac: MacAddr,
+    pub event: Option<Event>,
+}
+
 pub struct Store {
     inner: Mutex<Inner>,
     journal: Journal,
+    changes: tokio::sync::broadcast::Sender<Change>,
 }
 
 pub fn now_ms() -> u64 {
@@ -229,6 +240,7 @@ impl Store {
                 lines_since_compact: lines.len(),
             }),
             journal,
+            changes: tokio::sync::broadcast::channel(4096).0,
         };
         store.maybe_compact(&mut store.lock(), true);
         Ok(store)
@@ -280,7 +292,13 @@ impl Store {
         inner.lines_since_compact += 1;
         let c = self.journal.append(&line, durable);
         self.maybe_compact(inner, false);
+        let _ = self.changes.send(Change { mac, event: None });
         c
+    }
+
+    /// Every change from now on (lagging receivers skip ahead; pages then re-read).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Change> {
+        self.changes.subscribe()
     }
 
     pub fn record(&self, mac: &MacAddr) -> Option<Record> {
@@ -335,10 +353,15 @@ impl Store {
         if e.events.len() >= EVENTS_KEPT {
             e.events.pop_front();
         }
-        e.events.push_back(event);
+        e.events.push_back(event.clone());
         inner.lines_since_compact += 1;
         self.journal.append(&line, false);
         self.maybe_compact(&mut inner, false);
+        drop(inner);
+        let _ = self.changes.send(Change {
+            mac,
+            event: Some(event),
+        });
     }
 
     /// Remember what a machine's packets said, and when it was last seen. Unlisted
@@ -365,6 +388,9 @@ impl Store {
         r.last_seen = now;
         if !listed && r.state == Lifecycle::Unknown {
             r.state = Lifecycle::Discovered;
+        }
+        if !facts.hardware.is_empty() {
+            r.facts.hardware = facts.hardware;
         }
         for (slot, new) in [
             (&mut r.facts.arch, facts.arch),
@@ -487,6 +513,22 @@ impl Store {
         self.transition(mac, token, |r, _| {
             r.state = Lifecycle::Failed;
             r.reason = Some(reason);
+        })
+        .await
+    }
+
+    /// Cancel an armed install: installed again if it ever was, otherwise failed (held
+    /// until re-armed).
+    pub async fn cancel(&self, mac: MacAddr) -> Result<Record, StateError> {
+        self.transition(mac, None, |r, _| {
+            r.token = None;
+            if r.installed_at.is_some() {
+                r.state = Lifecycle::Installed;
+                r.reason = None;
+            } else {
+                r.state = Lifecycle::Failed;
+                r.reason = Some("install cancelled by an operator".into());
+            }
         })
         .await
     }

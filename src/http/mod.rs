@@ -9,6 +9,7 @@
 //! Every request from a machine is an event in that machine's history.
 
 pub mod files;
+pub mod page;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -38,6 +39,8 @@ pub struct App {
     pub inventory: Arc<inventory::Live>,
     pub store: Arc<Store>,
     pub admin_token: Option<Arc<String>>,
+    pub sessions: Arc<page::Sessions>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 pub fn router(app: App) -> Router {
@@ -47,12 +50,95 @@ pub fn router(app: App) -> Router {
         .route("/assets/{*path}", get(asset))
         .route("/install/{mac}", get(install_script))
         .route("/install/{mac}/{action}", post(install_callback))
+        .route("/discover/{mac}", post(discover))
         .route("/api/v1/machines", get(api_machines))
         .route("/api/v1/machines/{mac}", get(api_machine))
         .route("/api/v1/machines/{mac}/reinstall", post(api_reinstall))
+        .route("/api/v1/machines/{mac}/cancel", post(api_cancel))
         .route("/api/v1/status", get(api_status))
+        .route("/api/v1/events", get(page::events))
+        .route("/", get(page::index))
+        .route("/machines/{mac}", get(page::machine))
+        .route("/machines/{mac}/{action}", post(page::action))
+        .route("/login", get(page::login_form).post(page::login))
+        .route("/logout", post(page::logout))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/openapi.json", get(openapi))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            count_requests,
+        ))
         .with_state(app)
+}
+
+/// Count every request by its route pattern (never the raw path: MACs would explode the
+/// label set) and status.
+async fn count_requests(
+    State(app): State<App>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let resp = next.run(req).await;
+    app.metrics.inc(
+        "stemcell_http_requests_total",
+        &[("route", &route), ("status", resp.status().as_str())],
+        1.0,
+    );
+    resp
+}
+
+async fn metrics(State(app): State<App>) -> Response {
+    let st = app.inventory.status();
+    let m = &app.metrics;
+    m.set("stemcell_inventory_reloads_total", &[], st.reloads as f64);
+    m.set(
+        "stemcell_inventory_reload_errors_total",
+        &[],
+        st.reload_errors as f64,
+    );
+    m.set("stemcell_inventory_machines", &[], st.machines as f64);
+    let mut by_state: BTreeMap<&str, usize> = BTreeMap::new();
+    for v in machine_views(&app) {
+        *by_state.entry(v.state.as_str()).or_default() += 1;
+    }
+    m.clear("stemcell_machines");
+    for (s, n) in by_state {
+        m.set("stemcell_machines", &[("state", s)], n as f64);
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        m.render(),
+    )
+        .into_response()
+}
+
+/// The API's OpenAPI 3 document (tests check real responses against it).
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+fn record_install_outcome(app: &App, outcome: &str, record: &Record) {
+    app.metrics
+        .inc("stemcell_installs_total", &[("outcome", outcome)], 1.0);
+    if let Some(start) = record.install_started {
+        let secs = state::now_ms().saturating_sub(start) as f64 / 1000.0;
+        app.metrics.observe(
+            "stemcell_install_duration_seconds",
+            &[("outcome", outcome)],
+            secs,
+        );
+    }
 }
 
 /// Serve `router` on an already-bound listener until `shutdown`.
@@ -95,6 +181,18 @@ fn parse_mac(s: &str) -> Result<MacAddr, Reject> {
 /// A short fingerprint of what a machine would be installed from (role, template text,
 /// variables), to tell when an installed machine has drifted from its inventory entry.
 pub fn install_fingerprint(config: &Config, inv: &Inventory, m: &Machine) -> String {
+    fingerprint_with(config, inv, m, &mut TemplateCache::new())
+}
+
+/// Template texts read once per request when many machines are fingerprinted.
+pub type TemplateCache = std::collections::HashMap<String, Vec<u8>>;
+
+fn fingerprint_with(
+    config: &Config,
+    inv: &Inventory,
+    m: &Machine,
+    cache: &mut TemplateCache,
+) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut feed = |b: &[u8]| {
         for x in b {
@@ -105,7 +203,10 @@ pub fn install_fingerprint(config: &Config, inv: &Inventory, m: &Machine) -> Str
     feed(m.role.as_bytes());
     if let Some(role) = inv.role_of(m) {
         feed(role.template.as_bytes());
-        feed(&std::fs::read(config.kickstarts.join(&role.template)).unwrap_or_default());
+        let text = cache.entry(role.template.clone()).or_insert_with(|| {
+            std::fs::read(config.kickstarts.join(&role.template)).unwrap_or_default()
+        });
+        feed(text);
         feed(format!("{:?}{:?}{:?}", role.kernel, role.initrd, role.cmdline).as_bytes());
     }
     feed(
@@ -469,7 +570,8 @@ async fn install_callback(
                 .map(|m| install_fingerprint(&app.config, &inv, m))
                 .unwrap_or_default();
             match app.store.done(mac, &token, from).await {
-                Ok(_) => {
+                Ok(r) => {
+                    record_install_outcome(&app, "done", &r);
                     app.store.event(
                         mac,
                         "done",
@@ -489,7 +591,8 @@ async fn install_callback(
                 reason
             };
             match app.store.failed(mac, Some(&token), reason.clone()).await {
-                Ok(_) => {
+                Ok(r) => {
+                    record_install_outcome(&app, "failed", &r);
                     app.store
                         .event(mac, "failed", format!("install failed: {reason}"));
                     tracing::warn!(mac = %mac, reason = %reason, "install failed");
@@ -503,6 +606,67 @@ async fn install_callback(
             "callbacks are log, done and failed\n",
         ),
     }
+}
+
+/// Most facts taken from one discovery report, and their longest key and value.
+const FACTS_MAX: usize = 128;
+const FACT_KEY_MAX: usize = 64;
+const FACT_VALUE_MAX: usize = 512;
+
+/// Pure: `key=value` lines from a discovering stem cell, bounded and cleaned. Keys are
+/// lower-case identifiers; lines that are not `key=value` are skipped.
+pub fn parse_facts(body: &str) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    for line in body.lines() {
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
+        let k = k.trim().to_ascii_lowercase();
+        if k.is_empty()
+            || k.len() > FACT_KEY_MAX
+            || !k
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-')
+        {
+            continue;
+        }
+        let v: String = v
+            .trim()
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(FACT_VALUE_MAX)
+            .collect();
+        if out.len() < FACTS_MAX || out.contains_key(&k) {
+            out.insert(k, v);
+        }
+    }
+    out
+}
+
+/// A stem cell booted in discovery mode reports what the machine is.
+async fn discover(State(app): State<App>, Path(mac): Path<String>, body: String) -> Response {
+    let mac = match parse_mac(&mac) {
+        Ok(m) => m,
+        Err(r) => return r.into_response(),
+    };
+    let listed = app.inventory.get().machine(&mac).is_some();
+    let hardware = parse_facts(&body);
+    let n = hardware.len();
+    app.store.observe(
+        mac,
+        listed,
+        state::Facts {
+            hardware,
+            ..Default::default()
+        },
+    );
+    app.store.event(
+        mac,
+        "discover",
+        format!("stem cell reported {n} hardware facts"),
+    );
+    tracing::info!(mac = %mac, facts = n, "discovery report");
+    text(StatusCode::OK, format!("{n} facts\n"))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -519,17 +683,35 @@ pub struct MachineView {
     pub reason: Option<String>,
     pub last_seen: Option<u64>,
     pub installed_at: Option<u64>,
+    /// Installed, but its role, template or variables changed since (never acted on
+    /// automatically).
+    pub drifted: bool,
     pub facts: state::Facts,
     pub last_event: Option<state::Event>,
 }
 
-fn view(app: &App, inv: &Inventory, mac: MacAddr, record: Option<&Record>) -> MachineView {
+fn view(
+    app: &App,
+    inv: &Inventory,
+    mac: MacAddr,
+    record: Option<&Record>,
+    cache: Option<&mut TemplateCache>,
+) -> MachineView {
     let m = inv.machine(&mac);
+    let state = state::effective(record, m.is_some());
+    let drifted = match (m, record.and_then(|r| r.installed_from.as_deref())) {
+        (Some(m), Some(from)) if state == Lifecycle::Installed => {
+            let mut local = TemplateCache::new();
+            from != fingerprint_with(&app.config, inv, m, cache.unwrap_or(&mut local))
+        }
+        _ => false,
+    };
     MachineView {
         mac,
         hostname: m.map(|m| m.hostname.clone()),
         role: m.map(|m| m.role.clone()),
-        state: state::effective(record, m.is_some()),
+        state,
+        drifted,
         ip: m
             .and_then(|m| m.ip.map(|i| i.to_string()))
             .or_else(|| record.and_then(|r| r.facts.ip.clone())),
@@ -551,14 +733,15 @@ pub fn machine_views(app: &App) -> Vec<MachineView> {
         .into_iter()
         .map(|r| (r.mac, r))
         .collect();
+    let mut cache = TemplateCache::new();
     let mut out: Vec<MachineView> = inv
         .order
         .iter()
-        .map(|mac| view(app, &inv, *mac, records.get(mac)))
+        .map(|mac| view(app, &inv, *mac, records.get(mac), Some(&mut cache)))
         .collect();
     for (mac, r) in &records {
         if inv.machine(mac).is_none() {
-            out.push(view(app, &inv, *mac, Some(r)));
+            out.push(view(app, &inv, *mac, Some(r), None));
         }
     }
     out
@@ -588,7 +771,7 @@ async fn api_machine(State(app): State<App>, Path(mac): Path<String>) -> Respons
         events: Vec<state::Event>,
     }
     Json(Detail {
-        machine: view(&app, &inv, mac, record.as_ref()),
+        machine: view(&app, &inv, mac, record.as_ref(), None),
         events: app.store.events(&mac),
     })
     .into_response()
@@ -616,11 +799,57 @@ fn authorized(app: &App, headers: &HeaderMap) -> Result<(), Reject> {
     }
 }
 
-async fn api_reinstall(
-    State(app): State<App>,
-    Path(mac): Path<String>,
-    headers: HeaderMap,
-) -> Response {
+/// Re-arm a listed machine: its next netboot installs again, with a new token.
+pub async fn reinstall(app: &App, mac: MacAddr) -> Result<(), Reject> {
+    if app.inventory.get().machine(&mac).is_none() {
+        return Err(Reject(
+            StatusCode::CONFLICT,
+            format!("{mac} is not in the inventory; add it with a role first\n"),
+        ));
+    }
+    app.store
+        .rearm(mac)
+        .await
+        .map_err(|e| state_reject(mac, e))?;
+    app.store
+        .event(mac, "rearm", "re-armed: the next netboot reinstalls");
+    tracing::info!(mac = %mac, "machine re-armed");
+    Ok(())
+}
+
+/// Cancel an armed install: back to installed if it ever was, otherwise held as failed.
+pub async fn cancel(app: &App, mac: MacAddr) -> Result<(), Reject> {
+    let r = app
+        .store
+        .cancel(mac)
+        .await
+        .map_err(|e| state_reject(mac, e))?;
+    app.store.event(
+        mac,
+        "cancel",
+        format!("install cancelled by an operator; now {}", r.state.as_str()),
+    );
+    tracing::info!(mac = %mac, state = r.state.as_str(), "install cancelled");
+    Ok(())
+}
+
+fn state_reject(mac: MacAddr, e: StateError) -> Reject {
+    match e {
+        StateError::BadToken => Reject(
+            StatusCode::FORBIDDEN,
+            "wrong or missing install token\n".into(),
+        ),
+        StateError::Io(e) => {
+            tracing::error!(mac = %mac, error = %e, "state journal write failed");
+            Reject(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "state could not be saved; try again\n".into(),
+            )
+        }
+    }
+}
+
+async fn api_action(app: App, mac: String, headers: HeaderMap, cancel_it: bool) -> Response {
     if let Err(r) = authorized(&app, &headers) {
         return r.into_response();
     }
@@ -628,22 +857,34 @@ async fn api_reinstall(
         Ok(m) => m,
         Err(r) => return r.into_response(),
     };
-    if app.inventory.get().machine(&mac).is_none() {
-        return text(
-            StatusCode::CONFLICT,
-            format!("{mac} is not in the inventory; add it with a role first\n"),
-        );
-    }
-    match app.store.rearm(mac).await {
-        Ok(_) => {
-            app.store
-                .event(mac, "rearm", "re-armed: the next netboot reinstalls");
-            tracing::info!(mac = %mac, "machine re-armed");
+    let result = if cancel_it {
+        cancel(&app, mac).await
+    } else {
+        reinstall(&app, mac).await
+    };
+    match result {
+        Ok(()) => {
             let inv = app.inventory.get();
-            Json(view(&app, &inv, mac, app.store.record(&mac).as_ref())).into_response()
+            Json(view(&app, &inv, mac, app.store.record(&mac).as_ref(), None)).into_response()
         }
-        Err(e) => state_error(mac, e),
+        Err(r) => r.into_response(),
     }
+}
+
+async fn api_reinstall(
+    State(app): State<App>,
+    Path(mac): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    api_action(app, mac, headers, false).await
+}
+
+async fn api_cancel(
+    State(app): State<App>,
+    Path(mac): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    api_action(app, mac, headers, true).await
 }
 
 async fn api_status(State(app): State<App>) -> Response {
@@ -659,4 +900,25 @@ async fn api_status(State(app): State<App>) -> Response {
         inventory: app.inventory.status(),
     })
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn discovery_facts_are_bounded_and_cleaned() {
+        let f =
+            parse_facts("CPUs=4\nmemory_kb = 2048\nbad key=x\nno equals\ndmi.vendor=QEMU\x07\n");
+        assert_eq!(f.get("cpus").map(String::as_str), Some("4"));
+        assert_eq!(f.get("memory_kb").map(String::as_str), Some("2048"));
+        assert_eq!(f.get("dmi.vendor").map(String::as_str), Some("QEMU"));
+        assert_eq!(f.len(), 3);
+        let many: String = (0..500)
+            .map(|i| format!("k{i}={}\n", "v".repeat(2000)))
+            .collect();
+        let f = parse_facts(&many);
+        assert_eq!(f.len(), FACTS_MAX);
+        assert!(f.values().all(|v| v.len() == FACT_VALUE_MAX));
+    }
 }

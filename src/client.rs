@@ -1,0 +1,168 @@
+//! The CLI's side of the API (`stemcell machines`, `machine`, `reinstall`): a minimal
+//! HTTP/1.1 client over a plain TCP stream (the API is served over http:// on the
+//! management network; no TLS stack is pulled in for three calls).
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use serde_json::Value;
+
+pub struct Reply {
+    pub status: u16,
+    pub body: String,
+}
+
+/// One request; `base` is `http://host:port`.
+pub fn request(
+    method: &str,
+    base: &str,
+    path: &str,
+    bearer: Option<&str>,
+) -> anyhow::Result<Reply> {
+    let hostport = base
+        .strip_prefix("http://")
+        .ok_or_else(|| anyhow!("{base}: only http:// server URLs are supported"))?
+        .trim_end_matches('/');
+    let addr = hostport
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve {hostport}"))?
+        .next()
+        .ok_or_else(|| anyhow!("{hostport} resolves to nothing"))?;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .with_context(|| format!("cannot connect to stemcell at {base}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\nAccept: application/json\r\nContent-Length: 0\r\n");
+    if let Some(t) = bearer {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("malformed HTTP reply from {base}"))?;
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| anyhow!("malformed HTTP status from {base}"))?;
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase().starts_with("transfer-encoding:")
+            && l.to_ascii_lowercase().contains("chunked")
+    });
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Ok(Reply { status, body })
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+fn json(r: Reply, what: &str) -> anyhow::Result<Value> {
+    if r.status != 200 {
+        bail!("{what}: HTTP {}: {}", r.status, r.body.trim());
+    }
+    serde_json::from_str(&r.body).with_context(|| format!("{what}: the reply is not JSON"))
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+pub fn machines(base: &str) -> anyhow::Result<String> {
+    let v = json(request("GET", base, "/api/v1/machines", None)?, "machines")?;
+    let mut out = format!(
+        "{:<17}  {:<20}  {:<12}  {:<10}  {:<15}  {}\n",
+        "MAC", "HOSTNAME", "ROLE", "STATE", "IP", "LAST EVENT"
+    );
+    for m in v.as_array().into_iter().flatten() {
+        let last = m["last_event"]
+            .get("message")
+            .map(|e| format!("{}: {}", s(&m["last_event"]["kind"]), s(e)))
+            .unwrap_or_default();
+        let state = if m["drifted"] == Value::Bool(true) {
+            format!("{}*", s(&m["state"]))
+        } else {
+            s(&m["state"])
+        };
+        out.push_str(&format!(
+            "{:<17}  {:<20}  {:<12}  {:<10}  {:<15}  {}\n",
+            s(&m["mac"]),
+            s(&m["hostname"]),
+            s(&m["role"]),
+            state,
+            s(&m["ip"]),
+            last
+        ));
+    }
+    Ok(out)
+}
+
+pub fn machine(base: &str, mac: &str) -> anyhow::Result<String> {
+    let m = json(
+        request("GET", base, &format!("/api/v1/machines/{mac}"), None)?,
+        mac,
+    )?;
+    let mut out = String::new();
+    for k in [
+        "mac", "hostname", "role", "state", "ip", "reason", "drifted",
+    ] {
+        out.push_str(&format!("{k:<9} {}\n", s(&m[k])));
+    }
+    if let Some(f) = m["facts"].as_object() {
+        for (k, v) in f {
+            out.push_str(&format!("{k:<9} {}\n", s(v)));
+        }
+    }
+    out.push_str("events:\n");
+    for e in m["events"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "  {}  {:<9} {}\n",
+            s(&e["at"]),
+            s(&e["kind"]),
+            s(&e["message"])
+        ));
+    }
+    Ok(out)
+}
+
+pub fn reinstall(base: &str, mac: &str, token: &str) -> anyhow::Result<String> {
+    let m = json(
+        request(
+            "POST",
+            base,
+            &format!("/api/v1/machines/{mac}/reinstall"),
+            Some(token),
+        )?,
+        "reinstall",
+    )?;
+    Ok(format!(
+        "{} ({}) is {}: its next netboot reinstalls\n",
+        s(&m["mac"]),
+        s(&m["hostname"]),
+        s(&m["state"])
+    ))
+}

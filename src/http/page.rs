@@ -1,0 +1,570 @@
+//! The inventory page and the per-machine page: server-rendered (askama), readable without
+//! JavaScript, live with a little JavaScript over server-sent events (`/api/v1/events`).
+//!
+//! Operator actions (re-arm, cancel) need a login with the admin token: a random session
+//! id in an HttpOnly, SameSite=Strict cookie and a per-session CSRF token in every form.
+//! Without an admin token configured, the actions are hidden and refused.
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use askama::Template;
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use futures_util::stream::Stream;
+use serde::Deserialize;
+
+use super::{machine_views, text, App, MachineView};
+use crate::mac::MacAddr;
+use crate::state::{self, Lifecycle};
+
+const COOKIE: &str = "stemcell_session";
+const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+
+struct Session {
+    csrf: String,
+    created: Instant,
+}
+
+/// Logged-in operators.
+#[derive(Default)]
+pub struct Sessions {
+    map: Mutex<HashMap<String, Session>>,
+}
+
+impl Sessions {
+    fn create(&self) -> (String, String) {
+        let id = state::new_token();
+        let csrf = state::new_token();
+        let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        m.retain(|_, s| s.created.elapsed() < SESSION_TTL);
+        m.insert(
+            id.clone(),
+            Session {
+                csrf: csrf.clone(),
+                created: Instant::now(),
+            },
+        );
+        (id, csrf)
+    }
+
+    /// The CSRF token of the request's session, if it has a live one.
+    fn csrf_of(&self, headers: &HeaderMap) -> Option<String> {
+        let id = cookie(headers, COOKIE)?;
+        let m = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(&id)
+            .filter(|s| s.created.elapsed() < SESSION_TTL)
+            .map(|s| s.csrf.clone())
+    }
+
+    fn remove(&self, headers: &HeaderMap) {
+        if let Some(id) = cookie(headers, COOKIE) {
+            self.map
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+        }
+    }
+}
+
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+}
+
+/// The session's CSRF token if logged in (and actions exist at all).
+fn login_state(app: &App, headers: &HeaderMap) -> Option<String> {
+    app.admin_token.as_ref()?;
+    app.sessions.csrf_of(headers)
+}
+
+fn fmt_time(ms: u64) -> String {
+    if ms == 0 {
+        return String::new();
+    }
+    let secs = ms / 1000;
+    let days = secs / 86400;
+    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+    // Civil date from days since the epoch (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(mo <= 2);
+    format!("{y:04}-{mo:02}-{d:02} {h:02}:{m:02}:{s:02}")
+}
+
+fn ago(ms: u64) -> String {
+    if ms == 0 {
+        return "never".into();
+    }
+    let s = state::now_ms().saturating_sub(ms) / 1000;
+    match s {
+        0..=59 => format!("{s}s ago"),
+        60..=3599 => format!("{}m ago", s / 60),
+        3600..=86399 => format!("{}h ago", s / 3600),
+        _ => format!("{}d ago", s / 86400),
+    }
+}
+
+struct Row {
+    mac: String,
+    mac_id: String,
+    hostname: String,
+    role: String,
+    state: &'static str,
+    drifted: bool,
+    ip: String,
+    arch: String,
+    last_seen: String,
+    last_seen_ms: u64,
+    last_event: String,
+}
+
+struct Count {
+    state: &'static str,
+    count: usize,
+    active: bool,
+}
+
+#[derive(Template)]
+#[template(path = "page/index.html")]
+struct IndexPage {
+    logged_in: bool,
+    actions_available: bool,
+    csrf: String,
+    inventory_file: String,
+    listed: usize,
+    roles: usize,
+    loaded_at: Option<String>,
+    inventory_error: Option<String>,
+    server_url: String,
+    total: usize,
+    counts: Vec<Count>,
+    role_names: Vec<String>,
+    state_filter: String,
+    role_filter: String,
+    query: String,
+    rows: Vec<Row>,
+}
+
+#[derive(Deserialize, Default)]
+pub struct Filters {
+    state: Option<String>,
+    role: Option<String>,
+    q: Option<String>,
+}
+
+const STATES: [Lifecycle; 6] = [
+    Lifecycle::Pending,
+    Lifecycle::Installing,
+    Lifecycle::Installed,
+    Lifecycle::Failed,
+    Lifecycle::Discovered,
+    Lifecycle::Unknown,
+];
+
+fn row(v: &MachineView) -> Row {
+    Row {
+        mac: v.mac.to_string(),
+        mac_id: v.mac.hex(),
+        hostname: v.hostname.clone().unwrap_or_default(),
+        role: v.role.clone().unwrap_or_default(),
+        state: v.state.as_str(),
+        drifted: v.drifted,
+        ip: v.ip.clone().unwrap_or_default(),
+        arch: v.facts.arch.clone().unwrap_or_default(),
+        last_seen: ago(v.last_seen.unwrap_or(0)),
+        last_seen_ms: v.last_seen.unwrap_or(0),
+        last_event: v
+            .last_event
+            .as_ref()
+            .map(|e| format!("{}: {}", e.kind, e.message))
+            .unwrap_or_default(),
+    }
+}
+
+pub async fn index(
+    State(app): State<App>,
+    Query(f): Query<Filters>,
+    headers: HeaderMap,
+) -> Response {
+    let views = machine_views(&app);
+    let status = app.inventory.status();
+    let inv = app.inventory.get();
+    let state_filter = f.state.unwrap_or_default();
+    let role_filter = f.role.unwrap_or_default();
+    let query = f.q.unwrap_or_default();
+    let q = query.trim().to_ascii_lowercase();
+    let q_mac = q.parse::<MacAddr>().ok();
+    let mut by_state: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut rows = Vec::new();
+    for v in &views {
+        let role_ok = role_filter.is_empty() || v.role.as_deref() == Some(role_filter.as_str());
+        let q_ok = q.is_empty()
+            || q_mac == Some(v.mac)
+            || v.mac.to_string().contains(&q)
+            || v.hostname
+                .as_deref()
+                .is_some_and(|h| h.to_ascii_lowercase().contains(&q))
+            || v.ip.as_deref().is_some_and(|i| i.contains(&q));
+        if !(role_ok && q_ok) {
+            continue;
+        }
+        *by_state.entry(v.state.as_str()).or_default() += 1;
+        if state_filter.is_empty() || state_filter == v.state.as_str() {
+            rows.push(row(v));
+        }
+    }
+    let csrf = login_state(&app, &headers);
+    let page = IndexPage {
+        logged_in: csrf.is_some(),
+        actions_available: app.admin_token.is_some(),
+        csrf: csrf.unwrap_or_default(),
+        inventory_file: status.file.display().to_string(),
+        listed: status.machines,
+        roles: status.roles,
+        loaded_at: status.loaded_at.map(|t| fmt_time(t * 1000) + " UTC"),
+        inventory_error: status.error.clone(),
+        server_url: app.server_url.clone(),
+        total: by_state.values().sum(),
+        counts: STATES
+            .iter()
+            .map(|s| Count {
+                state: s.as_str(),
+                count: by_state.get(s.as_str()).copied().unwrap_or(0),
+                active: state_filter == s.as_str(),
+            })
+            .collect(),
+        role_names: inv.roles.keys().cloned().collect(),
+        state_filter,
+        role_filter,
+        query,
+        rows,
+    };
+    render(page)
+}
+
+fn render(t: impl Template) -> Response {
+    match t.render() {
+        Ok(html) => Html(html).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "page template failed");
+            text(StatusCode::INTERNAL_SERVER_ERROR, "page failed to render\n")
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "page/machine.html")]
+struct MachinePage {
+    logged_in: bool,
+    actions_available: bool,
+    csrf: String,
+    mac: String,
+    mac_json: String,
+    hostname: String,
+    role: String,
+    ip: String,
+    state: &'static str,
+    drifted: bool,
+    reason: Option<String>,
+    listed: bool,
+    facts: Vec<(String, String)>,
+    yaml_snippet: Option<String>,
+    events: Vec<(String, String, String)>,
+    boot_script: String,
+    install_script: Option<String>,
+}
+
+fn mask(s: &str, token: Option<&str>) -> String {
+    match token {
+        Some(t) if !t.is_empty() => s.replace(t, "••••••••"),
+        _ => s.to_string(),
+    }
+}
+
+pub async fn machine(
+    State(app): State<App>,
+    Path(mac): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let Ok(mac) = mac.parse::<MacAddr>() else {
+        return text(StatusCode::BAD_REQUEST, "not a MAC address\n");
+    };
+    let Some(v) = machine_views(&app).into_iter().find(|v| v.mac == mac) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("{mac} is neither in the inventory nor seen\n"),
+        );
+    };
+    let inv = app.inventory.get();
+    let record = app.store.record(&mac);
+    let token = record.as_ref().and_then(|r| r.token.clone());
+    let choice = super::choice_for(&inv, mac, record.as_ref());
+    let shown_token = token.clone().unwrap_or_else(|| "TOKEN".into());
+    let boot_script = super::boot_script_text(
+        &app.config,
+        &app.server_url,
+        &inv,
+        mac,
+        &choice,
+        Some(&shown_token),
+    )
+    .map(|s| mask(&s, Some(&shown_token)))
+    .unwrap_or_else(|e| format!("(cannot render: {e})"));
+    let install_script = inv.machine(&mac).and_then(|m| {
+        let role = inv.role_of(m)?;
+        let vars = crate::render::InstallVars::new(&inv, m, &app.server_url, &shown_token);
+        Some(
+            match crate::render::install_script(&app.config.kickstarts, &role.template, &vars) {
+                Ok(s) => mask(&s, Some(&shown_token)),
+                Err(e) => format!("(template fails: {e})"),
+            },
+        )
+    });
+    let mut facts = Vec::new();
+    let f = &v.facts;
+    for (k, val) in [
+        ("firmware", &f.arch),
+        ("vendor class", &f.vendor_class),
+        ("UUID", &f.uuid),
+        ("address", &f.ip),
+    ] {
+        if let Some(val) = val {
+            facts.push((k.to_string(), val.clone()));
+        }
+    }
+    if let Some(r) = &record {
+        facts.push(("first seen".into(), fmt_time(r.first_seen) + " UTC"));
+        facts.push(("last seen".into(), fmt_time(r.last_seen) + " UTC"));
+    }
+    for (k, val) in &f.hardware {
+        facts.push((k.clone(), val.clone()));
+    }
+    let yaml_snippet = (!v.listed).then(|| {
+        let host = f
+            .hardware
+            .get("hostname")
+            .filter(|h| crate::inventory::valid_hostname(h))
+            .cloned()
+            .unwrap_or_else(|| format!("mac-{}", mac.hex()));
+        let role = inv
+            .roles
+            .keys()
+            .next()
+            .cloned()
+            .unwrap_or_else(|| "ROLE".into());
+        format!("  \"{mac}\":\n    hostname: {host}\n    role: {role}\n")
+    });
+    let csrf = login_state(&app, &headers);
+    render(MachinePage {
+        logged_in: csrf.is_some(),
+        actions_available: app.admin_token.is_some(),
+        csrf: csrf.unwrap_or_default(),
+        mac: mac.to_string(),
+        mac_json: serde_json::to_string(&mac.to_string()).unwrap_or_default(),
+        hostname: v
+            .hostname
+            .clone()
+            .unwrap_or_else(|| "(not in the inventory)".into()),
+        role: v.role.clone().unwrap_or_default(),
+        ip: v.ip.clone().unwrap_or_default(),
+        state: v.state.as_str(),
+        drifted: v.drifted,
+        reason: v.reason.clone(),
+        listed: v.listed,
+        facts,
+        yaml_snippet,
+        events: app
+            .store
+            .events(&mac)
+            .into_iter()
+            .rev()
+            .take(500)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .map(|e| (fmt_time(e.at), e.kind, mask(&e.message, token.as_deref())))
+            .collect(),
+        boot_script,
+        install_script,
+    })
+}
+
+#[derive(Template)]
+#[template(path = "page/login.html")]
+struct LoginPage {
+    logged_in: bool,
+    actions_available: bool,
+    csrf: String,
+    failed: bool,
+}
+
+pub async fn login_form(State(app): State<App>) -> Response {
+    if app.admin_token.is_none() {
+        return text(
+            StatusCode::NOT_FOUND,
+            "no admin_token_file is configured: there is nothing to log in to\n",
+        );
+    }
+    render(LoginPage {
+        logged_in: false,
+        actions_available: true,
+        csrf: String::new(),
+        failed: false,
+    })
+}
+
+#[derive(Deserialize)]
+pub struct LoginForm {
+    token: String,
+}
+
+pub async fn login(State(app): State<App>, Form(f): Form<LoginForm>) -> Response {
+    let Some(want) = &app.admin_token else {
+        return text(StatusCode::NOT_FOUND, "no admin token is configured\n");
+    };
+    if !state::constant_time_eq(f.token.trim().as_bytes(), want.as_bytes()) {
+        tracing::warn!("page login refused: wrong admin token");
+        let mut r = render(LoginPage {
+            logged_in: false,
+            actions_available: true,
+            csrf: String::new(),
+            failed: true,
+        });
+        *r.status_mut() = StatusCode::UNAUTHORIZED;
+        return r;
+    }
+    let (id, _) = app.sessions.create();
+    (
+        [(
+            header::SET_COOKIE,
+            format!("{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age=43200"),
+        )],
+        Redirect::to("/"),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+pub struct CsrfForm {
+    csrf: String,
+}
+
+fn check_csrf(app: &App, headers: &HeaderMap, form: &CsrfForm) -> Result<(), Response> {
+    match login_state(app, headers) {
+        Some(c) if state::constant_time_eq(c.as_bytes(), form.csrf.as_bytes()) => Ok(()),
+        Some(_) => Err(text(
+            StatusCode::FORBIDDEN,
+            "stale or forged form (CSRF check failed)\n",
+        )),
+        None => Err(text(StatusCode::UNAUTHORIZED, "log in first\n")),
+    }
+}
+
+pub async fn logout(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Form(f): Form<CsrfForm>,
+) -> Response {
+    if let Err(r) = check_csrf(&app, &headers, &f) {
+        return r;
+    }
+    app.sessions.remove(&headers);
+    (
+        [(
+            header::SET_COOKIE,
+            format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+        )],
+        Redirect::to("/"),
+    )
+        .into_response()
+}
+
+pub async fn action(
+    State(app): State<App>,
+    Path((mac, action)): Path<(String, String)>,
+    headers: HeaderMap,
+    Form(f): Form<CsrfForm>,
+) -> Response {
+    if let Err(r) = check_csrf(&app, &headers, &f) {
+        return r;
+    }
+    let Ok(mac) = mac.parse::<MacAddr>() else {
+        return text(StatusCode::BAD_REQUEST, "not a MAC address\n");
+    };
+    let result = match action.as_str() {
+        "reinstall" => super::reinstall(&app, mac).await,
+        "cancel" => super::cancel(&app, mac).await,
+        _ => return text(StatusCode::NOT_FOUND, "actions are reinstall and cancel\n"),
+    };
+    match result {
+        Ok(()) => Redirect::to(&format!("/machines/{mac}")).into_response(),
+        Err(r) => r.into_response(),
+    }
+}
+
+/// Server-sent events: one `machine` event per change, with the machine's new summary.
+pub async fn events(
+    State(app): State<App>,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let rx = app.store.subscribe();
+    let stream = futures_util::stream::unfold((rx, app), |(mut rx, app)| async move {
+        loop {
+            match rx.recv().await {
+                Ok(change) => {
+                    let inv = app.inventory.get();
+                    let record = app.store.record(&change.mac);
+                    let v = super::view(&app, &inv, change.mac, record.as_ref(), None);
+                    let data = serde_json::to_string(&v).unwrap_or_default();
+                    let ev = SseEvent::default().event("machine").data(data);
+                    return Some((Ok(ev), (rx, app)));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    let ev = SseEvent::default().event("lagged").data(n.to_string());
+                    return Some((Ok(ev), (rx, app)));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_time() {
+        assert_eq!(fmt_time(1_000), "1970-01-01 00:00:01");
+        assert_eq!(fmt_time(1_795_766_400_000), "2026-11-28 00:00:00");
+        assert_eq!(fmt_time(951_782_400_000), "2000-02-29 00:00:00");
+    }
+
+    #[test]
+    fn cookies() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            "a=1; stemcell_session=abc; b=2".parse().unwrap(),
+        );
+        assert_eq!(cookie(&h, COOKIE).as_deref(), Some("abc"));
+        assert_eq!(cookie(&h, "zzz"), None);
+    }
+}
