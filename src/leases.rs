@@ -133,9 +133,15 @@ pub enum RecordState {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    Offered { until: UnixTime },
-    Bound { expires: UnixTime },
-    Declined { until: UnixTime },
+    Offered {
+        until: UnixTime,
+    },
+    Bound {
+        expires: UnixTime,
+    },
+    Declined {
+        until: UnixTime,
+    },
     /// `seq` is the key in the pool's free set (None: not handed out dynamically,
     /// e.g. a reservation or an address outside the range after a config change).
     Free {
@@ -409,10 +415,7 @@ impl Allocator {
         }
         if let Some(&ip) = self.by_mac.get(&(p, mac)) {
             let mine = self.entries.get(&ip).is_some_and(|e| e.mac == mac);
-            if mine
-                && self.pools[p].in_range(ip)
-                && self.available_to(ip, mac, now).is_ok()
-            {
+            if mine && self.pools[p].in_range(ip) && self.available_to(ip, mac, now).is_ok() {
                 return Ok(self.hold(ip, mac, p, now));
             }
         }
@@ -895,7 +898,11 @@ fn maybe_compact(inner: &mut Inner, force: bool) {
         .iter()
         .filter_map(|r| serde_json::to_string(r).ok())
         .collect();
-    tracing::debug!(from = inner.lines, to = snapshot.len(), "compacting lease journal");
+    tracing::debug!(
+        from = inner.lines,
+        to = snapshot.len(),
+        "compacting lease journal"
+    );
     inner.lines = snapshot.len();
     journal.compact(snapshot);
 }
@@ -1057,15 +1064,9 @@ mod tests {
     #[test]
     fn requested_address_is_honoured_when_free() {
         let mut a = Allocator::new(vec![range(100, 120)]);
-        assert_eq!(
-            a.offer(net(), mac(1), None, Some(ip(115)), T0),
-            Ok(ip(115))
-        );
+        assert_eq!(a.offer(net(), mac(1), None, Some(ip(115)), T0), Ok(ip(115)));
         // Held by mac 1: mac 2 asking for it gets another.
-        assert_eq!(
-            a.offer(net(), mac(2), None, Some(ip(115)), T0),
-            Ok(ip(100))
-        );
+        assert_eq!(a.offer(net(), mac(2), None, Some(ip(115)), T0), Ok(ip(100)));
         // Outside the pool: ignored.
         assert_eq!(a.offer(net(), mac(3), None, Some(ip(5)), T0), Ok(ip(101)));
     }
@@ -1129,7 +1130,10 @@ mod tests {
         assert_eq!(recs.len(), 2);
         assert_eq!(recs[0].state, RecordState::Released);
         assert_eq!(recs[0].ip, ip(100));
-        assert_eq!(a.lease_at(ip(100), T0 + 40).unwrap().state, LeaseState::Released);
+        assert_eq!(
+            a.lease_at(ip(100), T0 + 40).unwrap().state,
+            LeaseState::Released
+        );
     }
 
     #[test]
@@ -1140,6 +1144,7 @@ mod tests {
         assert!(a.decline(mac(1), x, T0 + 1));
         let y = a.offer(net(), mac(1), None, None, T0 + 2).unwrap();
         assert_ne!(x, y);
+        a.bind(mac(1), y, None, 3600, T0 + 2).unwrap();
         assert_eq!(
             a.bind(mac(2), x, None, 60, T0 + 3),
             Err(Refused::Quarantined(x))
@@ -1148,7 +1153,13 @@ mod tests {
         assert!(!a.decline(mac(3), y, T0 + 3));
         // After the quarantine the address is back in the pool.
         assert_eq!(
-            a.offer(net(), mac(4), None, None, T0 + 2 + DECLINE_QUARANTINE_SECS + 1),
+            a.offer(
+                net(),
+                mac(4),
+                None,
+                None,
+                T0 + 2 + DECLINE_QUARANTINE_SECS + 1
+            ),
             Ok(x)
         );
     }
@@ -1204,13 +1215,7 @@ mod tests {
             Ok(Ipv4Addr::new(198, 18, 1, 100))
         );
         assert_eq!(
-            a.offer(
-                "10.0.0.0/8".parse().unwrap(),
-                mac(3),
-                None,
-                None,
-                T0
-            ),
+            a.offer("10.0.0.0/8".parse().unwrap(), mac(3), None, None, T0),
             Err(AllocError::NoSuchSubnet("10.0.0.0/8".parse().unwrap()))
         );
     }
@@ -1311,7 +1316,9 @@ mod tests {
             ),
         )
         .unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         rt.block_on(async {
             let s = JournalStore::open(&path, vec![range(100, 120)]).unwrap();
             assert_eq!(s.leases(T0).len(), 1);

@@ -232,7 +232,10 @@ mod tests {
         let k = class(&[(60, PXE_X64), (93, &[0, 10])]);
         assert_eq!(k.arch, Arch::UefiX64);
         assert_eq!(k.arch_code, Some(10));
-        assert!(k.arch_fallback.unwrap().contains("unsupported option 93 value 10"));
+        assert!(k
+            .arch_fallback
+            .unwrap()
+            .contains("unsupported option 93 value 10"));
         // Nothing to go on: BIOS.
         let k = class(&[(60, b"PXEClient"), (93, &[0x12, 0x34])]);
         assert_eq!(k.arch, Arch::Bios);

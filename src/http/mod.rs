@@ -165,7 +165,7 @@ fn text(status: StatusCode, body: impl Into<String>) -> Response {
 }
 
 /// A refused request: status and a one-line reason.
-pub struct Reject(StatusCode, String);
+pub struct Reject(pub StatusCode, pub String);
 
 impl IntoResponse for Reject {
     fn into_response(self) -> Response {

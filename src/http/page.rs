@@ -18,7 +18,7 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use futures_util::stream::Stream;
 use serde::Deserialize;
 
-use super::{machine_views, text, App, MachineView};
+use super::{machine_views, text, App, MachineView, Reject};
 use crate::mac::MacAddr;
 use crate::state::{self, Lifecycle};
 
@@ -466,14 +466,14 @@ pub struct CsrfForm {
     csrf: String,
 }
 
-fn check_csrf(app: &App, headers: &HeaderMap, form: &CsrfForm) -> Result<(), Response> {
+fn check_csrf(app: &App, headers: &HeaderMap, form: &CsrfForm) -> Result<(), Reject> {
     match login_state(app, headers) {
         Some(c) if state::constant_time_eq(c.as_bytes(), form.csrf.as_bytes()) => Ok(()),
-        Some(_) => Err(text(
+        Some(_) => Err(Reject(
             StatusCode::FORBIDDEN,
-            "stale or forged form (CSRF check failed)\n",
+            "stale or forged form (CSRF check failed)\n".into(),
         )),
-        None => Err(text(StatusCode::UNAUTHORIZED, "log in first\n")),
+        None => Err(Reject(StatusCode::UNAUTHORIZED, "log in first\n".into())),
     }
 }
 
@@ -483,7 +483,7 @@ pub async fn logout(
     Form(f): Form<CsrfForm>,
 ) -> Response {
     if let Err(r) = check_csrf(&app, &headers, &f) {
-        return r;
+        return r.into_response();
     }
     app.sessions.remove(&headers);
     (
@@ -503,7 +503,7 @@ pub async fn action(
     Form(f): Form<CsrfForm>,
 ) -> Response {
     if let Err(r) = check_csrf(&app, &headers, &f) {
-        return r;
+        return r.into_response();
     }
     let Ok(mac) = mac.parse::<MacAddr>() else {
         return text(StatusCode::BAD_REQUEST, "not a MAC address\n");
@@ -525,22 +525,20 @@ pub async fn events(
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let rx = app.store.subscribe();
     let stream = futures_util::stream::unfold((rx, app), |(mut rx, app)| async move {
-        loop {
-            match rx.recv().await {
-                Ok(change) => {
-                    let inv = app.inventory.get();
-                    let record = app.store.record(&change.mac);
-                    let v = super::view(&app, &inv, change.mac, record.as_ref(), None);
-                    let data = serde_json::to_string(&v).unwrap_or_default();
-                    let ev = SseEvent::default().event("machine").data(data);
-                    return Some((Ok(ev), (rx, app)));
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    let ev = SseEvent::default().event("lagged").data(n.to_string());
-                    return Some((Ok(ev), (rx, app)));
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+        match rx.recv().await {
+            Ok(change) => {
+                let inv = app.inventory.get();
+                let record = app.store.record(&change.mac);
+                let v = super::view(&app, &inv, change.mac, record.as_ref(), None);
+                let data = serde_json::to_string(&v).unwrap_or_default();
+                let ev = SseEvent::default().event("machine").data(data);
+                Some((Ok(ev), (rx, app)))
             }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                let ev = SseEvent::default().event("lagged").data(n.to_string());
+                Some((Ok(ev), (rx, app)))
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
         }
     });
     Sse::new(stream).keep_alive(KeepAlive::default())
@@ -553,7 +551,7 @@ mod tests {
     #[test]
     fn civil_time() {
         assert_eq!(fmt_time(1_000), "1970-01-01 00:00:01");
-        assert_eq!(fmt_time(1_795_766_400_000), "2026-11-28 00:00:00");
+        assert_eq!(fmt_time(1_795_766_400_000), "2026-11-27 08:00:00");
         assert_eq!(fmt_time(951_782_400_000), "2000-02-29 00:00:00");
     }
 
