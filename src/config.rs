@@ -43,25 +43,7 @@ impl Subnet {
     }
 }
 
-/// Which file each firmware class is told to fetch by TFTP.
-#[derive(Clone, Debug, PartialEq)]
-pub struct BootFiles {
-    pub bios: String,
-    pub uefi_x64: String,
-    pub uefi_ia32: String,
-    pub arm64: String,
-}
-
-impl Default for BootFiles {
-    fn default() -> Self {
-        BootFiles {
-            bios: "undionly.kpxe".into(),
-            uefi_x64: "snponly.efi".into(),
-            uefi_ia32: "ipxe-ia32.efi".into(),
-            arm64: "ipxe-arm64.efi".into(),
-        }
-    }
-}
+pub use crate::dhcp::BootFiles;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct DhcpConfig {
@@ -212,25 +194,31 @@ impl Config {
                 }
                 if let Some(n) = m.get("boot_files") {
                     if let Some(mut b) = r.map(n, "dhcp.boot_files") {
-                        let mut file = |r: &mut Report, key: &str, slot: &mut String| {
-                            if let Some(v) = b.get(key) {
-                                if let Some(s) = r.string(v, key) {
-                                    if !safe_path(&s) {
-                                        r.add(v.pos, format!("dhcp.boot_files.{key}: {s:?} must be a relative file name of letters, digits and . _ - /"));
-                                    } else {
-                                        *slot = s;
-                                    }
-                                }
+                        let mut file = |r: &mut Report, key: &str| -> Option<String> {
+                            let v = b.get(key)?;
+                            let s = r.string(v, key)?;
+                            if !safe_path(&s) {
+                                r.add(v.pos, format!("dhcp.boot_files.{key}: {s:?} must be a relative file name of letters, digits and . _ - /"));
+                                return None;
                             }
+                            Some(s)
                         };
-                        file(&mut r, "bios", &mut dhcp.boot_files.bios);
-                        file(&mut r, "uefi_x64", &mut dhcp.boot_files.uefi_x64);
-                        file(&mut r, "uefi_ia32", &mut dhcp.boot_files.uefi_ia32);
-                        file(&mut r, "arm64", &mut dhcp.boot_files.arm64);
+                        let bf = &mut dhcp.boot_files;
+                        if let Some(f) = file(&mut r, "bios") {
+                            bf.bios = f;
+                        }
+                        if let Some(f) = file(&mut r, "uefi_x64") {
+                            bf.uefi_x64 = f;
+                        }
+                        if let Some(f) = file(&mut r, "uefi_http") {
+                            bf.uefi_http = f;
+                        }
+                        bf.uefi_ia32 = file(&mut r, "uefi_ia32").or(bf.uefi_ia32.take());
+                        bf.arm64 = file(&mut r, "arm64").or(bf.arm64.take());
                         b.deny_unknown(
                             &mut r,
                             "dhcp.boot_files",
-                            &["bios", "uefi_x64", "uefi_ia32", "arm64"],
+                            &["bios", "uefi_x64", "uefi_ia32", "arm64", "uefi_http"],
                         );
                     }
                 }

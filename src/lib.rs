@@ -7,9 +7,11 @@
 
 pub mod client;
 pub mod config;
+pub mod dhcp;
 pub mod http;
 pub mod inventory;
 pub mod journal;
+pub mod leases;
 pub mod mac;
 pub mod metrics;
 pub mod render;

@@ -11,9 +11,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, DhcpMode};
+use crate::dhcp;
 use crate::http::{self, App};
 use crate::inventory::{self, Inventory};
+use crate::leases::{self, LeaseStore};
 use crate::mac::MacAddr;
 use crate::render;
 use crate::state::{self, Store};
@@ -98,6 +100,16 @@ pub async fn serve(config_path: &Path) -> Result<(), Fatal> {
     let config = Arc::new(config);
     let shutdown = CancellationToken::new();
 
+    let leases: Option<Arc<dyn LeaseStore>> = if config.dhcp.mode == DhcpMode::Authoritative {
+        let pools = dhcp_settings(&config, server_ip, "")?.pools();
+        let path = config.state_dir.join("leases.journal");
+        let store = leases::JournalStore::open(&path, pools)
+            .with_context(|| format!("{}: cannot open the lease journal", path.display()))?;
+        Some(Arc::new(store))
+    } else {
+        None
+    };
+
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", config.http.listen))?;
@@ -117,8 +129,33 @@ pub async fn serve(config_path: &Path) -> Result<(), Fatal> {
         admin_token,
         sessions: Default::default(),
         metrics: Default::default(),
+        leases,
     };
     let mut tasks = tokio::task::JoinSet::new();
+
+    // DHCP: only on the one configured interface, bound before anything is announced.
+    if config.dhcp.mode != DhcpMode::Off {
+        let settings = dhcp_settings(&config, server_ip, &app.server_url)?;
+        let leases = app
+            .leases
+            .clone()
+            .unwrap_or_else(|| Arc::new(leases::JournalStore::in_memory(vec![])));
+        let sockets = dhcp::Sockets::bind(&settings).map_err(config_error)?;
+        let directory = Arc::new(InventoryDirectory(live.clone()));
+        let observer = Arc::new(Recorder {
+            store: store.clone(),
+            metrics: app.metrics.clone(),
+        });
+        let server = Arc::new(
+            dhcp::DhcpServer::new(settings, directory, observer, leases).map_err(config_error)?,
+        );
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            if let Err(e) = dhcp::serve(server, sockets, shutdown).await {
+                tracing::error!(error = %e, "DHCP service stopped");
+            }
+        });
+    }
     tasks.spawn(
         live.clone()
             .watch(Duration::from_millis(200), shutdown.clone()),
@@ -143,6 +180,139 @@ pub async fn serve(config_path: &Path) -> Result<(), Fatal> {
         tracing::warn!("some requests did not finish within 10 s; stopping anyway");
     }
     Ok(())
+}
+
+/// The DHCP service's view of the config.
+pub fn dhcp_settings(
+    config: &Config,
+    server_ip: std::net::Ipv4Addr,
+    http_url: &str,
+) -> Result<dhcp::DhcpSettings, Fatal> {
+    let settings = dhcp::DhcpSettings {
+        mode: match config.dhcp.mode {
+            DhcpMode::Proxy => dhcp::Mode::Proxy,
+            DhcpMode::Authoritative => dhcp::Mode::Authoritative,
+            DhcpMode::Off => dhcp::Mode::Off,
+        },
+        server_ip,
+        interface: config.interface.clone().unwrap_or_default(),
+        http_url: http_url.to_string(),
+        boot_files: config.dhcp.boot_files.clone(),
+        subnets: config
+            .dhcp
+            .subnets
+            .iter()
+            .map(|s| dhcp::Subnet {
+                net: s.net,
+                pool_start: s.pool_start,
+                pool_end: s.pool_end,
+                router: s.router,
+                dns: s.dns.clone(),
+                domain: s.domain.clone(),
+                lease_time: s.lease_time,
+            })
+            .collect(),
+    };
+    settings.validate().map_err(config_error)?;
+    Ok(settings)
+}
+
+/// The inventory as DHCP sees it (called on the packet path: a lock-free-ish Arc read).
+struct InventoryDirectory(Arc<inventory::Live>);
+
+impl dhcp::Directory for InventoryDirectory {
+    fn lookup(&self, mac: MacAddr) -> Option<dhcp::Host> {
+        let inv = self.0.get();
+        inv.machine(&mac).map(|m| dhcp::Host {
+            hostname: m.hostname.clone(),
+            reserved_ip: m.ip,
+        })
+    }
+
+    fn answer_unknown(&self) -> bool {
+        self.0.get().defaults.unknown == inventory::UnknownPolicy::Discover
+    }
+}
+
+/// Turns DHCP steps into machine events, facts and metrics.
+struct Recorder {
+    store: Arc<Store>,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+/// "UEFI x64 (iPXE)", "BIOS", … for the firmware column.
+pub fn firmware_label(class: &dhcp::ClientClass) -> String {
+    let mut s = class.arch.to_string();
+    if class.http_boot {
+        s.push_str(" HTTP boot");
+    }
+    if class.ipxe {
+        s.push_str(" (iPXE)");
+    }
+    s
+}
+
+impl dhcp::DhcpObserver for Recorder {
+    fn event(&self, mac: MacAddr, ev: dhcp::DhcpEvent) {
+        let outcome = match (&ev.sent, &ev.refusal) {
+            (Some(sent), _) => sent.to_string(),
+            (None, Some(r)) => serde_json::to_value(r)
+                .ok()
+                .and_then(|v| v.get("kind").and_then(|k| k.as_str()).map(str::to_string))
+                .unwrap_or_else(|| "refused".into()),
+            (None, None) => "none".into(),
+        };
+        self.metrics.inc(
+            "stemcell_dhcp_packets_total",
+            &[("type", &ev.received.to_string()), ("outcome", &outcome)],
+            1.0,
+        );
+        let netboot = ev.class.pxe || ev.class.ipxe || ev.class.http_boot;
+        // Plain DHCP clients that are not ours (laptops, printers) are not machines to track.
+        if !(ev.known || netboot) {
+            return;
+        }
+        let acked = ev.sent.map(|m| m.to_string() == "ACK").unwrap_or(false);
+        self.store.observe(
+            mac,
+            ev.known,
+            state::Facts {
+                arch: netboot.then(|| firmware_label(&ev.class)),
+                vendor_class: ev.class.vendor_class.clone(),
+                uuid: ev.class.uuid.clone(),
+                ip: if acked {
+                    ev.ip.map(|i| i.to_string())
+                } else {
+                    None
+                },
+                hardware: Default::default(),
+            },
+        );
+        let mut msg = format!("{}", ev.received);
+        if ev.port == dhcp::PXE_PORT {
+            msg.push_str(" on port 4011");
+        }
+        match (&ev.sent, &ev.refusal) {
+            (Some(sent), _) => {
+                msg.push_str(&format!(" → {sent}"));
+                if let Some(ip) = ev.ip {
+                    msg.push_str(&format!(" {ip}"));
+                }
+                if let Some(f) = &ev.boot_file {
+                    msg.push_str(&format!(", boot file {f}"));
+                }
+            }
+            (None, Some(r)) => msg.push_str(&format!(": no answer: {r}")),
+            (None, None) => msg.push_str(": no answer"),
+        }
+        if netboot {
+            msg.push_str(&format!(" [{}]", firmware_label(&ev.class)));
+        }
+        if let Some(relay) = ev.relay {
+            msg.push_str(&format!(" via relay {relay}"));
+        }
+        self.store.event(mac, "dhcp", msg);
+    }
 }
 
 async fn wait_for_signal() {

@@ -120,13 +120,15 @@ pub fn classify(opts: &Options) -> ClientClass {
             }
         }
     };
+    // A plain DHCP client has no architecture to fall back from.
+    let boots = pxe || http_vendor || ipxe || raw_arch.is_some();
     ClientClass {
         pxe,
         http_boot: http_vendor || http_arch,
         ipxe,
         arch,
         arch_code,
-        arch_fallback: fallback,
+        arch_fallback: fallback.filter(|_| boots),
         vendor_class: vendor.map(lossy),
         user_class: user_class.map(|u| match rfc3004_items(u) {
             Some(items) => items.iter().map(|i| lossy(i)).collect::<Vec<_>>().join(","),
@@ -284,6 +286,7 @@ mod tests {
     fn plain_dhcp_clients_are_not_boot_clients() {
         let k = class(&[(60, b"udhcp 1.36.1")]);
         assert!(!k.boots());
+        assert_eq!(k.arch_fallback, None);
         assert_eq!(k.vendor_class.as_deref(), Some("udhcp 1.36.1"));
         assert!(!class(&[]).boots());
     }

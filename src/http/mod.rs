@@ -41,6 +41,8 @@ pub struct App {
     pub admin_token: Option<Arc<String>>,
     pub sessions: Arc<page::Sessions>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Authoritative mode's leases (for the API's `ip` and the lease gauges).
+    pub leases: Option<Arc<dyn crate::leases::LeaseStore>>,
 }
 
 pub fn router(app: App) -> Router {
@@ -106,6 +108,35 @@ async fn metrics(State(app): State<App>) -> Response {
     let mut by_state: BTreeMap<&str, usize> = BTreeMap::new();
     for v in machine_views(&app) {
         *by_state.entry(v.state.as_str()).or_default() += 1;
+    }
+    if let Some(leases) = &app.leases {
+        let now = state::now_ms() / 1000;
+        let mut active: BTreeMap<String, usize> = BTreeMap::new();
+        for s in &app.config.dhcp.subnets {
+            active.insert(s.net.to_string(), 0);
+            let size = u32::from(s.pool_end) - u32::from(s.pool_start) + 1;
+            m.set(
+                "stemcell_dhcp_pool_size",
+                &[("subnet", &s.net.to_string())],
+                f64::from(size),
+            );
+        }
+        for l in leases.leases(now) {
+            if l.state == crate::leases::LeaseState::Bound {
+                if let Some(s) = app
+                    .config
+                    .dhcp
+                    .subnets
+                    .iter()
+                    .find(|s| s.net.contains(l.ip))
+                {
+                    *active.entry(s.net.to_string()).or_default() += 1;
+                }
+            }
+        }
+        for (net, n) in active {
+            m.set("stemcell_dhcp_leases_active", &[("subnet", &net)], n as f64);
+        }
     }
     m.clear("stemcell_machines");
     for (s, n) in by_state {
@@ -714,6 +745,11 @@ fn view(
         drifted,
         ip: m
             .and_then(|m| m.ip.map(|i| i.to_string()))
+            .or_else(|| {
+                let now = state::now_ms() / 1000;
+                let lease = app.leases.as_ref()?.lease_of(mac, now)?;
+                (lease.state == crate::leases::LeaseState::Bound).then(|| lease.ip.to_string())
+            })
             .or_else(|| record.and_then(|r| r.facts.ip.clone())),
         listed: m.is_some(),
         reason: record.and_then(|r| r.reason.clone()),

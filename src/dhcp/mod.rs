@@ -1,0 +1,306 @@
+//! DHCP for network boot: proxyDHCP next to a site's own DHCP server, or an authoritative
+//! DHCP server with pools, reservations and durable leases.
+//!
+//! Owns the answers to DHCP and PXE boot-server requests on the one configured interface:
+//! who is asking ([`classify`]: PXE, UEFI HTTP boot, iPXE; architecture), which boot file
+//! they get, and in authoritative mode which address. It leaves the inventory to the
+//! caller (the [`Directory`] trait), machine history to the caller (the [`DhcpObserver`]
+//! trait), address bookkeeping to [`crate::leases`], and file transfer to TFTP and HTTP.
+//!
+//! Layout, from pure to I/O: [`wire`] decodes and encodes messages; [`classify`] reads the
+//! client's firmware; [`decide`] turns one request (plus inventory, leases and `now`) into
+//! a reply or nothing; [`serve`] is the socket loop.
+//!
+//! Standards: RFC 2131 (DHCP: §4.1 where replies go, §4.3 server behaviour in each client
+//! state), RFC 2132 (options), RFC 3396 (long options), RFC 3004 (user class), RFC 3046
+//! (relay agent information, echoed), RFC 4578 (PXE options 93, 94, 97), PXE 2.1 (proxyDHCP
+//! and the boot server on port 4011), UEFI 2.5 §24.7 (HTTP boot, "HTTPClient").
+//!
+//! # Proxy mode (the default)
+//! Only network-boot clients are answered (option 60 "PXEClient"/"HTTPClient", or iPXE),
+//! never with an address (yiaddr 0.0.0.0): the site's DHCP server hands out addresses. A
+//! DISCOVER on port 67 gets an OFFER; a REQUEST on port 4011 (UEFI firmware and iPXE ask
+//! the proxy there, unicast) gets an ACK sent back to its source. Replies carry option 54,
+//! option 60, option 97 echoed, siaddr, `file` and option 67. BIOS PXE and iPXE also get
+//! option 43 with PXE discovery control 8 ("boot the named file, no boot server
+//! discovery"), as Pixiecore does. UEFI PXE gets no option 43: some UEFI firmware ignores
+//! proxy offers that bypass discovery, while EDK2 treats an offer without it as a "BINL"
+//! offer and asks again on port 4011, where it gets its file.
+//!
+//! # Authoritative mode
+//! Every client gets an address from the subnet of the relay (giaddr), of its current
+//! address (ciaddr), or of the server's own address; network-boot clients also get their
+//! boot file (no option 43 and no "PXEClient" option 60, so UEFI boots the file directly
+//! instead of asking on port 4011; HTTP boot gets option 60 "HTTPClient", which UEFI
+//! requires). Unknown machines under the inventory's `ignore` policy get an address but no
+//! boot file.
+
+pub mod classify;
+pub mod decide;
+pub mod serve;
+pub mod wire;
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use ipnetwork::Ipv4Network;
+use serde::Serialize;
+
+use crate::leases::PoolRange;
+use crate::mac::MacAddr;
+
+pub use classify::{Arch, ClientClass};
+pub use decide::{DhcpServer, Outcome, Outgoing, Port};
+pub use serve::{bind, serve, Counters, Sockets};
+pub use wire::MessageType;
+
+/// Server port for DHCP.
+pub const DHCP_SERVER_PORT: u16 = 67;
+/// Client port for DHCP.
+pub const DHCP_CLIENT_PORT: u16 = 68;
+/// PXE boot server discovery port (proxyDHCP requests from UEFI firmware and iPXE).
+pub const PXE_PORT: u16 = 4011;
+
+/// What the DHCP service does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Answer network-boot clients only, never hand out addresses.
+    #[default]
+    Proxy,
+    /// A full DHCP server for the configured subnets.
+    Authoritative,
+    /// No DHCP at all.
+    Off,
+}
+
+/// Boot files by client class. TFTP file names (relative to the TFTP root), also served
+/// over HTTP under `{http_url}/tftp/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootFiles {
+    /// x86 BIOS PXE: iPXE for PXE ROMs (chainloads over the ROM's UNDI driver).
+    pub bios: String,
+    /// x86-64 UEFI PXE: iPXE using the firmware's network driver (SNP).
+    pub uefi_x64: String,
+    /// 32-bit x86 UEFI. Debian's ipxe package has none; None refuses these clients with
+    /// a clear event instead of handing them an x86-64 binary.
+    pub uefi_ia32: Option<String>,
+    /// ARM64 UEFI (e.g. an iPXE `snponly.efi` built for arm64). None: refused, as above.
+    pub arm64: Option<String>,
+    /// UEFI HTTP boot (x86-64): fetched as `{http_url}/tftp/{uefi_http}`.
+    pub uefi_http: String,
+}
+
+impl Default for BootFiles {
+    fn default() -> Self {
+        BootFiles {
+            bios: "undionly.kpxe".into(),
+            uefi_x64: "snponly.efi".into(),
+            uefi_ia32: None,
+            arm64: None,
+            uefi_http: "ipxe.efi".into(),
+        }
+    }
+}
+
+/// One subnet served in authoritative mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subnet {
+    pub net: Ipv4Network,
+    /// Dynamic pool, inclusive. Reservations lie inside `net` but outside the pool.
+    pub pool_start: Ipv4Addr,
+    pub pool_end: Ipv4Addr,
+    pub router: Option<Ipv4Addr>,
+    pub dns: Vec<Ipv4Addr>,
+    pub domain: Option<String>,
+    pub lease_time: Duration,
+}
+
+/// Everything the DHCP service needs from the config, as plain values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DhcpSettings {
+    pub mode: Mode,
+    /// Our address on `interface`: server identifier, siaddr (next server), TFTP server.
+    pub server_ip: Ipv4Addr,
+    /// The one interface DHCP answers on (SO_BINDTODEVICE). Required unless `Off`.
+    pub interface: String,
+    /// What machines are told for HTTP, e.g. "http://198.18.0.1:8080" (no trailing slash;
+    /// one is trimmed if present).
+    pub http_url: String,
+    pub boot_files: BootFiles,
+    /// Authoritative mode only.
+    pub subnets: Vec<Subnet>,
+}
+
+impl DhcpSettings {
+    /// The allocator's view of the subnets (in the same order): pools with the server's
+    /// own address, routers and DNS servers excluded.
+    pub fn pools(&self) -> Vec<PoolRange> {
+        self.subnets
+            .iter()
+            .map(|s| {
+                let mut exclude: Vec<Ipv4Addr> = std::iter::once(self.server_ip)
+                    .chain(s.router)
+                    .chain(s.dns.iter().copied())
+                    .filter(|a| s.net.contains(*a))
+                    .collect();
+                exclude.sort();
+                exclude.dedup();
+                PoolRange {
+                    net: s.net,
+                    start: s.pool_start,
+                    end: s.pool_end,
+                    exclude,
+                }
+            })
+            .collect()
+    }
+
+    /// Check what this module relies on (the config validator reports these better, with
+    /// file positions; this is the last line of defence).
+    pub fn validate(&self) -> Result<(), DhcpError> {
+        let bad = |m: String| Err(DhcpError::Settings(m));
+        if self.mode == Mode::Off {
+            return Ok(());
+        }
+        if self.interface.trim().is_empty() {
+            return Err(DhcpError::NoInterface);
+        }
+        if self.server_ip.is_unspecified() || self.server_ip.is_broadcast() {
+            return bad(format!(
+                "server_ip {} is not a usable address",
+                self.server_ip
+            ));
+        }
+        if self.mode == Mode::Authoritative && self.subnets.is_empty() {
+            return bad("authoritative DHCP needs at least one subnet".into());
+        }
+        for s in &self.subnets {
+            if !s.net.contains(s.pool_start) || !s.net.contains(s.pool_end) {
+                return bad(format!(
+                    "pool {}-{} is not inside subnet {}",
+                    s.pool_start, s.pool_end, s.net
+                ));
+            }
+            if u32::from(s.pool_start) > u32::from(s.pool_end) {
+                return bad(format!(
+                    "pool start {} is after pool end {}",
+                    s.pool_start, s.pool_end
+                ));
+            }
+            if s.lease_time < Duration::from_secs(60) {
+                return bad(format!(
+                    "lease time {:?} in subnet {} is under a minute",
+                    s.lease_time, s.net
+                ));
+            }
+        }
+        for (i, a) in self.subnets.iter().enumerate() {
+            for b in &self.subnets[i + 1..] {
+                if a.net.overlaps(b.net) {
+                    return bad(format!("subnets {} and {} overlap", a.net, b.net));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A machine the inventory knows.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Host {
+    pub hostname: String,
+    /// Authoritative mode: always this address (inside a subnet, outside its pool).
+    pub reserved_ip: Option<Ipv4Addr>,
+}
+
+/// The inventory as DHCP sees it. Implemented by the main crate; calls must be quick and
+/// must not block (they run on the packet path).
+pub trait Directory: Send + Sync {
+    fn lookup(&self, mac: MacAddr) -> Option<Host>;
+    /// The inventory's policy for unknown machines: `discover` (true) boots them,
+    /// `ignore` (false) gives them no boot file.
+    fn answer_unknown(&self) -> bool;
+}
+
+/// Where DHCP reports what it did. Implemented by the main crate (machine events,
+/// discovered machines, metrics); must not block.
+pub trait DhcpObserver: Send + Sync {
+    fn event(&self, mac: MacAddr, ev: DhcpEvent);
+}
+
+/// An observer that drops everything.
+pub struct NoObserver;
+
+impl DhcpObserver for NoObserver {
+    fn event(&self, _: MacAddr, _: DhcpEvent) {}
+}
+
+/// What happened with one request from a network-boot client, or any request in
+/// authoritative mode. Plain DHCP clients ignored in proxy mode produce no event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DhcpEvent {
+    /// The message received.
+    pub received: MessageType,
+    /// The reply, if one is sent (an ACK leaves only once its lease is durable).
+    pub sent: Option<MessageType>,
+    /// 67 or 4011.
+    pub port: u16,
+    pub xid: u32,
+    /// Address offered, acknowledged, released or declined.
+    pub ip: Option<Ipv4Addr>,
+    /// Boot file or URL given.
+    pub boot_file: Option<String>,
+    pub class: ClientClass,
+    /// The relay's address (giaddr), for relayed requests.
+    pub relay: Option<Ipv4Addr>,
+    /// Whether the inventory knows the MAC.
+    pub known: bool,
+    /// Why the client got no reply, no address or no boot file.
+    pub refusal: Option<Refusal>,
+}
+
+/// Why a request got less than it asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Refusal {
+    #[error("unknown machine and the inventory's policy for unknown machines is ignore")]
+    UnknownMachine,
+    #[error("no boot file is configured for {arch} clients")]
+    NoBootFile { arch: Arch },
+    #[error("the address pool of subnet {subnet} is exhausted")]
+    PoolExhausted { subnet: String },
+    #[error("no address: {reason}")]
+    NoAddress { reason: String },
+    #[error("no configured subnet for this client (relay {relay:?})")]
+    NoSubnet { relay: Option<Ipv4Addr> },
+    #[error("DHCPNAK: {reason}")]
+    Nak { reason: String },
+    #[error("the client chose another DHCP server ({server})")]
+    OtherServer { server: Ipv4Addr },
+}
+
+/// Errors that stop the DHCP service from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum DhcpError {
+    #[error("no interface configured: DHCP answers only on an interface the config names")]
+    NoInterface,
+    #[error("invalid DHCP settings: {0}")]
+    Settings(String),
+    #[error("cannot bind UDP port {port} on interface {interface}: {source}")]
+    Bind {
+        interface: String,
+        port: u16,
+        source: std::io::Error,
+    },
+}
+
+impl From<DhcpError> for std::io::Error {
+    fn from(e: DhcpError) -> Self {
+        let kind = match &e {
+            DhcpError::Bind { source, .. } => source.kind(),
+            _ => std::io::ErrorKind::InvalidInput,
+        };
+        std::io::Error::new(kind, e.to_string())
+    }
+}

@@ -1,0 +1,1477 @@
+//! Building the stem cell: a Linux kernel and an initrd, reproducibly, without root.
+//!
+//! `stemcell image build --out DIR` writes `DIR/vmlinuz` and `DIR/initrd.img`.
+//!
+//! * **Kernel**: Debian's. `linux-image-amd64` names the versioned package
+//!   (`linux-image-6.1.0-N-amd64`), which is fetched with `apt-get download` into the cache
+//!   folder and unpacked there with `dpkg-deb -x`. Nothing is installed and `/boot` is not
+//!   touched. `--kernel-deb FILE` uses a package file instead; `--kernel-dir DIR` an unpacked
+//!   tree (`DIR/boot/vmlinuz-VERSION` and `DIR/lib/modules/VERSION`, so `--kernel-dir /`
+//!   takes an installed kernel; `--kernel-version` picks one when there are several).
+//! * **Initrd**: a newc cpio archive written here (no root, no loop mounts, no `cpio`
+//!   binary), gzip-compressed. It holds busybox (Debian's busybox-static), the stem cell's
+//!   init (`image/init`, compiled into this binary; `--init FILE` overrides it), the boot
+//!   loaders that install templates put on disks (extlinux and its `mbr.bin` from Debian's
+//!   extlinux package, plus the shared libraries extlinux needs, copied from the building
+//!   host as `ldd` lists them; systemd-boot's `systemd-bootx64.efi` from systemd-boot-efi),
+//!   and the kernel modules in [`DEFAULT_MODULES`] (`--module NAME` adds one) together with
+//!   every module they depend on. Dependencies come from the `depends=` field the kernel
+//!   build writes into each module's `.modinfo` section (Debian's package ships no
+//!   `modules.dep`: depmod runs at install time). `modules.dep`, `modules.alias` and
+//!   `modules.softdep` are written for just the included modules, in depmod's format, so
+//!   busybox `modprobe` loads them by name and by modalias.
+//! * **Inputs fetched** when not given: `linux-image-*-amd64`, `busybox-static`, `extlinux`,
+//!   `systemd-boot-efi`, as `.deb` files in `--cache` (default `$XDG_CACHE_HOME/stemcell`,
+//!   else `~/.cache/stemcell`), reused when the candidate version is already there, and the
+//!   newest cached file is used when apt has no package lists (offline). It needs
+//!   `apt-get update` to have run once; it waits while another apt-get or dpkg runs.
+//!   `--tools-dir DIR` (repeatable) takes busybox and the loaders from unpacked trees
+//!   instead, e.g. `--tools-dir /` for the host's installed packages.
+//!
+//! **Reproducible**: the same inputs give byte-identical outputs. Entries are sorted by path;
+//! every entry has uid and gid 0, a fixed mode, the mtime `SOURCE_DATE_EPOCH` (or 0) and an
+//! inode number from its position; gzip is written with mtime 0, no file name and a fixed
+//! level. Nothing of the build host's files (mtimes, owners, directory order, umask, the
+//! paths of the inputs) reaches the archive; the only host input is the shared libraries of
+//! extlinux (`ldd`). The unit tests below build twice from the same inputs laid out
+//! differently and compare bytes; `tests/stemcell_qemu.sh` does it with the real inputs.
+//!
+//! No `build.sh` is needed: the downloads are plain `apt-get download` and `dpkg-deb -x`
+//! calls made from here.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+/// Kernel modules the stem cell carries (their dependencies are added). Names as `modprobe`
+/// takes them (`-` and `_` are the same). Built-in ones (e.g. `af_packet` in Debian's
+/// kernel) are fine and reported as such; unknown ones are an error.
+pub const DEFAULT_MODULES: &[&str] = &[
+    // virtual machines
+    "virtio_pci",
+    "virtio_net",
+    "virtio_blk",
+    "virtio_scsi",
+    "vmxnet3",
+    // server NICs
+    "e1000",
+    "e1000e",
+    "igb",
+    "ixgbe",
+    "i40e",
+    "ice",
+    "mlx4_en",
+    "mlx5_core",
+    "bnxt_en",
+    "tg3",
+    // disks and controllers
+    "ahci",
+    "ata_piix",
+    "nvme",
+    "sd_mod",
+    "megaraid_sas",
+    "mpt3sas",
+    // file systems (vfat's default codepage 437 and iocharset ascii; iso8859-1 and utf8
+    // for mount options), the checksums ext4 asks for by name
+    "ext4",
+    "vfat",
+    "nls_cp437",
+    "nls_ascii",
+    "nls_iso8859_1",
+    "nls_utf8",
+    "crc32c_generic",
+    "crc32c_intel",
+    // raw sockets for udhcpc
+    "af_packet",
+    // a keyboard on a real server's console, for the rescue shell
+    "xhci_pci",
+    "ehci_pci",
+    "usbhid",
+    "hid_generic",
+];
+
+/// The stem cell's init, compiled in (`--init FILE` replaces it).
+pub const INIT: &str = include_str!("../image/init");
+
+/// Debian packages the tools come from when no `--tools-dir` is given.
+pub const TOOL_PACKAGES: &[&str] = &["busybox-static", "extlinux", "systemd-boot-efi"];
+
+/// A file taken from the tools trees: its path there is its path in the initrd.
+struct Tool {
+    path: &'static str,
+    mode: u32,
+    required: bool,
+    purpose: &'static str,
+}
+
+const TOOLS: &[Tool] = &[
+    Tool {
+        path: "bin/busybox",
+        mode: 0o755,
+        required: true,
+        purpose: "the stem cell's userland",
+    },
+    Tool {
+        path: "usr/bin/extlinux",
+        mode: 0o755,
+        required: false,
+        purpose: "BIOS installs (extlinux)",
+    },
+    Tool {
+        path: "usr/lib/EXTLINUX/mbr.bin",
+        mode: 0o644,
+        required: false,
+        purpose: "BIOS installs (MBR boot code)",
+    },
+    Tool {
+        path: "usr/lib/systemd/boot/efi/systemd-bootx64.efi",
+        mode: 0o644,
+        required: false,
+        purpose: "UEFI installs (systemd-boot)",
+    },
+];
+
+/// Where the kernel comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KernelSource {
+    /// Debian's current kernel: the package `linux-image-amd64` depends on, via apt-get.
+    Apt,
+    /// A kernel package file (`linux-image-*.deb`).
+    Deb(PathBuf),
+    /// An unpacked tree with `boot/vmlinuz-VERSION` and `lib/modules/VERSION`.
+    Dir(PathBuf),
+}
+
+/// Everything a build needs; [`BuildOptions::new`] gives the defaults.
+#[derive(Clone, Debug)]
+pub struct BuildOptions {
+    /// Folder that receives `vmlinuz` and `initrd.img` (created if missing).
+    pub out: PathBuf,
+    pub kernel: KernelSource,
+    /// Which kernel when the tree holds several.
+    pub kernel_version: Option<String>,
+    /// Unpacked trees to take busybox and the boot loaders from, searched in order; empty:
+    /// fetch [`TOOL_PACKAGES`] with apt-get into `cache`.
+    pub tools: Vec<PathBuf>,
+    /// Downloaded packages and their unpacked trees.
+    pub cache: PathBuf,
+    /// The init script's text.
+    pub init: String,
+    /// Modules to include (with their dependencies).
+    pub modules: Vec<String>,
+    /// The mtime of every archive entry.
+    pub source_date_epoch: u64,
+}
+
+impl BuildOptions {
+    /// Defaults: Debian's kernel and tools via apt-get, the default cache, the built-in
+    /// init, [`DEFAULT_MODULES`], and `SOURCE_DATE_EPOCH` from the environment (else 0).
+    pub fn new(out: impl Into<PathBuf>) -> Result<BuildOptions> {
+        Ok(BuildOptions {
+            out: out.into(),
+            kernel: KernelSource::Apt,
+            kernel_version: None,
+            tools: Vec::new(),
+            cache: default_cache(),
+            init: INIT.to_string(),
+            modules: DEFAULT_MODULES.iter().map(|s| s.to_string()).collect(),
+            source_date_epoch: source_date_epoch_from_env()?,
+        })
+    }
+}
+
+/// `SOURCE_DATE_EPOCH` (seconds), or 0 when unset or empty.
+pub fn source_date_epoch_from_env() -> Result<u64> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(s) if !s.trim().is_empty() => s.trim().parse().map_err(|_| {
+            anyhow!("SOURCE_DATE_EPOCH={s:?} is not a number of seconds since 1970")
+        }),
+        _ => Ok(0),
+    }
+}
+
+/// `$XDG_CACHE_HOME/stemcell`, else `$HOME/.cache/stemcell`, else `target/stemcell-cache`.
+pub fn default_cache() -> PathBuf {
+    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    if let Some(x) = var("XDG_CACHE_HOME") {
+        PathBuf::from(x).join("stemcell")
+    } else if let Some(h) = var("HOME") {
+        PathBuf::from(h).join(".cache/stemcell")
+    } else {
+        PathBuf::from("target/stemcell-cache")
+    }
+}
+
+/// What a build produced.
+#[derive(Clone, Debug)]
+pub struct BuildReport {
+    pub kernel_version: String,
+    pub vmlinuz: PathBuf,
+    pub initrd: PathBuf,
+    pub vmlinuz_bytes: u64,
+    pub initrd_bytes: u64,
+    /// The cpio archive before compression.
+    pub initrd_unpacked_bytes: u64,
+    /// Entries in the archive (files, directories, links, device nodes).
+    pub entries: usize,
+    /// Modules included, dependencies too (sorted).
+    pub modules: Vec<String>,
+    /// Requested modules that are built into the kernel.
+    pub builtin: Vec<String>,
+    /// Package files used (names only).
+    pub packages: Vec<String>,
+    /// Things worth knowing (tools left out, offline fallbacks).
+    pub notes: Vec<String>,
+    pub source_date_epoch: u64,
+}
+
+fn mb(n: u64) -> String {
+    format!("{:.1} MB", n as f64 / 1_000_000.0)
+}
+
+impl fmt::Display for BuildReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "stem cell: kernel {}", self.kernel_version)?;
+        writeln!(
+            f,
+            "  {}  {} ({} bytes)",
+            self.vmlinuz.display(),
+            mb(self.vmlinuz_bytes),
+            self.vmlinuz_bytes
+        )?;
+        writeln!(
+            f,
+            "  {}  {} ({} bytes; {} unpacked, {} entries)",
+            self.initrd.display(),
+            mb(self.initrd_bytes),
+            self.initrd_bytes,
+            mb(self.initrd_unpacked_bytes),
+            self.entries
+        )?;
+        writeln!(
+            f,
+            "  {} modules: {}",
+            self.modules.len(),
+            self.modules.join(" ")
+        )?;
+        if !self.builtin.is_empty() {
+            writeln!(f, "  built into the kernel: {}", self.builtin.join(" "))?;
+        }
+        if !self.packages.is_empty() {
+            writeln!(f, "  packages: {}", self.packages.join(" "))?;
+        }
+        writeln!(f, "  SOURCE_DATE_EPOCH={}", self.source_date_epoch)?;
+        for n in &self.notes {
+            writeln!(f, "  note: {n}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Build the stem cell's kernel and initrd into `opts.out`.
+pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
+    let mut notes = Vec::new();
+    let mut packages = Vec::new();
+
+    let kernel_root = match &opts.kernel {
+        KernelSource::Apt => {
+            let pkg = kernel_package()?;
+            let deb = fetch_deb(&pkg, &opts.cache, &mut notes)?;
+            packages.push(file_name(&deb));
+            unpack(&deb, &opts.cache)?
+        }
+        KernelSource::Deb(deb) => {
+            packages.push(file_name(deb));
+            unpack(deb, &opts.cache)?
+        }
+        KernelSource::Dir(d) => d.clone(),
+    };
+    let kernel = find_kernel(&kernel_root, opts.kernel_version.as_deref())?;
+
+    let tool_roots = if opts.tools.is_empty() {
+        let mut roots = Vec::new();
+        for pkg in TOOL_PACKAGES {
+            let deb = fetch_deb(pkg, &opts.cache, &mut notes)?;
+            packages.push(file_name(&deb));
+            roots.push(unpack(&deb, &opts.cache)?);
+        }
+        roots
+    } else {
+        opts.tools.clone()
+    };
+
+    let mut ar = Archive::default();
+    base_layout(&mut ar)?;
+    ar.file("init", opts.init.as_bytes().to_vec(), 0o755)?;
+    add_tools(&mut ar, &tool_roots, &mut notes)?;
+    let sel = add_modules(&mut ar, &kernel, &opts.modules)?;
+    let release = format!(
+        "kernel={}\nsource_date_epoch={}\npackages={}\n",
+        kernel.version,
+        opts.source_date_epoch,
+        packages.join(" ")
+    );
+    ar.file("etc/stemcell-release", release.into_bytes(), 0o644)?;
+
+    let cpio = ar.to_newc(opts.source_date_epoch)?;
+    let gz = gzip(&cpio)?;
+    let vmlinuz = fs::read(&kernel.vmlinuz)
+        .with_context(|| format!("reading {}", kernel.vmlinuz.display()))?;
+
+    fs::create_dir_all(&opts.out)
+        .with_context(|| format!("creating {}", opts.out.display()))?;
+    let vmlinuz_path = opts.out.join("vmlinuz");
+    let initrd_path = opts.out.join("initrd.img");
+    write_atomic(&vmlinuz_path, &vmlinuz)?;
+    write_atomic(&initrd_path, &gz)?;
+
+    Ok(BuildReport {
+        kernel_version: kernel.version,
+        vmlinuz: vmlinuz_path,
+        initrd: initrd_path,
+        vmlinuz_bytes: vmlinuz.len() as u64,
+        initrd_bytes: gz.len() as u64,
+        initrd_unpacked_bytes: cpio.len() as u64,
+        entries: ar.entries.len(),
+        modules: sel.modules.keys().cloned().collect(),
+        builtin: sel.builtin,
+        packages,
+        notes,
+        source_date_epoch: opts.source_date_epoch,
+    })
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| p.display().to_string())
+}
+
+fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp.{}",
+        file_name(path),
+        std::process::id()
+    ));
+    fs::write(&tmp, data).with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
+
+fn gzip(data: &[u8]) -> Result<Vec<u8>> {
+    let mut enc = flate2::GzBuilder::new()
+        .mtime(0)
+        .operating_system(3) // Unix, whatever the build host
+        .write(
+            Vec::with_capacity(data.len() / 2),
+            flate2::Compression::best(),
+        );
+    enc.write_all(data)?;
+    Ok(enc.finish()?)
+}
+
+// ---------------------------------------------------------------------------------------
+// The archive
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Node {
+    Dir,
+    File(Vec<u8>),
+    Symlink(String),
+    CharDev(u32, u32),
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    perm: u32,
+    node: Node,
+}
+
+/// An initramfs being assembled: paths (no leading `/`) to entries, kept sorted.
+#[derive(Default)]
+struct Archive {
+    entries: BTreeMap<String, Entry>,
+}
+
+impl Archive {
+    fn put(&mut self, path: &str, perm: u32, node: Node) -> Result<()> {
+        let path = path.trim_matches('/');
+        if path.is_empty() || path.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+            bail!("bad path in the initrd: {path:?}");
+        }
+        if let Some((parent, _)) = path.rsplit_once('/') {
+            self.dir(parent, 0o755)?;
+        }
+        match self.entries.get(path) {
+            Some(e) if e.node == Node::Dir && node == Node::Dir => Ok(()),
+            Some(_) => bail!("{path} is in the initrd twice"),
+            None => {
+                self.entries.insert(path.to_string(), Entry { perm, node });
+                Ok(())
+            }
+        }
+    }
+
+    fn dir(&mut self, path: &str, perm: u32) -> Result<()> {
+        self.put(path, perm, Node::Dir)
+    }
+
+    fn file(&mut self, path: &str, data: Vec<u8>, perm: u32) -> Result<()> {
+        self.put(path, perm, Node::File(data))
+    }
+
+    fn symlink(&mut self, path: &str, target: &str) -> Result<()> {
+        self.put(path, 0o777, Node::Symlink(target.to_string()))
+    }
+
+    fn chardev(&mut self, path: &str, perm: u32, major: u32, minor: u32) -> Result<()> {
+        self.put(path, perm, Node::CharDev(major, minor))
+    }
+
+    /// The archive in the kernel's initramfs format (cpio "newc"), entries in path order
+    /// (a directory always precedes what it holds), then the trailer.
+    fn to_newc(&self, mtime: u64) -> Result<Vec<u8>> {
+        let mtime = u32::try_from(mtime).map_err(|_| anyhow!("SOURCE_DATE_EPOCH too large"))?;
+        let mut out = Vec::new();
+        for (i, (path, e)) in self.entries.iter().enumerate() {
+            let (kind, nlink, data, rdev): (u32, u32, &[u8], (u32, u32)) = match &e.node {
+                Node::Dir => (0o040000, 2, &[], (0, 0)),
+                Node::File(d) => (0o100000, 1, d, (0, 0)),
+                Node::Symlink(t) => (0o120000, 1, t.as_bytes(), (0, 0)),
+                Node::CharDev(ma, mi) => (0o020000, 1, &[], (*ma, *mi)),
+            };
+            let size = u32::try_from(data.len()).map_err(|_| anyhow!("{path}: too large"))?;
+            let header = NewcHeader {
+                ino: i as u32 + 1,
+                mode: kind | (e.perm & 0o7777),
+                nlink,
+                mtime,
+                size,
+                rdev,
+            };
+            header.write(&mut out, path);
+            out.extend_from_slice(data);
+            pad4(&mut out);
+        }
+        NewcHeader {
+            ino: 0,
+            mode: 0,
+            nlink: 1,
+            mtime: 0,
+            size: 0,
+            rdev: (0, 0),
+        }
+        .write(&mut out, "TRAILER!!!");
+        Ok(out)
+    }
+}
+
+struct NewcHeader {
+    ino: u32,
+    mode: u32,
+    nlink: u32,
+    mtime: u32,
+    size: u32,
+    rdev: (u32, u32),
+}
+
+impl NewcHeader {
+    fn write(&self, out: &mut Vec<u8>, name: &str) {
+        let fields = [
+            self.ino,
+            self.mode,
+            0, // uid
+            0, // gid
+            self.nlink,
+            self.mtime,
+            self.size,
+            0, // device of the file system the entry came from
+            0,
+            self.rdev.0,
+            self.rdev.1,
+            name.len() as u32 + 1,
+            0, // check (only for the "crc" format)
+        ];
+        out.extend_from_slice(b"070701");
+        for f in fields {
+            out.extend_from_slice(format!("{f:08X}").as_bytes());
+        }
+        out.extend_from_slice(name.as_bytes());
+        out.push(0);
+        pad4(out);
+    }
+}
+
+fn pad4(out: &mut Vec<u8>) {
+    while out.len() % 4 != 0 {
+        out.push(0);
+    }
+}
+
+fn base_layout(ar: &mut Archive) -> Result<()> {
+    for d in [
+        "bin", "dev", "etc", "lib", "mnt", "proc", "run", "sbin", "sys", "usr/bin", "usr/sbin",
+        "var",
+    ] {
+        ar.dir(d, 0o755)?;
+    }
+    ar.dir("root", 0o700)?;
+    ar.dir("tmp", 0o1777)?;
+    // The kernel opens /dev/console for init before anything is mounted on /dev.
+    ar.chardev("dev/console", 0o600, 5, 1)?;
+    // init is `#!/bin/sh`; it installs busybox's other applets itself.
+    ar.symlink("bin/sh", "busybox")?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Tools: busybox, the boot loaders and their libraries
+
+fn add_tools(ar: &mut Archive, roots: &[PathBuf], notes: &mut Vec<String>) -> Result<()> {
+    for tool in TOOLS {
+        let Some(src) = roots
+            .iter()
+            .map(|r| r.join(tool.path))
+            .find(|p| p.is_file())
+        else {
+            if tool.required {
+                bail!(
+                    "{} ({}) is in none of: {}",
+                    tool.path,
+                    tool.purpose,
+                    roots
+                        .iter()
+                        .map(|r| r.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            notes.push(format!(
+                "left out {} (not in the tools trees): no {}",
+                tool.path, tool.purpose
+            ));
+            continue;
+        };
+        let data = fs::read(&src).with_context(|| format!("reading {}", src.display()))?;
+        if tool.path == "bin/busybox" && elf_interpreter(&data) {
+            bail!(
+                "{} is dynamically linked: the stem cell needs busybox-static's",
+                src.display()
+            );
+        }
+        if tool.mode & 0o111 != 0 && elf_interpreter(&data) {
+            for lib in shared_libraries(&src)? {
+                let rel = lib.to_string_lossy().trim_start_matches('/').to_string();
+                if ar.entries.contains_key(&rel) {
+                    continue;
+                }
+                let bytes = fs::read(&lib).with_context(|| format!("reading {}", lib.display()))?;
+                ar.file(&rel, bytes, 0o755)?;
+            }
+        }
+        ar.file(tool.path, data, tool.mode)?;
+    }
+    Ok(())
+}
+
+fn le16(d: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(d.get(at..at + 2)?.try_into().ok()?))
+}
+fn le32(d: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(d.get(at..at + 4)?.try_into().ok()?))
+}
+fn le64(d: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(d.get(at..at + 8)?.try_into().ok()?))
+}
+
+fn is_elf64le(d: &[u8]) -> bool {
+    d.len() >= 64 && d[..4] == *b"\x7fELF" && d[4] == 2 && d[5] == 1
+}
+
+/// Whether an ELF file asks for a dynamic loader (PT_INTERP), i.e. needs shared libraries.
+fn elf_interpreter(d: &[u8]) -> bool {
+    if !is_elf64le(d) {
+        return false;
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (le64(d, 0x20), le16(d, 0x36), le16(d, 0x38))
+    else {
+        return false;
+    };
+    (0..phnum as usize).any(|i| {
+        let at = phoff as usize + i * phentsize as usize;
+        le32(d, at) == Some(3)
+    })
+}
+
+/// The shared libraries (and loader) of a dynamically linked program, as `ldd` finds them
+/// on this host.
+fn shared_libraries(program: &Path) -> Result<Vec<PathBuf>> {
+    let out = Command::new("ldd")
+        .arg(program)
+        .output()
+        .context("running ldd (Debian's libc-bin)")?;
+    if !out.status.success() {
+        bail!(
+            "ldd {}: {}",
+            program.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let mut libs = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let line = line.trim();
+        if line.contains("not found") {
+            bail!("{}: library {line}", program.display());
+        }
+        let path = match line.split_once("=>") {
+            Some((_, rhs)) => rhs.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        if let Some(p) = path.filter(|p| p.starts_with('/')) {
+            libs.push(PathBuf::from(p));
+        }
+    }
+    libs.sort();
+    libs.dedup();
+    Ok(libs)
+}
+
+// ---------------------------------------------------------------------------------------
+// Kernel modules
+
+struct Kernel {
+    version: String,
+    vmlinuz: PathBuf,
+    /// `lib/modules/VERSION`
+    modules: PathBuf,
+}
+
+fn find_kernel(root: &Path, version: Option<&str>) -> Result<Kernel> {
+    let moddirs = [root.join("lib/modules"), root.join("usr/lib/modules")];
+    let mut found = BTreeMap::new();
+    for dir in &moddirs {
+        let Ok(rd) = fs::read_dir(dir) else { continue };
+        for e in rd.flatten() {
+            let v = e.file_name().to_string_lossy().into_owned();
+            let vmlinuz = root.join("boot").join(format!("vmlinuz-{v}"));
+            if vmlinuz.is_file() && e.path().is_dir() {
+                found.entry(v).or_insert((vmlinuz, e.path()));
+            }
+        }
+    }
+    let pick = match version {
+        Some(v) => found.remove_entry(v).ok_or_else(|| {
+            anyhow!(
+                "no kernel {v} in {} (found: {})",
+                root.display(),
+                found.keys().cloned().collect::<Vec<_>>().join(", ")
+            )
+        })?,
+        None if found.len() == 1 => found.pop_first().expect("one entry"),
+        None if found.is_empty() => bail!(
+            "no kernel in {}: expected boot/vmlinuz-VERSION and lib/modules/VERSION",
+            root.display()
+        ),
+        None => bail!(
+            "several kernels in {} ({}): choose one with --kernel-version",
+            root.display(),
+            found.keys().cloned().collect::<Vec<_>>().join(", ")
+        ),
+    };
+    let (version, (vmlinuz, modules)) = pick;
+    Ok(Kernel {
+        version,
+        vmlinuz,
+        modules,
+    })
+}
+
+/// A module name as modprobe and the kernel know it (`crc32c-intel.ko` → `crc32c_intel`).
+fn module_name(s: &str) -> String {
+    let base = s.rsplit('/').next().unwrap_or(s);
+    base.trim()
+        .trim_end_matches(".ko")
+        .replace('-', "_")
+}
+
+/// The fields of a module's `.modinfo` section, in order.
+fn modinfo(elf: &[u8]) -> Option<Vec<(String, String)>> {
+    let sec = elf_section(elf, ".modinfo")?;
+    Some(
+        sec.split(|b| *b == 0)
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| {
+                let s = String::from_utf8_lossy(s);
+                s.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+            })
+            .collect(),
+    )
+}
+
+/// The contents of the named section of a 64-bit little-endian ELF file.
+fn elf_section<'a>(d: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    if !is_elf64le(d) {
+        return None;
+    }
+    let shoff = le64(d, 0x28)? as usize;
+    let shentsize = le16(d, 0x3a)? as usize;
+    let shnum = le16(d, 0x3c)? as usize;
+    let shstrndx = le16(d, 0x3e)? as usize;
+    let header = |i: usize| -> Option<(u32, usize, usize)> {
+        let at = shoff.checked_add(i.checked_mul(shentsize)?)?;
+        Some((
+            le32(d, at)?,
+            le64(d, at + 0x18)? as usize,
+            le64(d, at + 0x20)? as usize,
+        ))
+    };
+    let (_, stroff, strsize) = header(shstrndx)?;
+    let names = d.get(stroff..stroff.checked_add(strsize)?)?;
+    (0..shnum).find_map(|i| {
+        let (n, off, size) = header(i)?;
+        let rest = names.get(n as usize..)?;
+        let end = rest.iter().position(|b| *b == 0)?;
+        if &rest[..end] == name.as_bytes() {
+            d.get(off..off.checked_add(size)?)
+        } else {
+            None
+        }
+    })
+}
+
+struct Module {
+    /// Path relative to `lib/modules/VERSION`.
+    rel: String,
+    depends: Vec<String>,
+    aliases: Vec<String>,
+    softdeps: Vec<String>,
+    data: Vec<u8>,
+}
+
+struct Selection {
+    modules: BTreeMap<String, Module>,
+    builtin: Vec<String>,
+}
+
+fn walk_modules(dir: &Path, rel: &str, out: &mut Vec<String>) -> Result<()> {
+    let rd = fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+    for e in rd {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let r = if rel.is_empty() {
+            name.clone()
+        } else {
+            format!("{rel}/{name}")
+        };
+        let ft = e.file_type()?;
+        if ft.is_dir() {
+            walk_modules(&e.path(), &r, out)?;
+        } else if name.ends_with(".ko") {
+            out.push(r);
+        } else if [".ko.xz", ".ko.zst", ".ko.gz"].iter().any(|x| name.ends_with(x)) {
+            bail!(
+                "{}: compressed kernel modules are not supported (Debian 12's are not compressed)",
+                e.path().display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn add_modules(ar: &mut Archive, kernel: &Kernel, requested: &[String]) -> Result<Selection> {
+    let mut rels = Vec::new();
+    walk_modules(&kernel.modules, "", &mut rels)?;
+    rels.sort();
+    let mut index: BTreeMap<String, String> = BTreeMap::new();
+    for r in rels {
+        index.entry(module_name(&r)).or_insert(r);
+    }
+    let builtin_text = fs::read_to_string(kernel.modules.join("modules.builtin")).unwrap_or_default();
+    let builtin: BTreeSet<String> = builtin_text.lines().map(module_name).collect();
+
+    let mut sel = Selection {
+        modules: BTreeMap::new(),
+        builtin: Vec::new(),
+    };
+    let mut wanted: Vec<String> = requested.iter().map(|m| module_name(m)).collect();
+    wanted.sort();
+    wanted.dedup();
+    let mut queue: Vec<(String, Option<String>)> = wanted.into_iter().map(|m| (m, None)).collect();
+    while let Some((name, needed_by)) = queue.pop() {
+        if sel.modules.contains_key(&name) {
+            continue;
+        }
+        let Some(rel) = index.get(&name) else {
+            if builtin.contains(&name) {
+                if needed_by.is_none() {
+                    sel.builtin.push(name);
+                }
+                continue;
+            }
+            match needed_by {
+                Some(by) => bail!(
+                    "module {by} depends on {name}, which kernel {} does not have",
+                    kernel.version
+                ),
+                None => bail!(
+                    "module {name} is not in kernel {} (neither a module nor built in)",
+                    kernel.version
+                ),
+            }
+        };
+        let path = kernel.modules.join(rel);
+        let data = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let info = modinfo(&data)
+            .ok_or_else(|| anyhow!("{}: no .modinfo section (not a kernel module?)", path.display()))?;
+        let field = |k: &str| -> Vec<String> {
+            info.iter()
+                .filter(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+                .collect()
+        };
+        let mut depends: Vec<String> = field("depends")
+            .iter()
+            .flat_map(|d| d.split(','))
+            .filter(|d| !d.trim().is_empty())
+            .map(module_name)
+            .collect();
+        depends.sort();
+        depends.dedup();
+        for d in &depends {
+            queue.push((d.clone(), Some(name.clone())));
+        }
+        sel.modules.insert(
+            name,
+            Module {
+                rel: rel.clone(),
+                depends,
+                aliases: field("alias"),
+                softdeps: field("softdep"),
+                data,
+            },
+        );
+    }
+    sel.builtin.sort();
+
+    // modules.dep: each module, then every module it needs, the last to load first (that is
+    // how depmod writes it and how busybox's and kmod's modprobe read it).
+    let mut dep = String::new();
+    let mut by_rel: Vec<&String> = sel.modules.keys().collect();
+    by_rel.sort_by_key(|n| &sel.modules[*n].rel);
+    for name in by_rel {
+        let mut order = Vec::new();
+        let mut seen = BTreeSet::new();
+        load_order(&sel.modules, name, &mut seen, &mut Vec::new(), &mut order)?;
+        order.pop(); // the module itself comes last in load order
+        let m = &sel.modules[name];
+        dep.push_str(&m.rel);
+        dep.push(':');
+        for d in order.iter().rev() {
+            dep.push(' ');
+            dep.push_str(&sel.modules[d].rel);
+        }
+        dep.push('\n');
+    }
+    let mut alias = String::from("# Aliases extracted from modules themselves.\n");
+    let mut softdep = String::from("# Soft dependencies extracted from modules themselves.\n");
+    for (name, m) in &sel.modules {
+        for a in &m.aliases {
+            alias.push_str(&format!("alias {a} {name}\n"));
+        }
+        for s in &m.softdeps {
+            softdep.push_str(&format!("softdep {name} {s}\n"));
+        }
+    }
+
+    let base = format!("lib/modules/{}", kernel.version);
+    for m in sel.modules.values() {
+        ar.file(&format!("{base}/{}", m.rel), m.data.clone(), 0o644)?;
+    }
+    ar.file(&format!("{base}/modules.dep"), dep.into_bytes(), 0o644)?;
+    ar.file(&format!("{base}/modules.alias"), alias.into_bytes(), 0o644)?;
+    ar.file(&format!("{base}/modules.softdep"), softdep.into_bytes(), 0o644)?;
+    ar.file(
+        &format!("{base}/modules.builtin"),
+        builtin_text.into_bytes(),
+        0o644,
+    )?;
+    Ok(sel)
+}
+
+/// Depth-first: `name`'s dependencies, each before what needs it, then `name`.
+fn load_order(
+    mods: &BTreeMap<String, Module>,
+    name: &str,
+    seen: &mut BTreeSet<String>,
+    path: &mut Vec<String>,
+    out: &mut Vec<String>,
+) -> Result<()> {
+    if path.iter().any(|p| p == name) {
+        bail!("modules depend on each other in a cycle: {} -> {name}", path.join(" -> "));
+    }
+    if !seen.insert(name.to_string()) {
+        return Ok(());
+    }
+    path.push(name.to_string());
+    if let Some(m) = mods.get(name) {
+        for d in &m.depends {
+            load_order(mods, d, seen, path, out)?;
+        }
+    }
+    path.pop();
+    // A built-in dependency has no entry and nothing to load.
+    if mods.contains_key(name) {
+        out.push(name.to_string());
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Debian packages: apt-get download, dpkg-deb -x
+
+/// The versioned kernel package `linux-image-amd64` depends on.
+fn kernel_package() -> Result<String> {
+    let fields = apt_show("linux-image-amd64")?;
+    let depends = fields
+        .get("Depends")
+        .ok_or_else(|| anyhow!("linux-image-amd64 has no Depends field"))?;
+    depends
+        .split([',', '|'])
+        .filter_map(|d| d.split_whitespace().next())
+        .find(|d| d.starts_with("linux-image-"))
+        .map(str::to_string)
+        .ok_or_else(|| anyhow!("linux-image-amd64 does not depend on a linux-image package: {depends}"))
+}
+
+/// `apt-cache show --no-all-versions PKG`: the candidate's fields.
+fn apt_show(pkg: &str) -> Result<BTreeMap<String, String>> {
+    let out = Command::new("apt-cache")
+        .args(["show", "--no-all-versions", pkg])
+        .output()
+        .context("running apt-cache (is this Debian?)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut fields = BTreeMap::new();
+    for line in text.lines() {
+        if line.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            if !k.starts_with(' ') {
+                fields.insert(k.to_string(), v.trim().to_string());
+            }
+        }
+    }
+    if !out.status.success() || !fields.contains_key("Version") {
+        bail!(
+            "apt-cache knows no package {pkg} ({}); run apt-get update, or pass the files",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(fields)
+}
+
+fn cached_debs(pkg: &str, cache: &Path) -> Vec<PathBuf> {
+    let prefix = format!("{pkg}_");
+    let mut v: Vec<PathBuf> = fs::read_dir(cache)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let n = file_name(p);
+            n.starts_with(&prefix) && n.ends_with(".deb")
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// The candidate version of `pkg` as a `.deb` in `cache`, downloaded if it is not there.
+fn fetch_deb(pkg: &str, cache: &Path, notes: &mut Vec<String>) -> Result<PathBuf> {
+    fs::create_dir_all(cache).with_context(|| format!("creating {}", cache.display()))?;
+    let fields = match apt_show(pkg) {
+        Ok(f) => f,
+        Err(e) => {
+            // Offline (no package lists): the newest file already in the cache will do.
+            if let Some(f) = cached_debs(pkg, cache).pop() {
+                notes.push(format!("apt-cache failed ({e:#}); using cached {}", file_name(&f)));
+                return Ok(f);
+            }
+            return Err(e);
+        }
+    };
+    let version = &fields["Version"];
+    let arch = fields.get("Architecture").map(String::as_str).unwrap_or("amd64");
+    let path = cache.join(format!("{pkg}_{}_{arch}.deb", version.replace(':', "%3a")));
+    if path.is_file() {
+        return Ok(path);
+    }
+    wait_for_apt()?;
+    let out = Command::new("apt-get")
+        .args(["download", "-q", &format!("{pkg}={version}")])
+        .current_dir(cache)
+        .output()
+        .context("running apt-get download")?;
+    if !out.status.success() || !path.is_file() {
+        bail!(
+            "apt-get download {pkg}={version} in {} failed: {}{}",
+            cache.display(),
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(path)
+}
+
+/// Wait (up to 15 minutes) while apt-get, apt or dpkg runs: never run apt beside another.
+fn wait_for_apt() -> Result<()> {
+    let start = Instant::now();
+    let mut told = false;
+    loop {
+        let busy = Command::new("pgrep")
+            .args(["-x", "apt-get|apt|dpkg"])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !busy {
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(900) {
+            bail!("another apt-get/dpkg has been running for 15 minutes; try again later");
+        }
+        if !told {
+            eprintln!("stemcell: waiting for another apt-get or dpkg to finish");
+            told = true;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+/// `dpkg-deb -x` into `cache/unpacked/NAME` (once; reused afterwards).
+fn unpack(deb: &Path, cache: &Path) -> Result<PathBuf> {
+    let name = file_name(deb);
+    let stem = name.strip_suffix(".deb").unwrap_or(&name);
+    let dir = cache.join("unpacked");
+    let dest = dir.join(stem);
+    let done = dir.join(format!("{stem}.done"));
+    if done.is_file() && dest.is_dir() {
+        return Ok(dest);
+    }
+    if !deb.is_file() {
+        bail!("no package file {}", deb.display());
+    }
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = dir.join(format!(".{stem}.{}", std::process::id()));
+    let _ = fs::remove_dir_all(&tmp);
+    let out = Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(deb)
+        .arg(&tmp)
+        .output()
+        .context("running dpkg-deb (Debian's dpkg)")?;
+    if !out.status.success() {
+        let _ = fs::remove_dir_all(&tmp);
+        bail!(
+            "dpkg-deb -x {}: {}",
+            deb.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let _ = fs::remove_dir_all(&dest);
+    if let Err(e) = fs::rename(&tmp, &dest) {
+        let _ = fs::remove_dir_all(&tmp);
+        if !dest.is_dir() {
+            return Err(e).with_context(|| format!("renaming to {}", dest.display()));
+        }
+    }
+    fs::write(&done, b"")?;
+    Ok(dest)
+}
+
+// ---------------------------------------------------------------------------------------
+// The command line: `stemcell image build ...`
+
+/// `stemcell image ...`
+#[derive(clap::Subcommand, Clone, Debug)]
+pub enum ImageCommand {
+    /// Build the stem cell's kernel and initrd (Debian's kernel and busybox, stemcell's init).
+    Build(ImageArgs),
+}
+
+/// `stemcell image build` options.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ImageArgs {
+    /// Folder to write vmlinuz and initrd.img into.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// A kernel package file (linux-image-*.deb) instead of fetching Debian's current one.
+    #[arg(long, value_name = "FILE", conflicts_with = "kernel_dir")]
+    pub kernel_deb: Option<PathBuf>,
+    /// An unpacked kernel: DIR/boot/vmlinuz-VERSION and DIR/lib/modules/VERSION (/ works).
+    #[arg(long, value_name = "DIR")]
+    pub kernel_dir: Option<PathBuf>,
+    /// Which kernel version, when the tree holds several.
+    #[arg(long, value_name = "VERSION")]
+    pub kernel_version: Option<String>,
+    /// Folder for downloaded and unpacked packages [default: $XDG_CACHE_HOME/stemcell or
+    /// ~/.cache/stemcell].
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+    /// Take busybox and the boot loaders from this unpacked tree instead of fetching
+    /// busybox-static, extlinux and systemd-boot-efi (repeatable; / uses installed ones).
+    #[arg(long = "tools-dir", value_name = "DIR")]
+    pub tools_dir: Vec<PathBuf>,
+    /// An init script to use instead of the built-in image/init.
+    #[arg(long, value_name = "FILE")]
+    pub init: Option<PathBuf>,
+    /// Add a kernel module (and what it depends on) to the default set (repeatable).
+    #[arg(long = "module", value_name = "NAME")]
+    pub modules: Vec<String>,
+}
+
+impl ImageArgs {
+    /// The build these arguments ask for (`SOURCE_DATE_EPOCH` is read from the environment).
+    pub fn options(&self) -> Result<BuildOptions> {
+        let mut o = BuildOptions::new(&self.out)?;
+        if let Some(d) = &self.kernel_deb {
+            o.kernel = KernelSource::Deb(d.clone());
+        } else if let Some(d) = &self.kernel_dir {
+            o.kernel = KernelSource::Dir(d.clone());
+        }
+        o.kernel_version = self.kernel_version.clone();
+        if let Some(c) = &self.cache {
+            o.cache = c.clone();
+        }
+        o.tools = self.tools_dir.clone();
+        if let Some(f) = &self.init {
+            o.init = fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        }
+        o.modules.extend(self.modules.iter().cloned());
+        Ok(o)
+    }
+}
+
+/// Run an `image` subcommand, printing what it built.
+pub fn run(cmd: &ImageCommand) -> Result<()> {
+    match cmd {
+        ImageCommand::Build(args) => {
+            let report = build(&args.options()?)?;
+            print!("{report}");
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    /// A minimal ELF64 file with a `.modinfo` section holding `fields`.
+    fn fake_ko(fields: &[&str]) -> Vec<u8> {
+        let mut modinfo = Vec::new();
+        for f in fields {
+            modinfo.extend_from_slice(f.as_bytes());
+            modinfo.push(0);
+        }
+        let shstrtab = b"\0.modinfo\0.shstrtab\0".to_vec();
+        let mut d = vec![0u8; 64];
+        d[..4].copy_from_slice(b"\x7fELF");
+        d[4] = 2;
+        d[5] = 1;
+        d[6] = 1;
+        let modinfo_off = d.len();
+        d.extend_from_slice(&modinfo);
+        let shstr_off = d.len();
+        d.extend_from_slice(&shstrtab);
+        while d.len() % 8 != 0 {
+            d.push(0);
+        }
+        let shoff = d.len();
+        let sh = |name: u32, off: usize, size: usize| {
+            let mut h = vec![0u8; 64];
+            h[0..4].copy_from_slice(&name.to_le_bytes());
+            h[4..8].copy_from_slice(&1u32.to_le_bytes());
+            h[0x18..0x20].copy_from_slice(&(off as u64).to_le_bytes());
+            h[0x20..0x28].copy_from_slice(&(size as u64).to_le_bytes());
+            h
+        };
+        d.extend_from_slice(&[0u8; 64]);
+        d.extend_from_slice(&sh(1, modinfo_off, modinfo.len()));
+        d.extend_from_slice(&sh(10, shstr_off, shstrtab.len()));
+        d[0x28..0x30].copy_from_slice(&(shoff as u64).to_le_bytes());
+        d[0x3a..0x3c].copy_from_slice(&64u16.to_le_bytes());
+        d[0x3c..0x3e].copy_from_slice(&3u16.to_le_bytes());
+        d[0x3e..0x40].copy_from_slice(&2u16.to_le_bytes());
+        d
+    }
+
+    /// (path, mode, mtime, rdev, data) of each entry of a newc archive, trailer excluded.
+    type Parsed = Vec<(String, u32, u32, (u32, u32), Vec<u8>)>;
+
+    fn parse_newc(mut d: &[u8]) -> Parsed {
+        let mut out = Vec::new();
+        let mut pos = 0usize;
+        let total = d.len();
+        loop {
+            assert_eq!(&d[..6], b"070701", "bad magic at {pos}");
+            let field = |i: usize| {
+                u32::from_str_radix(std::str::from_utf8(&d[6 + i * 8..14 + i * 8]).unwrap(), 16)
+                    .unwrap()
+            };
+            let (ino, mode, uid, gid, mtime, size) =
+                (field(0), field(1), field(2), field(3), field(5), field(6));
+            let rdev = (field(9), field(10));
+            let namesize = field(11) as usize;
+            let name = std::str::from_utf8(&d[110..110 + namesize - 1])
+                .unwrap()
+                .to_string();
+            let mut at = 110 + namesize;
+            at += (4 - (pos + at) % 4) % 4;
+            let data = d[at..at + size as usize].to_vec();
+            at += size as usize;
+            at += (4 - (pos + at) % 4) % 4;
+            if name == "TRAILER!!!" {
+                assert_eq!(pos + at, total, "data after the trailer");
+                return out;
+            }
+            assert_eq!((uid, gid), (0, 0));
+            assert_eq!(ino as usize, out.len() + 1);
+            out.push((name, mode, mtime, rdev, data));
+            pos += at;
+            d = &d[at..];
+        }
+    }
+
+    /// A kernel tree and a tools tree, written in the given order of modules with the given
+    /// file mtimes (which must not matter).
+    fn fake_inputs(root: &Path, reverse: bool, mtime: i64) -> (PathBuf, PathBuf) {
+        let kdir = root.join("kernel");
+        let mods = kdir.join("lib/modules/9.9.9-test");
+        let mut files: Vec<(&str, Vec<u8>)> = vec![
+            (
+                "kernel/drivers/net/virtio_net.ko",
+                fake_ko(&[
+                    "alias=virtio:d00000001v*",
+                    "depends=net_failover,virtio_ring",
+                    "name=virtio_net",
+                ]),
+            ),
+            (
+                "kernel/drivers/net/net_failover.ko",
+                fake_ko(&["depends=failover", "name=net_failover"]),
+            ),
+            (
+                "kernel/net/core/failover.ko",
+                fake_ko(&["depends=", "name=failover"]),
+            ),
+            (
+                "kernel/drivers/virtio/virtio_ring.ko",
+                fake_ko(&["depends=", "name=virtio_ring"]),
+            ),
+            (
+                "kernel/arch/x86/crypto/crc32c-intel.ko",
+                fake_ko(&[
+                    "alias=crypto-crc32c",
+                    "alias=crc32c",
+                    "depends=",
+                    "name=crc32c_intel",
+                ]),
+            ),
+            (
+                "kernel/fs/ext4/ext4.ko",
+                fake_ko(&["softdep=pre: crc32c", "depends=", "name=ext4"]),
+            ),
+            (
+                "kernel/drivers/unused/unused.ko",
+                fake_ko(&["depends=", "name=unused"]),
+            ),
+        ];
+        if reverse {
+            files.reverse();
+        }
+        for (rel, data) in files {
+            let p = mods.join(rel);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(&p, data).unwrap();
+        }
+        fs::write(mods.join("modules.builtin"), "kernel/net/packet/af_packet.ko\n").unwrap();
+        fs::create_dir_all(kdir.join("boot")).unwrap();
+        fs::write(kdir.join("boot/vmlinuz-9.9.9-test"), b"not really a kernel").unwrap();
+        let tdir = root.join("tools");
+        fs::create_dir_all(tdir.join("bin")).unwrap();
+        fs::write(tdir.join("bin/busybox"), b"not really busybox").unwrap();
+        fs::create_dir_all(tdir.join("usr/lib/EXTLINUX")).unwrap();
+        fs::write(tdir.join("usr/lib/EXTLINUX/mbr.bin"), [0xfa; 440]).unwrap();
+        let t = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(mtime as u64);
+        for p in [
+            kdir.join("boot/vmlinuz-9.9.9-test"),
+            tdir.join("bin/busybox"),
+        ] {
+            fs::File::options()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .set_modified(t)
+                .unwrap();
+        }
+        (kdir, tdir)
+    }
+
+    fn options(root: &Path, kdir: PathBuf, tdir: PathBuf, epoch: u64) -> BuildOptions {
+        BuildOptions {
+            out: root.join("out"),
+            kernel: KernelSource::Dir(kdir),
+            kernel_version: None,
+            tools: vec![tdir],
+            cache: root.join("cache"),
+            init: "#!/bin/sh\necho hello\n".into(),
+            modules: vec!["virtio-net".into(), "ext4".into(), "af_packet".into(), "crc32c_intel".into()],
+            source_date_epoch: epoch,
+        }
+    }
+
+    fn unpacked(report: &BuildReport) -> Parsed {
+        let gz = fs::read(&report.initrd).unwrap();
+        let mut cpio = Vec::new();
+        flate2::read::GzDecoder::new(&gz[..])
+            .read_to_end(&mut cpio)
+            .unwrap();
+        assert_eq!(cpio.len() as u64, report.initrd_unpacked_bytes);
+        parse_newc(&cpio)
+    }
+
+    #[test]
+    fn two_builds_from_the_same_inputs_are_byte_identical() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let (ka, ta) = fake_inputs(a.path(), false, 1_000_000);
+        let (kb, tb) = fake_inputs(b.path(), true, 2_000_000_000);
+        let ra = build(&options(a.path(), ka, ta, 1_700_000_000)).unwrap();
+        let rb = build(&options(b.path(), kb, tb, 1_700_000_000)).unwrap();
+        for f in ["vmlinuz", "initrd.img"] {
+            let x = fs::read(a.path().join("out").join(f)).unwrap();
+            let y = fs::read(b.path().join("out").join(f)).unwrap();
+            assert!(x == y, "{f} differs between two builds");
+        }
+        assert_eq!(ra.initrd_bytes, rb.initrd_bytes);
+        // Building again over the same output gives the same bytes too.
+        let first = fs::read(&ra.initrd).unwrap();
+        let (ka, ta) = (a.path().join("kernel"), a.path().join("tools"));
+        build(&options(a.path(), ka.clone(), ta.clone(), 1_700_000_000)).unwrap();
+        assert_eq!(first, fs::read(&ra.initrd).unwrap());
+        // SOURCE_DATE_EPOCH is what every entry carries, so a different one changes it.
+        build(&options(a.path(), ka, ta, 1)).unwrap();
+        assert_ne!(first, fs::read(&ra.initrd).unwrap());
+    }
+
+    #[test]
+    fn the_archive_is_sorted_owned_by_root_and_dated_by_the_epoch() {
+        let t = tempfile::tempdir().unwrap();
+        let (k, tools) = fake_inputs(t.path(), false, 5);
+        let r = build(&options(t.path(), k, tools, 1234)).unwrap();
+        let entries = unpacked(&r);
+        let names: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(names, sorted);
+        assert!(entries.iter().all(|e| e.2 == 1234));
+        let get = |n: &str| entries.iter().find(|e| e.0 == n).unwrap_or_else(|| panic!("no {n}"));
+        assert_eq!(get("init").1, 0o100755);
+        assert_eq!(get("init").4, b"#!/bin/sh\necho hello\n");
+        assert_eq!(get("bin/busybox").1, 0o100755);
+        assert_eq!(get("bin/sh").1, 0o120777);
+        assert_eq!(get("bin/sh").4, b"busybox");
+        assert_eq!(get("dev/console").1, 0o020600);
+        assert_eq!(get("dev/console").3, (5, 1));
+        assert_eq!(get("tmp").1, 0o041777);
+        assert_eq!(get("usr/lib/EXTLINUX/mbr.bin").4.len(), 440);
+        // Every directory comes before what it holds.
+        for (i, e) in entries.iter().enumerate() {
+            if let Some((parent, _)) = e.0.rsplit_once('/') {
+                let p = names.iter().position(|n| *n == parent).expect("parent entry");
+                assert!(p < i, "{parent} after {}", e.0);
+            }
+        }
+        assert_eq!(r.kernel_version, "9.9.9-test");
+        assert_eq!(r.builtin, vec!["af_packet".to_string()]);
+        assert!(r.notes.iter().any(|n| n.contains("usr/bin/extlinux")));
+        assert_eq!(fs::read(&r.vmlinuz).unwrap(), b"not really a kernel");
+    }
+
+    #[test]
+    fn modules_come_with_their_dependencies_and_a_trimmed_depmod_index() {
+        let t = tempfile::tempdir().unwrap();
+        let (k, tools) = fake_inputs(t.path(), false, 5);
+        let r = build(&options(t.path(), k, tools, 0)).unwrap();
+        assert_eq!(
+            r.modules,
+            ["crc32c_intel", "ext4", "failover", "net_failover", "virtio_net", "virtio_ring"]
+        );
+        let entries = unpacked(&r);
+        let text = |n: &str| {
+            let e = entries
+                .iter()
+                .find(|e| e.0 == format!("lib/modules/9.9.9-test/{n}"))
+                .unwrap_or_else(|| panic!("no {n}"));
+            String::from_utf8(e.4.clone()).unwrap()
+        };
+        let dep = text("modules.dep");
+        assert!(!dep.contains("unused"));
+        // virtio_net needs net_failover (which needs failover) and virtio_ring: busybox
+        // modprobe loads the list from its end, so failover must follow net_failover.
+        let line = dep
+            .lines()
+            .find(|l| l.starts_with("kernel/drivers/net/virtio_net.ko:"))
+            .unwrap();
+        let deps: Vec<&str> = line.split_whitespace().skip(1).collect();
+        assert_eq!(deps.len(), 3);
+        let fo = deps.iter().position(|d| *d == "kernel/net/core/failover.ko").unwrap();
+        let nfo = deps.iter().position(|d| *d == "kernel/drivers/net/net_failover.ko").unwrap();
+        assert!(nfo < fo, "{line}");
+        assert!(dep.contains("kernel/net/core/failover.ko:\n"));
+        assert!(dep.contains("kernel/arch/x86/crypto/crc32c-intel.ko:\n"));
+        let alias = text("modules.alias");
+        assert!(alias.contains("alias virtio:d00000001v* virtio_net\n"));
+        assert!(alias.contains("alias crypto-crc32c crc32c_intel\n"));
+        assert!(text("modules.softdep").contains("softdep ext4 pre: crc32c\n"));
+        assert!(text("modules.builtin").contains("af_packet.ko"));
+        assert!(entries
+            .iter()
+            .any(|e| e.0 == "lib/modules/9.9.9-test/kernel/arch/x86/crypto/crc32c-intel.ko"));
+    }
+
+    #[test]
+    fn unknown_modules_and_missing_busybox_are_errors() {
+        let t = tempfile::tempdir().unwrap();
+        let (k, tools) = fake_inputs(t.path(), false, 5);
+        let mut o = options(t.path(), k.clone(), tools, 0);
+        o.modules.push("no_such_driver".into());
+        let e = build(&o).unwrap_err().to_string();
+        assert!(e.contains("module no_such_driver is not in kernel 9.9.9-test"), "{e}");
+        let empty = t.path().join("empty");
+        fs::create_dir_all(&empty).unwrap();
+        let o = options(t.path(), k, empty, 0);
+        let e = build(&o).unwrap_err().to_string();
+        assert!(e.contains("bin/busybox"), "{e}");
+    }
+
+    #[test]
+    fn modinfo_and_names() {
+        let ko = fake_ko(&["license=GPL", "depends=a,b-c", "name=x"]);
+        let info = modinfo(&ko).unwrap();
+        assert_eq!(info[1], ("depends".into(), "a,b-c".into()));
+        assert!(modinfo(b"not an elf file").is_none());
+        assert_eq!(module_name("kernel/fs/nls/nls_iso8859-1.ko"), "nls_iso8859_1");
+        assert_eq!(module_name("crc32c-intel"), "crc32c_intel");
+        assert!(!elf_interpreter(&ko));
+    }
+}
