@@ -119,7 +119,13 @@ pub fn parse(file: &Path, text: &str) -> Result<Node, Problems> {
     // Containers under construction: (node being filled, pending key for maps).
     enum Open {
         Seq(Pos, Vec<Node>, usize),
-        Map(Pos, Vec<(Node, Node)>, Option<Node>, usize),
+        Map(
+            Pos,
+            Vec<(Node, Node)>,
+            Option<Node>,
+            usize,
+            HashMap<String, Pos>,
+        ),
     }
     let mut stack: Vec<Open> = Vec::new();
     let mut anchors: HashMap<usize, Node> = HashMap::new();
@@ -143,17 +149,32 @@ pub fn parse(file: &Path, text: &str) -> Result<Node, Problems> {
                 items.push(node);
                 Ok(())
             }
-            Some(Open::Map(_, entries, pending, _)) => match pending.take() {
+            Some(Open::Map(_, entries, pending, _, seen)) => match pending.take() {
                 None => {
-                    if let Some((first, _)) = entries.iter().find(|(k, _)| same_key(k, &node)) {
+                    // Keys are indexed as they come: a 100,000-machine inventory must not
+                    // compare every key with every other.
+                    let first = match &node.kind {
+                        Kind::Scalar { text, .. } => match seen.get(text) {
+                            Some(p) => Some(*p),
+                            None => {
+                                seen.insert(text.clone(), node.pos);
+                                None
+                            }
+                        },
+                        _ => entries
+                            .iter()
+                            .find(|(k, _)| same_key(k, &node))
+                            .map(|(k, _)| k.pos),
+                    };
+                    if let Some(first) = first {
                         return Err(Problems(vec![Problem {
                             file: file.to_path_buf(),
                             pos: node.pos,
                             message: format!(
                                 "duplicate key {} (first defined at line {}, column {}); YAML would silently keep only the last one",
                                 key_text(&node),
-                                first.pos.line,
-                                first.pos.col
+                                first.line,
+                                first.col
                             ),
                         }]));
                     }
@@ -218,7 +239,9 @@ pub fn parse(file: &Path, text: &str) -> Result<Node, Problems> {
                 attach(&mut stack, &mut root, node, file)?;
             }
             Event::SequenceStart(anchor, _) => stack.push(Open::Seq(pos, Vec::new(), anchor)),
-            Event::MappingStart(anchor, _) => stack.push(Open::Map(pos, Vec::new(), None, anchor)),
+            Event::MappingStart(anchor, _) => {
+                stack.push(Open::Map(pos, Vec::new(), None, anchor, HashMap::new()))
+            }
             Event::SequenceEnd | Event::MappingEnd => {
                 let (node, anchor) = match stack.pop() {
                     Some(Open::Seq(p, items, a)) => (
@@ -228,7 +251,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Node, Problems> {
                         },
                         a,
                     ),
-                    Some(Open::Map(p, entries, _, a)) => (
+                    Some(Open::Map(p, entries, _, a, _)) => (
                         Node {
                             kind: Kind::Map(entries),
                             pos: p,

@@ -50,6 +50,7 @@ pub fn router(app: App) -> Router {
         .route("/boot/{file}", get(boot_script))
         .route("/stemcell/{file}", get(stemcell_file))
         .route("/assets/{*path}", get(asset))
+        .route("/tftp/{*path}", get(tftp_over_http))
         .route("/install/{mac}", get(install_script))
         .route("/install/{mac}/{action}", post(install_callback))
         .route("/discover/{mac}", post(discover))
@@ -467,6 +468,22 @@ async fn asset(
         return text(StatusCode::NOT_FOUND, "not found\n");
     };
     file_event(&app, &q, &headers, &format!("asset {rel}"));
+    files::serve(&path, &headers).await
+}
+
+/// The TFTP root over HTTP, for UEFI HTTP boot (its DHCP answer names
+/// `{server_url}/tftp/ipxe.efi`); jailed like the assets.
+async fn tftp_over_http(
+    State(app): State<App>,
+    Path(rel): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(tftp) = &app.config.tftp else {
+        return text(StatusCode::NOT_FOUND, "TFTP is not configured\n");
+    };
+    let Some(path) = files::jail(&tftp.root, &rel) else {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    };
     files::serve(&path, &headers).await
 }
 
