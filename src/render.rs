@@ -173,6 +173,34 @@ fn environment<'a>() -> minijinja::Environment<'a> {
     env
 }
 
+/// Renders many machines' templates from one folder, compiling each template once (for
+/// `check` over a large inventory). Requests use `install_script`, which re-reads the
+/// folder every time so edits are live.
+pub struct Batch<'a> {
+    env: minijinja::Environment<'a>,
+}
+
+impl Batch<'_> {
+    pub fn new(kickstarts: &Path) -> Self {
+        let mut env = environment();
+        env.set_loader(minijinja::path_loader(kickstarts));
+        Batch { env }
+    }
+
+    pub fn install_script(
+        &self,
+        template: &str,
+        vars: &InstallVars,
+    ) -> Result<String, RenderError> {
+        let t = self
+            .env
+            .get_template(template)
+            .map_err(|e| describe(template, &e, None))?;
+        t.render(vars)
+            .map_err(|e| describe(template, &e, Some(t.source())))
+    }
+}
+
 /// Render `template` (a file in `kickstarts`) for one machine. Shared snippets can be
 /// pulled in with `{% include %}` / `{% extends %}` from the same folder.
 pub fn install_script(

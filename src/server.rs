@@ -336,11 +336,12 @@ pub fn check(config_path: &Path) -> Result<usize, Fatal> {
     let (config, inv) = load(config_path)?;
     let url = config.display_url();
     let mut problems = Vec::new();
+    let batch = render::Batch::new(&config.kickstarts);
     for mac in &inv.order {
         let Some(m) = inv.machine(mac) else { continue };
         let Some(role) = inv.role_of(m) else { continue };
         let vars = render::InstallVars::new(&inv, m, &url, "0123456789abcdef0123456789abcdef");
-        if let Err(e) = render::install_script(&config.kickstarts, &role.template, &vars) {
+        if let Err(e) = batch.install_script(&role.template, &vars) {
             problems.push(format!(
                 "{}:{}: machine {} ({}): {e}",
                 inv.file.display(),
