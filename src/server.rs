@@ -303,6 +303,17 @@ impl dhcp::DhcpObserver for Recorder {
                 }
             }
             (None, Some(r)) => msg.push_str(&format!(": no answer: {r}")),
+            // RELEASE and DECLINE are not answered by design.
+            (None, None)
+                if matches!(
+                    ev.received,
+                    dhcp::MessageType::Release | dhcp::MessageType::Decline
+                ) =>
+            {
+                if let Some(ip) = ev.ip {
+                    msg.push_str(&format!(" {ip}"));
+                }
+            }
             (None, None) => msg.push_str(": no answer"),
         }
         if netboot {
