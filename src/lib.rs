@@ -17,4 +17,5 @@ pub mod metrics;
 pub mod render;
 pub mod server;
 pub mod state;
+pub mod tftp;
 pub mod yaml;

@@ -133,6 +133,28 @@ pub async fn serve(config_path: &Path) -> Result<(), Fatal> {
     };
     let mut tasks = tokio::task::JoinSet::new();
 
+    // TFTP: on the server's address, on the configured interface only.
+    if let Some(t) = &config.tftp {
+        let socket = bind_tftp(config.interface.as_deref(), server_ip).map_err(config_error)?;
+        let tcfg = crate::tftp::TftpConfig {
+            root: t.root.clone(),
+            max_transfers: t.max_transfers,
+            max_window: t.max_window,
+            ..Default::default()
+        };
+        let observer = Arc::new(TftpRecorder {
+            store: store.clone(),
+            metrics: app.metrics.clone(),
+            leases: app.leases.clone(),
+        });
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            if let Err(e) = crate::tftp::serve(socket, tcfg, observer, shutdown).await {
+                tracing::error!(error = %e, "TFTP service stopped");
+            }
+        });
+    }
+
     // DHCP: only on the one configured interface, bound before anything is announced.
     if config.dhcp.mode != DhcpMode::Off {
         let settings = dhcp_settings(&config, server_ip, &app.server_url)?;
@@ -215,6 +237,136 @@ pub fn dhcp_settings(
     };
     settings.validate().map_err(config_error)?;
     Ok(settings)
+}
+
+/// TFTP's listening socket: `server_ip:69`, bound to the interface so that nothing on
+/// another interface is ever answered, and so replies leave from the address asked.
+fn bind_tftp(
+    interface: Option<&str>,
+    server_ip: std::net::Ipv4Addr,
+) -> anyhow::Result<tokio::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    if let Some(i) = interface {
+        s.bind_device(Some(i.as_bytes()))
+            .with_context(|| format!("cannot bind TFTP to interface {i}"))?;
+    }
+    s.set_nonblocking(true)?;
+    let addr = std::net::SocketAddr::from((server_ip, 69));
+    s.bind(&addr.into())
+        .with_context(|| format!("cannot listen for TFTP on {addr}"))?;
+    Ok(tokio::net::UdpSocket::from_std(s.into())?)
+}
+
+/// Which machine an address belongs to: its lease (authoritative mode), else the kernel's
+/// neighbour table (the client just talked to us, so it is there).
+fn mac_for_ip(leases: Option<&Arc<dyn LeaseStore>>, ip: std::net::IpAddr) -> Option<MacAddr> {
+    let std::net::IpAddr::V4(v4) = ip else {
+        return None;
+    };
+    if let Some(l) = leases {
+        let now = state::now_ms() / 1000;
+        if let Some(lease) = l
+            .leases(now)
+            .into_iter()
+            .find(|l| l.ip == v4 && l.state == leases::LeaseState::Bound)
+        {
+            return Some(lease.mac);
+        }
+    }
+    let arp = std::fs::read_to_string("/proc/net/arp").ok()?;
+    parse_arp(&arp, v4)
+}
+
+/// Pure: the MAC of `ip` in `/proc/net/arp` text.
+pub fn parse_arp(text: &str, ip: std::net::Ipv4Addr) -> Option<MacAddr> {
+    text.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() >= 4
+            && f[0].parse::<std::net::Ipv4Addr>().ok() == Some(ip)
+            && f[3] != "00:00:00:00:00:00"
+        {
+            f[3].parse().ok()
+        } else {
+            None
+        }
+    })
+}
+
+/// Turns TFTP transfers into machine events and metrics.
+struct TftpRecorder {
+    store: Arc<Store>,
+    metrics: Arc<crate::metrics::Metrics>,
+    leases: Option<Arc<dyn LeaseStore>>,
+}
+
+impl crate::tftp::TftpObserver for TftpRecorder {
+    fn transfer(&self, ev: crate::tftp::TransferEvent) {
+        use crate::tftp::TransferOutcome as O;
+        let (outcome, bytes, what) = match &ev.outcome {
+            O::Completed { bytes } => (
+                "completed",
+                *bytes,
+                format!("sent {} ({bytes} bytes", ev.file),
+            ),
+            O::Refused(r) => ("refused", 0, format!("refused {}: {r} (", ev.file)),
+            O::AbortedByClient {
+                code,
+                message,
+                bytes,
+            } => (
+                "aborted",
+                *bytes,
+                format!(
+                    "{} aborted by the client after {bytes} bytes: error {} {message:?} (",
+                    ev.file,
+                    code.to_u16()
+                ),
+            ),
+            O::TimedOut { bytes } => (
+                "timed_out",
+                *bytes,
+                format!("{} timed out after {bytes} bytes (", ev.file),
+            ),
+            O::Cancelled { bytes } => (
+                "cancelled",
+                *bytes,
+                format!("{} cancelled at shutdown after {bytes} bytes (", ev.file),
+            ),
+            O::Failed { bytes, error } => (
+                "failed",
+                *bytes,
+                format!("{} failed after {bytes} bytes: {error} (", ev.file),
+            ),
+        };
+        self.metrics.inc(
+            "stemcell_tftp_transfers_total",
+            &[("outcome", outcome)],
+            1.0,
+        );
+        self.metrics
+            .inc("stemcell_tftp_bytes_total", &[], bytes as f64);
+        let o = &ev.options;
+        let mut msg = what;
+        msg.push_str(&format!("blksize {}", o.block_size));
+        if o.window_size > 1 {
+            msg.push_str(&format!(", windowsize {}", o.window_size));
+        }
+        if let Some(t) = o.transfer_size {
+            msg.push_str(&format!(", tsize {t}"));
+        }
+        msg.push_str(&format!(
+            ", {:.2} s, from {})",
+            ev.elapsed.as_secs_f64(),
+            ev.peer
+        ));
+        match mac_for_ip(self.leases.as_ref(), ev.peer.ip()) {
+            Some(mac) => self.store.event(mac, "tftp", msg),
+            None => {
+                tracing::debug!(peer = %ev.peer, "TFTP transfer from an address with no known MAC")
+            }
+        }
+    }
 }
 
 /// The inventory as DHCP sees it (called on the packet path: a lock-free-ish Arc read).
@@ -417,4 +569,27 @@ pub fn render_machine(config_path: &Path, mac: MacAddr) -> Result<String, Fatal>
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arp_lookup() {
+        let t = "IP address       HW type     Flags       HW address            Mask     Device
+198.18.0.100     0x1         0x2         52:54:00:12:34:56     *        br0
+198.18.0.101     0x1         0x0         00:00:00:00:00:00     *        br0
+";
+        assert_eq!(
+            parse_arp(t, "198.18.0.100".parse().unwrap()),
+            Some("52:54:00:12:34:56".parse().unwrap())
+        );
+        assert_eq!(
+            parse_arp(t, "198.18.0.101".parse().unwrap()),
+            None,
+            "incomplete entries are not answers"
+        );
+        assert_eq!(parse_arp(t, "198.18.0.102".parse().unwrap()), None);
+    }
 }

@@ -48,9 +48,74 @@ pub fn lab(dir: &Path, inventory: &str) {
     std::fs::write(dir.join("secret.txt"), b"secret").unwrap();
 }
 
+/// A network namespace made for one test, deleted when dropped (also on panic).
+pub struct Netns {
+    pub name: String,
+}
+
+static NS_COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl Netns {
+    /// `None`, with a loud message, only where namespaces truly cannot be made (not root).
+    pub fn new(tag: &str) -> Option<Netns> {
+        let n = NS_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("sc{tag}-{}-{n}", std::process::id());
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !ok {
+            eprintln!("\n!!!!!!!! SKIPPING: cannot create a network namespace (needs root and iproute2) !!!!!!!!\n");
+            return None;
+        }
+        let ns = Netns { name };
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        Some(ns)
+    }
+
+    /// Run a command in the namespace; panics if it cannot start.
+    pub fn exec(&self, args: &[&str]) -> std::process::Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("ip netns exec {args:?}: {e}"))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if let Ok(out) = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+        {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-KILL", pid]).status();
+            }
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
 impl Server {
     pub fn start(dir: &Path) -> Server {
-        let mut child = Command::new(BIN)
+        Server::start_in(None, dir)
+    }
+
+    /// Start the real binary, inside `ns` when given.
+    pub fn start_in(ns: Option<&Netns>, dir: &Path) -> Server {
+        let mut cmd = match ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &ns.name, BIN]);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let mut child = cmd
             .args(["serve", "--config"])
             .arg(dir.join("stemcell.yaml"))
             .env("STEMCELL_LOG", "info")
