@@ -189,9 +189,10 @@ impl BuildOptions {
 /// `SOURCE_DATE_EPOCH` (seconds), or 0 when unset or empty.
 pub fn source_date_epoch_from_env() -> Result<u64> {
     match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(s) if !s.trim().is_empty() => s.trim().parse().map_err(|_| {
-            anyhow!("SOURCE_DATE_EPOCH={s:?} is not a number of seconds since 1970")
-        }),
+        Ok(s) if !s.trim().is_empty() => s
+            .trim()
+            .parse()
+            .map_err(|_| anyhow!("SOURCE_DATE_EPOCH={s:?} is not a number of seconds since 1970")),
         _ => Ok(0),
     }
 }
@@ -324,8 +325,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     let vmlinuz = fs::read(&kernel.vmlinuz)
         .with_context(|| format!("reading {}", kernel.vmlinuz.display()))?;
 
-    fs::create_dir_all(&opts.out)
-        .with_context(|| format!("creating {}", opts.out.display()))?;
+    fs::create_dir_all(&opts.out).with_context(|| format!("creating {}", opts.out.display()))?;
     let vmlinuz_path = opts.out.join("vmlinuz");
     let initrd_path = opts.out.join("initrd.img");
     write_atomic(&vmlinuz_path, &vmlinuz)?;
@@ -354,11 +354,7 @@ fn file_name(p: &Path) -> String {
 }
 
 fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp.{}",
-        file_name(path),
-        std::process::id()
-    ));
+    let tmp = path.with_file_name(format!(".{}.tmp.{}", file_name(path), std::process::id()));
     fs::write(&tmp, data).with_context(|| format!("writing {}", tmp.display()))?;
     fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
     Ok(())
@@ -402,7 +398,11 @@ struct Archive {
 impl Archive {
     fn put(&mut self, path: &str, perm: u32, node: Node) -> Result<()> {
         let path = path.trim_matches('/');
-        if path.is_empty() || path.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+        if path.is_empty()
+            || path
+                .split('/')
+                .any(|c| c.is_empty() || c == "." || c == "..")
+        {
             bail!("bad path in the initrd: {path:?}");
         }
         if let Some((parent, _)) = path.rsplit_once('/') {
@@ -509,9 +509,7 @@ impl NewcHeader {
 }
 
 fn pad4(out: &mut Vec<u8>) {
-    while out.len() % 4 != 0 {
-        out.push(0);
-    }
+    out.resize(out.len().next_multiple_of(4), 0);
 }
 
 fn base_layout(ar: &mut Archive) -> Result<()> {
@@ -695,9 +693,7 @@ fn find_kernel(root: &Path, version: Option<&str>) -> Result<Kernel> {
 /// A module name as modprobe and the kernel know it (`crc32c-intel.ko` → `crc32c_intel`).
 fn module_name(s: &str) -> String {
     let base = s.rsplit('/').next().unwrap_or(s);
-    base.trim()
-        .trim_end_matches(".ko")
-        .replace('-', "_")
+    base.trim().trim_end_matches(".ko").replace('-', "_")
 }
 
 /// The fields of a module's `.modinfo` section, in order.
@@ -775,7 +771,10 @@ fn walk_modules(dir: &Path, rel: &str, out: &mut Vec<String>) -> Result<()> {
             walk_modules(&e.path(), &r, out)?;
         } else if name.ends_with(".ko") {
             out.push(r);
-        } else if [".ko.xz", ".ko.zst", ".ko.gz"].iter().any(|x| name.ends_with(x)) {
+        } else if [".ko.xz", ".ko.zst", ".ko.gz"]
+            .iter()
+            .any(|x| name.ends_with(x))
+        {
             bail!(
                 "{}: compressed kernel modules are not supported (Debian 12's are not compressed)",
                 e.path().display()
@@ -793,7 +792,8 @@ fn add_modules(ar: &mut Archive, kernel: &Kernel, requested: &[String]) -> Resul
     for r in rels {
         index.entry(module_name(&r)).or_insert(r);
     }
-    let builtin_text = fs::read_to_string(kernel.modules.join("modules.builtin")).unwrap_or_default();
+    let builtin_text =
+        fs::read_to_string(kernel.modules.join("modules.builtin")).unwrap_or_default();
     let builtin: BTreeSet<String> = builtin_text.lines().map(module_name).collect();
 
     let mut sel = Selection {
@@ -828,8 +828,12 @@ fn add_modules(ar: &mut Archive, kernel: &Kernel, requested: &[String]) -> Resul
         };
         let path = kernel.modules.join(rel);
         let data = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        let info = modinfo(&data)
-            .ok_or_else(|| anyhow!("{}: no .modinfo section (not a kernel module?)", path.display()))?;
+        let info = modinfo(&data).ok_or_else(|| {
+            anyhow!(
+                "{}: no .modinfo section (not a kernel module?)",
+                path.display()
+            )
+        })?;
         let field = |k: &str| -> Vec<String> {
             info.iter()
                 .filter(|(key, _)| key == k)
@@ -896,7 +900,11 @@ fn add_modules(ar: &mut Archive, kernel: &Kernel, requested: &[String]) -> Resul
     }
     ar.file(&format!("{base}/modules.dep"), dep.into_bytes(), 0o644)?;
     ar.file(&format!("{base}/modules.alias"), alias.into_bytes(), 0o644)?;
-    ar.file(&format!("{base}/modules.softdep"), softdep.into_bytes(), 0o644)?;
+    ar.file(
+        &format!("{base}/modules.softdep"),
+        softdep.into_bytes(),
+        0o644,
+    )?;
     ar.file(
         &format!("{base}/modules.builtin"),
         builtin_text.into_bytes(),
@@ -914,7 +922,10 @@ fn load_order(
     out: &mut Vec<String>,
 ) -> Result<()> {
     if path.iter().any(|p| p == name) {
-        bail!("modules depend on each other in a cycle: {} -> {name}", path.join(" -> "));
+        bail!(
+            "modules depend on each other in a cycle: {} -> {name}",
+            path.join(" -> ")
+        );
     }
     if !seen.insert(name.to_string()) {
         return Ok(());
@@ -947,7 +958,9 @@ fn kernel_package() -> Result<String> {
         .filter_map(|d| d.split_whitespace().next())
         .find(|d| d.starts_with("linux-image-"))
         .map(str::to_string)
-        .ok_or_else(|| anyhow!("linux-image-amd64 does not depend on a linux-image package: {depends}"))
+        .ok_or_else(|| {
+            anyhow!("linux-image-amd64 does not depend on a linux-image package: {depends}")
+        })
 }
 
 /// `apt-cache show --no-all-versions PKG`: the candidate's fields.
@@ -1001,14 +1014,20 @@ fn fetch_deb(pkg: &str, cache: &Path, notes: &mut Vec<String>) -> Result<PathBuf
         Err(e) => {
             // Offline (no package lists): the newest file already in the cache will do.
             if let Some(f) = cached_debs(pkg, cache).pop() {
-                notes.push(format!("apt-cache failed ({e:#}); using cached {}", file_name(&f)));
+                notes.push(format!(
+                    "apt-cache failed ({e:#}); using cached {}",
+                    file_name(&f)
+                ));
                 return Ok(f);
             }
             return Err(e);
         }
     };
     let version = &fields["Version"];
-    let arch = fields.get("Architecture").map(String::as_str).unwrap_or("amd64");
+    let arch = fields
+        .get("Architecture")
+        .map(String::as_str)
+        .unwrap_or("amd64");
     let path = cache.join(format!("{pkg}_{}_{arch}.deb", version.replace(':', "%3a")));
     if path.is_file() {
         return Ok(path);
@@ -1192,9 +1211,7 @@ mod tests {
         d.extend_from_slice(&modinfo);
         let shstr_off = d.len();
         d.extend_from_slice(&shstrtab);
-        while d.len() % 8 != 0 {
-            d.push(0);
-        }
+        d.resize(d.len().next_multiple_of(8), 0);
         let shoff = d.len();
         let sh = |name: u32, off: usize, size: usize| {
             let mut h = vec![0u8; 64];
@@ -1303,7 +1320,11 @@ mod tests {
             fs::create_dir_all(p.parent().unwrap()).unwrap();
             fs::write(&p, data).unwrap();
         }
-        fs::write(mods.join("modules.builtin"), "kernel/net/packet/af_packet.ko\n").unwrap();
+        fs::write(
+            mods.join("modules.builtin"),
+            "kernel/net/packet/af_packet.ko\n",
+        )
+        .unwrap();
         fs::create_dir_all(kdir.join("boot")).unwrap();
         fs::write(kdir.join("boot/vmlinuz-9.9.9-test"), b"not really a kernel").unwrap();
         let tdir = root.join("tools");
@@ -1334,7 +1355,12 @@ mod tests {
             tools: vec![tdir],
             cache: root.join("cache"),
             init: "#!/bin/sh\necho hello\n".into(),
-            modules: vec!["virtio-net".into(), "ext4".into(), "af_packet".into(), "crc32c_intel".into()],
+            modules: vec![
+                "virtio-net".into(),
+                "ext4".into(),
+                "af_packet".into(),
+                "crc32c_intel".into(),
+            ],
             source_date_epoch: epoch,
         }
     }
@@ -1384,7 +1410,12 @@ mod tests {
         sorted.sort();
         assert_eq!(names, sorted);
         assert!(entries.iter().all(|e| e.2 == 1234));
-        let get = |n: &str| entries.iter().find(|e| e.0 == n).unwrap_or_else(|| panic!("no {n}"));
+        let get = |n: &str| {
+            entries
+                .iter()
+                .find(|e| e.0 == n)
+                .unwrap_or_else(|| panic!("no {n}"))
+        };
         assert_eq!(get("init").1, 0o100755);
         assert_eq!(get("init").4, b"#!/bin/sh\necho hello\n");
         assert_eq!(get("bin/busybox").1, 0o100755);
@@ -1397,7 +1428,10 @@ mod tests {
         // Every directory comes before what it holds.
         for (i, e) in entries.iter().enumerate() {
             if let Some((parent, _)) = e.0.rsplit_once('/') {
-                let p = names.iter().position(|n| *n == parent).expect("parent entry");
+                let p = names
+                    .iter()
+                    .position(|n| *n == parent)
+                    .expect("parent entry");
                 assert!(p < i, "{parent} after {}", e.0);
             }
         }
@@ -1414,7 +1448,14 @@ mod tests {
         let r = build(&options(t.path(), k, tools, 0)).unwrap();
         assert_eq!(
             r.modules,
-            ["crc32c_intel", "ext4", "failover", "net_failover", "virtio_net", "virtio_ring"]
+            [
+                "crc32c_intel",
+                "ext4",
+                "failover",
+                "net_failover",
+                "virtio_net",
+                "virtio_ring"
+            ]
         );
         let entries = unpacked(&r);
         let text = |n: &str| {
@@ -1434,8 +1475,14 @@ mod tests {
             .unwrap();
         let deps: Vec<&str> = line.split_whitespace().skip(1).collect();
         assert_eq!(deps.len(), 3);
-        let fo = deps.iter().position(|d| *d == "kernel/net/core/failover.ko").unwrap();
-        let nfo = deps.iter().position(|d| *d == "kernel/drivers/net/net_failover.ko").unwrap();
+        let fo = deps
+            .iter()
+            .position(|d| *d == "kernel/net/core/failover.ko")
+            .unwrap();
+        let nfo = deps
+            .iter()
+            .position(|d| *d == "kernel/drivers/net/net_failover.ko")
+            .unwrap();
         assert!(nfo < fo, "{line}");
         assert!(dep.contains("kernel/net/core/failover.ko:\n"));
         assert!(dep.contains("kernel/arch/x86/crypto/crc32c-intel.ko:\n"));
@@ -1456,7 +1503,10 @@ mod tests {
         let mut o = options(t.path(), k.clone(), tools, 0);
         o.modules.push("no_such_driver".into());
         let e = build(&o).unwrap_err().to_string();
-        assert!(e.contains("module no_such_driver is not in kernel 9.9.9-test"), "{e}");
+        assert!(
+            e.contains("module no_such_driver is not in kernel 9.9.9-test"),
+            "{e}"
+        );
         let empty = t.path().join("empty");
         fs::create_dir_all(&empty).unwrap();
         let o = options(t.path(), k, empty, 0);
@@ -1470,7 +1520,10 @@ mod tests {
         let info = modinfo(&ko).unwrap();
         assert_eq!(info[1], ("depends".into(), "a,b-c".into()));
         assert!(modinfo(b"not an elf file").is_none());
-        assert_eq!(module_name("kernel/fs/nls/nls_iso8859-1.ko"), "nls_iso8859_1");
+        assert_eq!(
+            module_name("kernel/fs/nls/nls_iso8859-1.ko"),
+            "nls_iso8859_1"
+        );
         assert_eq!(module_name("crc32c-intel"), "crc32c_intel");
         assert!(!elf_interpreter(&ko));
     }

@@ -9,6 +9,7 @@ pub mod client;
 pub mod config;
 pub mod dhcp;
 pub mod http;
+pub mod image;
 pub mod inventory;
 pub mod journal;
 pub mod leases;

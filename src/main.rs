@@ -36,6 +36,11 @@ enum Command {
         #[arg(long)]
         mac: String,
     },
+    /// Build the stem cell's kernel and initrd.
+    Image {
+        #[command(subcommand)]
+        command: stemcell::image::ImageCommand,
+    },
     /// List machines and their states (over the API of a running server).
     Machines {
         #[command(flatten)]
@@ -155,6 +160,13 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(f) => fail(f),
+        },
+        Command::Image { command } => match stemcell::image::run(&command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("stemcell: {e:#}");
+                ExitCode::FAILURE
+            }
         },
         Command::Machines { api } => api_command(&api, |s, _| stemcell::client::machines(s)),
         Command::Machine { api, mac } => {
