@@ -25,30 +25,14 @@ pub enum DhcpMode {
     Off,
 }
 
-#[derive(Clone, Debug, PartialEq)]
-pub struct Subnet {
-    pub net: Ipv4Network,
-    pub pool_start: Ipv4Addr,
-    pub pool_end: Ipv4Addr,
-    pub router: Option<Ipv4Addr>,
-    pub dns: Vec<Ipv4Addr>,
-    pub domain: Option<String>,
-    pub lease_time: Duration,
-    pub pos: yaml::Pos,
-}
-
-impl Subnet {
-    pub fn in_pool(&self, ip: Ipv4Addr) -> bool {
-        ip >= self.pool_start && ip <= self.pool_end
-    }
-}
-
-pub use crate::dhcp::BootFiles;
+pub use crate::dhcp::{BootFiles, Subnet};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct DhcpConfig {
     pub mode: DhcpMode,
     pub subnets: Vec<Subnet>,
+    /// Where each subnet was written (parallel to `subnets`), for messages.
+    pub subnet_pos: Vec<yaml::Pos>,
     pub boot_files: BootFiles,
 }
 
@@ -172,6 +156,7 @@ impl Config {
         let mut dhcp = DhcpConfig {
             mode: DhcpMode::Proxy,
             subnets: Vec::new(),
+            subnet_pos: Vec::new(),
             boot_files: BootFiles::default(),
         };
         let dhcp_node = top.get("dhcp");
@@ -189,6 +174,7 @@ impl Config {
                     for item in r.list(n, "dhcp.subnets").unwrap_or_default() {
                         if let Some(s) = parse_subnet(&mut r, item) {
                             dhcp.subnets.push(s);
+                            dhcp.subnet_pos.push(item.pos);
                         }
                     }
                 }
@@ -232,13 +218,13 @@ impl Config {
             );
         }
         for (i, a) in dhcp.subnets.iter().enumerate() {
-            for b in &dhcp.subnets[..i] {
+            for (j, b) in dhcp.subnets[..i].iter().enumerate() {
                 if a.net.overlaps(b.net) {
                     r.add(
-                        a.pos,
+                        dhcp.subnet_pos[i],
                         format!(
                             "subnet {} overlaps subnet {} (line {})",
-                            a.net, b.net, b.pos.line
+                            a.net, b.net, dhcp.subnet_pos[j].line
                         ),
                     );
                 }
@@ -544,7 +530,6 @@ fn parse_subnet(r: &mut Report, node: &Node) -> Option<Subnet> {
         dns,
         domain,
         lease_time,
-        pos: node.pos,
     })
 }
 

@@ -711,7 +711,6 @@ mod tests {
             dns: vec![],
             domain: None,
             lease_time: Duration::from_secs(3600),
-            pos: Pos::default(),
         }]
     }
 

@@ -220,20 +220,7 @@ pub fn dhcp_settings(
         interface: config.interface.clone().unwrap_or_default(),
         http_url: http_url.to_string(),
         boot_files: config.dhcp.boot_files.clone(),
-        subnets: config
-            .dhcp
-            .subnets
-            .iter()
-            .map(|s| dhcp::Subnet {
-                net: s.net,
-                pool_start: s.pool_start,
-                pool_end: s.pool_end,
-                router: s.router,
-                dns: s.dns.clone(),
-                domain: s.domain.clone(),
-                lease_time: s.lease_time,
-            })
-            .collect(),
+        subnets: config.dhcp.subnets.clone(),
     };
     settings.validate().map_err(config_error)?;
     Ok(settings)

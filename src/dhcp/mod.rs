@@ -116,6 +116,13 @@ pub struct Subnet {
     pub lease_time: Duration,
 }
 
+impl Subnet {
+    /// Whether `ip` is in the dynamic pool.
+    pub fn in_pool(&self, ip: Ipv4Addr) -> bool {
+        ip >= self.pool_start && ip <= self.pool_end
+    }
+}
+
 /// Everything the DHCP service needs from the config, as plain values.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DhcpSettings {
