@@ -6,16 +6,21 @@ PACKAGES=(
   build-essential pkg-config curl ca-certificates iproute2 procps psmisc
   isc-dhcp-client udhcpc tftp-hpa atftp dnsmasq-base isc-dhcp-relay
   qemu-system-x86 ipxe ipxe-qemu ovmf busybox-static cpio zstd xz-utils
+  chromium chromium-driver fonts-dejavu-core
 )
 
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+export DEBIAN_FRONTEND=noninteractive
+# `stemcell image build` fetches Debian's kernel with apt-get download: the package lists
+# must exist even when nothing needs installing.
+if ((${#missing[@]})) || ! ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1; then
+  apt-get update -qq
+fi
 if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
