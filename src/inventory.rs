@@ -901,3 +901,49 @@ machines:
         assert!(live.get().machines.values().any(|m| m.hostname == "web03"));
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    //! Deterministic fuzzing: mutated inventories must give Ok or positioned problems,
+    //! never a panic. (cargo-fuzz needs a nightly toolchain, which this project does not
+    //! assume.)
+    use super::*;
+
+    #[test]
+    fn mutated_inventories_never_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("web.sh.j2"), "x").unwrap();
+        let ctx = Context {
+            kickstarts: dir.path().to_path_buf(),
+            subnets: vec![],
+        };
+        let base = "defaults:\n  unknown: discover\n  vars: {a: 1, b: [x, y], c: {d: e}}\nroles:\n  web:\n    template: web.sh.j2\n    kernel: http://x/k\n    cmdline: a={{ hostname }}\nmachines:\n  \"52:54:00:12:34:56\": {hostname: web01, role: web, ip: 198.18.0.9, vars: {k: v}}\n  &a 52-54-00-12-34-57: *a\n";
+        let alphabet: Vec<char> = "\n :-{}[],&*!|>'\"#%@`?~\\\t0aZ.".chars().collect();
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut rnd = |n: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n as u64) as usize
+        };
+        for _ in 0..3000 {
+            let mut s: Vec<char> = base.chars().collect();
+            for _ in 0..1 + rnd(6) {
+                let i = rnd(s.len());
+                match rnd(3) {
+                    0 => s[i] = alphabet[rnd(alphabet.len())],
+                    1 => s.insert(i, alphabet[rnd(alphabet.len())]),
+                    _ => {
+                        s.remove(i);
+                    }
+                }
+            }
+            let text: String = s.into_iter().collect();
+            if let Err(p) = Inventory::parse(Path::new("f.yaml"), &text, &ctx) {
+                for pr in &p.0 {
+                    assert!(pr.pos.line >= 1 && pr.pos.col >= 1, "{pr} for {text:?}");
+                }
+            }
+        }
+    }
+}
