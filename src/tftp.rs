@@ -64,7 +64,7 @@ impl Default for TftpConfig {
     fn default() -> TftpConfig {
         TftpConfig {
             root: PathBuf::from("/srv/tftp"),
-            max_transfers: 64,
+            max_transfers: 256,
             timeout: Duration::from_secs(1),
             retries: 5,
             max_window: 64,
@@ -309,7 +309,20 @@ impl Listener<'_> {
     async fn handle_read(&self, request: Request, peer: SocketAddr) {
         let permit = match Arc::clone(self.permits).try_acquire_owned() {
             Ok(permit) => permit,
-            Err(_) => return self.refuse(request, peer, Refusal::Busy).await,
+            Err(_) => {
+                // Firmware gives up on an ERROR but resends an unanswered RRQ a moment
+                // later: in a boot storm, silence is the answer that gets the machine booted.
+                debug!(peer = %peer, file = ?request.filename, "TFTP busy: request left unanswered for the client to resend");
+                self.service.observer.transfer(TransferEvent {
+                    peer,
+                    file: request.filename,
+                    mode: request.mode,
+                    options: TransferOptions::plain(self.service.config.timeout),
+                    outcome: TransferOutcome::Refused(Refusal::Busy),
+                    elapsed: Duration::ZERO,
+                });
+                return;
+            }
         };
         let service = Arc::clone(self.service);
         let token = self.transfers.clone();

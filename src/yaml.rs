@@ -154,13 +154,24 @@ pub fn parse(file: &Path, text: &str) -> Result<Node, Problems> {
                     // Keys are indexed as they come: a 100,000-machine inventory must not
                     // compare every key with every other.
                     let first = match &node.kind {
-                        Kind::Scalar { text, .. } => match seen.get(text) {
-                            Some(p) => Some(*p),
-                            None => {
-                                seen.insert(text.clone(), node.pos);
-                                None
+                        // Small maps (almost all of them) are scanned; large ones (the
+                        // machines of a big inventory) get an index as they grow.
+                        Kind::Scalar { text, .. } if entries.len() >= 16 => {
+                            if seen.is_empty() {
+                                for (k, _) in entries.iter() {
+                                    if let Kind::Scalar { text, .. } = &k.kind {
+                                        seen.entry(text.clone()).or_insert(k.pos);
+                                    }
+                                }
                             }
-                        },
+                            match seen.get(text) {
+                                Some(p) => Some(*p),
+                                None => {
+                                    seen.insert(text.clone(), node.pos);
+                                    None
+                                }
+                            }
+                        }
                         _ => entries
                             .iter()
                             .find(|(k, _)| same_key(k, &node))
@@ -244,20 +255,27 @@ pub fn parse(file: &Path, text: &str) -> Result<Node, Problems> {
             }
             Event::SequenceEnd | Event::MappingEnd => {
                 let (node, anchor) = match stack.pop() {
-                    Some(Open::Seq(p, items, a)) => (
-                        Node {
-                            kind: Kind::Seq(items),
-                            pos: p,
-                        },
-                        a,
-                    ),
-                    Some(Open::Map(p, entries, _, a, _)) => (
-                        Node {
-                            kind: Kind::Map(entries),
-                            pos: p,
-                        },
-                        a,
-                    ),
+                    Some(Open::Seq(p, mut items, a)) => {
+                        items.shrink_to_fit();
+                        (
+                            Node {
+                                kind: Kind::Seq(items),
+                                pos: p,
+                            },
+                            a,
+                        )
+                    }
+                    Some(Open::Map(p, mut entries, _, a, _)) => {
+                        // Trimmed as they close: a 100,000-machine tree is mostly small maps.
+                        entries.shrink_to_fit();
+                        (
+                            Node {
+                                kind: Kind::Map(entries),
+                                pos: p,
+                            },
+                            a,
+                        )
+                    }
                     None => return Err(problem(pos, "unbalanced YAML structure".into())),
                 };
                 if anchor > 0 {
@@ -507,6 +525,18 @@ mod tests {
         let msg = e.to_string();
         assert!(msg.starts_with("t.yaml:4:3: duplicate key \"a\""), "{msg}");
         assert!(msg.contains("line 2, column 3"), "{msg}");
+    }
+
+    #[test]
+    fn duplicate_keys_in_large_maps_are_found_too() {
+        let mut text = String::from("machines:\n");
+        for i in 0..40 {
+            text.push_str(&format!("  k{i}: {i}\n"));
+        }
+        text.push_str("  k3: again\n");
+        let e = p(&text).unwrap_err().to_string();
+        assert!(e.starts_with("t.yaml:42:3: duplicate key \"k3\""), "{e}");
+        assert!(e.contains("line 5, column 3"), "{e}");
     }
 
     #[test]

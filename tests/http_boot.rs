@@ -295,6 +295,16 @@ fn kernel_and_assets_stream_with_range_etag_and_head() {
     assert_eq!(r.status, 200);
     assert_eq!(r.body.len(), kernel.len());
 
+    // A rebuilt stem cell is served at once (the in-memory copy follows the file).
+    let rebuilt: Vec<u8> = (0..500_000u32).map(|i| (i % 13) as u8).collect();
+    let tmp = dir.path().join("stemcell/vmlinuz.new");
+    std::fs::write(&tmp, &rebuilt).unwrap();
+    std::fs::rename(&tmp, dir.path().join("stemcell/vmlinuz")).unwrap();
+    let r = curl(&[], &s.url("/stemcell/vmlinuz"));
+    assert_eq!(r.body, rebuilt);
+    assert_ne!(r.header("etag").unwrap(), etag);
+    std::fs::write(dir.path().join("stemcell/vmlinuz"), &kernel).unwrap();
+
     let r = curl(&["-I"], &s.url("/stemcell/vmlinuz"));
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-length").as_deref(), Some("1000000"));

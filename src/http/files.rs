@@ -86,13 +86,26 @@ fn etag_matches(list: &str, etag: &str) -> bool {
         .any(|t| t == "*" || t == etag)
 }
 
-/// Serve one file (already jailed) for GET or HEAD.
+/// What validators and length a response is built from.
+struct Meta {
+    len: u64,
+    mtime: std::time::SystemTime,
+}
+
+enum Source {
+    File(tokio::fs::File),
+    Memory(bytes::Bytes),
+}
+
+fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, "not found\n").into_response()
+}
+
+/// Serve one file (already jailed) for GET or HEAD, streamed from disk.
 pub async fn serve(path: &Path, headers: &HeaderMap) -> Response {
-    let mut file = match tokio::fs::File::open(path).await {
+    let file = match tokio::fs::File::open(path).await {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return (StatusCode::NOT_FOUND, "not found\n").into_response()
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return not_found(),
         Err(e) => {
             tracing::warn!(path = %path.display(), error = %e, "cannot open file");
             return (StatusCode::FORBIDDEN, "cannot read file\n").into_response();
@@ -100,10 +113,112 @@ pub async fn serve(path: &Path, headers: &HeaderMap) -> Response {
     };
     let meta = match file.metadata().await {
         Ok(m) if m.is_file() => m,
-        _ => return (StatusCode::NOT_FOUND, "not found\n").into_response(),
+        _ => return not_found(),
     };
-    let len = meta.len();
-    let mtime = meta.modified().unwrap_or(UNIX_EPOCH);
+    respond(
+        Meta {
+            len: meta.len(),
+            mtime: meta.modified().unwrap_or(UNIX_EPOCH),
+        },
+        Source::File(file),
+        headers,
+        path,
+    )
+    .await
+}
+
+/// A file kept in memory and re-read when it changes on disk (its size, time or inode):
+/// the stem cell's kernel and initrd, which every booting machine fetches. Serving slices
+/// of memory costs a fraction of the CPU of reading the file for every request.
+pub struct Cached {
+    path: PathBuf,
+    current: std::sync::RwLock<Option<(Fingerprint, Meta, bytes::Bytes)>>,
+}
+
+type Fingerprint = (u64, u64, i128);
+
+/// Files larger than this are streamed instead of kept in memory.
+const CACHE_MAX: u64 = 512 << 20;
+
+impl Cached {
+    pub fn new(path: PathBuf) -> Cached {
+        Cached {
+            path,
+            current: std::sync::RwLock::new(None),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn load(&self) -> std::io::Result<Option<(Meta, bytes::Bytes)>> {
+        use std::os::unix::fs::MetadataExt;
+        let m = tokio::fs::metadata(&self.path).await?;
+        if !m.is_file() || m.len() > CACHE_MAX {
+            return Ok(None);
+        }
+        let fp: Fingerprint = (
+            m.ino(),
+            m.len(),
+            i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+        );
+        if let Some((f, meta, b)) = &*self.current.read().unwrap_or_else(|e| e.into_inner()) {
+            if *f == fp {
+                return Ok(Some((
+                    Meta {
+                        len: meta.len,
+                        mtime: meta.mtime,
+                    },
+                    b.clone(),
+                )));
+            }
+        }
+        let data = bytes::Bytes::from(tokio::fs::read(&self.path).await?);
+        if data.len() as u64 != m.len() {
+            // Changed while we read it: serve what we read, cache nothing.
+            return Ok(Some((
+                Meta {
+                    len: data.len() as u64,
+                    mtime: m.modified().unwrap_or(UNIX_EPOCH),
+                },
+                data,
+            )));
+        }
+        let meta = Meta {
+            len: m.len(),
+            mtime: m.modified().unwrap_or(UNIX_EPOCH),
+        };
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some((
+            fp,
+            Meta {
+                len: meta.len,
+                mtime: meta.mtime,
+            },
+            data.clone(),
+        ));
+        tracing::debug!(path = %self.path.display(), bytes = data.len(), "file cached in memory");
+        Ok(Some((meta, data)))
+    }
+
+    pub async fn serve(&self, headers: &HeaderMap) -> Response {
+        match self.load().await {
+            Ok(Some((meta, data))) => {
+                respond(meta, Source::Memory(data), headers, &self.path).await
+            }
+            Ok(None) => serve(&self.path, headers).await,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => not_found(),
+            Err(e) => {
+                tracing::warn!(path = %self.path.display(), error = %e, "cannot read file");
+                (StatusCode::FORBIDDEN, "cannot read file\n").into_response()
+            }
+        }
+    }
+}
+
+async fn respond(meta: Meta, source: Source, headers: &HeaderMap, path: &Path) -> Response {
+    let len = meta.len;
+    let mtime = meta.mtime;
     let mtime_ns = mtime
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos())
@@ -170,14 +285,22 @@ pub async fn serve(path: &Path, headers: &HeaderMap) -> Response {
         }
     };
     out.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
-    if start > 0 {
-        if let Err(e) = file.seek(SeekFrom::Start(start)).await {
-            tracing::warn!(path = %path.display(), error = %e, "seek failed");
-            return (StatusCode::INTERNAL_SERVER_ERROR, "read error\n").into_response();
+    let body = match source {
+        Source::Memory(data) => Body::from(data.slice(start as usize..(start + count) as usize)),
+        Source::File(mut file) => {
+            if start > 0 {
+                if let Err(e) = file.seek(SeekFrom::Start(start)).await {
+                    tracing::warn!(path = %path.display(), error = %e, "seek failed");
+                    return (StatusCode::INTERNAL_SERVER_ERROR, "read error\n").into_response();
+                }
+            }
+            Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
+                file.take(count),
+                256 * 1024,
+            ))
         }
-    }
-    let stream = tokio_util::io::ReaderStream::with_capacity(file.take(count), 256 * 1024);
-    (status, out, Body::from_stream(stream)).into_response()
+    };
+    (status, out, body).into_response()
 }
 
 #[cfg(test)]

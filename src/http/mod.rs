@@ -13,7 +13,6 @@ pub mod page;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use askama::Template;
@@ -43,6 +42,8 @@ pub struct App {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Authoritative mode's leases (for the API's `ip` and the lease gauges).
     pub leases: Option<Arc<dyn crate::leases::LeaseStore>>,
+    /// The stem cell's kernel and initrd, kept in memory while unchanged on disk.
+    pub stemcell_files: Arc<[files::Cached; 2]>,
 }
 
 pub fn router(app: App) -> Router {
@@ -440,9 +441,9 @@ async fn stemcell_file(
     Query(q): Query<MacQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let path: PathBuf = match file.as_str() {
-        "vmlinuz" => app.config.stemcell.kernel.clone(),
-        "initrd.img" => app.config.stemcell.initrd.clone(),
+    let cached = match file.as_str() {
+        "vmlinuz" => &app.stemcell_files[0],
+        "initrd.img" => &app.stemcell_files[1],
         _ => {
             return text(
                 StatusCode::NOT_FOUND,
@@ -451,7 +452,7 @@ async fn stemcell_file(
         }
     };
     file_event(&app, &q, &headers, &format!("stem-cell {file}"));
-    files::serve(&path, &headers).await
+    cached.serve(&headers).await
 }
 
 async fn asset(
