@@ -298,7 +298,7 @@ impl crate::tftp::TftpObserver for TftpRecorder {
             O::Completed { bytes } => (
                 "completed",
                 *bytes,
-                format!("sent {} ({bytes} bytes", ev.file),
+                format!("sent {} ({bytes} bytes, ", ev.file),
             ),
             O::Refused(r) => ("refused", 0, format!("refused {}: {r} (", ev.file)),
             O::AbortedByClient {
@@ -421,8 +421,14 @@ impl dhcp::DhcpObserver for Recorder {
             ev.known,
             state::Facts {
                 arch: netboot.then(|| firmware_label(&ev.class)),
-                vendor_class: ev.class.vendor_class.clone(),
-                uuid: ev.class.uuid.clone(),
+                // Only what the firmware said: the stem cell's own DHCP client (udhcpc)
+                // must not overwrite the machine's vendor class and UUID.
+                vendor_class: if netboot {
+                    ev.class.vendor_class.clone()
+                } else {
+                    None
+                },
+                uuid: if netboot { ev.class.uuid.clone() } else { None },
                 ip: if acked {
                     ev.ip.map(|i| i.to_string())
                 } else {

@@ -725,7 +725,7 @@ mod tests {
             (vec![(60, PXE_X64), (93, &[0, 9])], "snponly.efi"),
             (
                 vec![(60, b"HTTPClient:Arch:00016:UNDI:003001"), (93, &[0, 16])],
-                "http://198.18.0.1:8080/tftp/ipxe.efi",
+                "http://198.18.0.1:8080/tftp/snponly.efi",
             ),
             (
                 vec![(60, PXE_X64), (93, &[0, 7]), (77, b"iPXE")],

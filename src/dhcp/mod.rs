@@ -87,7 +87,8 @@ pub struct BootFiles {
     pub uefi_ia32: Option<String>,
     /// ARM64 UEFI (e.g. an iPXE `snponly.efi` built for arm64). None: refused, as above.
     pub arm64: Option<String>,
-    /// UEFI HTTP boot (x86-64): fetched as `{http_url}/tftp/{uefi_http}`.
+    /// UEFI HTTP boot (x86-64): fetched as `{http_url}/tftp/{uefi_http}`. Not `ipxe.efi`
+    /// by default: Debian's is a symlink out of /usr/lib/ipxe, which the jail refuses.
     pub uefi_http: String,
 }
 
@@ -98,7 +99,7 @@ impl Default for BootFiles {
             uefi_x64: "snponly.efi".into(),
             uefi_ia32: None,
             arm64: None,
-            uefi_http: "ipxe.efi".into(),
+            uefi_http: "snponly.efi".into(),
         }
     }
 }

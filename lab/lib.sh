@@ -1,0 +1,230 @@
+# shellcheck shell=bash
+# lab/lib.sh: the lab's building blocks, shared by lab/demo.sh and tests/netns/pxe.sh.
+# Source it from bash; it defines functions and runs nothing.
+#
+# Everything that speaks DHCP or TFTP (stemcell, dnsmasq, the QEMU machines) runs inside
+# network namespaces made here, on 198.18.0.0/15, and lab_cleanup removes them: nothing
+# here touches the host's own network.
+#
+#   lab_netns NS                  a namespace with lo up (deleted by lab_cleanup)
+#   lab_bridge NS                 br0 at 198.18.0.1/24 in NS
+#   lab_tap NS TAP                a tap device (a machine's cable) on NS's br0
+#   lab_veth NS PEER_NS ADDR      a veth from NS's br0 to PEER_NS (s0 there, with ADDR/24)
+#   lab_bg NS LOG CMD...          CMD in NS, in the background, output to LOG; sets LAB_PID
+#   lab_stop PID                  SIGTERM, then SIGKILL after 5 s
+#   lab_cleanup                   stops every process in the namespaces, deletes them
+#   lab_build_image BIN OUT CACHE the stem cell (vmlinuz, initrd.img) into OUT
+#   lab_config DIR MODE IMAGE     a stemcell folder: stemcell.yaml, admin.token, kickstarts/
+#   lab_serve NS BIN DIR          starts stemcell in NS; returns once DHCP, TFTP and HTTP are up
+#   lab_qemu NS FIRMWARE TAP MAC DISK SERIAL [QEMU ARGS...]   powers a machine on; sets LAB_PID
+#   lab_wait SECONDS PID CMD...   polls CMD every second until it succeeds
+#   lab_seen FILE REGEX           a line of FILE matches REGEX (serial logs: raw bytes, CRs)
+#   lab_count FILE REGEX          how many lines of FILE match
+#   lab_api NS PATH [CURL ARGS]   curl stemcell's $LAB_URL/PATH from inside NS
+#   lab_state NS MAC              the machine's state (installed, failed, ...)
+#   lab_events NS MAC             its events, one "kind<TAB>message" line each
+#
+# Addresses: stemcell 198.18.0.1 on br0, HTTP on :8080, authoritative pool .100-.199;
+# a site DHCP server (proxy mode) at 198.18.0.2 hands out .200-.250.
+
+LAB_URL=http://198.18.0.1:8080
+LAB_NSS=()
+# Firmware banners on a machine's serial console: SeaBIOS starting, OVMF starting its own
+# PXE, iPXE starting (the NIC's ROM, or snponly.efi). Each boot prints at least one.
+# shellcheck disable=SC2034 # used by the scripts that source this file
+LAB_BANNER='SeaBIOS \(version|>>Start PXE over IPv4|Open Source Network Boot Firmware'
+
+lab_netns() {
+	ip netns add "$1" || return 1
+	LAB_NSS+=("$1")
+	ip -n "$1" link set lo up
+}
+
+lab_bridge() {
+	ip -n "$1" link add br0 type bridge &&
+		ip -n "$1" addr add 198.18.0.1/24 dev br0 &&
+		ip -n "$1" link set br0 up
+}
+
+lab_tap() {
+	ip -n "$1" tuntap add dev "$2" mode tap &&
+		ip -n "$1" link set "$2" master br0 &&
+		ip -n "$1" link set "$2" up
+}
+
+lab_veth() {
+	ip -n "$1" link add s0p type veth peer name s0 netns "$2" &&
+		ip -n "$1" link set s0p master br0 up &&
+		ip -n "$2" addr add "$3/24" dev s0 &&
+		ip -n "$2" link set s0 up
+}
+
+# `ip netns exec` execs the command, so $! is the process itself: it can be stopped by id.
+lab_bg() {
+	local ns=$1 log=$2
+	shift 2
+	ip netns exec "$ns" "$@" </dev/null >"$log" 2>&1 &
+	LAB_PID=$!
+}
+
+lab_stop() {
+	kill -TERM "$1" 2>/dev/null || return 0
+	for _ in $(seq 50); do
+		kill -0 "$1" 2>/dev/null || break
+		sleep 0.1
+	done
+	kill -KILL "$1" 2>/dev/null
+	wait "$1" 2>/dev/null
+	return 0
+}
+
+# Stops only what runs inside the namespaces made here (all of it ours), then deletes them.
+lab_cleanup() {
+	local ns pid
+	for ns in "${LAB_NSS[@]}"; do
+		for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -TERM "$pid" 2>/dev/null; done
+	done
+	for _ in $(seq 30); do
+		pid=
+		for ns in "${LAB_NSS[@]}"; do pid+=$(ip netns pids "$ns" 2>/dev/null); done
+		[ -z "$pid" ] && break
+		sleep 0.1
+	done
+	for ns in "${LAB_NSS[@]}"; do
+		for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null; done
+		ip netns del "$ns" 2>/dev/null
+	done
+	LAB_NSS=()
+}
+
+lab_build_image() {
+	"$1" image build --out "$2" --cache "$3"
+}
+
+# lab_config DIR MODE IMAGE: MODE is authoritative or proxy; IMAGE holds vmlinuz and
+# initrd.img. The caller writes DIR/inventory.yaml and any extra kickstarts.
+lab_config() {
+	local dir=$1 mode=$2 image=$3 subnets=
+	mkdir -p "$dir/kickstarts" "$dir/state"
+	cp "$(dirname "${BASH_SOURCE[0]}")/../kickstarts/base.sh.j2" "$dir/kickstarts/"
+	echo "lab-admin-token-$$-$RANDOM$RANDOM" >"$dir/admin.token"
+	if [ "$mode" = authoritative ]; then
+		subnets='
+  subnets:
+    - subnet: 198.18.0.0/24
+      pool: [198.18.0.100, 198.18.0.199]
+      router: 198.18.0.1
+      lease_time: 1h'
+	fi
+	cat >"$dir/stemcell.yaml" <<EOF
+interface: br0
+server_ip: 198.18.0.1
+dhcp:
+  mode: $mode$subnets
+tftp:
+  root: /usr/lib/ipxe
+http:
+  listen: 198.18.0.1:8080
+  url: $LAB_URL
+stemcell:
+  kernel: $image/vmlinuz
+  initrd: $image/initrd.img
+  cmdline: console=ttyS0,115200
+inventory: inventory.yaml
+kickstarts: kickstarts
+state_dir: state
+admin_token_file: admin.token
+EOF
+}
+
+# lab_serve NS BIN DIR: `stemcell serve` in NS (log DIR/server.log), ready when it has
+# logged its DHCP and TFTP listeners and answers HTTP. Sets LAB_PID.
+lab_serve() {
+	local ns=$1 bin=$2 dir=$3
+	"$bin" check --config "$dir/stemcell.yaml" >"$dir/check.txt" 2>&1 || return 1
+	lab_bg "$ns" "$dir/server.log" "$bin" serve --config "$dir/stemcell.yaml"
+	lab_wait 30 "$LAB_PID" _lab_ready "$ns" "$dir/server.log"
+}
+
+_lab_ready() {
+	lab_seen "$2" "DHCP listening" && lab_seen "$2" "listening for TFTP" &&
+		ip netns exec "$1" curl -sf -o /dev/null "$LAB_URL/healthz"
+}
+
+# lab_qemu NS FIRMWARE TAP MAC DISK SERIAL [QEMU ARGS...]: power a machine on, network first.
+#   bios       SeaBIOS; e1000 with its iPXE ROM (Debian's ipxe-qemu); IDE disk (/dev/sda)
+#   uefi-ipxe  OVMF; virtio-net with its iPXE EFI ROM; virtio disk (/dev/vda)
+#   uefi-pxe   OVMF's own PXE (virtio-net, romfile=: no iPXE ROM); virtio disk (/dev/vda)
+# LAB_DISK_BUS=ide|virtio overrides the disk's bus (ide: /dev/sda, virtio: /dev/vda).
+# UEFI uses a writable copy of OVMF.fd next to DISK. IPv6 is off in OVMF: after iPXE hands
+# control back (an installed machine), the firmware would spend a minute on PXE over IPv6
+# before it reaches the disk. No -no-reboot: the machine reboots by itself, as real ones do.
+# The serial console goes to SERIAL. Sets LAB_PID.
+lab_qemu() {
+	local ns=$1 fw=$2 tap=$3 mac=$4 disk=$5 serial=$6 args
+	shift 6
+	args=(-accel tcg -m 512 -nographic -monitor none -serial "file:$serial"
+		-netdev "tap,id=n0,ifname=$tap,script=no,downscript=no")
+	case "$fw" in
+	bios)
+		args+=(-boot n -device "e1000,netdev=n0,mac=$mac" -drive "file=$disk,format=raw,if=${LAB_DISK_BUS:-ide}")
+		;;
+	uefi-ipxe | uefi-pxe)
+		[ -e "$disk.OVMF.fd" ] || cp /usr/share/ovmf/OVMF.fd "$disk.OVMF.fd"
+		args+=(-bios "$disk.OVMF.fd" -fw_cfg name=opt/org.tianocore/IPv6Support,string=no
+			-drive "if=none,id=d0,file=$disk,format=raw")
+		if [ "${LAB_DISK_BUS:-virtio}" = ide ]; then
+			args+=(-device ide-hd,drive=d0,bootindex=2)
+		else
+			args+=(-device virtio-blk-pci,drive=d0,bootindex=2)
+		fi
+		if [ "$fw" = uefi-pxe ]; then
+			args+=(-device "virtio-net-pci,netdev=n0,mac=$mac,romfile=,bootindex=1")
+		else
+			args+=(-device "virtio-net-pci,netdev=n0,mac=$mac,bootindex=1")
+		fi
+		;;
+	*)
+		echo "lab_qemu: unknown firmware $fw" >&2
+		return 1
+		;;
+	esac
+	lab_bg "$ns" "$serial.qemu" qemu-system-x86_64 "${args[@]}" "$@"
+}
+
+# lab_wait SECONDS PID CMD...: 0 once CMD succeeds; 1 after SECONDS, or when PID (if not
+# empty) has exited and CMD still fails.
+lab_wait() {
+	local end=$((SECONDS + $1)) pid=$2
+	shift 2
+	while :; do
+		"$@" && return 0
+		if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
+			"$@"
+			return
+		fi
+		[ $SECONDS -lt $end ] || return 1
+		sleep 1
+	done
+}
+
+lab_seen() { grep -aqE -- "$2" "$1" 2>/dev/null; }
+lab_count() { grep -acE -- "$2" "$1" 2>/dev/null; }
+
+lab_api() {
+	local ns=$1 path=$2
+	shift 2
+	ip netns exec "$ns" curl -sf "$@" "$LAB_URL$path"
+}
+
+lab_state() {
+	lab_api "$1" "/api/v1/machines/$2" | grep -o '"state":"[a-z]*"' | head -n 1 | cut -d'"' -f4
+}
+
+# The API's JSON, read without a JSON tool: the events array holds
+# {"at":N,"kind":"...","message":"..."} objects (serde keeps the field order).
+lab_events() {
+	lab_api "$1" "/api/v1/machines/$2" | sed 's/.*"events":\[//' |
+		grep -oE '"kind":"[a-z_]*","message":"([^"\\]|\\.)*"' |
+		sed -E 's/^"kind":"([a-z_]*)","message":"(.*)"$/\1\t\2/; s/\\"/"/g; s/\\\\/\\/g'
+}

@@ -1,0 +1,378 @@
+#!/bin/bash
+# End to end through real firmware: a QEMU machine with an empty disk powers on, network
+# first, and netboots through stemcell's own DHCP, TFTP and HTTP into the stem cell, which
+# installs it; it reboots by itself into its installed system, and so on.
+#
+#   tests/netns/pxe.sh SCENARIO [STEMCELL]     # as root; STEMCELL: the binary
+#
+# SCENARIO:
+#   bios       SeaBIOS, e1000 with its iPXE ROM; stemcell authoritative
+#   uefi-ipxe  OVMF, virtio-net with its iPXE EFI ROM; stemcell in proxy mode beside
+#              dnsmasq as the site's DHCP server (its own namespace, addresses only)
+#   uefi-pxe   OVMF's own PXE (virtio-net, romfile=: no iPXE ROM); stemcell authoritative.
+#              The firmware probes snponly.efi's size over TFTP, aborts that transfer with
+#              error 8, then fetches it; snponly.efi is iPXE, which asks for the boot script.
+#   failing    SeaBIOS as in bios; the machine's role template exits 3
+# bios, uefi-ipxe, uefi-pxe: power-on 1 installs (state installed; events: DHCP, TFTP
+# where the firmware uses it, boot script, kernel, initrd, install script, log lines,
+# done), the machine reboots by itself and its second boot is told to boot from its disk,
+# where the installed system prints "stemcell-installed: host=... role=..."; power-on 2
+# (after QEMU is killed) boots from the disk again and installs nothing; a re-arm through
+# the API makes power-on 3 install again.
+# failing: state failed with the script's error line in the events, and the machine stays
+# put: no second boot and no second install for FAIL_WATCH seconds (default 30).
+#
+# Why authoritative for uefi-pxe: proxy mode is covered with UEFI by uefi-ipxe, and
+# authoritative mode hands the firmware its boot file in the first OFFER (no port 4011),
+# the path of a lab without a site DHCP server; with it, TFTP events are attributed through
+# stemcell's own leases. Proxy mode with EDK2's own PXE still runs for real: in uefi-ipxe,
+# once the machine is installed and the ROM's iPXE hands back, OVMF tries its own PXE (over
+# the ROM's network driver) before the disk: proxy OFFER, REQUEST on port 4011, TFTP with
+# the tsize probe, snponly.efi, the boot script again.
+#
+# Each check prints PASS: or FAIL: with the seconds since the start; exit 1 if any failed,
+# 77 (with the reason, loudly) when this machine cannot run it: not root, or no QEMU,
+# OVMF, iPXE or dnsmasq. Everything it makes (namespaces, processes, the work folder) is
+# removed on exit, also on failure and on INT/TERM/HUP; KEEP=1 keeps the work folder
+# (serial consoles, server log, events, disk).
+#
+# Environment:
+#   STEMCELL_IMAGE  a folder with the stem cell's vmlinuz and initrd.img; without it the
+#                   script builds one into its work folder (`stemcell image build`, with
+#                   STEMCELL_CACHE, default ${CARGO_TARGET_DIR:-target}/stemcell-cache)
+#   WATCH_CMD       run (bash -c) inside the server namespace once stemcell is up, with
+#                   STEMCELL_URL and WATCH_MAC exported; at the end the script waits for it
+#                   (WATCH_TIMEOUT seconds, default 120) and fails if it failed
+#   FAIL_WATCH      seconds the failing machine is watched for a reboot (default 30)
+#   PXE_PREFLIGHT=1 only check that it can run here: exit 0, or 77 with the reason
+set -u
+export PATH="$PATH:/usr/sbin:/sbin"
+# curl talks to 198.18.0.1 directly, never through a proxy.
+unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY no_proxy NO_PROXY
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+# shellcheck source=../../lab/lib.sh
+. "$ROOT/lab/lib.sh"
+
+SCENARIO=${1:-}
+STEMCELL=${2:-${STEMCELL:-${CARGO_TARGET_DIR:-$ROOT/target}/debug/stemcell}}
+case "$SCENARIO" in
+bios | failing) FW=bios MODE=authoritative ;;
+uefi-ipxe) FW=uefi-ipxe MODE=proxy ;;
+uefi-pxe) FW=uefi-pxe MODE=authoritative ;;
+*)
+	echo "usage: $0 bios|uefi-ipxe|uefi-pxe|failing [STEMCELL]" >&2
+	exit 2
+	;;
+esac
+
+skip() {
+	echo "!!!!!!!! SKIP ($SCENARIO): $* !!!!!!!!"
+	exit 77
+}
+[ "$(id -u)" = 0 ] || skip "not root (network namespaces and tap devices need root)"
+command -v qemu-system-x86_64 >/dev/null || skip "no qemu-system-x86_64 (Debian's qemu-system-x86)"
+for f in /usr/lib/ipxe/undionly.kpxe /usr/lib/ipxe/snponly.efi; do
+	[ -r $f ] || skip "no $f (Debian's ipxe)"
+done
+case "$FW" in
+bios) rom=efi-e1000.rom ;;
+*) rom=efi-virtio.rom ;;
+esac
+[ -r /usr/lib/ipxe/qemu/$rom ] || skip "no /usr/lib/ipxe/qemu/$rom (Debian's ipxe-qemu)"
+case "$FW" in uefi-*) [ -r /usr/share/ovmf/OVMF.fd ] || skip "no /usr/share/ovmf/OVMF.fd (Debian's ovmf)" ;; esac
+[ "$MODE" = proxy ] && { command -v dnsmasq >/dev/null || skip "no dnsmasq (Debian's dnsmasq-base)"; }
+for t in curl ip; do command -v $t >/dev/null || skip "no $t"; done
+[ -c /dev/net/tun ] || skip "no /dev/net/tun"
+[ "${PXE_PREFLIGHT:-}" = 1 ] && exit 0 # only asked whether it can run here
+[ -x "$STEMCELL" ] || {
+	echo "FAIL: no stemcell binary at $STEMCELL" >&2
+	exit 1
+}
+
+T0=$SECONDS
+P=scpx-$$
+SRV=$P-srv SITE=$P-site
+W=$(mktemp -d "/tmp/$P-$SCENARIO.XXXXXX")
+chmod 755 "$W"
+D=$W/srv # stemcell's folder
+case "$SCENARIO" in
+bios) MAC=52:54:00:5e:00:01 ;;
+uefi-ipxe) MAC=52:54:00:5e:00:02 ;;
+uefi-pxe) MAC=52:54:00:5e:00:03 ;;
+failing) MAC=52:54:00:5e:00:04 ;;
+esac
+HOST=pxe-$SCENARIO
+ROLE=base
+[ "$SCENARIO" = failing ] && ROLE=broken
+DISK=$W/disk.img
+FAILS=0 PASSES=0 QEMU_PID='' WATCH_PID='' SERIAL=''
+
+cleanup() {
+	trap '' PIPE INT TERM HUP # finish the cleanup whatever happens to our stdout
+	lab_cleanup
+	if [ "${KEEP:-}" = 1 ]; then echo "work folder kept: $W" >&3; else rm -rf "$W"; fi
+}
+# Our own output goes to fd 3 (stdout), also while a function's output is redirected.
+exec 3>&1
+trap cleanup EXIT
+trap 'echo "FAIL: interrupted" >&3; exit 130' INT TERM HUP
+
+t() { printf "%4ds" $((SECONDS - T0)); }
+pass() {
+	echo "PASS: $(t) $SCENARIO: $*" >&3
+	PASSES=$((PASSES + 1))
+}
+fail() {
+	echo "FAIL: $(t) $SCENARIO: $*" >&3
+	FAILS=$((FAILS + 1))
+}
+# show FILE [LINES]: its last lines, printable
+show() {
+	[ -f "$1" ] || return 0
+	echo "    ---- last lines of ${1#"$W"/}" >&3
+	tail -n "${2:-30}" "$1" | tr -d '\r' | tr -c '\11\12\40-\176' '?' | cut -c1-200 | sed 's/^/    | /' >&3
+}
+# die MESSAGE [FILE...]: a failure the rest cannot go on from
+die() {
+	fail "$1"
+	shift
+	local f
+	for f in "$@"; do show "$f"; done
+	exit 1
+}
+check() { if "${@:2}"; then pass "$1"; else fail "$1"; fi; }
+# expect DESCRIPTION GOT WANT
+expect() { if [ "$2" = "$3" ]; then pass "$1"; else fail "$1: got $2, want $3"; fi; }
+
+# ---- the events ------------------------------------------------------------------------
+events() { lab_events "$SRV" "$MAC" >"$W/events.txt"; }
+# count_events KIND REGEX
+count_events() { grep -cE "^$1"$'\t'".*$2" "$W/events.txt"; }
+# events_in_order DESCRIPTION KIND:REGEX...: the events hold these, in this order
+events_in_order() {
+	local desc=$1 i=0 kind msg w
+	shift
+	local want=("$@")
+	events
+	while IFS=$'\t' read -r kind msg; do
+		[ $i -lt ${#want[@]} ] || break
+		w=${want[$i]}
+		[ "$kind" = "${w%%:*}" ] && [[ $msg =~ ${w#*:} ]] && i=$((i + 1))
+	done <"$W/events.txt"
+	if [ $i = ${#want[@]} ]; then
+		pass "$desc"
+	else
+		if [ $i = 0 ]; then fail "$desc: no '${want[0]}' event"; else
+			fail "$desc: no '${want[$i]}' event after '${want[$((i - 1))]}'"
+		fi
+		show "$W/events.txt" 60
+	fi
+}
+
+# ---- the machine -------------------------------------------------------------------------
+# power_on N: QEMU, its serial console in $W/power-on-N.log
+power_on() {
+	ON=$SECONDS
+	SERIAL=$W/power-on-$1.log
+	lab_qemu "$SRV" "$FW" tap0 "$MAC" "$DISK" "$SERIAL" || die "QEMU did not start"
+	QEMU_PID=$LAB_PID
+}
+power_off() {
+	lab_stop "$QEMU_PID"
+	QEMU_PID=
+}
+# serial REGEX SECONDS WHAT: wait for REGEX on the console; a failure the stem cell prints
+# (when not looked for) or QEMU exiting stops the wait early.
+serial() {
+	local re=$1
+	[[ $re == *failed* ]] || re="$re|^stemcell: .* failed: "
+	if lab_wait "$2" "$QEMU_PID" lab_seen "$SERIAL" "$re" && lab_seen "$SERIAL" "$1"; then
+		pass "$3 ($((SECONDS - ON)) s after power-on): $(grep -aE -- "$1" "$SERIAL" | tail -n 1 | tr -d '\r' | cut -c1-120)"
+	else
+		kill -0 "$QEMU_PID" 2>/dev/null || echo "    QEMU exited" >&3
+		die "$3: no /$1/ on the serial console within $2 s" "$SERIAL" "$D/server.log"
+	fi
+}
+banners() { lab_count "$SERIAL" "$LAB_BANNER"; }
+state_is() { [ "$(lab_state "$SRV" "$MAC")" = "$1" ]; }
+check_state() {
+	if lab_wait "${2:-30}" "" state_is "$1"; then pass "state $1"; else
+		fail "state is '$(lab_state "$SRV" "$MAC")', not $1"
+		show "$D/server.log"
+	fi
+}
+
+# ---- the image ---------------------------------------------------------------------------
+IMAGE=${STEMCELL_IMAGE:-}
+if [ -z "$IMAGE" ]; then
+	IMAGE=$W/image
+	lab_build_image "$STEMCELL" "$IMAGE" "${STEMCELL_CACHE:-${CARGO_TARGET_DIR:-$ROOT/target}/stemcell-cache}" \
+		>"$W/image-build.txt" 2>&1 || die "stemcell image build failed" "$W/image-build.txt"
+	pass "stem cell built ($(head -n 1 "$W/image-build.txt"))"
+fi
+[ -r "$IMAGE/vmlinuz" ] && [ -r "$IMAGE/initrd.img" ] || die "no vmlinuz and initrd.img in $IMAGE"
+
+# ---- the network -------------------------------------------------------------------------
+# $SRV: br0 198.18.0.1/24 with tap0 (the machine's cable); stemcell listens on br0.
+# uefi-ipxe: $SITE, bridged in through a veth, runs dnsmasq at 198.18.0.2 (addresses only).
+lab_netns "$SRV" || die "cannot create namespace $SRV"
+lab_bridge "$SRV" && lab_tap "$SRV" tap0 || die "cannot set up br0 and tap0 in $SRV"
+if [ "$MODE" = proxy ]; then
+	lab_netns "$SITE" && lab_veth "$SRV" "$SITE" 198.18.0.2 || die "cannot set up $SITE"
+	lab_bg "$SITE" "$W/dnsmasq.log" dnsmasq -d --conf-file=/dev/null --port=0 --interface=s0 \
+		--bind-interfaces --user=root --dhcp-range=198.18.0.200,198.18.0.250,1h \
+		--dhcp-leasefile="$W/dnsmasq.leases" --log-dhcp
+	lab_wait 10 "$LAB_PID" lab_seen "$W/dnsmasq.log" "DHCP, IP range" ||
+		die "dnsmasq did not start" "$W/dnsmasq.log"
+	pass "dnsmasq is the site's DHCP server (198.18.0.2, addresses .200-.250, nothing about booting)"
+fi
+
+# ---- stemcell ----------------------------------------------------------------------------
+lab_config "$D" "$MODE" "$IMAGE"
+cat >"$D/kickstarts/broken.sh.j2" <<'EOF'
+#!/bin/sh
+echo "broken: {{ hostname }} looks for its disk"
+echo "broken: no disk /dev/nonexistent" >&2
+exit 3
+EOF
+case "$FW" in bios) VDISK=/dev/sda ;; *) VDISK=/dev/vda ;; esac
+cat >"$D/inventory.yaml" <<EOF
+defaults:
+  unknown: ignore
+roles:
+  base:
+    template: base.sh.j2
+    vars: { puppet_server: puppet.lab.example }
+  broken:
+    template: broken.sh.j2
+machines:
+  "$MAC":
+    hostname: $HOST
+    role: $ROLE
+    vars: { disk: $VDISK }
+EOF
+lab_serve "$SRV" "$STEMCELL" "$D" || die "stemcell did not come up" "$D/check.txt" "$D/server.log"
+pass "stemcell serves ($MODE DHCP, TFTP and HTTP on br0 in $SRV)"
+
+if [ -n "${WATCH_CMD:-}" ]; then
+	lab_bg "$SRV" "$W/watch.log" env STEMCELL_URL="$LAB_URL" WATCH_MAC="$MAC" bash -c "$WATCH_CMD"
+	WATCH_PID=$LAB_PID
+	pass "WATCH_CMD started (pid $WATCH_PID)"
+fi
+
+truncate -s 1G "$DISK"
+
+# ---- power-on 1: the install, the reboot, the installed system ---------------------------
+if [ "$SCENARIO" != failing ]; then
+	echo "== power-on 1: $FW, empty disk, network first" >&3
+	power_on 1
+	serial "^stemcell: install done" 900 "power-on 1 installs"
+	check_state installed
+	INSTALL_DONE_BANNERS=$(banners)
+	serial "^stemcell-installed: host=$HOST role=$ROLE" 600 "it rebooted by itself into its installed system"
+	check "the machine rebooted by itself: the same QEMU, firmware banners on its console $INSTALL_DONE_BANNERS at the install's end, $(banners) now" \
+		test "$(banners)" -gt "$INSTALL_DONE_BANNERS"
+
+	case "$SCENARIO" in
+	bios) firmware=(dhcp:"DHCPACK 198\.18\.0\.1[0-9][0-9], boot file http://[^ ]*/boot/$MAC\.ipxe \[x86 BIOS \(iPXE\)\]") ;;
+	uefi-ipxe) firmware=(dhcp:"→ DHCP(OFFER|ACK), boot file http://[^ ]*/boot/$MAC\.ipxe \[x86-64 UEFI \(iPXE\)\]") ;;
+	uefi-pxe) firmware=(
+		dhcp:"DHCPACK 198\.18\.0\.1[0-9][0-9], boot file snponly\.efi \[x86-64 UEFI\]"
+		tftp:"snponly\.efi aborted by the client after 0 bytes: error 8"
+		tftp:"sent snponly\.efi \([0-9]+ bytes"
+		dhcp:"DHCPACK 198\.18\.0\.1[0-9][0-9], boot file http://[^ ]*/boot/$MAC\.ipxe \[x86-64 UEFI \(iPXE\)\]"
+	) ;;
+	esac
+	events_in_order "power-on 1's events: ${firmware[*]%%:*} boot-script kernel initrd install-script log done, then the local-disk boot script" \
+		"${firmware[@]}" \
+		boot:"^boot script: install as role $ROLE" \
+		file:"^fetched stem-cell vmlinuz" \
+		file:"^fetched stem-cell initrd\.img" \
+		install:"^install script served" \
+		log:"^install: partitioning" \
+		log:"installed: boots from" \
+		done:"" \
+		boot:"^boot script: installed, boot from local disk"
+	if [ "$SCENARIO" != uefi-pxe ]; then
+		expect "the install boot used no TFTP (the NIC's iPXE ROM fetched the boot script over HTTP): TFTP events before 'done'" \
+			"$(sed '/^done\t/q' "$W/events.txt" | grep -c '^tftp')" 0
+	fi
+	echo "    $(wc -l <"$W/events.txt") events, $(count_events log "") log lines" >&3
+	if [ "$MODE" = proxy ]; then dhcpd=198.18.0.2; else dhcpd=198.18.0.1; fi
+	check "the stem cell's own lease came from $dhcpd ($MODE mode)" \
+		lab_seen "$SERIAL" "^stemcell: eth0 has .* from DHCP server $dhcpd"
+	LOCAL=$(count_events boot "installed, boot from local disk")
+
+	# ---- power-on 2: still the disk ----------------------------------------------------------
+	echo "== power off; power-on 2" >&3
+	power_off
+	power_on 2
+	serial "^stemcell-installed: host=$HOST role=$ROLE" 600 "power-on 2 boots from its disk"
+	events
+	# Each network boot option the firmware tries asks once: with the iPXE ROM, OVMF's own
+	# PXE (on the ROM's network driver) asks again after iPXE hands back.
+	check "power-on 2 was told to boot from its disk: 'boot from local disk' boot scripts, $LOCAL before, $(count_events boot "installed, boot from local disk") now" \
+		test "$(count_events boot "installed, boot from local disk")" -gt "$LOCAL"
+	expect "power-on 2 installed nothing: 'install script served'/'done' events" \
+		"$(count_events install "install script served")/$(count_events "done" "")" 1/1
+	check_state installed
+
+	# ---- re-arm; power-on 3 reinstalls -----------------------------------------------------
+	echo "== re-arm through the API; power-on 3" >&3
+	power_off
+	code=$(lab_api "$SRV" "/api/v1/machines/$MAC/reinstall" -o "$W/rearm.txt" -w '%{http_code}' -X POST \
+		-H "Authorization: Bearer $(cat "$D/admin.token")")
+	case "$code" in 2??) pass "re-armed (HTTP $code)" ;; *) fail "re-arm: HTTP $code" && show "$W/rearm.txt" ;; esac
+	check_state pending 5
+	power_on 3
+	serial "^stemcell: install done" 900 "power-on 3 reinstalls"
+	check_state installed
+	events
+	expect "a second install: 'install script served'/'done' events" \
+		"$(count_events install "install script served")/$(count_events "done" "")" 2/2
+	power_off
+else
+	# ---- failing: failed, reported, and no reboot loop ----------------------------------------
+	echo "== power-on 1: $FW, role broken (its script exits 3)" >&3
+	power_on 1
+	serial "^stemcell: install failed: exit status 3" 900 "the install fails"
+	serial "^stemcell: not rebooting" 60 "the stem cell stays"
+	check_state failed
+	events_in_order "the events: install script, its error line, failed with the reason" \
+		install:"^install script served" \
+		log:"^broken: no disk /dev/nonexistent" \
+		failed:"exit status 3.*no disk /dev/nonexistent"
+	grep -aE "^(failed|log)"$'\t' "$W/events.txt" | tail -n 2 | sed 's/^/    /' >&3
+	b=$(banners)
+	sleep "${FAIL_WATCH:-30}" # watching for something that must not happen: a fixed time
+	events
+	check "${FAIL_WATCH:-30} s later QEMU still runs the failed stem cell" kill -0 "$QEMU_PID"
+	expect "no second boot: firmware banners (SeaBIOS, iPXE) on the console, before and after" \
+		"$b/$(banners)" "$b/$b"
+	expect "no second boot: stem-cell starts on the console" "$(lab_count "$SERIAL" "^stemcell: stem cell starting")" 1
+	expect "no second install: 'install script served' events" "$(count_events install "install script served")" 1
+	check_state failed 1
+	lab_api "$SRV" "/boot/$MAC.ipxe" >"$W/next-boot.ipxe"
+	check "its next netboot would wait for a re-arm" lab_seen "$W/next-boot.ipxe" "not reinstalling until it is re-armed"
+	power_off
+fi
+
+# ---- the watcher -------------------------------------------------------------------------
+if [ -n "$WATCH_PID" ]; then
+	watcher_exited() { ! kill -0 "$WATCH_PID" 2>/dev/null; }
+	if lab_wait "${WATCH_TIMEOUT:-120}" "" watcher_exited; then
+		wait "$WATCH_PID"
+		rc=$?
+		if [ $rc = 0 ]; then pass "WATCH_CMD exited 0"; else
+			fail "WATCH_CMD exited $rc"
+			show "$W/watch.log"
+		fi
+	else
+		fail "WATCH_CMD still runs after ${WATCH_TIMEOUT:-120} s"
+		show "$W/watch.log"
+		lab_stop "$WATCH_PID"
+	fi
+fi
+
+echo "== $SCENARIO: $PASSES passed, $FAILS failed, $((SECONDS - T0)) s" >&3
+[ "$FAILS" = 0 ]
