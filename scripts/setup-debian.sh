@@ -15,9 +15,9 @@ for p in "${PACKAGES[@]}"; do
 done
 export DEBIAN_FRONTEND=noninteractive
 # `stemcell image build` fetches Debian's kernel with apt-get download: the package lists
-# must exist even when nothing needs installing.
-if ((${#missing[@]})) || ! ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1; then
-  apt-get update -qq
+# must exist and be fresh (a stale list names a kernel version the archive has dropped).
+if ((${#missing[@]})) || [ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*_Packages' -mmin -720 2>/dev/null | head -1)" ]; then
+  apt-get update -qq || echo "setup: apt-get update failed; going on with the lists there are" >&2
 fi
 if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}"
