@@ -183,7 +183,7 @@ impl Config {
                         let mut file = |r: &mut Report, key: &str| -> Option<String> {
                             let v = b.get(key)?;
                             let s = r.string(v, key)?;
-                            if !safe_path(&s) {
+                            if !crate::inventory::safe_relative(&s) {
                                 r.add(v.pos, format!("dhcp.boot_files.{key}: {s:?} must be a relative file name of letters, digits and . _ - /"));
                                 return None;
                             }
@@ -433,14 +433,6 @@ impl Config {
             .unwrap_or(Ipv4Addr::new(198, 18, 0, 1));
         self.server_url(ip)
     }
-}
-
-fn safe_path(s: &str) -> bool {
-    !s.is_empty()
-        && !s.starts_with('/')
-        && !s.split('/').any(|c| c == ".." || c.is_empty())
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c))
 }
 
 fn parse_subnet(r: &mut Report, node: &Node) -> Option<Subnet> {

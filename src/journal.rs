@@ -40,7 +40,8 @@ pub struct Journal {
 pub struct Commit(Option<oneshot::Receiver<Result<(), String>>>);
 
 impl Commit {
-    /// Wait until the line is on disk (`fdatasync` returned).
+    /// Wait until the line is on disk (`fdatasync` returned). A non-durable append resolves
+    /// at once; a durable one whose writer has stopped is an error, never a silent success.
     pub async fn wait(self) -> io::Result<()> {
         match self.0 {
             None => Ok(()),
@@ -119,17 +120,13 @@ impl Journal {
         bytes.extend_from_slice(line.as_bytes());
         bytes.push(b'\n');
         if durable {
+            // If the writer is gone the sender is dropped with the op, so `wait` reports
+            // "journal writer stopped".
             let (ack, rx) = oneshot::channel();
-            if self
-                .tx
-                .send(Op::Append {
-                    line: bytes,
-                    ack: Some(ack),
-                })
-                .is_err()
-            {
-                return Commit(None);
-            }
+            let _ = self.tx.send(Op::Append {
+                line: bytes,
+                ack: Some(ack),
+            });
             Commit(Some(rx))
         } else {
             let _ = self.tx.send(Op::Append {
@@ -154,9 +151,7 @@ impl Journal {
     /// Wait until everything sent so far is synced.
     pub async fn flush(&self) -> io::Result<()> {
         let (ack, rx) = oneshot::channel();
-        if self.tx.send(Op::Flush(ack)).is_err() {
-            return Err(io::Error::other("journal writer stopped"));
-        }
+        let _ = self.tx.send(Op::Flush(ack));
         Commit(Some(rx)).wait().await
     }
 }

@@ -399,10 +399,7 @@ impl dhcp::DhcpObserver for Recorder {
     fn event(&self, mac: MacAddr, ev: dhcp::DhcpEvent) {
         let outcome = match (&ev.sent, &ev.refusal) {
             (Some(sent), _) => sent.to_string(),
-            (None, Some(r)) => serde_json::to_value(r)
-                .ok()
-                .and_then(|v| v.get("kind").and_then(|k| k.as_str()).map(str::to_string))
-                .unwrap_or_else(|| "refused".into()),
+            (None, Some(r)) => r.kind().to_string(),
             (None, None) => "none".into(),
         };
         self.metrics.inc(

@@ -25,7 +25,7 @@
 //! request and control packet at debug, DATA blocks and their ACKs at trace (a 50 MB
 //! file is 100,000 of them), refused requests and failed transfers at warn.
 
-mod jail;
+pub mod jail;
 pub mod packet;
 
 use std::io;

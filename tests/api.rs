@@ -307,14 +307,7 @@ fn the_page_escapes_what_came_from_the_network_and_guards_its_actions() {
     );
     assert_eq!(r.status, 303, "{}", r.text());
     let m = json(&curl(&[], &s.url(&format!("/api/v1/machines/{WEB}"))));
-    assert!(
-        m["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["kind"] == "rearm"),
-        "{m}"
-    );
+    assert!(has_event(&m, "kind", "rearm"), "{m}");
 }
 
 #[test]

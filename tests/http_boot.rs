@@ -162,11 +162,7 @@ fn a_machine_installs_once_then_boots_from_disk_and_survives_restart() {
         "installed state must survive a restart"
     );
     let m = json(&curl(&[], &s.url(&format!("/api/v1/machines/{WEB}"))));
-    assert!(m["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|e| e["message"] == "partitioning /dev/vda"));
+    assert!(has_event(&m, "message", "partitioning /dev/vda"));
 
     // Re-arm needs the admin token; then the next boot reinstalls with a new token.
     let rearm = s.url(&format!("/api/v1/machines/{WEB}/reinstall"));
@@ -324,14 +320,7 @@ fn kernel_and_assets_stream_with_range_etag_and_head() {
     // No redirects anywhere: firmware does not follow them.
     assert!(!s.log_text().contains("redirect"));
     let m = json(&curl(&[], &s.url(&format!("/api/v1/machines/{WEB}"))));
-    assert!(
-        m["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["message"] == "fetched stem-cell vmlinuz"),
-        "{m}"
-    );
+    assert!(has_event(&m, "message", "fetched stem-cell vmlinuz"), "{m}");
 }
 
 #[test]

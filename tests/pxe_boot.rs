@@ -45,42 +45,14 @@ fn browser_watch() {
 /// The stem cell built from Debian's real packages is reproducible and small.
 #[test]
 fn stem_cell_image_is_reproducible_from_debian_packages() {
-    let pre = Command::new("bash")
-        .arg(script())
-        .arg("bios")
-        .env("PXE_PREFLIGHT", "1")
-        .output()
-        .expect("run tests/netns/pxe.sh");
-    if pre.status.code() == Some(SKIP) {
-        eprintln!(
-            "\n!!!!!!!! SKIPPING the image test: {} !!!!!!!!\n",
-            String::from_utf8_lossy(&pre.stdout).trim()
-        );
+    if !preflight("bios", "the image test") {
         return;
     }
     let first = image().unwrap_or_else(|e| panic!("the stem-cell image build failed:\n{e}"));
     let second = tempfile::tempdir().unwrap();
-    let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let cache = std::env::var_os("STEMCELL_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| target.join("stemcell-cache"));
-    let out = Command::new("flock")
-        .arg(target.join("stemcell-image.lock"))
-        .arg(STEMCELL)
-        .args(["image", "build", "--out"])
-        .arg(second.path())
-        .arg("--cache")
-        .arg(&cache)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if let Err(e) = build_image(second.path()) {
+        panic!("the second build failed:\n{e}");
+    }
     for f in ["vmlinuz", "initrd.img"] {
         let a = std::fs::read(first.join(f)).unwrap();
         let b = std::fs::read(second.path().join(f)).unwrap();
@@ -112,6 +84,31 @@ fn pxe_failing_install_does_not_loop() {
     scenario("failing");
 }
 
+/// Whether the script can run here; `false` after a loud skip message (exit 77).
+fn preflight(name: &str, what: &str) -> bool {
+    let pre = Command::new("bash")
+        .arg(script())
+        .arg(name)
+        .env("PXE_PREFLIGHT", "1")
+        .output()
+        .expect("run tests/netns/pxe.sh");
+    if pre.status.code() == Some(SKIP) {
+        eprintln!(
+            "\n!!!!!!!! SKIPPING {what}: {} !!!!!!!!\n",
+            String::from_utf8_lossy(&pre.stdout).trim()
+        );
+        return false;
+    }
+    assert!(
+        pre.status.success(),
+        "tests/netns/pxe.sh {name} (preflight) failed ({}):\n{}{}",
+        pre.status,
+        String::from_utf8_lossy(&pre.stdout),
+        String::from_utf8_lossy(&pre.stderr)
+    );
+    true
+}
+
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/netns/pxe.sh")
 }
@@ -121,26 +118,9 @@ fn scenario(name: &str) {
 }
 
 fn scenario_watched(name: &str, watched: bool) {
-    let pre = Command::new("bash")
-        .arg(script())
-        .arg(name)
-        .env("PXE_PREFLIGHT", "1")
-        .output()
-        .expect("run tests/netns/pxe.sh");
-    if pre.status.code() == Some(SKIP) {
-        eprintln!(
-            "\n!!!!!!!! SKIPPING the {name} PXE test: {} !!!!!!!!\n",
-            String::from_utf8_lossy(&pre.stdout).trim()
-        );
+    if !preflight(name, &format!("the {name} PXE test")) {
         return;
     }
-    assert!(
-        pre.status.success(),
-        "tests/netns/pxe.sh {name} (preflight) failed ({}):\n{}{}",
-        pre.status,
-        String::from_utf8_lossy(&pre.stdout),
-        String::from_utf8_lossy(&pre.stderr)
-    );
     let image = match image() {
         Ok(dir) => dir,
         Err(e) => panic!("the stem-cell image build failed:\n{e}"),
@@ -189,32 +169,9 @@ fn image() -> Result<PathBuf, String> {
     static IMAGE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     IMAGE
         .get_or_init(|| {
-            let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
-                .parent()
-                .expect("CARGO_TARGET_TMPDIR is <target>/tmp")
-                .to_path_buf();
-            let out_dir = target.join("stemcell-image");
-            let cache = std::env::var_os("STEMCELL_CACHE")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| target.join("stemcell-cache"));
+            let out_dir = target_dir().join("stemcell-image");
             let started = Instant::now();
-            let out = Command::new("flock")
-                .arg(target.join("stemcell-image.lock"))
-                .arg(STEMCELL)
-                .args(["image", "build", "--out"])
-                .arg(&out_dir)
-                .arg("--cache")
-                .arg(&cache)
-                .output()
-                .map_err(|e| format!("cannot run flock {STEMCELL} image build: {e}"))?;
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            if !out.status.success() {
-                return Err(format!("{} ({}):\n{text}", out_dir.display(), out.status));
-            }
+            let text = build_image(&out_dir)?;
             eprintln!(
                 "stem cell built in {:.0?}: {}",
                 started.elapsed(),
@@ -223,6 +180,41 @@ fn image() -> Result<PathBuf, String> {
             Ok(out_dir)
         })
         .clone()
+}
+
+/// `<target>`, the folder cargo builds into.
+fn target_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("CARGO_TARGET_TMPDIR is <target>/tmp")
+        .to_path_buf()
+}
+
+/// `stemcell image build --out OUT_DIR` with the shared package cache, under a file lock
+/// (flock(1)) so two test runs never write it at once. Returns what the build printed.
+fn build_image(out_dir: &Path) -> Result<String, String> {
+    let target = target_dir();
+    let cache = std::env::var_os("STEMCELL_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target.join("stemcell-cache"));
+    let out = Command::new("flock")
+        .arg(target.join("stemcell-image.lock"))
+        .arg(STEMCELL)
+        .args(["image", "build", "--out"])
+        .arg(out_dir)
+        .arg("--cache")
+        .arg(&cache)
+        .output()
+        .map_err(|e| format!("cannot run flock {STEMCELL} image build: {e}"))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !out.status.success() {
+        return Err(format!("{} ({}):\n{text}", out_dir.display(), out.status));
+    }
+    Ok(text)
 }
 
 /// One of `PXE_PARALLEL` (default 2) places for a QEMU machine: with TCG every machine

@@ -51,6 +51,13 @@ fn tftp_lab(dir: &Path) {
     std::fs::write(cfg, text).unwrap();
 }
 
+/// The server's metrics (fetched inside `ns`) once its log mentions `needle`: transfers
+/// are reported when the server has the last packet, which can be after the client exits.
+fn metrics_once_logged(s: &Server, ns: &Netns, needle: &str) -> String {
+    s.wait_log(needle, Duration::from_secs(5));
+    String::from_utf8_lossy(&ns.exec(&["curl", "-s", &s.url("/metrics")]).stdout).to_string()
+}
+
 fn same(a: &Path, b: &Path) {
     let (x, y) = (
         std::fs::read(a).unwrap(),
@@ -151,12 +158,7 @@ fn real_clients_fetch_with_every_option_and_hostile_requests_are_refused() {
     );
     assert!(!root.join("upload.txt").exists());
 
-    let t0 = Instant::now();
-    while !s.log_text().contains("refused") && t0.elapsed() < Duration::from_secs(5) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let m =
-        String::from_utf8_lossy(&ns.exec(&["curl", "-s", &s.url("/metrics")]).stdout).to_string();
+    let m = metrics_once_logged(&s, &ns, "refused");
     assert!(
         m.contains("stemcell_tftp_transfers_total{outcome=\"completed\"} 13"),
         "{m}"
@@ -237,12 +239,7 @@ fn error_8_ends_the_transfer() {
         said.contains("packets_after_error=0"),
         "no packet may follow the client's error 8: {said}"
     );
-    let t0 = Instant::now();
-    while !s.log_text().contains("aborted") && t0.elapsed() < Duration::from_secs(5) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let m =
-        String::from_utf8_lossy(&ns.exec(&["curl", "-s", &s.url("/metrics")]).stdout).to_string();
+    let m = metrics_once_logged(&s, &ns, "aborted");
     assert!(
         m.contains("stemcell_tftp_transfers_total{outcome=\"aborted\"} 1"),
         "{m}"

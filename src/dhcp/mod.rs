@@ -289,6 +289,21 @@ pub enum Refusal {
 }
 
 /// Errors that stop the DHCP service from starting.
+impl Refusal {
+    /// The short name used as a metric label (the same as the serialized `kind`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Refusal::UnknownMachine => "unknown_machine",
+            Refusal::NoBootFile { .. } => "no_boot_file",
+            Refusal::PoolExhausted { .. } => "pool_exhausted",
+            Refusal::NoAddress { .. } => "no_address",
+            Refusal::NoSubnet { .. } => "no_subnet",
+            Refusal::Nak { .. } => "nak",
+            Refusal::OtherServer { .. } => "other_server",
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DhcpError {
     #[error("no interface configured: DHCP answers only on an interface the config names")]
@@ -310,5 +325,31 @@ impl From<DhcpError> for std::io::Error {
             _ => std::io::ErrorKind::InvalidInput,
         };
         std::io::Error::new(kind, e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod refusal_tests {
+    use super::*;
+
+    #[test]
+    fn the_metric_label_is_the_serialized_kind() {
+        for r in [
+            Refusal::UnknownMachine,
+            Refusal::NoBootFile {
+                arch: Arch::UefiArm64,
+            },
+            Refusal::PoolExhausted {
+                subnet: "198.18.0.0/24".into(),
+            },
+            Refusal::NoAddress { reason: "x".into() },
+            Refusal::NoSubnet { relay: None },
+            Refusal::Nak { reason: "x".into() },
+            Refusal::OtherServer {
+                server: Ipv4Addr::new(198, 18, 0, 2),
+            },
+        ] {
+            assert_eq!(serde_json::to_value(&r).unwrap()["kind"], r.kind());
+        }
     }
 }

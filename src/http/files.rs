@@ -2,7 +2,7 @@
 //! Last-Modified (RFC 9110 §13–14), never a redirect (firmware does not follow them).
 
 use std::io::SeekFrom;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
 use axum::body::Body;
@@ -10,27 +10,11 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-/// Resolve `rel` inside `root`, refusing anything that could leave it (`..`, absolute
-/// paths, NUL, and symlinks that point outside).
+/// Resolve `rel` inside `root` with the same jail as TFTP: no `..`, no absolute paths, no
+/// NUL, and no symlinks that point outside.
 pub fn jail(root: &Path, rel: &str) -> Option<PathBuf> {
-    if rel.contains('\0') || rel.contains('\\') {
-        return None;
-    }
-    let rel = rel.trim_start_matches('/');
-    let mut clean = PathBuf::new();
-    for c in Path::new(rel).components() {
-        match c {
-            Component::Normal(p) => clean.push(p),
-            Component::CurDir => {}
-            _ => return None,
-        }
-    }
-    if clean.as_os_str().is_empty() {
-        return None;
-    }
     let root = root.canonicalize().ok()?;
-    let full = root.join(&clean).canonicalize().ok()?;
-    full.starts_with(&root).then_some(full)
+    crate::tftp::jail::resolve(&root, rel).ok()
 }
 
 /// Parsed `Range: bytes=…` for a file of `len` bytes.

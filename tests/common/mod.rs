@@ -248,3 +248,10 @@ pub fn cmdline_value(script: &str, key: &str) -> Option<String> {
 pub fn json(r: &Reply) -> serde_json::Value {
     serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", r.text()))
 }
+
+/// Whether a machine's API detail has an event whose `field` equals `want`.
+pub fn has_event(machine: &serde_json::Value, field: &str, want: &str) -> bool {
+    machine["events"]
+        .as_array()
+        .is_some_and(|ev| ev.iter().any(|e| e[field] == want))
+}
