@@ -412,7 +412,7 @@ impl dhcp::DhcpObserver for Recorder {
         if !(ev.known || netboot) {
             return;
         }
-        let acked = ev.sent.map(|m| m.to_string() == "ACK").unwrap_or(false);
+        let acked = ev.sent == Some(dhcp::MessageType::Ack);
         self.store.observe(
             mac,
             ev.known,
@@ -595,6 +595,51 @@ pub fn render_machine(config_path: &Path, mac: MacAddr) -> Result<String, Fatal>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_acked_address_becomes_the_machines_ip_fact() {
+        use dhcp::DhcpObserver as _;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let rec = Recorder {
+            store: store.clone(),
+            metrics: Default::default(),
+        };
+        let mac: MacAddr = "52:54:00:00:00:42".parse().unwrap();
+        let ev = |sent| dhcp::DhcpEvent {
+            received: dhcp::MessageType::Request,
+            sent: Some(sent),
+            port: 67,
+            xid: 1,
+            ip: Some("198.18.0.42".parse().unwrap()),
+            boot_file: None,
+            class: dhcp::ClientClass {
+                pxe: true,
+                http_boot: false,
+                ipxe: false,
+                arch: dhcp::Arch::Bios,
+                arch_code: Some(0),
+                arch_fallback: None,
+                vendor_class: Some("PXEClient:Arch:00000".into()),
+                user_class: None,
+                uuid: None,
+            },
+            relay: None,
+            known: true,
+            refusal: None,
+        };
+        rec.event(mac, ev(dhcp::MessageType::Offer));
+        assert_eq!(
+            store.record(&mac).unwrap().facts.ip,
+            None,
+            "an offer is not the machine's address"
+        );
+        rec.event(mac, ev(dhcp::MessageType::Ack));
+        assert_eq!(
+            store.record(&mac).unwrap().facts.ip.as_deref(),
+            Some("198.18.0.42")
+        );
+    }
 
     #[test]
     fn arp_lookup() {
