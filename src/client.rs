@@ -9,13 +9,13 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use serde_json::Value;
 
-pub struct Reply {
-    pub status: u16,
-    pub body: String,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) body: String,
 }
 
 /// One request; `base` is `http://host:port`.
-pub fn request(
+pub(crate) fn request(
     method: &str,
     base: &str,
     path: &str,
@@ -92,7 +92,7 @@ fn s(v: &Value) -> String {
     }
 }
 
-pub fn machines(base: &str) -> anyhow::Result<String> {
+pub(crate) fn machines(base: &str) -> anyhow::Result<String> {
     let v = json(request("GET", base, "/api/v1/machines", None)?, "machines")?;
     let mut out = format!(
         "{:<17}  {:<20}  {:<12}  {:<10}  {:<15}  {}\n",
@@ -121,7 +121,7 @@ pub fn machines(base: &str) -> anyhow::Result<String> {
     Ok(out)
 }
 
-pub fn machine(base: &str, mac: &str) -> anyhow::Result<String> {
+pub(crate) fn machine(base: &str, mac: &str) -> anyhow::Result<String> {
     let m = json(
         request("GET", base, &format!("/api/v1/machines/{mac}"), None)?,
         mac,
@@ -149,7 +149,7 @@ pub fn machine(base: &str, mac: &str) -> anyhow::Result<String> {
     Ok(out)
 }
 
-pub fn reinstall(base: &str, mac: &str, token: &str) -> anyhow::Result<String> {
+pub(crate) fn reinstall(base: &str, mac: &str, token: &str) -> anyhow::Result<String> {
     let m = json(
         request(
             "POST",

@@ -14,73 +14,56 @@ use ipnetwork::Ipv4Network;
 
 use crate::yaml::{self, Kind, Node, Problems, Report};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DhcpMode {
-    /// Answer PXE clients only, beside the site's DHCP server; never hand out addresses.
-    Proxy,
-    /// Pools, reservations and durable leases.
-    Authoritative,
-    /// No DHCP at all (HTTP and TFTP only).
-    Off,
-}
-
-pub use crate::dhcp::{BootFiles, Subnet};
+use crate::dhcp::{BootFiles, Mode as DhcpMode, Subnet};
+use crate::tftp::TftpConfig;
 
 #[derive(Clone, Debug, PartialEq)]
-pub struct DhcpConfig {
-    pub mode: DhcpMode,
-    pub subnets: Vec<Subnet>,
+pub(crate) struct DhcpConfig {
+    pub(crate) mode: DhcpMode,
+    pub(crate) subnets: Vec<Subnet>,
     /// Where each subnet was written (parallel to `subnets`), for messages.
-    pub subnet_pos: Vec<yaml::Pos>,
-    pub boot_files: BootFiles,
+    pub(crate) subnet_pos: Vec<yaml::Pos>,
+    pub(crate) boot_files: BootFiles,
 }
 
 #[derive(Clone, Debug, PartialEq)]
-pub struct TftpConfig {
-    pub root: PathBuf,
-    pub max_transfers: usize,
-    pub max_window: u16,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct HttpConfig {
-    pub listen: SocketAddr,
+pub(crate) struct HttpConfig {
+    pub(crate) listen: SocketAddr,
     /// What machines are told; `None` means `http://SERVER_IP:PORT`.
-    pub url: Option<String>,
+    pub(crate) url: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
-pub struct StemcellFiles {
-    pub kernel: PathBuf,
-    pub initrd: PathBuf,
+pub(crate) struct StemcellFiles {
+    pub(crate) kernel: PathBuf,
+    pub(crate) initrd: PathBuf,
     /// Extra kernel arguments for the stem cell (e.g. `console=ttyS0,115200`).
-    pub cmdline: String,
+    pub(crate) cmdline: String,
 }
 
 #[derive(Clone, Debug, PartialEq)]
-pub struct Config {
-    pub file: PathBuf,
-    pub interface: Option<String>,
-    pub server_ip: Option<Ipv4Addr>,
-    pub dhcp: DhcpConfig,
-    pub tftp: Option<TftpConfig>,
-    pub http: HttpConfig,
-    pub stemcell: StemcellFiles,
-    pub assets: Option<PathBuf>,
-    pub inventory: PathBuf,
-    pub kickstarts: PathBuf,
-    pub state_dir: PathBuf,
-    pub admin_token_file: Option<PathBuf>,
+pub(crate) struct Config {
+    pub(crate) file: PathBuf,
+    pub(crate) interface: Option<String>,
+    pub(crate) server_ip: Option<Ipv4Addr>,
+    pub(crate) dhcp: DhcpConfig,
+    pub(crate) tftp: Option<TftpConfig>,
+    pub(crate) http: HttpConfig,
+    pub(crate) stemcell: StemcellFiles,
+    pub(crate) assets: Option<PathBuf>,
+    pub(crate) inventory: PathBuf,
+    pub(crate) kickstarts: PathBuf,
+    pub(crate) state_dir: PathBuf,
+    pub(crate) admin_token_file: Option<PathBuf>,
 }
 
 /// Why the config could not be used.
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{}: cannot read: {source}", path.display())]
+pub(crate) enum ConfigError {
+    #[error("{}: cannot read: {error}", path.display())]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{0}")]
     Invalid(Problems),
@@ -103,264 +86,42 @@ const TOP_KEYS: &[&str] = &[
 ];
 
 impl Config {
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    pub(crate) fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         Config::parse(path, &text).map_err(ConfigError::Invalid)
     }
 
-    pub fn parse(path: &Path, text: &str) -> Result<Config, Problems> {
+    pub(crate) fn parse(path: &Path, text: &str) -> Result<Config, Problems> {
         let root = yaml::parse(path, text)?;
-        let dir = path
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("."));
-        let dir = if dir.as_os_str().is_empty() {
-            PathBuf::from(".")
-        } else {
-            dir
-        };
-        let rel = |p: String| -> PathBuf {
-            let p = PathBuf::from(p);
-            if p.is_absolute() {
-                p
-            } else {
-                dir.join(p)
-            }
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
         };
         let mut r = Report::new(path);
         let Some(mut top) = r.map(&root, "the config file") else {
             return Err(r.finish(()).unwrap_err());
         };
-
-        let interface = top.get("interface").and_then(|n| {
-            let s = r.string(n, "interface")?;
-            if s.is_empty()
-                || s.len() > 15
-                || !s
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c))
-            {
-                r.add(n.pos, format!("interface: {s:?} is not a network interface name (1-15 letters, digits, - _ . @)"));
-                return None;
-            }
-            Some(s)
-        });
+        let interface = top.get("interface").and_then(|n| read_interface(&mut r, n));
         let server_ip = top
             .get("server_ip")
             .and_then(|n| r.parsed::<Ipv4Addr>(n, "server_ip", "an IPv4 address"));
-
-        // dhcp
-        let mut dhcp = DhcpConfig {
-            mode: DhcpMode::Proxy,
-            subnets: Vec::new(),
-            subnet_pos: Vec::new(),
-            boot_files: BootFiles::default(),
+        let dhcp = read_dhcp(&mut r, top.get("dhcp"), top.pos);
+        let tftp = top.get("tftp").and_then(|n| read_tftp(&mut r, n, &dir));
+        let http = read_http(&mut r, top.get("http"));
+        let stemcell = read_stemcell(&mut r, top.get("stemcell"), &dir);
+        let mut path_key = |r: &mut Report, key: &str, default: Option<&str>| match top.get(key) {
+            Some(n) => r.string(n, key).map(|s| relative_to(&dir, s)),
+            None => default.map(|d| relative_to(&dir, d.to_string())),
         };
-        let dhcp_node = top.get("dhcp");
-        if let Some(node) = dhcp_node {
-            if let Some(mut m) = r.map(node, "dhcp") {
-                if let Some(n) = m.get("mode") {
-                    match n.as_str() {
-                        Some("proxy") => dhcp.mode = DhcpMode::Proxy,
-                        Some("authoritative") => dhcp.mode = DhcpMode::Authoritative,
-                        Some("off") => dhcp.mode = DhcpMode::Off,
-                        _ => r.add(n.pos, "dhcp.mode must be one of: proxy, authoritative, off"),
-                    }
-                }
-                if let Some(n) = m.get("subnets") {
-                    for item in r.list(n, "dhcp.subnets").unwrap_or_default() {
-                        if let Some(s) = parse_subnet(&mut r, item) {
-                            dhcp.subnets.push(s);
-                            dhcp.subnet_pos.push(item.pos);
-                        }
-                    }
-                }
-                if let Some(n) = m.get("boot_files") {
-                    if let Some(mut b) = r.map(n, "dhcp.boot_files") {
-                        let mut file = |r: &mut Report, key: &str| -> Option<String> {
-                            let v = b.get(key)?;
-                            let s = r.string(v, key)?;
-                            if !crate::inventory::safe_relative(&s) {
-                                r.add(v.pos, format!("dhcp.boot_files.{key}: {s:?} must be a relative file name of letters, digits and . _ - /"));
-                                return None;
-                            }
-                            Some(s)
-                        };
-                        let bf = &mut dhcp.boot_files;
-                        if let Some(f) = file(&mut r, "bios") {
-                            bf.bios = f;
-                        }
-                        if let Some(f) = file(&mut r, "uefi_x64") {
-                            bf.uefi_x64 = f;
-                        }
-                        if let Some(f) = file(&mut r, "uefi_http") {
-                            bf.uefi_http = f;
-                        }
-                        bf.uefi_ia32 = file(&mut r, "uefi_ia32").or(bf.uefi_ia32.take());
-                        bf.arm64 = file(&mut r, "arm64").or(bf.arm64.take());
-                        b.deny_unknown(
-                            &mut r,
-                            "dhcp.boot_files",
-                            &["bios", "uefi_x64", "uefi_ia32", "arm64", "uefi_http"],
-                        );
-                    }
-                }
-                m.deny_unknown(&mut r, "dhcp", &["mode", "subnets", "boot_files"]);
-            }
-        }
-        if dhcp.mode == DhcpMode::Authoritative && dhcp.subnets.is_empty() {
-            r.add(
-                dhcp_node.map(|n| n.pos).unwrap_or(top.pos),
-                "dhcp.mode authoritative needs at least one entry under dhcp.subnets",
-            );
-        }
-        for (i, a) in dhcp.subnets.iter().enumerate() {
-            for (j, b) in dhcp.subnets[..i].iter().enumerate() {
-                if a.net.overlaps(b.net) {
-                    r.add(
-                        dhcp.subnet_pos[i],
-                        format!(
-                            "subnet {} overlaps subnet {} (line {})",
-                            a.net, b.net, dhcp.subnet_pos[j].line
-                        ),
-                    );
-                }
-            }
-        }
-
-        // tftp
-        let mut tftp = None;
-        if let Some(node) = top.get("tftp") {
-            if let Some(mut m) = r.map(node, "tftp") {
-                let mut t = TftpConfig {
-                    root: PathBuf::from("/usr/lib/ipxe"),
-                    max_transfers: 256,
-                    max_window: 64,
-                };
-                let mut enabled = true;
-                if let Some(n) = m.get("enabled") {
-                    enabled = r.boolean(n, "tftp.enabled").unwrap_or(true);
-                }
-                if let Some(n) = m.get("root") {
-                    if let Some(s) = r.string(n, "tftp.root") {
-                        t.root = rel(s);
-                    }
-                }
-                if let Some(n) = m.get("max_transfers") {
-                    match r.parsed::<usize>(n, "tftp.max_transfers", "a whole number from 1") {
-                        Some(0) => r.add(n.pos, "tftp.max_transfers must be at least 1"),
-                        Some(v) => t.max_transfers = v,
-                        None => {}
-                    }
-                }
-                if let Some(n) = m.get("max_window") {
-                    match r.parsed::<u16>(n, "tftp.max_window", "a whole number from 1 to 64") {
-                        Some(v @ 1..=64) => t.max_window = v,
-                        Some(_) => r.add(
-                            n.pos,
-                            "tftp.max_window must be from 1 to 64 (larger windows break some clients)",
-                        ),
-                        None => {}
-                    }
-                }
-                m.deny_unknown(
-                    &mut r,
-                    "tftp",
-                    &["enabled", "root", "max_transfers", "max_window"],
-                );
-                if enabled {
-                    tftp = Some(t);
-                }
-            }
-        }
-
-        // http
-        let mut http = HttpConfig {
-            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
-            url: None,
-        };
-        if let Some(node) = top.get("http") {
-            if let Some(mut m) = r.map(node, "http") {
-                if let Some(n) = m.get("listen") {
-                    if let Some(a) = r.parsed::<SocketAddr>(
-                        n,
-                        "http.listen",
-                        "an address with a port, such as 0.0.0.0:8080",
-                    ) {
-                        http.listen = a;
-                    }
-                }
-                if let Some(n) = m.get("url") {
-                    if let Some(s) = r.string(n, "http.url") {
-                        let s = s.trim_end_matches('/').to_string();
-                        if !(s.starts_with("http://") || s.starts_with("https://"))
-                            || !s[s.find("//").unwrap_or(0) + 2..]
-                                .chars()
-                                .all(|c| c.is_ascii_alphanumeric() || ".-:[]/_".contains(c))
-                        {
-                            r.add(n.pos, format!("http.url: {s:?} must be an http:// URL such as http://198.18.0.1:8080 (letters, digits and . - : / only)"));
-                        } else {
-                            http.url = Some(s);
-                        }
-                    }
-                }
-                m.deny_unknown(&mut r, "http", &["listen", "url"]);
-            }
-        }
-
-        // stemcell files
-        let mut stemcell = StemcellFiles {
-            kernel: dir.join("stemcell/vmlinuz"),
-            initrd: dir.join("stemcell/initrd.img"),
-            cmdline: String::new(),
-        };
-        if let Some(node) = top.get("stemcell") {
-            if let Some(mut m) = r.map(node, "stemcell") {
-                if let Some(n) = m.get("kernel") {
-                    if let Some(s) = r.string(n, "stemcell.kernel") {
-                        stemcell.kernel = rel(s);
-                    }
-                }
-                if let Some(n) = m.get("initrd") {
-                    if let Some(s) = r.string(n, "stemcell.initrd") {
-                        stemcell.initrd = rel(s);
-                    }
-                }
-                if let Some(n) = m.get("cmdline") {
-                    if let Some(s) = r.string(n, "stemcell.cmdline") {
-                        if let Some(bad) = s.chars().find(|c| !crate::inventory::cmdline_char(*c)) {
-                            r.add(n.pos, format!("stemcell.cmdline contains {bad:?}; allowed are letters, digits, spaces and . _ - : / = , + @ % ?"));
-                        } else {
-                            stemcell.cmdline = s;
-                        }
-                    }
-                }
-                m.deny_unknown(&mut r, "stemcell", &["kernel", "initrd", "cmdline"]);
-            }
-        }
-
-        let path_key = |r: &mut Report, top: &mut yaml::MapReader, key: &str, default: &str| {
-            match top.get(key) {
-                Some(n) => r.string(n, key).map(rel),
-                None => Some(rel(default.to_string())),
-            }
-        };
-        let inventory =
-            path_key(&mut r, &mut top, "inventory", "inventory.yaml").unwrap_or_default();
-        let kickstarts = path_key(&mut r, &mut top, "kickstarts", "kickstarts").unwrap_or_default();
+        let inventory = path_key(&mut r, "inventory", Some("inventory.yaml")).unwrap_or_default();
+        let kickstarts = path_key(&mut r, "kickstarts", Some("kickstarts")).unwrap_or_default();
         let state_dir =
-            path_key(&mut r, &mut top, "state_dir", "/var/lib/stemcell").unwrap_or_default();
-        let assets = top
-            .get("assets")
-            .and_then(|n| r.string(n, "assets"))
-            .map(rel);
-        let admin_token_file = top
-            .get("admin_token_file")
-            .and_then(|n| r.string(n, "admin_token_file"))
-            .map(rel);
+            path_key(&mut r, "state_dir", Some("/var/lib/stemcell")).unwrap_or_default();
+        let assets = path_key(&mut r, "assets", None);
+        let admin_token_file = path_key(&mut r, "admin_token_file", None);
         top.deny_unknown(&mut r, "the config file", TOP_KEYS);
 
         let needs_interface = dhcp.mode != DhcpMode::Off || tftp.is_some();
@@ -389,8 +150,26 @@ impl Config {
         })
     }
 
+    /// The DHCP service's view of the config, validated.
+    pub(crate) fn dhcp_settings(
+        &self,
+        server_ip: Ipv4Addr,
+        http_url: &str,
+    ) -> Result<crate::dhcp::DhcpSettings, crate::dhcp::DhcpError> {
+        let settings = crate::dhcp::DhcpSettings {
+            mode: self.dhcp.mode,
+            server_ip,
+            interface: self.interface.clone().unwrap_or_default(),
+            http_url: http_url.to_string(),
+            boot_files: self.dhcp.boot_files.clone(),
+            subnets: self.dhcp.subnets.clone(),
+        };
+        settings.validate()?;
+        Ok(settings)
+    }
+
     /// The server's address: `server_ip`, else the interface's first IPv4 address.
-    pub fn resolve_server_ip(&self) -> Result<Ipv4Addr, ConfigError> {
+    pub(crate) fn resolve_server_ip(&self) -> Result<Ipv4Addr, ConfigError> {
         if let Some(ip) = self.server_ip {
             return Ok(ip);
         }
@@ -418,7 +197,7 @@ impl Config {
     }
 
     /// The base URL machines are told, without a trailing slash.
-    pub fn server_url(&self, server_ip: Ipv4Addr) -> String {
+    pub(crate) fn server_url(&self, server_ip: Ipv4Addr) -> String {
         match &self.http.url {
             Some(u) => u.clone(),
             None => format!("http://{}:{}", server_ip, self.http.listen.port()),
@@ -427,12 +206,231 @@ impl Config {
 
     /// The URL for `render` and `check`, which must not fail on a host without the
     /// interface: falls back to a placeholder address.
-    pub fn display_url(&self) -> String {
+    pub(crate) fn display_url(&self) -> String {
         let ip = self
             .resolve_server_ip()
             .unwrap_or(Ipv4Addr::new(198, 18, 0, 1));
         self.server_url(ip)
     }
+}
+
+/// A path from the config: absolute as written, else relative to the config's folder.
+fn relative_to(dir: &Path, p: String) -> PathBuf {
+    let p = PathBuf::from(p);
+    if p.is_absolute() {
+        p
+    } else {
+        dir.join(p)
+    }
+}
+
+fn read_interface(r: &mut Report, n: &Node) -> Option<String> {
+    let s = r.string(n, "interface")?;
+    if s.is_empty()
+        || s.len() > 15
+        || !s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c))
+    {
+        r.add(
+            n.pos,
+            format!(
+                "interface: {s:?} is not a network interface name (1-15 letters, digits, - _ . @)"
+            ),
+        );
+        return None;
+    }
+    Some(s)
+}
+
+fn read_dhcp(r: &mut Report, node: Option<&Node>, top: yaml::Pos) -> DhcpConfig {
+    let mut dhcp = DhcpConfig {
+        mode: DhcpMode::Proxy,
+        subnets: Vec::new(),
+        subnet_pos: Vec::new(),
+        boot_files: BootFiles::default(),
+    };
+    if let Some(mut m) = node.and_then(|n| r.map(n, "dhcp")) {
+        if let Some(n) = m.get("mode") {
+            match n.as_str() {
+                Some("proxy") => dhcp.mode = DhcpMode::Proxy,
+                Some("authoritative") => dhcp.mode = DhcpMode::Authoritative,
+                Some("off") => dhcp.mode = DhcpMode::Off,
+                _ => r.add(n.pos, "dhcp.mode must be one of: proxy, authoritative, off"),
+            }
+        }
+        if let Some(n) = m.get("subnets") {
+            for item in r.list(n, "dhcp.subnets").unwrap_or_default() {
+                if let Some(s) = parse_subnet(r, item) {
+                    dhcp.subnets.push(s);
+                    dhcp.subnet_pos.push(item.pos);
+                }
+            }
+        }
+        if let Some(n) = m.get("boot_files") {
+            read_boot_files(r, n, &mut dhcp.boot_files);
+        }
+        m.deny_unknown(r, "dhcp", &["mode", "subnets", "boot_files"]);
+    }
+    if dhcp.mode == DhcpMode::Authoritative && dhcp.subnets.is_empty() {
+        r.add(
+            node.map(|n| n.pos).unwrap_or(top),
+            "dhcp.mode authoritative needs at least one entry under dhcp.subnets",
+        );
+    }
+    for (i, a) in dhcp.subnets.iter().enumerate() {
+        for (j, b) in dhcp.subnets[..i].iter().enumerate() {
+            if a.net.overlaps(b.net) {
+                r.add(
+                    dhcp.subnet_pos[i],
+                    format!(
+                        "subnet {} overlaps subnet {} (line {})",
+                        a.net, b.net, dhcp.subnet_pos[j].line
+                    ),
+                );
+            }
+        }
+    }
+    dhcp
+}
+
+fn read_boot_files(r: &mut Report, n: &Node, bf: &mut BootFiles) {
+    let Some(mut b) = r.map(n, "dhcp.boot_files") else {
+        return;
+    };
+    let mut file = |r: &mut Report, key: &str| -> Option<String> {
+        let v = b.get(key)?;
+        let s = r.string(v, key)?;
+        if !crate::values::safe_relative(&s) {
+            r.add(v.pos, format!("dhcp.boot_files.{key}: {s:?} must be a relative file name of letters, digits and . _ - /"));
+            return None;
+        }
+        Some(s)
+    };
+    if let Some(f) = file(r, "bios") {
+        bf.bios = f;
+    }
+    if let Some(f) = file(r, "uefi_x64") {
+        bf.uefi_x64 = f;
+    }
+    if let Some(f) = file(r, "uefi_http") {
+        bf.uefi_http = f;
+    }
+    bf.uefi_ia32 = file(r, "uefi_ia32").or(bf.uefi_ia32.take());
+    bf.arm64 = file(r, "arm64").or(bf.arm64.take());
+    b.deny_unknown(
+        r,
+        "dhcp.boot_files",
+        &["bios", "uefi_x64", "uefi_ia32", "arm64", "uefi_http"],
+    );
+}
+
+/// The `tftp` section; `None` when it says `enabled: false`.
+fn read_tftp(r: &mut Report, node: &Node, dir: &Path) -> Option<TftpConfig> {
+    let mut m = r.map(node, "tftp")?;
+    let mut t = TftpConfig {
+        root: PathBuf::from("/usr/lib/ipxe"),
+        ..TftpConfig::default()
+    };
+    let mut enabled = true;
+    if let Some(n) = m.get("enabled") {
+        enabled = r.boolean(n, "tftp.enabled").unwrap_or(true);
+    }
+    if let Some(n) = m.get("root") {
+        if let Some(s) = r.string(n, "tftp.root") {
+            t.root = relative_to(dir, s);
+        }
+    }
+    if let Some(n) = m.get("max_transfers") {
+        match r.parsed::<usize>(n, "tftp.max_transfers", "a whole number from 1") {
+            Some(0) => r.add(n.pos, "tftp.max_transfers must be at least 1"),
+            Some(v) => t.max_transfers = v,
+            None => {}
+        }
+    }
+    if let Some(n) = m.get("max_window") {
+        match r.parsed::<u16>(n, "tftp.max_window", "a whole number from 1 to 64") {
+            Some(v @ 1..=64) => t.max_window = v,
+            Some(_) => r.add(
+                n.pos,
+                "tftp.max_window must be from 1 to 64 (larger windows break some clients)",
+            ),
+            None => {}
+        }
+    }
+    m.deny_unknown(
+        r,
+        "tftp",
+        &["enabled", "root", "max_transfers", "max_window"],
+    );
+    enabled.then_some(t)
+}
+
+fn read_http(r: &mut Report, node: Option<&Node>) -> HttpConfig {
+    let mut http = HttpConfig {
+        listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+        url: None,
+    };
+    let Some(mut m) = node.and_then(|n| r.map(n, "http")) else {
+        return http;
+    };
+    if let Some(n) = m.get("listen") {
+        if let Some(a) = r.parsed::<SocketAddr>(
+            n,
+            "http.listen",
+            "an address with a port, such as 0.0.0.0:8080",
+        ) {
+            http.listen = a;
+        }
+    }
+    if let Some(n) = m.get("url") {
+        if let Some(s) = r.string(n, "http.url") {
+            let s = s.trim_end_matches('/').to_string();
+            if !(s.starts_with("http://") || s.starts_with("https://"))
+                || !s[s.find("//").unwrap_or(0) + 2..]
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ".-:[]/_".contains(c))
+            {
+                r.add(n.pos, format!("http.url: {s:?} must be an http:// URL such as http://198.18.0.1:8080 (letters, digits and . - : / only)"));
+            } else {
+                http.url = Some(s);
+            }
+        }
+    }
+    m.deny_unknown(r, "http", &["listen", "url"]);
+    http
+}
+
+fn read_stemcell(r: &mut Report, node: Option<&Node>, dir: &Path) -> StemcellFiles {
+    let mut stemcell = StemcellFiles {
+        kernel: dir.join("stemcell/vmlinuz"),
+        initrd: dir.join("stemcell/initrd.img"),
+        cmdline: String::new(),
+    };
+    let Some(mut m) = node.and_then(|n| r.map(n, "stemcell")) else {
+        return stemcell;
+    };
+    if let Some(n) = m.get("kernel") {
+        if let Some(s) = r.string(n, "stemcell.kernel") {
+            stemcell.kernel = relative_to(dir, s);
+        }
+    }
+    if let Some(n) = m.get("initrd") {
+        if let Some(s) = r.string(n, "stemcell.initrd") {
+            stemcell.initrd = relative_to(dir, s);
+        }
+    }
+    if let Some(n) = m.get("cmdline") {
+        if let Some(s) = r.string(n, "stemcell.cmdline") {
+            if let Some(bad) = s.chars().find(|c| !crate::values::cmdline_char(*c)) {
+                r.add(n.pos, format!("stemcell.cmdline contains {bad:?}; allowed are letters, digits, spaces and . _ - : / = , + @ % ?"));
+            } else {
+                stemcell.cmdline = s;
+            }
+        }
+    }
+    m.deny_unknown(r, "stemcell", &["kernel", "initrd", "cmdline"]);
+    stemcell
 }
 
 fn parse_subnet(r: &mut Report, node: &Node) -> Option<Subnet> {
@@ -491,7 +489,7 @@ fn parse_subnet(r: &mut Report, node: &Node) -> Option<Subnet> {
     }
     let domain = m.get("domain").and_then(|n| {
         let s = r.string(n, "domain")?;
-        if !crate::inventory::valid_hostname(&s) {
+        if !crate::values::valid_hostname(&s) {
             r.add(n.pos, format!("domain {s:?} is not a valid DNS name"));
             return None;
         }
@@ -526,7 +524,7 @@ fn parse_subnet(r: &mut Report, node: &Node) -> Option<Subnet> {
 }
 
 /// `3600`, `90s`, `30m`, `12h`, `7d`.
-pub fn parse_duration(s: &str) -> Option<Duration> {
+pub(crate) fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
         Some(i) => (&s[..i], &s[i..]),

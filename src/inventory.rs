@@ -19,16 +19,19 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Subnet;
+use crate::dhcp::Subnet;
 use crate::mac::MacAddr;
+use crate::values::{
+    cmdline_char, safe_relative, valid_hostname, valid_name, valid_var_name, value_char,
+};
 use crate::yaml::{self, Kind, Node, Pos, Problems, Report};
 
 /// Variables as templates see them.
-pub type Vars = serde_json::Map<String, Value>;
+pub(crate) type Vars = serde_json::Map<String, Value>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum UnknownPolicy {
+pub(crate) enum UnknownPolicy {
     /// Machines not listed get no boot answer.
     Ignore,
     /// Machines not listed boot into the stem cell, which reports what they are.
@@ -36,52 +39,52 @@ pub enum UnknownPolicy {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Role {
-    pub name: String,
-    pub template: String,
-    pub vars: Vars,
+pub(crate) struct Role {
+    pub(crate) name: String,
+    pub(crate) template: String,
+    pub(crate) vars: Vars,
     /// Another kernel than the stem cell's: an http(s) URL or a path under `assets`.
-    pub kernel: Option<String>,
-    pub initrd: Option<String>,
+    pub(crate) kernel: Option<String>,
+    pub(crate) initrd: Option<String>,
     /// Kernel command line for `kernel` (a template: may use `{{ install_url }}` etc.).
-    pub cmdline: Option<String>,
+    pub(crate) cmdline: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Machine {
-    pub mac: MacAddr,
-    pub hostname: String,
-    pub role: String,
-    pub ip: Option<Ipv4Addr>,
-    pub vars: Vars,
-    pub line: usize,
+pub(crate) struct Machine {
+    pub(crate) mac: MacAddr,
+    pub(crate) hostname: String,
+    pub(crate) role: String,
+    pub(crate) ip: Option<Ipv4Addr>,
+    pub(crate) vars: Vars,
+    pub(crate) line: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Defaults {
-    pub unknown: UnknownPolicy,
-    pub vars: Vars,
+pub(crate) struct Defaults {
+    pub(crate) unknown: UnknownPolicy,
+    pub(crate) vars: Vars,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Inventory {
-    pub file: PathBuf,
-    pub defaults: Defaults,
-    pub roles: BTreeMap<String, Role>,
-    pub machines: HashMap<MacAddr, Machine>,
+pub(crate) struct Inventory {
+    pub(crate) file: PathBuf,
+    pub(crate) defaults: Defaults,
+    pub(crate) roles: BTreeMap<String, Role>,
+    pub(crate) machines: HashMap<MacAddr, Machine>,
     /// MACs in file order.
-    pub order: Vec<MacAddr>,
+    pub(crate) order: Vec<MacAddr>,
 }
 
 /// What validation needs from the server config.
 #[derive(Clone, Debug, Default)]
-pub struct Context {
-    pub kickstarts: PathBuf,
-    pub subnets: Vec<Subnet>,
+pub(crate) struct Context {
+    pub(crate) kickstarts: PathBuf,
+    pub(crate) subnets: Vec<Subnet>,
 }
 
 impl Inventory {
-    pub fn empty(file: &Path) -> Inventory {
+    pub(crate) fn empty(file: &Path) -> Inventory {
         Inventory {
             file: file.to_path_buf(),
             defaults: Defaults {
@@ -94,7 +97,7 @@ impl Inventory {
         }
     }
 
-    pub fn load(path: &Path, ctx: &Context) -> Result<Inventory, Problems> {
+    pub(crate) fn load(path: &Path, ctx: &Context) -> Result<Inventory, Problems> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             Problems(vec![yaml::Problem {
                 file: path.to_path_buf(),
@@ -105,7 +108,7 @@ impl Inventory {
         Inventory::parse(path, &text, ctx)
     }
 
-    pub fn parse(path: &Path, text: &str, ctx: &Context) -> Result<Inventory, Problems> {
+    pub(crate) fn parse(path: &Path, text: &str, ctx: &Context) -> Result<Inventory, Problems> {
         let root = yaml::parse(path, text)?;
         let mut r = Report::new(path);
         let mut inv = Inventory::empty(path);
@@ -214,17 +217,17 @@ impl Inventory {
         r.finish(inv)
     }
 
-    pub fn machine(&self, mac: &MacAddr) -> Option<&Machine> {
+    pub(crate) fn machine(&self, mac: &MacAddr) -> Option<&Machine> {
         self.machines.get(mac)
     }
 
-    pub fn role_of(&self, m: &Machine) -> Option<&Role> {
+    pub(crate) fn role_of(&self, m: &Machine) -> Option<&Role> {
         self.roles.get(&m.role)
     }
 
     /// Variables as a template sees them: defaults ← role ← machine (a later level
     /// replaces an earlier one key by key).
-    pub fn merged_vars(&self, m: &Machine) -> Vars {
+    pub(crate) fn merged_vars(&self, m: &Machine) -> Vars {
         let mut out = self.defaults.vars.clone();
         if let Some(role) = self.role_of(m) {
             for (k, v) in &role.vars {
@@ -492,70 +495,22 @@ fn read_value(r: &mut Report, node: &Node, name: &str, depth: usize) -> Option<V
     }
 }
 
-/// Characters allowed in variable values: nothing a shell or a kernel command line treats
-/// specially apart from the space (templates that put values into a command line keep them
-/// one word by choosing values without spaces).
-pub fn value_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || " ._-:/@+=,%~^*#[]()!".contains(c)
-}
-
-/// Characters allowed on a kernel command line we build.
-pub fn cmdline_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || " ._-:/=,+@%?".contains(c)
-}
-
-fn valid_var_name(s: &str) -> bool {
-    let mut chars = s.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-        && s.len() <= 64
-}
-
-fn valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-}
-
-/// RFC 1123 host name (one or more labels).
-pub fn valid_hostname(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        })
-}
-
-/// A relative path that stays inside its folder.
-pub fn safe_relative(s: &str) -> bool {
-    !s.is_empty()
-        && !s.starts_with('/')
-        && !s.split('/').any(|c| c.is_empty() || c == "." || c == "..")
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c))
-}
-
 /// How the inventory loaded last, for the API and the page.
 #[derive(Clone, Debug, Default, Serialize)]
-pub struct Status {
-    pub file: PathBuf,
+pub(crate) struct Status {
+    pub(crate) file: PathBuf,
     /// Seconds since the epoch of the last good load.
-    pub loaded_at: Option<u64>,
-    pub machines: usize,
-    pub roles: usize,
+    pub(crate) loaded_at: Option<u64>,
+    pub(crate) machines: usize,
+    pub(crate) roles: usize,
     /// The current problem (the last edit was invalid and is not in use), if any.
-    pub error: Option<String>,
-    pub reloads: u64,
-    pub reload_errors: u64,
+    pub(crate) error: Option<String>,
+    pub(crate) reloads: u64,
+    pub(crate) reload_errors: u64,
 }
 
 /// The inventory in use, swapped whole on a good reload.
-pub struct Live {
+pub(crate) struct Live {
     current: RwLock<Arc<Inventory>>,
     status: RwLock<Status>,
     ctx: Context,
@@ -569,7 +524,7 @@ fn unix_now() -> u64 {
 }
 
 impl Live {
-    pub fn new(inv: Inventory, ctx: Context) -> Live {
+    pub(crate) fn new(inv: Inventory, ctx: Context) -> Live {
         let status = Status {
             file: inv.file.clone(),
             loaded_at: Some(unix_now()),
@@ -584,14 +539,14 @@ impl Live {
         }
     }
 
-    pub fn get(&self) -> Arc<Inventory> {
+    pub(crate) fn get(&self) -> Arc<Inventory> {
         self.current
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
 
-    pub fn status(&self) -> Status {
+    pub(crate) fn status(&self) -> Status {
         self.status
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -600,7 +555,7 @@ impl Live {
 
     /// Load the file again: a good file replaces the inventory; a bad one is kept as the
     /// current error and the last good inventory stays.
-    pub fn reload(&self) -> Result<(), Problems> {
+    pub(crate) fn reload(&self) -> Result<(), Problems> {
         let path = self.get().file.clone();
         let result = Inventory::load(&path, &self.ctx);
         let mut st = self.status.write().unwrap_or_else(|e| e.into_inner());
@@ -626,7 +581,7 @@ impl Live {
     /// Poll the file (cheap `stat`) and reload when its identity, size or time changes.
     /// Polling sees every kind of edit — in place, or an editor's write-and-rename — and
     /// needs nothing from the platform.
-    pub async fn watch(self: Arc<Self>, every: Duration, shutdown: CancellationToken) {
+    pub(crate) async fn watch(self: Arc<Self>, every: Duration, shutdown: CancellationToken) {
         let path = self.get().file.clone();
         let mut last = fingerprint(&path);
         loop {

@@ -31,18 +31,18 @@ enum Op {
 /// Handle to a journal's writer thread. Cheap to clone; the thread ends when the last
 /// handle is dropped, after writing what it was given.
 #[derive(Clone)]
-pub struct Journal {
+pub(crate) struct Journal {
     tx: mpsc::Sender<Op>,
     path: PathBuf,
 }
 
 /// A pending commit: await it for durability.
-pub struct Commit(Option<oneshot::Receiver<Result<(), String>>>);
+pub(crate) struct Commit(Option<oneshot::Receiver<Result<(), String>>>);
 
 impl Commit {
     /// Wait until the line is on disk (`fdatasync` returned). A non-durable append resolves
     /// at once; a durable one whose writer has stopped is an error, never a silent success.
-    pub async fn wait(self) -> io::Result<()> {
+    pub(crate) async fn wait(self) -> io::Result<()> {
         match self.0 {
             None => Ok(()),
             Some(rx) => match rx.await {
@@ -57,7 +57,7 @@ impl Commit {
 impl Journal {
     /// Open (creating) the journal at `path`, returning the handle and every complete line
     /// already in it. A torn last line (a crash mid-write) is dropped and truncated away.
-    pub fn open(path: &Path) -> io::Result<(Journal, Vec<String>)> {
+    pub(crate) fn open(path: &Path) -> io::Result<(Journal, Vec<String>)> {
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir)?;
         }
@@ -108,14 +108,14 @@ impl Journal {
         ))
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// Append one line (without its newline). With `durable`, the returned commit resolves
     /// once the line is synced; without, it resolves at once (the line is still written in
     /// order, just not waited for).
-    pub fn append(&self, line: &str, durable: bool) -> Commit {
+    pub(crate) fn append(&self, line: &str, durable: bool) -> Commit {
         let mut bytes = Vec::with_capacity(line.len() + 1);
         bytes.extend_from_slice(line.as_bytes());
         bytes.push(b'\n');
@@ -139,7 +139,7 @@ impl Journal {
 
     /// Replace the whole journal with `lines` (a snapshot of the live records). Ordered with
     /// appends: send it under the same lock that orders your appends.
-    pub fn compact(&self, lines: impl IntoIterator<Item = String>) {
+    pub(crate) fn compact(&self, lines: impl IntoIterator<Item = String>) {
         let mut contents = Vec::new();
         for l in lines {
             contents.extend_from_slice(l.as_bytes());
@@ -148,11 +148,11 @@ impl Journal {
         let _ = self.tx.send(Op::Compact { contents });
     }
 
-    /// Wait until everything sent so far is synced.
-    pub async fn flush(&self) -> io::Result<()> {
+    /// Resolves once everything sent so far is synced.
+    pub(crate) fn flush(&self) -> Commit {
         let (ack, rx) = oneshot::channel();
         let _ = self.tx.send(Op::Flush(ack));
-        Commit(Some(rx)).wait().await
+        Commit(Some(rx))
     }
 }
 

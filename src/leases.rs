@@ -18,11 +18,9 @@
 //! lazily on each mutating call.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::future::Future;
 use std::io;
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::{Mutex, MutexGuard};
 
 use ipnetwork::Ipv4Network;
@@ -32,36 +30,36 @@ use crate::journal::{Commit, Journal};
 use crate::mac::MacAddr;
 
 /// Seconds since the Unix epoch. Injected everywhere so decisions are testable.
-pub type UnixTime = u64;
+pub(crate) type UnixTime = u64;
 
 /// How long an offered address is held for its client before it may be offered to
 /// another (RFC 2131 §4.3.1 asks servers to reserve offered addresses).
-pub const OFFER_HOLD_SECS: u64 = 30;
+pub(crate) const OFFER_HOLD_SECS: u64 = 30;
 
 /// How long a declined address (another host answered ARP for it) stays out of the pool.
-pub const DECLINE_QUARANTINE_SECS: u64 = 600;
+pub(crate) const DECLINE_QUARANTINE_SECS: u64 = 600;
 
 /// Compact the journal when it has more lines than this many per live entry…
-pub const COMPACT_FACTOR: usize = 4;
+pub(crate) const COMPACT_FACTOR: usize = 4;
 /// …plus this many.
-pub const COMPACT_SLACK: usize = 10_000;
+pub(crate) const COMPACT_SLACK: usize = 10_000;
 
 /// One subnet's dynamic range as the allocator sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PoolRange {
+pub(crate) struct PoolRange {
     /// The subnet; reservations and journal entries must lie inside it.
-    pub net: Ipv4Network,
+    pub(crate) net: Ipv4Network,
     /// First and last address handed out dynamically (inclusive).
-    pub start: Ipv4Addr,
-    pub end: Ipv4Addr,
+    pub(crate) start: Ipv4Addr,
+    pub(crate) end: Ipv4Addr,
     /// Addresses inside the range never handed out (the server's own, the router's).
-    pub exclude: Vec<Ipv4Addr>,
+    pub(crate) exclude: Vec<Ipv4Addr>,
 }
 
 /// What a lease looks like from outside.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum LeaseState {
+pub(crate) enum LeaseState {
     /// Offered and held for a short while, not yet requested.
     Offered,
     /// Acknowledged; the client owns it until `expires`.
@@ -76,17 +74,17 @@ pub enum LeaseState {
 
 /// A lease (or the memory of one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Lease {
-    pub ip: Ipv4Addr,
-    pub mac: MacAddr,
-    pub state: LeaseState,
+pub(crate) struct Lease {
+    pub(crate) ip: Ipv4Addr,
+    pub(crate) mac: MacAddr,
+    pub(crate) state: LeaseState,
     /// End of the lease, offer hold or quarantine; for released/expired, when it ended.
-    pub expires: UnixTime,
+    pub(crate) expires: UnixTime,
 }
 
 /// Why no address could be offered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AllocError {
+pub(crate) enum AllocError {
     #[error("no pool is configured for subnet {0}")]
     NoSuchSubnet(Ipv4Network),
     #[error("address pool of subnet {0} is exhausted")]
@@ -99,7 +97,7 @@ pub enum AllocError {
 
 /// Why a requested address is refused (the DHCP module answers with a DHCPNAK).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Refused {
+pub(crate) enum Refused {
     #[error("{0} is not in any configured subnet")]
     NotOurSubnet(Ipv4Addr),
     #[error("{0} is not in the dynamic pool")]
@@ -114,18 +112,18 @@ pub enum Refused {
 
 /// A journal record: one line per lease change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Record {
-    pub ip: Ipv4Addr,
-    pub mac: MacAddr,
-    pub state: RecordState,
+pub(crate) struct Record {
+    pub(crate) ip: Ipv4Addr,
+    pub(crate) mac: MacAddr,
+    pub(crate) state: RecordState,
     /// Lease end (bound), quarantine end (declined), release time (released).
     #[serde(default)]
-    pub expires: UnixTime,
+    pub(crate) expires: UnixTime,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum RecordState {
+pub(crate) enum RecordState {
     Bound,
     Released,
     Declined,
@@ -189,7 +187,7 @@ impl Pool {
 
 /// The pure allocator: every address's state, indexed for O(log n) allocation.
 #[derive(Debug)]
-pub struct Allocator {
+pub(crate) struct Allocator {
     pools: Vec<Pool>,
     entries: HashMap<u32, Entry>,
     by_mac: HashMap<(usize, MacAddr), u32>,
@@ -207,7 +205,7 @@ fn same_net(a: Ipv4Network, b: Ipv4Network) -> bool {
 }
 
 impl Allocator {
-    pub fn new(ranges: Vec<PoolRange>) -> Allocator {
+    pub(crate) fn new(ranges: Vec<PoolRange>) -> Allocator {
         let pools = ranges
             .into_iter()
             .map(|r| {
@@ -241,20 +239,9 @@ impl Allocator {
         }
     }
 
-    /// Change the offer hold and decline quarantine (seconds).
-    pub fn with_times(mut self, offer_hold: u64, quarantine: u64) -> Allocator {
-        self.offer_hold = offer_hold;
-        self.quarantine = quarantine;
-        self
-    }
-
     /// Number of addresses with state (live leases, offers, memories, quarantines).
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
     }
 
     fn pool_of_net(&self, net: Ipv4Network) -> Option<usize> {
@@ -392,7 +379,7 @@ impl Allocator {
     /// Choose an address to offer `mac` in subnet `net`: its reservation; else the address
     /// it has or had; else the one it asks for (option 50) if free; else a never-used one;
     /// else the one free the longest.
-    pub fn offer(
+    pub(crate) fn offer(
         &mut self,
         net: Ipv4Network,
         mac: MacAddr,
@@ -446,7 +433,7 @@ impl Allocator {
     /// Bind `ip` to `mac` for `lease_secs` (a DHCPREQUEST in any client state). Refused
     /// when the address is outside our subnets or the pool, held by someone else,
     /// quarantined, or not the client's reservation.
-    pub fn bind(
+    pub(crate) fn bind(
         &mut self,
         mac: MacAddr,
         ip: Ipv4Addr,
@@ -483,7 +470,7 @@ impl Allocator {
     }
 
     /// DHCPRELEASE: free `ip` if `mac` holds it. Returns whether anything changed.
-    pub fn release(&mut self, mac: MacAddr, ip: Ipv4Addr, now: UnixTime) -> bool {
+    pub(crate) fn release(&mut self, mac: MacAddr, ip: Ipv4Addr, now: UnixTime) -> bool {
         self.reclaim(now);
         let n = u32::from(ip);
         match self.entries.get(&n).copied() {
@@ -506,7 +493,7 @@ impl Allocator {
 
     /// DHCPDECLINE: `mac` found `ip` in use by another host. Quarantine it and forget that
     /// the client had it, so its next DISCOVER gets another address.
-    pub fn decline(&mut self, mac: MacAddr, ip: Ipv4Addr, now: UnixTime) -> bool {
+    pub(crate) fn decline(&mut self, mac: MacAddr, ip: Ipv4Addr, now: UnixTime) -> bool {
         self.reclaim(now);
         let n = u32::from(ip);
         match self.entries.get(&n).copied() {
@@ -533,7 +520,7 @@ impl Allocator {
 
     /// The client took another server's offer: drop our offer in `net` (a live lease
     /// stays). Nothing durable changes.
-    pub fn forget_offer(&mut self, mac: MacAddr, net: Ipv4Network, now: UnixTime) {
+    pub(crate) fn forget_offer(&mut self, mac: MacAddr, net: Ipv4Network, now: UnixTime) {
         self.reclaim(now);
         let Some(p) = self.pool_of_net(net) else {
             return;
@@ -549,7 +536,7 @@ impl Allocator {
 
     /// Replay one journal record. Records outside every configured subnet are dropped
     /// (the config changed); returns whether it was kept.
-    pub fn apply(&mut self, r: &Record) -> bool {
+    pub(crate) fn apply(&mut self, r: &Record) -> bool {
         let Some(p) = self.pool_of_ip(r.ip) else {
             return false;
         };
@@ -574,17 +561,17 @@ impl Allocator {
     }
 
     /// Durable changes made since the last call, in order.
-    pub fn take_records(&mut self) -> Vec<Record> {
+    pub(crate) fn take_records(&mut self) -> Vec<Record> {
         std::mem::take(&mut self.records)
     }
 
     /// Whether there are records waiting for `take_records`.
-    pub fn has_records(&self) -> bool {
+    pub(crate) fn has_records(&self) -> bool {
         !self.records.is_empty()
     }
 
     /// Every durable fact, one record per address: what a compacted journal holds.
-    pub fn snapshot(&self) -> Vec<Record> {
+    pub(crate) fn snapshot(&self) -> Vec<Record> {
         let mut out: Vec<Record> = self
             .entries
             .iter()
@@ -636,7 +623,7 @@ impl Allocator {
 
     /// The address `mac` holds or last held, the most recently changed first if it has
     /// several subnets (at most one per subnet).
-    pub fn lease_of(&self, mac: MacAddr, now: UnixTime) -> Option<Lease> {
+    pub(crate) fn lease_of(&self, mac: MacAddr, now: UnixTime) -> Option<Lease> {
         let mut best: Option<Lease> = None;
         for (p, _) in self.pools.iter().enumerate() {
             if let Some(&ip) = self.by_mac.get(&(p, mac)) {
@@ -656,7 +643,8 @@ impl Allocator {
     }
 
     /// The state of one address.
-    pub fn lease_at(&self, ip: Ipv4Addr, now: UnixTime) -> Option<Lease> {
+    #[cfg(test)]
+    pub(crate) fn lease_at(&self, ip: Ipv4Addr, now: UnixTime) -> Option<Lease> {
         let n = u32::from(ip);
         self.entries
             .get(&n)
@@ -664,7 +652,7 @@ impl Allocator {
     }
 
     /// Every address with state, sorted by address.
-    pub fn leases(&self, now: UnixTime) -> Vec<Lease> {
+    pub(crate) fn leases(&self, now: UnixTime) -> Vec<Lease> {
         let mut v: Vec<Lease> = self
             .entries
             .iter()
@@ -686,36 +674,29 @@ fn rank(s: LeaseState) -> u8 {
 
 /// A pending durability promise: await it before sending the ACK that depends on it.
 #[must_use = "await the commit before answering"]
-pub struct Durable(DurableInner);
+pub(crate) struct Durable(DurableInner);
 
 enum DurableInner {
     Done,
     Journal(Commit),
-    Other(Pin<Box<dyn Future<Output = io::Result<()>> + Send>>),
 }
 
 impl Durable {
     /// Nothing to wait for.
-    pub fn done() -> Durable {
+    pub(crate) fn done() -> Durable {
         Durable(DurableInner::Done)
     }
 
-    /// For other backends: any future that resolves once the change is durable.
-    pub fn from_future(f: impl Future<Output = io::Result<()>> + Send + 'static) -> Durable {
-        Durable(DurableInner::Other(Box::pin(f)))
-    }
-
     /// Whether `wait` would return at once (so the reply can be sent inline).
-    pub fn is_done(&self) -> bool {
+    pub(crate) fn is_done(&self) -> bool {
         matches!(self.0, DurableInner::Done)
     }
 
     /// Resolve once the change is on disk.
-    pub async fn wait(self) -> io::Result<()> {
+    pub(crate) async fn wait(self) -> io::Result<()> {
         match self.0 {
             DurableInner::Done => Ok(()),
             DurableInner::Journal(c) => c.wait().await,
-            DurableInner::Other(f) => f.await,
         }
     }
 }
@@ -725,14 +706,13 @@ impl std::fmt::Debug for Durable {
         f.write_str(match self.0 {
             DurableInner::Done => "Durable::Done",
             DurableInner::Journal(_) => "Durable::Journal",
-            DurableInner::Other(_) => "Durable::Other",
         })
     }
 }
 
 /// What DHCP needs from a lease store. Calls are synchronous and quick (an in-memory
 /// decision); durability comes back as a [`Durable`] to await outside any lock.
-pub trait LeaseStore: Send + Sync {
+pub(crate) trait LeaseStore: Send + Sync {
     /// An address to offer `mac` in `net` (see [`Allocator::offer`]).
     fn offer(
         &self,
@@ -767,6 +747,9 @@ pub trait LeaseStore: Send + Sync {
 
     /// Every address with state, sorted by address.
     fn leases(&self, now: UnixTime) -> Vec<Lease>;
+
+    /// Resolves once everything written so far is durable (shutdown).
+    fn flush(&self) -> Durable;
 }
 
 struct Inner {
@@ -781,7 +764,7 @@ struct Inner {
 ///
 /// The mutex orders the in-memory change and its journal append (the append is only a
 /// channel send); the wait for the sync happens after the lock is released.
-pub struct JournalStore {
+pub(crate) struct JournalStore {
     inner: Mutex<Inner>,
 }
 
@@ -789,12 +772,12 @@ impl JournalStore {
     /// Open (or create) the journal at `path` and replay it into a fresh allocator.
     /// Unreadable lines and leases outside every configured subnet are skipped with a
     /// warning. Compacts at once if the journal is already over the threshold.
-    pub fn open(path: &Path, pools: Vec<PoolRange>) -> io::Result<JournalStore> {
+    pub(crate) fn open(path: &Path, pools: Vec<PoolRange>) -> io::Result<JournalStore> {
         Self::open_with(path, Allocator::new(pools))
     }
 
     /// As [`JournalStore::open`], with an allocator configured by the caller.
-    pub fn open_with(path: &Path, mut alloc: Allocator) -> io::Result<JournalStore> {
+    pub(crate) fn open_with(path: &Path, mut alloc: Allocator) -> io::Result<JournalStore> {
         let (journal, lines) = Journal::open(path)?;
         let (mut bad, mut dropped) = (0usize, 0usize);
         for line in &lines {
@@ -826,26 +809,17 @@ impl JournalStore {
     }
 
     /// A store with no journal (tests, benchmarks, or a deliberately ephemeral server).
-    pub fn in_memory(pools: Vec<PoolRange>) -> JournalStore {
+    pub(crate) fn in_memory(pools: Vec<PoolRange>) -> JournalStore {
         Self::from_allocator(Allocator::new(pools))
     }
 
-    pub fn from_allocator(alloc: Allocator) -> JournalStore {
+    pub(crate) fn from_allocator(alloc: Allocator) -> JournalStore {
         JournalStore {
             inner: Mutex::new(Inner {
                 alloc,
                 journal: None,
                 lines: 0,
             }),
-        }
-    }
-
-    /// Wait until everything written so far is synced (shutdown).
-    pub async fn flush(&self) -> io::Result<()> {
-        let journal = self.lock().journal.clone();
-        match journal {
-            Some(j) => j.flush().await,
-            None => Ok(()),
         }
     }
 
@@ -959,6 +933,13 @@ impl LeaseStore for JournalStore {
 
     fn lease_of(&self, mac: MacAddr, now: UnixTime) -> Option<Lease> {
         self.lock().alloc.lease_of(mac, now)
+    }
+
+    fn flush(&self) -> Durable {
+        match &self.lock().journal {
+            Some(j) => Durable(DurableInner::Journal(j.flush())),
+            None => Durable::done(),
+        }
     }
 
     fn leases(&self, now: UnixTime) -> Vec<Lease> {
@@ -1292,7 +1273,7 @@ mod tests {
                     d.wait().await.unwrap();
                 }
             }
-            s.flush().await.unwrap();
+            s.flush().wait().await.unwrap();
         }
         let text = std::fs::read_to_string(&path).unwrap();
         let n = text.lines().count();
@@ -1322,7 +1303,7 @@ mod tests {
         rt.block_on(async {
             let s = JournalStore::open(&path, vec![range(100, 120)]).unwrap();
             assert_eq!(s.leases(T0).len(), 1);
-            s.flush().await.unwrap();
+            s.flush().wait().await.unwrap();
         });
         // Rewritten without the bad lines.
         let text = std::fs::read_to_string(&path).unwrap();

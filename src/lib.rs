@@ -4,19 +4,25 @@
 //! machine's role and hands it to configuration management. See ARCHITECTURE.md for the
 //! modules and the boot path.
 #![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
 
-pub mod client;
-pub mod config;
-pub mod dhcp;
-pub mod http;
+mod adapters;
+mod boot;
+pub mod cli;
+mod client;
+mod config;
+mod dhcp;
+mod http;
 pub mod image;
-pub mod inventory;
-pub mod journal;
-pub mod leases;
-pub mod mac;
-pub mod metrics;
-pub mod render;
-pub mod server;
-pub mod state;
-pub mod tftp;
-pub mod yaml;
+mod inventory;
+mod jail;
+mod journal;
+mod leases;
+mod mac;
+mod metrics;
+mod render;
+mod server;
+mod state;
+mod tftp;
+mod values;
+mod yaml;

@@ -9,18 +9,18 @@ use std::str::FromStr;
 
 /// A 48-bit Ethernet hardware address.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MacAddr(pub [u8; 6]);
+pub(crate) struct MacAddr(pub [u8; 6]);
 
 /// Why a string is not a MAC address.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid MAC address {input:?}: expected six hex octets such as 52:54:00:12:34:56, 52-54-00-12-34-56, 5254.0012.3456 or 525400123456")]
-pub struct MacParseError {
-    pub input: String,
+pub(crate) struct MacParseError {
+    pub(crate) input: String,
 }
 
 impl MacAddr {
     /// `01-aa-bb-cc-dd-ee-ff`: the form PXELINUX and Linux initramfs tools use for `BOOTIF=`.
-    pub fn bootif(&self) -> String {
+    pub(crate) fn bootif(&self) -> String {
         let o = self.0;
         format!(
             "01-{:02x}-{:02x}-{:02x}-{:02x}-{:02x}-{:02x}",
@@ -29,12 +29,12 @@ impl MacAddr {
     }
 
     /// `aabbccddeeff`: for file names.
-    pub fn hex(&self) -> String {
+    pub(crate) fn hex(&self) -> String {
         self.0.iter().map(|b| format!("{b:02x}")).collect()
     }
 
     /// Parse a MAC from raw bytes (a DHCP chaddr); `None` unless there are at least six.
-    pub fn from_slice(b: &[u8]) -> Option<MacAddr> {
+    pub(crate) fn from_slice(b: &[u8]) -> Option<MacAddr> {
         let six: [u8; 6] = b.get(..6)?.try_into().ok()?;
         Some(MacAddr(six))
     }

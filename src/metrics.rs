@@ -95,7 +95,7 @@ struct Inner {
 }
 
 #[derive(Default)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     inner: Mutex<Inner>,
 }
 
@@ -128,20 +128,20 @@ impl Metrics {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn inc(&self, name: &'static str, l: &[(&str, &str)], by: f64) {
+    pub(crate) fn inc(&self, name: &'static str, l: &[(&str, &str)], by: f64) {
         *self.lock().values.entry((name, labels(l))).or_default() += by;
     }
 
-    pub fn set(&self, name: &'static str, l: &[(&str, &str)], v: f64) {
+    pub(crate) fn set(&self, name: &'static str, l: &[(&str, &str)], v: f64) {
         self.lock().values.insert((name, labels(l)), v);
     }
 
     /// Drop every series of a gauge (before setting the current ones).
-    pub fn clear(&self, name: &'static str) {
+    pub(crate) fn clear(&self, name: &'static str) {
         self.lock().values.retain(|(n, _), _| *n != name);
     }
 
-    pub fn observe(&self, name: &'static str, l: &[(&str, &str)], v: f64) {
+    pub(crate) fn observe(&self, name: &'static str, l: &[(&str, &str)], v: f64) {
         let mut inner = self.lock();
         let h = inner
             .hists
@@ -159,7 +159,7 @@ impl Metrics {
         h.count += 1;
     }
 
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let inner = self.lock();
         let mut out = String::new();
         for (name, kind, help) in CATALOG {

@@ -1,5 +1,12 @@
-//! Start-up and shutdown: load and validate everything before binding anything, bind,
-//! run every service until a signal, then drain.
+//! The composition root. `prepare` loads and validates everything, opens the stores and
+//! binds every socket, in that order, so nothing is bound for a config that cannot run;
+//! `run` takes what `prepare` returned and a cancellation token and runs every service
+//! until the token is cancelled or one of them stops. The binary owns the signals.
+//!
+//! A service that ends before shutdown, with an error or without one, stops the whole
+//! server: a half-running netboot server (DHCP answering, HTTP gone) strands machines
+//! mid-boot, which is worse than a clean exit a supervisor restarts. Journals are flushed
+//! before `run` returns, whichever way it ends.
 //!
 //! Also the `check` and `render` subcommands, which share the loading path but bind
 //! nothing and change no state.
@@ -9,9 +16,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, DhcpMode};
+use crate::adapters::{InventoryDirectory, Recorder, TftpRecorder};
+use crate::boot;
+use crate::config::Config;
 use crate::dhcp;
 use crate::http::{self, App};
 use crate::inventory::{self, Inventory};
@@ -19,34 +29,46 @@ use crate::leases::{self, LeaseStore};
 use crate::mac::MacAddr;
 use crate::render;
 use crate::state::{self, Store};
+use crate::tftp;
 
-/// Exit code for unusable configuration (EX_CONFIG-like, as linkerd2-proxy uses 64).
-pub const EXIT_CONFIG: i32 = 64;
+/// Exit code: the config or inventory cannot be used (as linkerd2-proxy uses 64).
+pub(crate) const EXIT_CONFIG: u8 = 64;
+/// Exit code: a socket could not be bound or a store could not be opened (EX_UNAVAILABLE).
+pub(crate) const EXIT_BIND: u8 = 69;
+/// Exit code: a service failed or stopped while the server was running (EX_SOFTWARE).
+pub(crate) const EXIT_RUNTIME: u8 = 70;
 
-/// A start-up failure and the exit code it maps to.
+/// A failure that ends the process, and the exit code its class maps to.
 #[derive(Debug)]
-pub struct Fatal {
-    pub code: i32,
-    pub error: anyhow::Error,
+pub(crate) struct Fatal {
+    pub(crate) code: u8,
+    pub(crate) error: anyhow::Error,
 }
 
-impl<E: Into<anyhow::Error>> From<E> for Fatal {
-    fn from(e: E) -> Self {
+impl Fatal {
+    fn config(e: impl Into<anyhow::Error>) -> Fatal {
         Fatal {
-            code: 1,
+            code: EXIT_CONFIG,
+            error: e.into(),
+        }
+    }
+
+    fn bind(e: impl Into<anyhow::Error>) -> Fatal {
+        Fatal {
+            code: EXIT_BIND,
+            error: e.into(),
+        }
+    }
+
+    fn runtime(e: impl Into<anyhow::Error>) -> Fatal {
+        Fatal {
+            code: EXIT_RUNTIME,
             error: e.into(),
         }
     }
 }
 
-fn config_error(e: impl Into<anyhow::Error>) -> Fatal {
-    Fatal {
-        code: EXIT_CONFIG,
-        error: e.into(),
-    }
-}
-
-pub fn inventory_context(config: &Config) -> inventory::Context {
+fn inventory_context(config: &Config) -> inventory::Context {
     inventory::Context {
         kickstarts: config.kickstarts.clone(),
         subnets: config.dhcp.subnets.clone(),
@@ -54,10 +76,10 @@ pub fn inventory_context(config: &Config) -> inventory::Context {
 }
 
 /// Load config and inventory, or say exactly what is wrong.
-pub fn load(config_path: &Path) -> Result<(Config, Inventory), Fatal> {
-    let config = Config::load(config_path).map_err(config_error)?;
+fn load(config_path: &Path) -> Result<(Config, Inventory), Fatal> {
+    let config = Config::load(config_path).map_err(Fatal::config)?;
     let inv =
-        Inventory::load(&config.inventory, &inventory_context(&config)).map_err(config_error)?;
+        Inventory::load(&config.inventory, &inventory_context(&config)).map_err(Fatal::config)?;
     Ok((config, inv))
 }
 
@@ -67,10 +89,10 @@ fn read_admin_token(config: &Config) -> Result<Option<Arc<String>>, Fatal> {
     };
     let t = std::fs::read_to_string(p)
         .with_context(|| format!("{}: cannot read admin_token_file", p.display()))
-        .map_err(config_error)?;
+        .map_err(Fatal::config)?;
     let t = t.trim().to_string();
     if t.len() < 16 {
-        return Err(config_error(anyhow::anyhow!(
+        return Err(Fatal::config(anyhow::anyhow!(
             "{}: the admin token must be at least 16 characters",
             p.display()
         )));
@@ -78,52 +100,68 @@ fn read_admin_token(config: &Config) -> Result<Option<Arc<String>>, Fatal> {
     Ok(Some(Arc::new(t)))
 }
 
-/// `stemcell serve`: run until SIGINT or SIGTERM.
-pub async fn serve(config_path: &Path) -> Result<(), Fatal> {
+/// Everything `run` needs: validated config, open stores, bound sockets.
+pub(crate) struct Prepared {
+    app: App,
+    live: Arc<inventory::Live>,
+    listener: tokio::net::TcpListener,
+    tftp: Option<(tokio::net::UdpSocket, tftp::TftpConfig)>,
+    dhcp: Option<(Arc<dhcp::DhcpServer>, dhcp::Sockets)>,
+}
+
+/// Load and validate, open the stores, bind every socket. Call inside a tokio runtime.
+pub(crate) async fn prepare(config_path: &Path) -> Result<Prepared, Fatal> {
     let (config, inv) = load(config_path)?;
-    let server_ip = config.resolve_server_ip().map_err(config_error)?;
+    let server_ip = config.resolve_server_ip().map_err(Fatal::config)?;
     let admin_token = read_admin_token(&config)?;
-    let store = Arc::new(Store::open(&config.state_dir).with_context(|| {
-        format!(
-            "{}: cannot open the state directory",
+    // Settings are validated before anything is opened or bound.
+    let dhcp_settings = (config.dhcp.mode != dhcp::Mode::Off)
+        .then(|| config.dhcp_settings(server_ip, ""))
+        .transpose()
+        .map_err(Fatal::config)?;
+
+    let store = Arc::new(Store::open(&config.state_dir).map_err(|e| {
+        Fatal::bind(anyhow::anyhow!(
+            "{}: cannot open the state directory: {e}",
             config.state_dir.display()
-        )
+        ))
     })?);
-    let ctx = inventory_context(&config);
+    let leases: Option<Arc<dyn LeaseStore>> = match &dhcp_settings {
+        Some(s) if s.mode == dhcp::Mode::Authoritative => {
+            let path = config.state_dir.join("leases.journal");
+            let store = leases::JournalStore::open(&path, s.pools()).map_err(|e| {
+                Fatal::bind(anyhow::anyhow!(
+                    "{}: cannot open the lease journal: {e}",
+                    path.display()
+                ))
+            })?;
+            Some(Arc::new(store))
+        }
+        _ => None,
+    };
+
+    let listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("cannot listen for HTTP on {}", config.http.listen))
+        .map_err(Fatal::bind)?;
+    let addr = listener.local_addr().map_err(Fatal::bind)?;
+    // With `listen: …:0` (tests) machines must be told the port actually bound.
+    let mut server_url = config.server_url(server_ip);
+    if config.http.url.is_none() && config.http.listen.port() == 0 {
+        server_url = format!("http://{}:{}", server_ip, addr.port());
+    }
+
     tracing::info!(
         file = %inv.file.display(),
         machines = inv.machines.len(),
         roles = inv.roles.len(),
         "inventory loaded"
     );
-    let live = Arc::new(inventory::Live::new(inv, ctx));
+    let live = Arc::new(inventory::Live::new(inv, inventory_context(&config)));
     let config = Arc::new(config);
-    let shutdown = CancellationToken::new();
-
-    let leases: Option<Arc<dyn LeaseStore>> = if config.dhcp.mode == DhcpMode::Authoritative {
-        let pools = dhcp_settings(&config, server_ip, "")?.pools();
-        let path = config.state_dir.join("leases.journal");
-        let store = leases::JournalStore::open(&path, pools)
-            .with_context(|| format!("{}: cannot open the lease journal", path.display()))?;
-        Some(Arc::new(store))
-    } else {
-        None
-    };
-
-    let listener = tokio::net::TcpListener::bind(config.http.listen)
-        .await
-        .with_context(|| format!("cannot listen for HTTP on {}", config.http.listen))?;
-    let addr = listener.local_addr()?;
-    // With `listen: …:0` (tests) machines must be told the port actually bound.
-    let mut server_url = config.server_url(server_ip);
-    if config.http.url.is_none() && config.http.listen.port() == 0 {
-        server_url = format!("http://{}:{}", server_ip, addr.port());
-    }
-    tracing::info!(%addr, url = %server_url, "http listening");
-
     let app = App {
         config: config.clone(),
-        server_url,
+        server_url: server_url.clone(),
         inventory: live.clone(),
         store: store.clone(),
         admin_token,
@@ -135,99 +173,150 @@ pub async fn serve(config_path: &Path) -> Result<(), Fatal> {
             http::files::Cached::new(config.stemcell.initrd.clone()),
         ]),
     };
-    let mut tasks = tokio::task::JoinSet::new();
 
     // TFTP: on the server's address, on the configured interface only.
-    if let Some(t) = &config.tftp {
-        let socket = bind_tftp(config.interface.as_deref(), server_ip).map_err(config_error)?;
-        let tcfg = crate::tftp::TftpConfig {
-            root: t.root.clone(),
-            max_transfers: t.max_transfers,
-            max_window: t.max_window,
-            ..Default::default()
-        };
+    let tftp = match &config.tftp {
+        Some(t) => Some((
+            bind_tftp(config.interface.as_deref(), server_ip).map_err(Fatal::bind)?,
+            t.clone(),
+        )),
+        None => None,
+    };
+
+    // DHCP: only on the one configured interface, bound before anything is announced.
+    let dhcp = match dhcp_settings {
+        Some(mut settings) => {
+            settings.http_url = server_url.clone();
+            let leases = app
+                .leases
+                .clone()
+                .unwrap_or_else(|| Arc::new(leases::JournalStore::in_memory(vec![])));
+            let sockets = dhcp::Sockets::bind(&settings).map_err(Fatal::bind)?;
+            let directory = Arc::new(InventoryDirectory(live.clone()));
+            let observer = Arc::new(Recorder {
+                store: store.clone(),
+                metrics: app.metrics.clone(),
+            });
+            let server = dhcp::DhcpServer::new(settings, directory, observer, leases)
+                .map_err(Fatal::config)?;
+            Some((Arc::new(server), sockets))
+        }
+        None => None,
+    };
+    Ok(Prepared {
+        app,
+        live,
+        listener,
+        tftp,
+        dhcp,
+    })
+}
+
+/// A service's name and how it ended.
+type ServiceEnd = (&'static str, anyhow::Result<()>);
+
+/// Run every prepared service until `shutdown` is cancelled (then drain and return `Ok`) or
+/// until one service stops on its own (then stop the others and return that failure).
+/// Journals are flushed before returning either way.
+pub(crate) async fn run(p: Prepared, shutdown: CancellationToken) -> Result<(), Fatal> {
+    let Prepared {
+        app,
+        live,
+        listener,
+        tftp,
+        dhcp,
+    } = p;
+    let store = app.store.clone();
+    let leases = app.leases.clone();
+    let mut tasks: JoinSet<ServiceEnd> = JoinSet::new();
+
+    if let Some((socket, tcfg)) = tftp {
         let observer = Arc::new(TftpRecorder {
             store: store.clone(),
             metrics: app.metrics.clone(),
-            leases: app.leases.clone(),
+            leases: leases.clone(),
         });
-        let shutdown = shutdown.clone();
+        let token = shutdown.clone();
         tasks.spawn(async move {
-            if let Err(e) = crate::tftp::serve(socket, tcfg, observer, shutdown).await {
-                tracing::error!(error = %e, "TFTP service stopped");
-            }
+            let r = tftp::serve(socket, tcfg, observer, token).await;
+            ("TFTP", r.map_err(anyhow::Error::from))
         });
     }
-
-    // DHCP: only on the one configured interface, bound before anything is announced.
-    if config.dhcp.mode != DhcpMode::Off {
-        let settings = dhcp_settings(&config, server_ip, &app.server_url)?;
-        let leases = app
-            .leases
-            .clone()
-            .unwrap_or_else(|| Arc::new(leases::JournalStore::in_memory(vec![])));
-        let sockets = dhcp::Sockets::bind(&settings).map_err(config_error)?;
-        let directory = Arc::new(InventoryDirectory(live.clone()));
-        let observer = Arc::new(Recorder {
-            store: store.clone(),
-            metrics: app.metrics.clone(),
-        });
-        let server = Arc::new(
-            dhcp::DhcpServer::new(settings, directory, observer, leases).map_err(config_error)?,
-        );
-        let shutdown = shutdown.clone();
+    if let Some((server, sockets)) = dhcp {
+        let token = shutdown.clone();
         tasks.spawn(async move {
-            if let Err(e) = dhcp::serve(server, sockets, shutdown).await {
-                tracing::error!(error = %e, "DHCP service stopped");
-            }
+            let r = dhcp::serve(server, sockets, token).await;
+            ("DHCP", r.map_err(anyhow::Error::from))
         });
     }
-    tasks.spawn(
-        live.clone()
-            .watch(Duration::from_millis(200), shutdown.clone()),
-    );
     {
-        let shutdown = shutdown.clone();
+        let token = shutdown.clone();
         tasks.spawn(async move {
-            if let Err(e) = http::serve(listener, app, shutdown).await {
-                tracing::error!(error = %e, "http service stopped");
-            }
+            live.watch(Duration::from_millis(200), token).await;
+            ("inventory watcher", Ok(()))
         });
     }
+    let addr = listener.local_addr().map_err(Fatal::runtime)?;
+    let url = app.server_url.clone();
+    {
+        let token = shutdown.clone();
+        tasks.spawn(async move {
+            let r = http::serve(listener, app, token).await;
+            ("HTTP", r.map_err(anyhow::Error::from))
+        });
+    }
+    // The one readiness line harnesses wait for: every socket is bound and served.
+    tracing::info!(%addr, %url, "stemcell ready");
 
-    wait_for_signal().await;
-    tracing::info!("shutting down");
+    let failure = tokio::select! {
+        () = shutdown.cancelled() => None,
+        Some(ended) = tasks.join_next() => Some(service_failure(ended)),
+    };
+    match &failure {
+        None => tracing::info!("shutting down"),
+        Some(e) => {
+            tracing::error!(error = %format!("{e:#}"), "a service stopped; shutting down the server")
+        }
+    }
     shutdown.cancel();
     let drain = async { while tasks.join_next().await.is_some() {} };
     if tokio::time::timeout(Duration::from_secs(10), drain)
         .await
         .is_err()
     {
-        tracing::warn!("some requests did not finish within 10 s; stopping anyway");
+        tracing::warn!("some services did not finish within 10 s; stopping anyway");
     }
-    Ok(())
+    let flushed = flush_journals(&store, leases.as_deref()).await;
+    match (failure, flushed) {
+        (Some(e), _) => Err(Fatal::runtime(e)),
+        (None, Err(e)) => Err(Fatal::runtime(e)),
+        (None, Ok(())) => Ok(()),
+    }
 }
 
-/// The DHCP service's view of the config.
-pub fn dhcp_settings(
-    config: &Config,
-    server_ip: std::net::Ipv4Addr,
-    http_url: &str,
-) -> Result<dhcp::DhcpSettings, Fatal> {
-    let settings = dhcp::DhcpSettings {
-        mode: match config.dhcp.mode {
-            DhcpMode::Proxy => dhcp::Mode::Proxy,
-            DhcpMode::Authoritative => dhcp::Mode::Authoritative,
-            DhcpMode::Off => dhcp::Mode::Off,
-        },
-        server_ip,
-        interface: config.interface.clone().unwrap_or_default(),
-        http_url: http_url.to_string(),
-        boot_files: config.dhcp.boot_files.clone(),
-        subnets: config.dhcp.subnets.clone(),
-    };
-    settings.validate().map_err(config_error)?;
-    Ok(settings)
+/// Why the first service to end before shutdown ended.
+fn service_failure(ended: Result<ServiceEnd, tokio::task::JoinError>) -> anyhow::Error {
+    match ended {
+        Ok((name, Ok(()))) => anyhow::anyhow!("the {name} service stopped unexpectedly"),
+        Ok((name, Err(e))) => e.context(format!("the {name} service failed")),
+        Err(e) => anyhow::anyhow!("a service task panicked or was aborted: {e}"),
+    }
+}
+
+/// Wait until every journal line written so far is on disk.
+async fn flush_journals(store: &Store, leases: Option<&dyn LeaseStore>) -> anyhow::Result<()> {
+    store
+        .flush()
+        .await
+        .context("the machine state journal could not be flushed")?;
+    if let Some(l) = leases {
+        l.flush()
+            .wait()
+            .await
+            .context("the lease journal could not be flushed")?;
+    }
+    tracing::info!("journals flushed");
+    Ok(())
 }
 
 /// TFTP's listening socket: `server_ip:69`, bound to the interface so that nothing on
@@ -249,247 +338,9 @@ fn bind_tftp(
     Ok(tokio::net::UdpSocket::from_std(s.into())?)
 }
 
-/// Which machine an address belongs to: its lease (authoritative mode), else the kernel's
-/// neighbour table (the client just talked to us, so it is there).
-fn mac_for_ip(leases: Option<&Arc<dyn LeaseStore>>, ip: std::net::IpAddr) -> Option<MacAddr> {
-    let std::net::IpAddr::V4(v4) = ip else {
-        return None;
-    };
-    if let Some(l) = leases {
-        let now = state::now_ms() / 1000;
-        if let Some(lease) = l
-            .leases(now)
-            .into_iter()
-            .find(|l| l.ip == v4 && l.state == leases::LeaseState::Bound)
-        {
-            return Some(lease.mac);
-        }
-    }
-    let arp = std::fs::read_to_string("/proc/net/arp").ok()?;
-    parse_arp(&arp, v4)
-}
-
-/// Pure: the MAC of `ip` in `/proc/net/arp` text.
-pub fn parse_arp(text: &str, ip: std::net::Ipv4Addr) -> Option<MacAddr> {
-    text.lines().skip(1).find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        if f.len() >= 4
-            && f[0].parse::<std::net::Ipv4Addr>().ok() == Some(ip)
-            && f[3] != "00:00:00:00:00:00"
-        {
-            f[3].parse().ok()
-        } else {
-            None
-        }
-    })
-}
-
-/// Turns TFTP transfers into machine events and metrics.
-struct TftpRecorder {
-    store: Arc<Store>,
-    metrics: Arc<crate::metrics::Metrics>,
-    leases: Option<Arc<dyn LeaseStore>>,
-}
-
-impl crate::tftp::TftpObserver for TftpRecorder {
-    fn transfer(&self, ev: crate::tftp::TransferEvent) {
-        use crate::tftp::TransferOutcome as O;
-        let (outcome, bytes, what) = match &ev.outcome {
-            O::Completed { bytes } => (
-                "completed",
-                *bytes,
-                format!("sent {} ({bytes} bytes, ", ev.file),
-            ),
-            O::Refused(r) => ("refused", 0, format!("refused {}: {r} (", ev.file)),
-            O::AbortedByClient {
-                code,
-                message,
-                bytes,
-            } => (
-                "aborted",
-                *bytes,
-                format!(
-                    "{} aborted by the client after {bytes} bytes: error {} {message:?} (",
-                    ev.file,
-                    code.to_u16()
-                ),
-            ),
-            O::TimedOut { bytes } => (
-                "timed_out",
-                *bytes,
-                format!("{} timed out after {bytes} bytes (", ev.file),
-            ),
-            O::Cancelled { bytes } => (
-                "cancelled",
-                *bytes,
-                format!("{} cancelled at shutdown after {bytes} bytes (", ev.file),
-            ),
-            O::Failed { bytes, error } => (
-                "failed",
-                *bytes,
-                format!("{} failed after {bytes} bytes: {error} (", ev.file),
-            ),
-        };
-        self.metrics.inc(
-            "stemcell_tftp_transfers_total",
-            &[("outcome", outcome)],
-            1.0,
-        );
-        self.metrics
-            .inc("stemcell_tftp_bytes_total", &[], bytes as f64);
-        let o = &ev.options;
-        let mut msg = what;
-        msg.push_str(&format!("blksize {}", o.block_size));
-        if o.window_size > 1 {
-            msg.push_str(&format!(", windowsize {}", o.window_size));
-        }
-        if let Some(t) = o.transfer_size {
-            msg.push_str(&format!(", tsize {t}"));
-        }
-        msg.push_str(&format!(
-            ", {:.2} s, from {})",
-            ev.elapsed.as_secs_f64(),
-            ev.peer
-        ));
-        match mac_for_ip(self.leases.as_ref(), ev.peer.ip()) {
-            Some(mac) => self.store.event(mac, "tftp", msg),
-            None => {
-                tracing::debug!(peer = %ev.peer, "TFTP transfer from an address with no known MAC")
-            }
-        }
-    }
-}
-
-/// The inventory as DHCP sees it (called on the packet path: a lock-free-ish Arc read).
-struct InventoryDirectory(Arc<inventory::Live>);
-
-impl dhcp::Directory for InventoryDirectory {
-    fn lookup(&self, mac: MacAddr) -> Option<dhcp::Host> {
-        let inv = self.0.get();
-        inv.machine(&mac).map(|m| dhcp::Host {
-            hostname: m.hostname.clone(),
-            reserved_ip: m.ip,
-        })
-    }
-
-    fn answer_unknown(&self) -> bool {
-        self.0.get().defaults.unknown == inventory::UnknownPolicy::Discover
-    }
-}
-
-/// Turns DHCP steps into machine events, facts and metrics.
-struct Recorder {
-    store: Arc<Store>,
-    metrics: Arc<crate::metrics::Metrics>,
-}
-
-/// "UEFI x64 (iPXE)", "BIOS", … for the firmware column.
-pub fn firmware_label(class: &dhcp::ClientClass) -> String {
-    let mut s = class.arch.to_string();
-    if class.http_boot {
-        s.push_str(" HTTP boot");
-    }
-    if class.ipxe {
-        s.push_str(" (iPXE)");
-    }
-    s
-}
-
-impl dhcp::DhcpObserver for Recorder {
-    fn event(&self, mac: MacAddr, ev: dhcp::DhcpEvent) {
-        let outcome = match (&ev.sent, &ev.refusal) {
-            (Some(sent), _) => sent.to_string(),
-            (None, Some(r)) => r.kind().to_string(),
-            (None, None) => "none".into(),
-        };
-        self.metrics.inc(
-            "stemcell_dhcp_packets_total",
-            &[("type", &ev.received.to_string()), ("outcome", &outcome)],
-            1.0,
-        );
-        let netboot = ev.class.pxe || ev.class.ipxe || ev.class.http_boot;
-        // Plain DHCP clients that are not ours (laptops, printers) are not machines to track.
-        if !(ev.known || netboot) {
-            return;
-        }
-        let acked = ev.sent == Some(dhcp::MessageType::Ack);
-        self.store.observe(
-            mac,
-            ev.known,
-            state::Facts {
-                arch: netboot.then(|| firmware_label(&ev.class)),
-                // Only what the firmware said: the stem cell's own DHCP client (udhcpc)
-                // must not overwrite the machine's vendor class and UUID.
-                vendor_class: if netboot {
-                    ev.class.vendor_class.clone()
-                } else {
-                    None
-                },
-                uuid: if netboot { ev.class.uuid.clone() } else { None },
-                ip: if acked {
-                    ev.ip.map(|i| i.to_string())
-                } else {
-                    None
-                },
-                hardware: Default::default(),
-            },
-        );
-        let mut msg = format!("{}", ev.received);
-        if ev.port == dhcp::PXE_PORT {
-            msg.push_str(" on port 4011");
-        }
-        match (&ev.sent, &ev.refusal) {
-            (Some(sent), _) => {
-                msg.push_str(&format!(" → {sent}"));
-                if let Some(ip) = ev.ip {
-                    msg.push_str(&format!(" {ip}"));
-                }
-                if let Some(f) = &ev.boot_file {
-                    msg.push_str(&format!(", boot file {f}"));
-                }
-            }
-            (None, Some(r)) => msg.push_str(&format!(": no answer: {r}")),
-            // RELEASE and DECLINE are not answered by design.
-            (None, None)
-                if matches!(
-                    ev.received,
-                    dhcp::MessageType::Release | dhcp::MessageType::Decline
-                ) =>
-            {
-                if let Some(ip) = ev.ip {
-                    msg.push_str(&format!(" {ip}"));
-                }
-            }
-            (None, None) => msg.push_str(": no answer"),
-        }
-        if netboot {
-            msg.push_str(&format!(" [{}]", firmware_label(&ev.class)));
-        }
-        if let Some(relay) = ev.relay {
-            msg.push_str(&format!(" via relay {relay}"));
-        }
-        self.store.event(mac, "dhcp", msg);
-    }
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-}
-
 /// `stemcell check`: validate config and inventory, and render every machine's templates.
 /// Returns the number of machines checked.
-pub fn check(config_path: &Path) -> Result<usize, Fatal> {
+pub(crate) fn check(config_path: &Path) -> Result<usize, Fatal> {
     let (config, inv) = load(config_path)?;
     let url = config.display_url();
     // Render on every core: a 100,000-machine inventory is checked in about a second.
@@ -518,7 +369,7 @@ pub fn check(config_path: &Path) -> Result<usize, Fatal> {
         tracing::warn!(path = %config.stemcell.kernel.display(), "the stem-cell kernel does not exist yet (build it with `stemcell image build`)");
     }
     if !problems.is_empty() {
-        return Err(config_error(anyhow::anyhow!(problems.join("\n"))));
+        return Err(Fatal::config(anyhow::anyhow!(problems.join("\n"))));
     }
     Ok(inv.machines.len())
 }
@@ -556,26 +407,22 @@ fn check_machines(config: &Config, inv: &Inventory, url: &str, macs: &[MacAddr])
 }
 
 /// `stemcell render`: what `mac` would be served now, without changing anything.
-pub fn render_machine(config_path: &Path, mac: MacAddr) -> Result<String, Fatal> {
+pub(crate) fn render_machine(config_path: &Path, mac: MacAddr) -> Result<String, Fatal> {
     let (config, inv) = load(config_path)?;
     let url = config.display_url();
     let record = state::read_records(&config.state_dir)
-        .map_err(Fatal::from)?
+        .map_err(Fatal::config)?
         .remove(&mac);
-    let choice = http::choice_for(&inv, mac, record.as_ref());
+    let choice = boot::choice_for(&inv, mac, record.as_ref());
     let token = record
         .as_ref()
         .and_then(|r| r.token.clone())
         .unwrap_or_else(|| "TOKEN-ISSUED-AT-BOOT".to_string());
     let mut out = format!("# boot script ({choice:?}) for {mac}\n");
-    out.push_str(&http::boot_script_text(
-        &config,
-        &url,
-        &inv,
-        mac,
-        &choice,
-        Some(&token),
-    )?);
+    out.push_str(
+        &boot::boot_script_text(&config, &url, &inv, mac, &choice, Some(&token))
+            .map_err(Fatal::config)?,
+    );
     if let Some(m) = inv.machine(&mac) {
         if let Some(role) = inv.role_of(m) {
             let vars = render::InstallVars::new(&inv, m, &url, &token);
@@ -585,77 +432,9 @@ pub fn render_machine(config_path: &Path, mac: MacAddr) -> Result<String, Fatal>
             ));
             out.push_str(
                 &render::install_script(&config.kickstarts, &role.template, &vars)
-                    .map_err(config_error)?,
+                    .map_err(Fatal::config)?,
             );
         }
     }
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn an_acked_address_becomes_the_machines_ip_fact() {
-        use dhcp::DhcpObserver as _;
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
-        let rec = Recorder {
-            store: store.clone(),
-            metrics: Default::default(),
-        };
-        let mac: MacAddr = "52:54:00:00:00:42".parse().unwrap();
-        let ev = |sent| dhcp::DhcpEvent {
-            received: dhcp::MessageType::Request,
-            sent: Some(sent),
-            port: 67,
-            xid: 1,
-            ip: Some("198.18.0.42".parse().unwrap()),
-            boot_file: None,
-            class: dhcp::ClientClass {
-                pxe: true,
-                http_boot: false,
-                ipxe: false,
-                arch: dhcp::Arch::Bios,
-                arch_code: Some(0),
-                arch_fallback: None,
-                vendor_class: Some("PXEClient:Arch:00000".into()),
-                user_class: None,
-                uuid: None,
-            },
-            relay: None,
-            known: true,
-            refusal: None,
-        };
-        rec.event(mac, ev(dhcp::MessageType::Offer));
-        assert_eq!(
-            store.record(&mac).unwrap().facts.ip,
-            None,
-            "an offer is not the machine's address"
-        );
-        rec.event(mac, ev(dhcp::MessageType::Ack));
-        assert_eq!(
-            store.record(&mac).unwrap().facts.ip.as_deref(),
-            Some("198.18.0.42")
-        );
-    }
-
-    #[test]
-    fn arp_lookup() {
-        let t = "IP address       HW type     Flags       HW address            Mask     Device
-198.18.0.100     0x1         0x2         52:54:00:12:34:56     *        br0
-198.18.0.101     0x1         0x0         00:00:00:00:00:00     *        br0
-";
-        assert_eq!(
-            parse_arp(t, "198.18.0.100".parse().unwrap()),
-            Some("52:54:00:12:34:56".parse().unwrap())
-        );
-        assert_eq!(
-            parse_arp(t, "198.18.0.101".parse().unwrap()),
-            None,
-            "incomplete entries are not answers"
-        );
-        assert_eq!(parse_arp(t, "198.18.0.102".parse().unwrap()), None);
-    }
 }

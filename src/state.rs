@@ -19,11 +19,11 @@ use crate::journal::Journal;
 use crate::mac::MacAddr;
 
 /// Events kept per machine (older ones are dropped, oldest first).
-pub const EVENTS_KEPT: usize = 200;
+pub(crate) const EVENTS_KEPT: usize = 200;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "lowercase")]
-pub enum Lifecycle {
+pub(crate) enum Lifecycle {
     /// Not in the inventory and not seen.
     Unknown,
     /// Not in the inventory, but it netbooted and told us what it is.
@@ -39,7 +39,7 @@ pub enum Lifecycle {
 }
 
 impl Lifecycle {
-    pub fn as_str(&self) -> &'static str {
+    pub(crate) fn as_str(&self) -> &'static str {
         match self {
             Lifecycle::Unknown => "unknown",
             Lifecycle::Discovered => "discovered",
@@ -52,52 +52,52 @@ impl Lifecycle {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Event {
+pub(crate) struct Event {
     /// Milliseconds since the Unix epoch.
-    pub at: u64,
+    pub(crate) at: u64,
     /// dhcp, tftp, boot, file, install, log, done, failed, rearm, discover, error
-    pub kind: String,
-    pub message: String,
+    pub(crate) kind: String,
+    pub(crate) message: String,
 }
 
 /// What a machine's own packets said about it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Facts {
+pub(crate) struct Facts {
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub arch: Option<String>,
+    pub(crate) arch: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub vendor_class: Option<String>,
+    pub(crate) vendor_class: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub uuid: Option<String>,
+    pub(crate) uuid: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub ip: Option<String>,
+    pub(crate) ip: Option<String>,
     /// What the stem cell reported in discovery (cpus, memory, disks, nics, DMI…).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub hardware: std::collections::BTreeMap<String, String>,
+    pub(crate) hardware: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Record {
-    pub mac: MacAddr,
-    pub state: Lifecycle,
+pub(crate) struct Record {
+    pub(crate) mac: MacAddr,
+    pub(crate) state: Lifecycle,
     /// The install token while armed; `None` once installed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub token: Option<String>,
+    pub(crate) token: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    pub(crate) reason: Option<String>,
     #[serde(default)]
-    pub first_seen: u64,
+    pub(crate) first_seen: u64,
     #[serde(default)]
-    pub last_seen: u64,
+    pub(crate) last_seen: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub install_started: Option<u64>,
+    pub(crate) install_started: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub installed_at: Option<u64>,
+    pub(crate) installed_at: Option<u64>,
     /// What the machine was installed from (role, template, variables), to tell drift.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub installed_from: Option<String>,
+    pub(crate) installed_from: Option<String>,
     #[serde(default)]
-    pub facts: Facts,
+    pub(crate) facts: Facts,
 }
 
 impl Record {
@@ -139,7 +139,7 @@ struct Inner {
 
 /// Why a lifecycle change was refused.
 #[derive(Debug, thiserror::Error)]
-pub enum StateError {
+pub(crate) enum StateError {
     #[error("wrong or missing install token")]
     BadToken,
     #[error("state journal: {0}")]
@@ -148,18 +148,17 @@ pub enum StateError {
 
 /// A machine changed (an event was added or its record changed): for live pages.
 #[derive(Clone, Debug)]
-pub struct Change {
-    pub mac: MacAddr,
-    pub event: Option<Event>,
+pub(crate) struct Change {
+    pub(crate) mac: MacAddr,
 }
 
-pub struct Store {
+pub(crate) struct Store {
     inner: Mutex<Inner>,
     journal: Journal,
     changes: tokio::sync::broadcast::Sender<Change>,
 }
 
-pub fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -167,14 +166,14 @@ pub fn now_ms() -> u64 {
 }
 
 /// A fresh random install token (128 bits, hex).
-pub fn new_token() -> String {
+pub(crate) fn new_token() -> String {
     let mut b = [0u8; 16];
     getrandom::fill(&mut b).expect("the OS random source failed");
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Compare secrets without an early exit on the first differing byte.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
@@ -215,7 +214,7 @@ fn replay(lines: &[String]) -> (HashMap<MacAddr, Entry>, usize) {
 
 /// The records in a state directory, read without taking it over (for `render` beside a
 /// running server).
-pub fn read_records(state_dir: &Path) -> std::io::Result<HashMap<MacAddr, Record>> {
+pub(crate) fn read_records(state_dir: &Path) -> std::io::Result<HashMap<MacAddr, Record>> {
     let path = state_dir.join("machines.journal");
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
@@ -231,7 +230,7 @@ pub fn read_records(state_dir: &Path) -> std::io::Result<HashMap<MacAddr, Record
 }
 
 impl Store {
-    pub fn open(state_dir: &Path) -> std::io::Result<Store> {
+    pub(crate) fn open(state_dir: &Path) -> std::io::Result<Store> {
         let (journal, lines) = Journal::open(&state_dir.join("machines.journal"))?;
         let (machines, bad) = replay(&lines);
         if bad > 0 {
@@ -248,6 +247,11 @@ impl Store {
         };
         store.maybe_compact(&mut store.lock(), true);
         Ok(store)
+    }
+
+    /// Wait until every line written so far (events too) is on disk (shutdown).
+    pub(crate) async fn flush(&self) -> std::io::Result<()> {
+        self.journal.flush().wait().await
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -305,20 +309,20 @@ impl Store {
         inner.lines_since_compact += 1;
         let c = self.journal.append(&line, durable);
         self.maybe_compact(inner, false);
-        let _ = self.changes.send(Change { mac, event: None });
+        let _ = self.changes.send(Change { mac });
         c
     }
 
     /// Every change from now on (lagging receivers skip ahead; pages then re-read).
-    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Change> {
+    pub(crate) fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Change> {
         self.changes.subscribe()
     }
 
-    pub fn record(&self, mac: &MacAddr) -> Option<Record> {
+    pub(crate) fn record(&self, mac: &MacAddr) -> Option<Record> {
         self.lock().machines.get(mac).and_then(|e| e.record.clone())
     }
 
-    pub fn records(&self) -> Vec<Record> {
+    pub(crate) fn records(&self) -> Vec<Record> {
         self.lock()
             .machines
             .values()
@@ -326,7 +330,7 @@ impl Store {
             .collect()
     }
 
-    pub fn events(&self, mac: &MacAddr) -> Vec<Event> {
+    pub(crate) fn events(&self, mac: &MacAddr) -> Vec<Event> {
         self.lock()
             .machines
             .get(mac)
@@ -334,20 +338,15 @@ impl Store {
             .unwrap_or_default()
     }
 
-    pub fn last_event(&self, mac: &MacAddr) -> Option<Event> {
+    pub(crate) fn last_event(&self, mac: &MacAddr) -> Option<Event> {
         self.lock()
             .machines
             .get(mac)
             .and_then(|e| e.events.back().cloned())
     }
 
-    /// The lifecycle a machine is in, given whether the inventory lists it.
-    pub fn lifecycle(&self, mac: &MacAddr, listed: bool) -> Lifecycle {
-        effective(self.record(mac).as_ref(), listed)
-    }
-
     /// Append an event to a machine's history (not waited for).
-    pub fn event(&self, mac: MacAddr, kind: &str, message: impl Into<String>) {
+    pub(crate) fn event(&self, mac: MacAddr, kind: &str, message: impl Into<String>) {
         let event = Event {
             at: now_ms(),
             kind: kind.to_string(),
@@ -371,15 +370,12 @@ impl Store {
         self.journal.append(&line, false);
         self.maybe_compact(&mut inner, false);
         drop(inner);
-        let _ = self.changes.send(Change {
-            mac,
-            event: Some(event),
-        });
+        let _ = self.changes.send(Change { mac });
     }
 
     /// Remember what a machine's packets said, and when it was last seen. Unlisted
     /// machines become `discovered`.
-    pub fn observe(&self, mac: MacAddr, listed: bool, facts: Facts) {
+    pub(crate) fn observe(&self, mac: MacAddr, listed: bool, facts: Facts) {
         let now = now_ms();
         let mut inner = self.lock();
         let mut r = inner
@@ -429,7 +425,7 @@ impl Store {
 
     /// The install token of a listed machine that is due to install, creating (durably)
     /// one if it has none yet.
-    pub async fn arm(&self, mac: MacAddr) -> Result<String, StateError> {
+    pub(crate) async fn arm(&self, mac: MacAddr) -> Result<String, StateError> {
         let (token, commit) = {
             let mut inner = self.lock();
             let now = now_ms();
@@ -454,7 +450,7 @@ impl Store {
     }
 
     /// Whether `token` is this machine's current install token.
-    pub fn check_token(&self, mac: &MacAddr, token: &str) -> bool {
+    pub(crate) fn check_token(&self, mac: &MacAddr, token: &str) -> bool {
         match self.record(mac).and_then(|r| r.token) {
             Some(t) => constant_time_eq(t.as_bytes(), token.as_bytes()),
             None => false,
@@ -490,7 +486,11 @@ impl Store {
     }
 
     /// The machine fetched its install script.
-    pub async fn install_started(&self, mac: MacAddr, token: &str) -> Result<Record, StateError> {
+    pub(crate) async fn install_started(
+        &self,
+        mac: MacAddr,
+        token: &str,
+    ) -> Result<Record, StateError> {
         self.transition(mac, Some(token), |r, now| {
             r.state = Lifecycle::Installing;
             r.install_started = Some(now);
@@ -500,7 +500,7 @@ impl Store {
     }
 
     /// The install finished: from now on the machine boots from its disk.
-    pub async fn done(
+    pub(crate) async fn done(
         &self,
         mac: MacAddr,
         token: &str,
@@ -517,7 +517,7 @@ impl Store {
     }
 
     /// The install failed (reported by the machine, or its template did not render).
-    pub async fn failed(
+    pub(crate) async fn failed(
         &self,
         mac: MacAddr,
         token: Option<&str>,
@@ -532,7 +532,7 @@ impl Store {
 
     /// Cancel an armed install: installed again if it ever was, otherwise failed (held
     /// until re-armed).
-    pub async fn cancel(&self, mac: MacAddr) -> Result<Record, StateError> {
+    pub(crate) async fn cancel(&self, mac: MacAddr) -> Result<Record, StateError> {
         self.transition(mac, None, |r, _| {
             r.token = None;
             if r.installed_at.is_some() {
@@ -547,7 +547,7 @@ impl Store {
     }
 
     /// Re-arm: the next netboot installs again, with a new token.
-    pub async fn rearm(&self, mac: MacAddr) -> Result<Record, StateError> {
+    pub(crate) async fn rearm(&self, mac: MacAddr) -> Result<Record, StateError> {
         self.transition(mac, None, |r, _| {
             r.state = Lifecycle::Pending;
             r.token = Some(new_token());
@@ -558,7 +558,7 @@ impl Store {
 }
 
 /// The lifecycle of a machine from its record and whether the inventory lists it.
-pub fn effective(record: Option<&Record>, listed: bool) -> Lifecycle {
+pub(crate) fn effective(record: Option<&Record>, listed: bool) -> Lifecycle {
     match (record.map(|r| r.state), listed) {
         (None, true) => Lifecycle::Pending,
         (None, false) => Lifecycle::Unknown,
@@ -581,7 +581,10 @@ mod tests {
     async fn a_machine_installs_once_and_survives_restart() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
-        assert_eq!(s.lifecycle(&mac(), true), Lifecycle::Pending);
+        assert_eq!(
+            effective(s.record(&mac()).as_ref(), true),
+            Lifecycle::Pending
+        );
         let t = s.arm(mac()).await.unwrap();
         assert_eq!(
             s.arm(mac()).await.unwrap(),
@@ -602,7 +605,10 @@ mod tests {
         ));
         drop(s);
         let s = Store::open(dir.path()).unwrap();
-        assert_eq!(s.lifecycle(&mac(), true), Lifecycle::Installed);
+        assert_eq!(
+            effective(s.record(&mac()).as_ref(), true),
+            Lifecycle::Installed
+        );
         assert_eq!(s.events(&mac())[0].message, "partitioning");
         let r = s.rearm(mac()).await.unwrap();
         assert_eq!(r.state, Lifecycle::Pending);
@@ -639,7 +645,7 @@ mod tests {
         let ev = s.events(&mac());
         assert_eq!(ev.len(), EVENTS_KEPT);
         assert_eq!(ev[0].message, "line 20");
-        s.journal.flush().await.unwrap();
+        s.journal.flush().wait().await.unwrap();
         drop(s);
         let s = Store::open(dir.path()).unwrap();
         assert_eq!(s.events(&mac()).len(), EVENTS_KEPT);

@@ -25,8 +25,7 @@
 //! request and control packet at debug, DATA blocks and their ACKs at trace (a 50 MB
 //! file is 100,000 of them), refused requests and failed transfers at warn.
 
-pub mod jail;
-pub mod packet;
+pub(crate) mod packet;
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -34,6 +33,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::jail;
 use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -43,21 +43,21 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, trace, warn};
 
 use packet::{DecodeError, Limits, Packet, Request};
-pub use packet::{ErrorCode, Mode, TransferOptions};
+pub(crate) use packet::{ErrorCode, Mode, TransferOptions};
 
 /// How the TFTP service behaves.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TftpConfig {
+pub(crate) struct TftpConfig {
     /// The folder served; nothing outside it (after following symlinks) is readable.
-    pub root: PathBuf,
+    pub(crate) root: PathBuf,
     /// Transfers running at once; a request beyond this gets "server busy".
-    pub max_transfers: usize,
+    pub(crate) max_transfers: usize,
     /// Retransmission timeout when the client does not ask for one (RFC 2349 timeout).
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     /// Retransmissions of one packet or window before the transfer is given up.
-    pub retries: u32,
+    pub(crate) retries: u32,
     /// The largest windowsize granted (RFC 7440); 1 turns windows off.
-    pub max_window: u16,
+    pub(crate) max_window: u16,
 }
 
 impl Default for TftpConfig {
@@ -73,7 +73,7 @@ impl Default for TftpConfig {
 }
 
 /// Receives one event per request the service answered (or refused).
-pub trait TftpObserver: Send + Sync + 'static {
+pub(crate) trait TftpObserver: Send + Sync + 'static {
     fn transfer(&self, event: TransferEvent);
 }
 
@@ -88,23 +88,23 @@ where
 
 /// What happened to one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TransferEvent {
+pub(crate) struct TransferEvent {
     /// The client's address and port (its transfer ID).
-    pub peer: SocketAddr,
+    pub(crate) peer: SocketAddr,
     /// The file name as the client sent it.
-    pub file: String,
-    pub mode: Mode,
+    pub(crate) file: String,
+    pub(crate) mode: Mode,
     /// The options the transfer ran with (the plain RFC 1350 ones if it never started).
-    pub options: TransferOptions,
-    pub outcome: TransferOutcome,
+    pub(crate) options: TransferOptions,
+    pub(crate) outcome: TransferOutcome,
     /// From the request to the outcome.
-    pub elapsed: Duration,
+    pub(crate) elapsed: Duration,
 }
 
 /// How a request ended. `bytes` counts data bytes the client acknowledged (for netascii,
 /// after encoding).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TransferOutcome {
+pub(crate) enum TransferOutcome {
     Completed {
         bytes: u64,
     },
@@ -134,7 +134,7 @@ pub enum TransferOutcome {
 
 /// Why a request was refused. Each maps to the TFTP error code sent to the client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     #[error("file not found")]
     NotFound,
     #[error("path is outside the TFTP root")]
@@ -155,9 +155,25 @@ pub enum Refusal {
     Io(String),
 }
 
+impl From<jail::Refusal> for Refusal {
+    fn from(r: jail::Refusal) -> Refusal {
+        match r {
+            jail::Refusal::NotFound => Refusal::NotFound,
+            jail::Refusal::OutsideRoot => Refusal::OutsideRoot,
+            jail::Refusal::InvalidName => Refusal::InvalidName,
+            jail::Refusal::PermissionDenied => Refusal::PermissionDenied,
+            jail::Refusal::Io(e) => Refusal::Io(e),
+        }
+    }
+}
+
 impl Refusal {
+    fn from_io(error: &io::Error) -> Refusal {
+        jail::Refusal::from_io(error).into()
+    }
+
     /// The TFTP error code for the client.
-    pub fn error_code(&self) -> ErrorCode {
+    pub(crate) fn error_code(&self) -> ErrorCode {
         match self {
             Refusal::NotFound => ErrorCode::FileNotFound,
             Refusal::OutsideRoot
@@ -198,7 +214,7 @@ struct Service {
 /// Serves TFTP on `socket` until `shutdown` is cancelled, then cancels the transfers in
 /// flight and returns once they have ended. Errors: the root cannot be resolved, or the
 /// socket fails in a way that is not about one packet.
-pub async fn serve(
+pub(crate) async fn serve(
     socket: UdpSocket,
     config: TftpConfig,
     observer: Arc<dyn TftpObserver>,

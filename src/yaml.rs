@@ -15,9 +15,9 @@ use saphyr_parser::{Event, Parser, ScalarStyle, Span};
 
 /// A position in a file: 1-based line and column.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, PartialOrd, Ord)]
-pub struct Pos {
-    pub line: usize,
-    pub col: usize,
+pub(crate) struct Pos {
+    pub(crate) line: usize,
+    pub(crate) col: usize,
 }
 
 impl fmt::Display for Pos {
@@ -29,16 +29,16 @@ impl fmt::Display for Pos {
 /// One problem in one file, at one place.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{}:{}: {}", file.display(), pos, message)]
-pub struct Problem {
-    pub file: PathBuf,
-    pub pos: Pos,
-    pub message: String,
+pub(crate) struct Problem {
+    pub(crate) file: PathBuf,
+    pub(crate) pos: Pos,
+    pub(crate) message: String,
 }
 
 /// Every problem found in a file (validation goes on after the first, so an operator sees
 /// them all at once). Never empty.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Problems(pub Vec<Problem>);
+pub(crate) struct Problems(pub(crate) Vec<Problem>);
 
 impl fmt::Display for Problems {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -54,14 +54,10 @@ impl fmt::Display for Problems {
 
 impl std::error::Error for Problems {}
 
-impl Problems {
-    pub fn first(&self) -> &Problem {
-        &self.0[0]
-    }
-}
+impl Problems {}
 
 #[derive(Clone, Debug, PartialEq)]
-pub enum Kind {
+pub(crate) enum Kind {
     /// `~`, `null`, or nothing.
     Null,
     /// Any scalar, as written; `quoted` is true for '…' and "…" and block scalars (never
@@ -76,13 +72,13 @@ pub enum Kind {
 }
 
 #[derive(Clone, Debug, PartialEq)]
-pub struct Node {
-    pub kind: Kind,
-    pub pos: Pos,
+pub(crate) struct Node {
+    pub(crate) kind: Kind,
+    pub(crate) pos: Pos,
 }
 
 impl Node {
-    pub fn describe(&self) -> &'static str {
+    pub(crate) fn describe(&self) -> &'static str {
         match &self.kind {
             Kind::Null => "nothing",
             Kind::Scalar { .. } => "a scalar",
@@ -91,7 +87,7 @@ impl Node {
         }
     }
 
-    pub fn as_str(&self) -> Option<&str> {
+    pub(crate) fn as_str(&self) -> Option<&str> {
         match &self.kind {
             Kind::Scalar { text, .. } => Some(text),
             _ => None,
@@ -108,7 +104,7 @@ fn pos_of(span: &Span) -> Pos {
 
 /// Parse one YAML document. An empty file is `Null`. More than one document, an unknown
 /// alias or a duplicate key is an error with its position.
-pub fn parse(file: &Path, text: &str) -> Result<Node, Problems> {
+pub(crate) fn parse(file: &Path, text: &str) -> Result<Node, Problems> {
     let problem = |pos: Pos, message: String| {
         Problems(vec![Problem {
             file: file.to_path_buf(),
@@ -320,20 +316,20 @@ fn key_text(n: &Node) -> String {
 }
 
 /// Collects problems for one file while a typed reader walks a tree.
-pub struct Report {
-    pub file: PathBuf,
-    pub problems: Vec<Problem>,
+pub(crate) struct Report {
+    pub(crate) file: PathBuf,
+    pub(crate) problems: Vec<Problem>,
 }
 
 impl Report {
-    pub fn new(file: &Path) -> Report {
+    pub(crate) fn new(file: &Path) -> Report {
         Report {
             file: file.to_path_buf(),
             problems: Vec::new(),
         }
     }
 
-    pub fn add(&mut self, pos: Pos, message: impl Into<String>) {
+    pub(crate) fn add(&mut self, pos: Pos, message: impl Into<String>) {
         self.problems.push(Problem {
             file: self.file.clone(),
             pos,
@@ -341,7 +337,7 @@ impl Report {
         });
     }
 
-    pub fn finish<T>(mut self, value: T) -> Result<T, Problems> {
+    pub(crate) fn finish<T>(mut self, value: T) -> Result<T, Problems> {
         if self.problems.is_empty() {
             Ok(value)
         } else {
@@ -351,7 +347,7 @@ impl Report {
     }
 
     /// A required string scalar.
-    pub fn string(&mut self, node: &Node, what: &str) -> Option<String> {
+    pub(crate) fn string(&mut self, node: &Node, what: &str) -> Option<String> {
         match &node.kind {
             Kind::Scalar { text, .. } => Some(text.clone()),
             _ => {
@@ -365,7 +361,7 @@ impl Report {
     }
 
     /// A string scalar parsed with `FromStr`, with `expected` saying what would be valid.
-    pub fn parsed<T: std::str::FromStr>(
+    pub(crate) fn parsed<T: std::str::FromStr>(
         &mut self,
         node: &Node,
         what: &str,
@@ -381,7 +377,7 @@ impl Report {
         }
     }
 
-    pub fn boolean(&mut self, node: &Node, what: &str) -> Option<bool> {
+    pub(crate) fn boolean(&mut self, node: &Node, what: &str) -> Option<bool> {
         match node.as_str() {
             Some("true" | "yes" | "on") => Some(true),
             Some("false" | "no" | "off") => Some(false),
@@ -393,7 +389,7 @@ impl Report {
     }
 
     /// Entries of a mapping node (`Null` is an empty mapping), or a problem.
-    pub fn map<'n>(&mut self, node: &'n Node, what: &str) -> Option<MapReader<'n>> {
+    pub(crate) fn map<'n>(&mut self, node: &'n Node, what: &str) -> Option<MapReader<'n>> {
         match &node.kind {
             Kind::Map(entries) => Some(MapReader {
                 entries,
@@ -419,7 +415,7 @@ impl Report {
     }
 
     /// Items of a list node (`Null` is empty; a single scalar is a one-item list).
-    pub fn list<'n>(&mut self, node: &'n Node, what: &str) -> Option<Vec<&'n Node>> {
+    pub(crate) fn list<'n>(&mut self, node: &'n Node, what: &str) -> Option<Vec<&'n Node>> {
         match &node.kind {
             Kind::Seq(items) => Some(items.iter().collect()),
             Kind::Null => Some(Vec::new()),
@@ -433,15 +429,15 @@ impl Report {
 }
 
 /// Reads known keys from a mapping and reports the rest as unknown.
-pub struct MapReader<'n> {
+pub(crate) struct MapReader<'n> {
     entries: &'n [(Node, Node)],
-    pub pos: Pos,
+    pub(crate) pos: Pos,
     taken: Vec<bool>,
 }
 
 impl<'n> MapReader<'n> {
     /// The value of `key`, if present.
-    pub fn get(&mut self, key: &str) -> Option<&'n Node> {
+    pub(crate) fn get(&mut self, key: &str) -> Option<&'n Node> {
         let i = self
             .entries
             .iter()
@@ -451,13 +447,13 @@ impl<'n> MapReader<'n> {
     }
 
     /// All entries (for maps keyed by data: MACs, role names, variables).
-    pub fn entries(&mut self) -> &'n [(Node, Node)] {
+    pub(crate) fn entries(&mut self) -> &'n [(Node, Node)] {
         self.taken.iter_mut().for_each(|t| *t = true);
         self.entries
     }
 
     /// Report every key not read, with the keys that would be valid.
-    pub fn deny_unknown(self, report: &mut Report, context: &str, valid: &[&str]) {
+    pub(crate) fn deny_unknown(self, report: &mut Report, context: &str, valid: &[&str]) {
         for (i, (k, _)) in self.entries.iter().enumerate() {
             if !self.taken[i] {
                 let name = k.as_str().unwrap_or("?");
@@ -477,7 +473,7 @@ impl<'n> MapReader<'n> {
 }
 
 /// The valid name closest to a typo, if any is close enough.
-pub fn suggestion<'a>(name: &str, valid: &[&'a str]) -> Option<&'a str> {
+pub(crate) fn suggestion<'a>(name: &str, valid: &[&'a str]) -> Option<&'a str> {
     valid
         .iter()
         .map(|v| (edit_distance(name, v), *v))

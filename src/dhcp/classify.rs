@@ -24,7 +24,7 @@ use super::wire::{code, Options};
 /// CPU and firmware family: what decides the boot file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Arch {
+pub(crate) enum Arch {
     Bios,
     UefiIa32,
     UefiX64,
@@ -43,7 +43,7 @@ impl std::fmt::Display for Arch {
 }
 
 /// Map an option 93 value: the architecture and whether it is the HTTP-boot variant.
-pub fn arch_from_code(c: u16) -> Option<(Arch, bool)> {
+pub(crate) fn arch_from_code(c: u16) -> Option<(Arch, bool)> {
     Some(match c {
         0 => (Arch::Bios, false),
         6 => (Arch::UefiIa32, false),
@@ -58,36 +58,36 @@ pub fn arch_from_code(c: u16) -> Option<(Arch, bool)> {
 
 /// Everything known about the client's firmware.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ClientClass {
+pub(crate) struct ClientClass {
     /// Option 60 starts with "PXEClient".
-    pub pxe: bool,
+    pub(crate) pxe: bool,
     /// Option 60 starts with "HTTPClient", or option 93 is an HTTP-boot value.
-    pub http_boot: bool,
+    pub(crate) http_boot: bool,
     /// iPXE (option 77 "iPXE" or option 175 present).
-    pub ipxe: bool,
+    pub(crate) ipxe: bool,
     /// The architecture used to choose the boot file (after any fallback).
-    pub arch: Arch,
+    pub(crate) arch: Arch,
     /// Option 93 as sent (first value), if it was well formed.
-    pub arch_code: Option<u16>,
+    pub(crate) arch_code: Option<u16>,
     /// Set when `arch` is a fallback rather than a known option 93 value: says why.
-    pub arch_fallback: Option<String>,
+    pub(crate) arch_fallback: Option<String>,
     /// Option 60, lossily decoded.
-    pub vendor_class: Option<String>,
+    pub(crate) vendor_class: Option<String>,
     /// Option 77: RFC 3004 items joined by ',' (or the plain string).
-    pub user_class: Option<String>,
+    pub(crate) user_class: Option<String>,
     /// Option 97 as a UUID string, when well formed (type 0 + 16 bytes).
-    pub uuid: Option<String>,
+    pub(crate) uuid: Option<String>,
 }
 
 impl ClientClass {
     /// A network-boot client of any kind (these are the ones proxy DHCP answers).
-    pub fn boots(&self) -> bool {
+    pub(crate) fn boots(&self) -> bool {
         self.pxe || self.http_boot || self.ipxe
     }
 }
 
 /// Classify a client from its options. Pure; never fails.
-pub fn classify(opts: &Options) -> ClientClass {
+pub(crate) fn classify(opts: &Options) -> ClientClass {
     let vendor = opts.get(code::VENDOR_CLASS);
     let pxe = vendor.is_some_and(|v| v.starts_with(b"PXEClient"));
     let http_vendor = vendor.is_some_and(|v| v.starts_with(b"HTTPClient"));

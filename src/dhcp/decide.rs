@@ -9,10 +9,10 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 
 use super::classify::{classify, Arch, ClientClass};
-use super::serve::Counters;
 use super::wire::{
     code, pxe_vendor_options, MessageType, Packet, Reply, BOOTREQUEST, FLAG_BROADCAST,
 };
+use super::Counters;
 use super::{
     DhcpError, DhcpEvent, DhcpObserver, DhcpSettings, Directory, Host, Mode, Refusal, Subnet,
     DHCP_CLIENT_PORT, DHCP_SERVER_PORT, PXE_PORT,
@@ -22,7 +22,7 @@ use crate::mac::MacAddr;
 
 /// Which socket a request came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Port {
+pub(crate) enum Port {
     /// 67: DHCP.
     Dhcp,
     /// 4011: PXE boot server (proxyDHCP requests).
@@ -30,7 +30,7 @@ pub enum Port {
 }
 
 impl Port {
-    pub fn number(self) -> u16 {
+    pub(crate) fn number(self) -> u16 {
         match self {
             Port::Dhcp => DHCP_SERVER_PORT,
             Port::Pxe => PXE_PORT,
@@ -40,20 +40,20 @@ impl Port {
 
 /// A reply and where it goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outgoing {
-    pub reply: Reply,
-    pub to: SocketAddrV4,
+pub(crate) struct Outgoing {
+    pub(crate) reply: Reply,
+    pub(crate) to: SocketAddrV4,
 }
 
 /// The result of handling one request.
 #[derive(Debug)]
-pub struct Outcome {
-    pub reply: Option<Outgoing>,
+pub(crate) struct Outcome {
+    pub(crate) reply: Option<Outgoing>,
     /// Await before sending `reply` (a lease being written to the journal).
-    pub durable: Durable,
-    pub event: Option<(MacAddr, DhcpEvent)>,
+    pub(crate) durable: Durable,
+    pub(crate) event: Option<(MacAddr, DhcpEvent)>,
     /// Why the request was ignored without an event (debug log and counter).
-    pub ignored: Option<&'static str>,
+    pub(crate) ignored: Option<&'static str>,
 }
 
 impl Outcome {
@@ -90,7 +90,7 @@ struct Boot {
 }
 
 /// The DHCP service: settings, inventory, events, leases and counters.
-pub struct DhcpServer {
+pub(crate) struct DhcpServer {
     settings: DhcpSettings,
     http_url: String,
     directory: Arc<dyn Directory>,
@@ -108,7 +108,7 @@ fn nonzero(a: Ipv4Addr) -> Option<Ipv4Addr> {
 impl DhcpServer {
     /// Check the settings and assemble the service. In proxy mode `leases` is not used:
     /// pass `Arc::new(JournalStore::in_memory(vec![]))`.
-    pub fn new(
+    pub(crate) fn new(
         settings: DhcpSettings,
         directory: Arc<dyn Directory>,
         observer: Arc<dyn DhcpObserver>,
@@ -136,24 +136,31 @@ impl DhcpServer {
         })
     }
 
-    pub fn settings(&self) -> &DhcpSettings {
+    pub(crate) fn settings(&self) -> &DhcpSettings {
         &self.settings
     }
 
-    pub fn counters(&self) -> &Counters {
+    pub(crate) fn counters(&self) -> &Counters {
         &self.counters
     }
 
-    pub fn observer(&self) -> &dyn DhcpObserver {
+    pub(crate) fn observer(&self) -> &dyn DhcpObserver {
         &*self.observer
     }
 
-    pub fn leases(&self) -> &Arc<dyn LeaseStore> {
+    #[cfg(test)]
+    pub(crate) fn leases(&self) -> &Arc<dyn LeaseStore> {
         &self.leases
     }
 
     /// Decide the answer to one decoded request that arrived from `src` on `port`.
-    pub fn handle(&self, p: &Packet, src: SocketAddrV4, port: Port, now: UnixTime) -> Outcome {
+    pub(crate) fn handle(
+        &self,
+        p: &Packet,
+        src: SocketAddrV4,
+        port: Port,
+        now: UnixTime,
+    ) -> Outcome {
         if p.op != BOOTREQUEST {
             return Outcome::ignore("not a BOOTREQUEST");
         }

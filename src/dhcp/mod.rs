@@ -35,12 +35,13 @@
 //! requires). Unknown machines under the inventory's `ignore` policy get an address but no
 //! boot file.
 
-pub mod classify;
-pub mod decide;
-pub mod serve;
-pub mod wire;
+pub(crate) mod classify;
+pub(crate) mod decide;
+pub(crate) mod serve;
+pub(crate) mod wire;
 
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ipnetwork::Ipv4Network;
@@ -49,22 +50,45 @@ use serde::Serialize;
 use crate::leases::PoolRange;
 use crate::mac::MacAddr;
 
-pub use classify::{Arch, ClientClass};
-pub use decide::{DhcpServer, Outcome, Outgoing, Port};
-pub use serve::{bind, serve, Counters, Sockets};
-pub use wire::MessageType;
+pub(crate) use classify::{Arch, ClientClass};
+pub(crate) use decide::DhcpServer;
+pub(crate) use serve::{serve, Sockets};
+pub(crate) use wire::MessageType;
 
 /// Server port for DHCP.
-pub const DHCP_SERVER_PORT: u16 = 67;
+pub(crate) const DHCP_SERVER_PORT: u16 = 67;
 /// Client port for DHCP.
-pub const DHCP_CLIENT_PORT: u16 = 68;
+pub(crate) const DHCP_CLIENT_PORT: u16 = 68;
 /// PXE boot server discovery port (proxyDHCP requests from UEFI firmware and iPXE).
-pub const PXE_PORT: u16 = 4011;
+pub(crate) const PXE_PORT: u16 = 4011;
+
+/// Packet counters (for metrics). Relaxed atomics: they are statistics.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    /// Datagrams received.
+    pub(crate) received: AtomicU64,
+    /// Not DHCP (too short, no magic cookie) or with an option running past the end.
+    pub(crate) malformed: AtomicU64,
+    /// Well-formed but not for us (replies, plain clients in proxy mode, our own…).
+    pub(crate) ignored: AtomicU64,
+    /// Replies sent.
+    pub(crate) sent: AtomicU64,
+    /// Replies the kernel refused to send.
+    pub(crate) send_errors: AtomicU64,
+    /// ACKs dropped because their lease could not be made durable.
+    pub(crate) journal_errors: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn bump(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
 
 /// What the DHCP service does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Mode {
+pub(crate) enum Mode {
     /// Answer network-boot clients only, never hand out addresses.
     #[default]
     Proxy,
@@ -77,19 +101,19 @@ pub enum Mode {
 /// Boot files by client class. TFTP file names (relative to the TFTP root), also served
 /// over HTTP under `{http_url}/tftp/`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BootFiles {
+pub(crate) struct BootFiles {
     /// x86 BIOS PXE: iPXE for PXE ROMs (chainloads over the ROM's UNDI driver).
-    pub bios: String,
+    pub(crate) bios: String,
     /// x86-64 UEFI PXE: iPXE using the firmware's network driver (SNP).
-    pub uefi_x64: String,
+    pub(crate) uefi_x64: String,
     /// 32-bit x86 UEFI. Debian's ipxe package has none; None refuses these clients with
     /// a clear event instead of handing them an x86-64 binary.
-    pub uefi_ia32: Option<String>,
+    pub(crate) uefi_ia32: Option<String>,
     /// ARM64 UEFI (e.g. an iPXE `snponly.efi` built for arm64). None: refused, as above.
-    pub arm64: Option<String>,
+    pub(crate) arm64: Option<String>,
     /// UEFI HTTP boot (x86-64): fetched as `{http_url}/tftp/{uefi_http}`. Not `ipxe.efi`
     /// by default: Debian's is a symlink out of /usr/lib/ipxe, which the jail refuses.
-    pub uefi_http: String,
+    pub(crate) uefi_http: String,
 }
 
 impl Default for BootFiles {
@@ -106,44 +130,44 @@ impl Default for BootFiles {
 
 /// One subnet served in authoritative mode.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Subnet {
-    pub net: Ipv4Network,
+pub(crate) struct Subnet {
+    pub(crate) net: Ipv4Network,
     /// Dynamic pool, inclusive. Reservations lie inside `net` but outside the pool.
-    pub pool_start: Ipv4Addr,
-    pub pool_end: Ipv4Addr,
-    pub router: Option<Ipv4Addr>,
-    pub dns: Vec<Ipv4Addr>,
-    pub domain: Option<String>,
-    pub lease_time: Duration,
+    pub(crate) pool_start: Ipv4Addr,
+    pub(crate) pool_end: Ipv4Addr,
+    pub(crate) router: Option<Ipv4Addr>,
+    pub(crate) dns: Vec<Ipv4Addr>,
+    pub(crate) domain: Option<String>,
+    pub(crate) lease_time: Duration,
 }
 
 impl Subnet {
     /// Whether `ip` is in the dynamic pool.
-    pub fn in_pool(&self, ip: Ipv4Addr) -> bool {
+    pub(crate) fn in_pool(&self, ip: Ipv4Addr) -> bool {
         ip >= self.pool_start && ip <= self.pool_end
     }
 }
 
 /// Everything the DHCP service needs from the config, as plain values.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DhcpSettings {
-    pub mode: Mode,
+pub(crate) struct DhcpSettings {
+    pub(crate) mode: Mode,
     /// Our address on `interface`: server identifier, siaddr (next server), TFTP server.
-    pub server_ip: Ipv4Addr,
+    pub(crate) server_ip: Ipv4Addr,
     /// The one interface DHCP answers on (SO_BINDTODEVICE). Required unless `Off`.
-    pub interface: String,
+    pub(crate) interface: String,
     /// What machines are told for HTTP, e.g. "http://198.18.0.1:8080" (no trailing slash;
     /// one is trimmed if present).
-    pub http_url: String,
-    pub boot_files: BootFiles,
+    pub(crate) http_url: String,
+    pub(crate) boot_files: BootFiles,
     /// Authoritative mode only.
-    pub subnets: Vec<Subnet>,
+    pub(crate) subnets: Vec<Subnet>,
 }
 
 impl DhcpSettings {
     /// The allocator's view of the subnets (in the same order): pools with the server's
     /// own address, routers and DNS servers excluded.
-    pub fn pools(&self) -> Vec<PoolRange> {
+    pub(crate) fn pools(&self) -> Vec<PoolRange> {
         self.subnets
             .iter()
             .map(|s| {
@@ -166,7 +190,7 @@ impl DhcpSettings {
 
     /// Check what this module relies on (the config validator reports these better, with
     /// file positions; this is the last line of defence).
-    pub fn validate(&self) -> Result<(), DhcpError> {
+    pub(crate) fn validate(&self) -> Result<(), DhcpError> {
         let bad = |m: String| Err(DhcpError::Settings(m));
         if self.mode == Mode::Off {
             return Ok(());
@@ -216,15 +240,15 @@ impl DhcpSettings {
 
 /// A machine the inventory knows.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Host {
-    pub hostname: String,
+pub(crate) struct Host {
+    pub(crate) hostname: String,
     /// Authoritative mode: always this address (inside a subnet, outside its pool).
-    pub reserved_ip: Option<Ipv4Addr>,
+    pub(crate) reserved_ip: Option<Ipv4Addr>,
 }
 
 /// The inventory as DHCP sees it. Implemented by the main crate; calls must be quick and
 /// must not block (they run on the packet path).
-pub trait Directory: Send + Sync {
+pub(crate) trait Directory: Send + Sync {
     fn lookup(&self, mac: MacAddr) -> Option<Host>;
     /// The inventory's policy for unknown machines: `discover` (true) boots them,
     /// `ignore` (false) gives them no boot file.
@@ -233,13 +257,15 @@ pub trait Directory: Send + Sync {
 
 /// Where DHCP reports what it did. Implemented by the main crate (machine events,
 /// discovered machines, metrics); must not block.
-pub trait DhcpObserver: Send + Sync {
+pub(crate) trait DhcpObserver: Send + Sync {
     fn event(&self, mac: MacAddr, ev: DhcpEvent);
 }
 
 /// An observer that drops everything.
-pub struct NoObserver;
+#[cfg(test)]
+pub(crate) struct NoObserver;
 
+#[cfg(test)]
 impl DhcpObserver for NoObserver {
     fn event(&self, _: MacAddr, _: DhcpEvent) {}
 }
@@ -247,31 +273,31 @@ impl DhcpObserver for NoObserver {
 /// What happened with one request from a network-boot client, or any request in
 /// authoritative mode. Plain DHCP clients ignored in proxy mode produce no event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct DhcpEvent {
+pub(crate) struct DhcpEvent {
     /// The message received.
-    pub received: MessageType,
+    pub(crate) received: MessageType,
     /// The reply, if one is sent (an ACK leaves only once its lease is durable).
-    pub sent: Option<MessageType>,
+    pub(crate) sent: Option<MessageType>,
     /// 67 or 4011.
-    pub port: u16,
-    pub xid: u32,
+    pub(crate) port: u16,
+    pub(crate) xid: u32,
     /// Address offered, acknowledged, released or declined.
-    pub ip: Option<Ipv4Addr>,
+    pub(crate) ip: Option<Ipv4Addr>,
     /// Boot file or URL given.
-    pub boot_file: Option<String>,
-    pub class: ClientClass,
+    pub(crate) boot_file: Option<String>,
+    pub(crate) class: ClientClass,
     /// The relay's address (giaddr), for relayed requests.
-    pub relay: Option<Ipv4Addr>,
+    pub(crate) relay: Option<Ipv4Addr>,
     /// Whether the inventory knows the MAC.
-    pub known: bool,
+    pub(crate) known: bool,
     /// Why the client got no reply, no address or no boot file.
-    pub refusal: Option<Refusal>,
+    pub(crate) refusal: Option<Refusal>,
 }
 
 /// Why a request got less than it asked for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
 #[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Refusal {
+pub(crate) enum Refusal {
     #[error("unknown machine and the inventory's policy for unknown machines is ignore")]
     UnknownMachine,
     #[error("no boot file is configured for {arch} clients")]
@@ -291,7 +317,7 @@ pub enum Refusal {
 /// Errors that stop the DHCP service from starting.
 impl Refusal {
     /// The short name used as a metric label (the same as the serialized `kind`).
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Refusal::UnknownMachine => "unknown_machine",
             Refusal::NoBootFile { .. } => "no_boot_file",
@@ -305,7 +331,7 @@ impl Refusal {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum DhcpError {
+pub(crate) enum DhcpError {
     #[error("no interface configured: DHCP answers only on an interface the config names")]
     NoInterface,
     #[error("invalid DHCP settings: {0}")]

@@ -9,7 +9,6 @@
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -20,38 +19,15 @@ use tokio_util::task::TaskTracker;
 
 use super::decide::{DhcpServer, Outcome, Port};
 use super::wire;
-use super::{DhcpError, DhcpSettings, Mode, DHCP_SERVER_PORT, PXE_PORT};
+use super::{Counters, DhcpError, DhcpSettings, Mode, DHCP_SERVER_PORT, PXE_PORT};
 use crate::leases::UnixTime;
-
-/// Packet counters (for metrics). Relaxed atomics: they are statistics.
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// Datagrams received.
-    pub received: AtomicU64,
-    /// Not DHCP (too short, no magic cookie) or with an option running past the end.
-    pub malformed: AtomicU64,
-    /// Well-formed but not for us (replies, plain clients in proxy mode, our own…).
-    pub ignored: AtomicU64,
-    /// Replies sent.
-    pub sent: AtomicU64,
-    /// Replies the kernel refused to send.
-    pub send_errors: AtomicU64,
-    /// ACKs dropped because their lease could not be made durable.
-    pub journal_errors: AtomicU64,
-}
-
-impl Counters {
-    fn bump(c: &AtomicU64) {
-        c.fetch_add(1, Ordering::Relaxed);
-    }
-}
 
 /// A UDP socket on 0.0.0.0:`port` that only sees `interface`: SO_BROADCAST,
 /// SO_BINDTODEVICE, non-blocking, as a tokio socket. No SO_REUSEADDR: a second DHCP
 /// server on the same interface must fail to start, not answer beside the first. Call inside a tokio
 /// runtime. Port 67 needs root or CAP_NET_BIND_SERVICE; SO_BINDTODEVICE needs
 /// CAP_NET_RAW on older kernels.
-pub fn bind(interface: &str, port: u16) -> io::Result<UdpSocket> {
+pub(crate) fn bind(interface: &str, port: u16) -> io::Result<UdpSocket> {
     if interface.trim().is_empty() {
         return Err(DhcpError::NoInterface.into());
     }
@@ -67,14 +43,14 @@ pub fn bind(interface: &str, port: u16) -> io::Result<UdpSocket> {
 }
 
 /// The sockets DHCP serves on: port 67, and port 4011 for proxyDHCP.
-pub struct Sockets {
-    pub dhcp: UdpSocket,
-    pub pxe: Option<UdpSocket>,
+pub(crate) struct Sockets {
+    pub(crate) dhcp: UdpSocket,
+    pub(crate) pxe: Option<UdpSocket>,
 }
 
 impl Sockets {
     /// Bind what `settings` needs: 67 always, 4011 in proxy mode.
-    pub fn bind(settings: &DhcpSettings) -> Result<Sockets, DhcpError> {
+    pub(crate) fn bind(settings: &DhcpSettings) -> Result<Sockets, DhcpError> {
         if settings.mode == Mode::Off {
             return Err(DhcpError::Settings("DHCP is off; nothing to bind".into()));
         }
@@ -109,7 +85,7 @@ fn now_unix() -> UnixTime {
 
 /// Serve until `shutdown` is cancelled, then wait for ACKs still waiting on the journal.
 /// Malformed packets and send errors are counted and logged, never fatal.
-pub async fn serve(
+pub(crate) async fn serve(
     server: Arc<DhcpServer>,
     sockets: Sockets,
     shutdown: CancellationToken,
@@ -252,6 +228,7 @@ mod tests {
     use crate::dhcp::{BootFiles, DhcpEvent, DhcpObserver, Directory, Host};
     use crate::leases::JournalStore;
     use crate::mac::MacAddr;
+    use std::sync::atomic::Ordering;
     use std::sync::Mutex;
 
     struct AnyHost;

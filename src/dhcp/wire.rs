@@ -14,47 +14,47 @@ use std::net::Ipv4Addr;
 
 use serde::Serialize;
 
-pub const BOOTREQUEST: u8 = 1;
-pub const BOOTREPLY: u8 = 2;
+pub(crate) const BOOTREQUEST: u8 = 1;
+pub(crate) const BOOTREPLY: u8 = 2;
 const MAGIC: [u8; 4] = [99, 130, 83, 99];
 /// Fixed BOOTP header before the magic cookie.
 const HEADER_LEN: usize = 236;
 /// RFC 1542 §3.3: some relays and old clients drop shorter BOOTP messages.
 const MIN_LEN: usize = 300;
-pub const FLAG_BROADCAST: u16 = 0x8000;
+pub(crate) const FLAG_BROADCAST: u16 = 0x8000;
 
 /// Option codes used here.
-pub mod code {
-    pub const PAD: u8 = 0;
-    pub const SUBNET_MASK: u8 = 1;
-    pub const ROUTER: u8 = 3;
-    pub const DNS: u8 = 6;
-    pub const HOSTNAME: u8 = 12;
-    pub const DOMAIN_NAME: u8 = 15;
-    pub const VENDOR_SPECIFIC: u8 = 43;
-    pub const REQUESTED_IP: u8 = 50;
-    pub const LEASE_TIME: u8 = 51;
-    pub const OVERLOAD: u8 = 52;
-    pub const MESSAGE_TYPE: u8 = 53;
-    pub const SERVER_ID: u8 = 54;
-    pub const MESSAGE: u8 = 56;
-    pub const RENEWAL_TIME: u8 = 58;
-    pub const REBINDING_TIME: u8 = 59;
-    pub const VENDOR_CLASS: u8 = 60;
-    pub const TFTP_SERVER_NAME: u8 = 66;
-    pub const BOOTFILE_NAME: u8 = 67;
-    pub const USER_CLASS: u8 = 77;
-    pub const RELAY_AGENT_INFO: u8 = 82;
-    pub const CLIENT_ARCH: u8 = 93;
-    pub const CLIENT_UUID: u8 = 97;
-    pub const IPXE_ENCAP: u8 = 175;
-    pub const END: u8 = 255;
+pub(crate) mod code {
+    pub(crate) const PAD: u8 = 0;
+    pub(crate) const SUBNET_MASK: u8 = 1;
+    pub(crate) const ROUTER: u8 = 3;
+    pub(crate) const DNS: u8 = 6;
+    pub(crate) const HOSTNAME: u8 = 12;
+    pub(crate) const DOMAIN_NAME: u8 = 15;
+    pub(crate) const VENDOR_SPECIFIC: u8 = 43;
+    pub(crate) const REQUESTED_IP: u8 = 50;
+    pub(crate) const LEASE_TIME: u8 = 51;
+    pub(crate) const OVERLOAD: u8 = 52;
+    pub(crate) const MESSAGE_TYPE: u8 = 53;
+    pub(crate) const SERVER_ID: u8 = 54;
+    pub(crate) const MESSAGE: u8 = 56;
+    pub(crate) const RENEWAL_TIME: u8 = 58;
+    pub(crate) const REBINDING_TIME: u8 = 59;
+    pub(crate) const VENDOR_CLASS: u8 = 60;
+    pub(crate) const TFTP_SERVER_NAME: u8 = 66;
+    pub(crate) const BOOTFILE_NAME: u8 = 67;
+    pub(crate) const USER_CLASS: u8 = 77;
+    pub(crate) const RELAY_AGENT_INFO: u8 = 82;
+    pub(crate) const CLIENT_ARCH: u8 = 93;
+    pub(crate) const CLIENT_UUID: u8 = 97;
+    pub(crate) const IPXE_ENCAP: u8 = 175;
+    pub(crate) const END: u8 = 255;
 }
 
 /// DHCP message types (option 53, RFC 2132 §9.6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum MessageType {
+pub(crate) enum MessageType {
     Discover,
     Offer,
     Request,
@@ -67,7 +67,7 @@ pub enum MessageType {
 }
 
 impl MessageType {
-    pub fn from_u8(b: u8) -> MessageType {
+    pub(crate) fn from_u8(b: u8) -> MessageType {
         match b {
             1 => MessageType::Discover,
             2 => MessageType::Offer,
@@ -81,7 +81,7 @@ impl MessageType {
         }
     }
 
-    pub fn to_u8(self) -> u8 {
+    pub(crate) fn to_u8(self) -> u8 {
         match self {
             MessageType::Discover => 1,
             MessageType::Offer => 2,
@@ -108,35 +108,31 @@ impl std::fmt::Display for MessageType {
 /// Options as raw bytes, in the order first seen; an option split over several
 /// instances is concatenated (RFC 3396).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Options(Vec<(u8, Vec<u8>)>);
+pub(crate) struct Options(Vec<(u8, Vec<u8>)>);
 
 impl Options {
-    pub fn get(&self, code: u8) -> Option<&[u8]> {
+    pub(crate) fn get(&self, code: u8) -> Option<&[u8]> {
         self.0
             .iter()
             .find(|(c, _)| *c == code)
             .map(|(_, v)| v.as_slice())
     }
 
-    pub fn contains(&self, code: u8) -> bool {
+    pub(crate) fn contains(&self, code: u8) -> bool {
         self.0.iter().any(|(c, _)| *c == code)
     }
 
     /// An option that must hold exactly one IPv4 address.
-    pub fn ipv4(&self, code: u8) -> Option<Ipv4Addr> {
+    pub(crate) fn ipv4(&self, code: u8) -> Option<Ipv4Addr> {
         let b: [u8; 4] = self.get(code)?.try_into().ok()?;
         Some(Ipv4Addr::from(b))
     }
 
-    pub fn message_type(&self) -> Option<MessageType> {
+    pub(crate) fn message_type(&self) -> Option<MessageType> {
         match self.get(code::MESSAGE_TYPE)? {
             [b] => Some(MessageType::from_u8(*b)),
             _ => None,
         }
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (u8, &[u8])> {
-        self.0.iter().map(|(c, v)| (*c, v.as_slice()))
     }
 
     fn append(&mut self, code: u8, data: &[u8]) {
@@ -170,27 +166,27 @@ impl Options {
 
 /// A received DHCP message (the fields a server reads).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Packet {
-    pub op: u8,
-    pub htype: u8,
-    pub hlen: u8,
-    pub hops: u8,
-    pub xid: u32,
-    pub secs: u16,
-    pub flags: u16,
-    pub ciaddr: Ipv4Addr,
-    pub yiaddr: Ipv4Addr,
-    pub siaddr: Ipv4Addr,
-    pub giaddr: Ipv4Addr,
-    pub chaddr: [u8; 16],
-    pub options: Options,
+pub(crate) struct Packet {
+    pub(crate) op: u8,
+    pub(crate) htype: u8,
+    pub(crate) hlen: u8,
+    pub(crate) hops: u8,
+    pub(crate) xid: u32,
+    pub(crate) secs: u16,
+    pub(crate) flags: u16,
+    pub(crate) ciaddr: Ipv4Addr,
+    pub(crate) yiaddr: Ipv4Addr,
+    pub(crate) siaddr: Ipv4Addr,
+    pub(crate) giaddr: Ipv4Addr,
+    pub(crate) chaddr: [u8; 16],
+    pub(crate) options: Options,
     /// An option ran past the end of the packet; the ones before it were kept.
-    pub truncated: bool,
+    pub(crate) truncated: bool,
 }
 
 /// Why bytes are not a DHCP message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DecodeError {
+pub(crate) enum DecodeError {
     #[error("{0} bytes is too short for a BOOTP header")]
     TooShort(usize),
     #[error("no DHCP magic cookie (plain BOOTP)")]
@@ -203,7 +199,7 @@ fn ip_at(b: &[u8], at: usize) -> Ipv4Addr {
 
 /// Decode a DHCP message. Only the fixed header and the magic cookie are required;
 /// options are checked by whoever reads them.
-pub fn decode(b: &[u8]) -> Result<Packet, DecodeError> {
+pub(crate) fn decode(b: &[u8]) -> Result<Packet, DecodeError> {
     if b.len() < HEADER_LEN + MAGIC.len() {
         return Err(DecodeError::TooShort(b.len()));
     }
@@ -243,24 +239,24 @@ pub fn decode(b: &[u8]) -> Result<Packet, DecodeError> {
 
 /// A BOOTREPLY under construction.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reply {
-    pub xid: u32,
-    pub flags: u16,
-    pub htype: u8,
-    pub hlen: u8,
-    pub ciaddr: Ipv4Addr,
-    pub yiaddr: Ipv4Addr,
-    pub siaddr: Ipv4Addr,
-    pub giaddr: Ipv4Addr,
-    pub chaddr: [u8; 16],
-    pub sname: String,
-    pub file: String,
+pub(crate) struct Reply {
+    pub(crate) xid: u32,
+    pub(crate) flags: u16,
+    pub(crate) htype: u8,
+    pub(crate) hlen: u8,
+    pub(crate) ciaddr: Ipv4Addr,
+    pub(crate) yiaddr: Ipv4Addr,
+    pub(crate) siaddr: Ipv4Addr,
+    pub(crate) giaddr: Ipv4Addr,
+    pub(crate) chaddr: [u8; 16],
+    pub(crate) sname: String,
+    pub(crate) file: String,
     options: Vec<(u8, Vec<u8>)>,
 }
 
 impl Reply {
     /// A reply to `req` of type `msg`: xid, flags, giaddr and chaddr copied; option 53 set.
-    pub fn to(req: &Packet, msg: MessageType) -> Reply {
+    pub(crate) fn to(req: &Packet, msg: MessageType) -> Reply {
         let mut r = Reply {
             xid: req.xid,
             flags: req.flags,
@@ -280,33 +276,35 @@ impl Reply {
     }
 
     /// Set an option (replacing an earlier value of the same code).
-    pub fn set(&mut self, code: u8, data: Vec<u8>) {
+    pub(crate) fn set(&mut self, code: u8, data: Vec<u8>) {
         match self.options.iter_mut().find(|(c, _)| *c == code) {
             Some((_, v)) => *v = data,
             None => self.options.push((code, data)),
         }
     }
 
-    pub fn set_ip(&mut self, code: u8, ip: Ipv4Addr) {
+    pub(crate) fn set_ip(&mut self, code: u8, ip: Ipv4Addr) {
         self.set(code, ip.octets().to_vec());
     }
 
-    pub fn set_ips(&mut self, code: u8, ips: &[Ipv4Addr]) {
+    pub(crate) fn set_ips(&mut self, code: u8, ips: &[Ipv4Addr]) {
         self.set(code, ips.iter().flat_map(|i| i.octets()).collect());
     }
 
-    pub fn set_u32(&mut self, code: u8, v: u32) {
+    pub(crate) fn set_u32(&mut self, code: u8, v: u32) {
         self.set(code, v.to_be_bytes().to_vec());
     }
 
-    pub fn get(&self, code: u8) -> Option<&[u8]> {
+    #[cfg(test)]
+    pub(crate) fn get(&self, code: u8) -> Option<&[u8]> {
         self.options
             .iter()
             .find(|(c, _)| *c == code)
             .map(|(_, v)| v.as_slice())
     }
 
-    pub fn message_type(&self) -> Option<MessageType> {
+    #[cfg(test)]
+    pub(crate) fn message_type(&self) -> Option<MessageType> {
         match self.get(code::MESSAGE_TYPE)? {
             [b] => Some(MessageType::from_u8(*b)),
             _ => None,
@@ -316,7 +314,7 @@ impl Reply {
     /// The wire bytes. Options longer than 255 bytes are split (RFC 3396); relay agent
     /// information (82) goes last (RFC 3046 §2.1); a `file` or `sname` too long for its
     /// field is left out of the header (callers also send it as option 67/66).
-    pub fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(576);
         b.push(BOOTREPLY);
         b.push(self.htype);
@@ -371,7 +369,7 @@ fn put_field(b: &mut Vec<u8>, s: &[u8], width: usize) {
 
 /// PXE vendor options (option 43, PXE 2.1 §2.4): discovery control 8 = "boot the file
 /// named in this reply; no boot server discovery".
-pub fn pxe_vendor_options() -> Vec<u8> {
+pub(crate) fn pxe_vendor_options() -> Vec<u8> {
     const PXE_DISCOVERY_CONTROL: u8 = 6;
     vec![PXE_DISCOVERY_CONTROL, 1, 8, code::END]
 }

@@ -12,20 +12,20 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 /// Resolve `rel` inside `root` with the same jail as TFTP: no `..`, no absolute paths, no
 /// NUL, and no symlinks that point outside.
-pub fn jail(root: &Path, rel: &str) -> Option<PathBuf> {
+pub(crate) fn jail(root: &Path, rel: &str) -> Option<PathBuf> {
     let root = root.canonicalize().ok()?;
-    crate::tftp::jail::resolve(&root, rel).ok()
+    crate::jail::resolve(&root, rel).ok()
 }
 
 /// Parsed `Range: bytes=…` for a file of `len` bytes.
 #[derive(Debug, PartialEq, Eq)]
-pub enum RangeReq {
+pub(crate) enum RangeReq {
     Whole,
     Part(u64, u64),
     Unsatisfiable,
 }
 
-pub fn parse_range(value: &str, len: u64) -> RangeReq {
+pub(crate) fn parse_range(value: &str, len: u64) -> RangeReq {
     let Some(spec) = value.trim().strip_prefix("bytes=") else {
         return RangeReq::Whole;
     };
@@ -86,7 +86,7 @@ fn not_found() -> Response {
 }
 
 /// Serve one file (already jailed) for GET or HEAD, streamed from disk.
-pub async fn serve(path: &Path, headers: &HeaderMap) -> Response {
+pub(crate) async fn serve(path: &Path, headers: &HeaderMap) -> Response {
     let file = match tokio::fs::File::open(path).await {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return not_found(),
@@ -114,7 +114,7 @@ pub async fn serve(path: &Path, headers: &HeaderMap) -> Response {
 /// A file kept in memory and re-read when it changes on disk (its size, time or inode):
 /// the stem cell's kernel and initrd, which every booting machine fetches. Serving slices
 /// of memory costs a fraction of the CPU of reading the file for every request.
-pub struct Cached {
+pub(crate) struct Cached {
     path: PathBuf,
     current: std::sync::RwLock<Option<(Fingerprint, Meta, bytes::Bytes)>>,
 }
@@ -125,15 +125,11 @@ type Fingerprint = (u64, u64, i128);
 const CACHE_MAX: u64 = 512 << 20;
 
 impl Cached {
-    pub fn new(path: PathBuf) -> Cached {
+    pub(crate) fn new(path: PathBuf) -> Cached {
         Cached {
             path,
             current: std::sync::RwLock::new(None),
         }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     async fn load(&self) -> std::io::Result<Option<(Meta, bytes::Bytes)>> {
@@ -185,7 +181,7 @@ impl Cached {
         Ok(Some((meta, data)))
     }
 
-    pub async fn serve(&self, headers: &HeaderMap) -> Response {
+    pub(crate) async fn serve(&self, headers: &HeaderMap) -> Response {
         match self.load().await {
             Ok(Some((meta, data))) => {
                 respond(meta, Source::Memory(data), headers, &self.path).await

@@ -18,7 +18,8 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use futures_util::stream::Stream;
 use serde::Deserialize;
 
-use super::{machine_views, text, App, MachineView, Reject};
+use super::api::{cancel, machine_views, reinstall, view, MachineView};
+use super::{text, App, Reject};
 use crate::mac::MacAddr;
 use crate::state::{self, Lifecycle};
 
@@ -32,7 +33,7 @@ struct Session {
 
 /// Logged-in operators.
 #[derive(Default)]
-pub struct Sessions {
+pub(crate) struct Sessions {
     map: Mutex<HashMap<String, Session>>,
 }
 
@@ -163,7 +164,7 @@ struct IndexPage {
 }
 
 #[derive(Deserialize, Default)]
-pub struct Filters {
+pub(crate) struct Filters {
     state: Option<String>,
     role: Option<String>,
     q: Option<String>,
@@ -198,7 +199,7 @@ fn row(v: &MachineView) -> Row {
     }
 }
 
-pub async fn index(
+pub(crate) async fn index(
     State(app): State<App>,
     Query(f): Query<Filters>,
     headers: HeaderMap,
@@ -298,7 +299,7 @@ fn mask(s: &str, token: Option<&str>) -> String {
     }
 }
 
-pub async fn machine(
+pub(crate) async fn machine(
     State(app): State<App>,
     Path(mac): Path<String>,
     headers: HeaderMap,
@@ -315,9 +316,9 @@ pub async fn machine(
     let inv = app.inventory.get();
     let record = app.store.record(&mac);
     let token = record.as_ref().and_then(|r| r.token.clone());
-    let choice = super::choice_for(&inv, mac, record.as_ref());
+    let choice = crate::boot::choice_for(&inv, mac, record.as_ref());
     let shown_token = token.clone().unwrap_or_else(|| "TOKEN".into());
-    let boot_script = super::boot_script_text(
+    let boot_script = crate::boot::boot_script_text(
         &app.config,
         &app.server_url,
         &inv,
@@ -360,7 +361,7 @@ pub async fn machine(
         let host = f
             .hardware
             .get("hostname")
-            .filter(|h| crate::inventory::valid_hostname(h))
+            .filter(|h| crate::values::valid_hostname(h))
             .cloned()
             .unwrap_or_else(|| format!("mac-{}", mac.hex()));
         let role = inv
@@ -415,7 +416,7 @@ struct LoginPage {
     failed: bool,
 }
 
-pub async fn login_form(State(app): State<App>) -> Response {
+pub(crate) async fn login_form(State(app): State<App>) -> Response {
     if app.admin_token.is_none() {
         return text(
             StatusCode::NOT_FOUND,
@@ -431,11 +432,11 @@ pub async fn login_form(State(app): State<App>) -> Response {
 }
 
 #[derive(Deserialize)]
-pub struct LoginForm {
+pub(crate) struct LoginForm {
     token: String,
 }
 
-pub async fn login(State(app): State<App>, Form(f): Form<LoginForm>) -> Response {
+pub(crate) async fn login(State(app): State<App>, Form(f): Form<LoginForm>) -> Response {
     let Some(want) = &app.admin_token else {
         return text(StatusCode::NOT_FOUND, "no admin token is configured\n");
     };
@@ -462,7 +463,7 @@ pub async fn login(State(app): State<App>, Form(f): Form<LoginForm>) -> Response
 }
 
 #[derive(Deserialize)]
-pub struct CsrfForm {
+pub(crate) struct CsrfForm {
     csrf: String,
 }
 
@@ -477,7 +478,7 @@ fn check_csrf(app: &App, headers: &HeaderMap, form: &CsrfForm) -> Result<(), Rej
     }
 }
 
-pub async fn logout(
+pub(crate) async fn logout(
     State(app): State<App>,
     headers: HeaderMap,
     Form(f): Form<CsrfForm>,
@@ -496,7 +497,7 @@ pub async fn logout(
         .into_response()
 }
 
-pub async fn action(
+pub(crate) async fn action(
     State(app): State<App>,
     Path((mac, action)): Path<(String, String)>,
     headers: HeaderMap,
@@ -509,8 +510,8 @@ pub async fn action(
         return text(StatusCode::BAD_REQUEST, "not a MAC address\n");
     };
     let result = match action.as_str() {
-        "reinstall" => super::reinstall(&app, mac).await,
-        "cancel" => super::cancel(&app, mac).await,
+        "reinstall" => reinstall(&app, mac).await,
+        "cancel" => cancel(&app, mac).await,
         _ => return text(StatusCode::NOT_FOUND, "actions are reinstall and cancel\n"),
     };
     match result {
@@ -520,7 +521,7 @@ pub async fn action(
 }
 
 /// Server-sent events: one `machine` event per change, with the machine's new summary.
-pub async fn events(
+pub(crate) async fn events(
     State(app): State<App>,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let rx = app.store.subscribe();
@@ -529,7 +530,7 @@ pub async fn events(
             Ok(change) => {
                 let inv = app.inventory.get();
                 let record = app.store.record(&change.mac);
-                let v = super::view(&app, &inv, change.mac, record.as_ref(), None);
+                let v = view(&app, &inv, change.mac, record.as_ref(), None);
                 let data = serde_json::to_string(&v).unwrap_or_default();
                 let ev = SseEvent::default().event("machine").data(data);
                 Some((Ok(ev), (rx, app)))

@@ -15,21 +15,21 @@ const OP_ERROR: u16 = 5;
 const OP_OACK: u16 = 6;
 
 /// The block size without the blksize option (RFC 1350).
-pub const DEFAULT_BLOCK_SIZE: u16 = 512;
+pub(crate) const DEFAULT_BLOCK_SIZE: u16 = 512;
 /// The smallest and largest block sizes a client may ask for (RFC 2348).
-pub const MIN_BLOCK_SIZE: u16 = 8;
-pub const MAX_BLOCK_SIZE: u16 = 65464;
+pub(crate) const MIN_BLOCK_SIZE: u16 = 8;
+pub(crate) const MAX_BLOCK_SIZE: u16 = 65464;
 /// Bytes before the payload of a DATA packet: opcode and block number.
-pub const DATA_HEADER_LEN: usize = 4;
+pub(crate) const DATA_HEADER_LEN: usize = 4;
 /// The most bytes of data in flight in one window. A client's receive buffer (Linux defaults
 /// to about 208 KiB, counted with per-datagram overhead) drops what does not fit, and a drop
 /// costs a whole retransmission timeout, so large blocks get a smaller window (RFC 7440 §4
 /// lets the server answer with a smaller windowsize).
-pub const MAX_WINDOW_BYTES: usize = 128 * 1024;
+pub(crate) const MAX_WINDOW_BYTES: usize = 128 * 1024;
 
 /// A TFTP error code (RFC 1350 §5, appendix; code 8 from RFC 2347).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ErrorCode {
+pub(crate) enum ErrorCode {
     /// 0: not defined, see the message.
     NotDefined,
     /// 1: file not found.
@@ -54,7 +54,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub fn to_u16(self) -> u16 {
+    pub(crate) fn to_u16(self) -> u16 {
         match self {
             ErrorCode::NotDefined => 0,
             ErrorCode::FileNotFound => 1,
@@ -69,7 +69,7 @@ impl ErrorCode {
         }
     }
 
-    pub fn from_u16(code: u16) -> ErrorCode {
+    pub(crate) fn from_u16(code: u16) -> ErrorCode {
         match code {
             0 => ErrorCode::NotDefined,
             1 => ErrorCode::FileNotFound,
@@ -87,7 +87,7 @@ impl ErrorCode {
 
 /// The transfer mode of a request (RFC 1350 §5). Names are compared case-insensitively.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     Octet,
     Netascii,
     Mail,
@@ -120,15 +120,15 @@ impl Mode {
 
 /// A read or write request: file name, mode and options (name, value) in the order sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Request {
-    pub filename: String,
-    pub mode: Mode,
-    pub options: Vec<(String, String)>,
+pub(crate) struct Request {
+    pub(crate) filename: String,
+    pub(crate) mode: Mode,
+    pub(crate) options: Vec<(String, String)>,
 }
 
 /// One TFTP packet. DATA borrows its payload from the buffer it was decoded from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Packet<'a> {
+pub(crate) enum Packet<'a> {
     Rrq(Request),
     Wrq(Request),
     Data { block: u16, data: &'a [u8] },
@@ -139,7 +139,7 @@ pub enum Packet<'a> {
 
 /// Why bytes are not a TFTP packet.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DecodeError {
+pub(crate) enum DecodeError {
     #[error("packet too short ({0} bytes)")]
     TooShort(usize),
     #[error("unknown opcode {0}")]
@@ -154,7 +154,7 @@ impl<'a> Packet<'a> {
     /// Decodes one datagram. Lenient where RFC 1350 peers differ (an option name without a
     /// value is ignored; an ERROR message without its NUL is taken whole), strict where the
     /// meaning would be unclear (a request without its NULs).
-    pub fn decode(buf: &'a [u8]) -> Result<Packet<'a>, DecodeError> {
+    pub(crate) fn decode(buf: &'a [u8]) -> Result<Packet<'a>, DecodeError> {
         let Some((op, body)) = split_u16(buf) else {
             return Err(DecodeError::TooShort(buf.len()));
         };
@@ -190,7 +190,7 @@ impl<'a> Packet<'a> {
     }
 
     /// Appends the encoded packet to `out`.
-    pub fn encode(&self, out: &mut Vec<u8>) {
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
         match self {
             Packet::Rrq(req) => encode_request(OP_RRQ, req, out),
             Packet::Wrq(req) => encode_request(OP_WRQ, req, out),
@@ -212,7 +212,7 @@ impl<'a> Packet<'a> {
 }
 
 /// The four bytes before the payload of DATA block `block`.
-pub fn data_header(block: u16) -> [u8; DATA_HEADER_LEN] {
+pub(crate) fn data_header(block: u16) -> [u8; DATA_HEADER_LEN] {
     let [o1, o2] = OP_DATA.to_be_bytes();
     let [b1, b2] = block.to_be_bytes();
     [o1, o2, b1, b2]
@@ -220,7 +220,7 @@ pub fn data_header(block: u16) -> [u8; DATA_HEADER_LEN] {
 
 /// Appends an ERROR packet. A NUL inside `message` would end it early on the wire, so the
 /// message is cut there.
-pub fn encode_error(code: ErrorCode, message: &str, out: &mut Vec<u8>) {
+pub(crate) fn encode_error(code: ErrorCode, message: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(&OP_ERROR.to_be_bytes());
     out.extend_from_slice(&code.to_u16().to_be_bytes());
     let message = message.split('\0').next().unwrap_or_default();
@@ -289,31 +289,31 @@ fn decode_options(mut rest: &[u8]) -> Vec<(String, String)> {
 
 /// What the server asks of a transfer beyond the client's request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// The retransmission timeout when the client does not ask for one.
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     /// The largest windowsize granted (RFC 7440).
-    pub max_window: u16,
+    pub(crate) max_window: u16,
 }
 
 /// The options a transfer runs with, as agreed with the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TransferOptions {
+pub(crate) struct TransferOptions {
     /// Bytes of data per DATA packet (512 unless blksize was agreed).
-    pub block_size: u16,
+    pub(crate) block_size: u16,
     /// DATA packets sent before waiting for an ACK (1 unless windowsize was agreed).
-    pub window_size: u16,
+    pub(crate) window_size: u16,
     /// The retransmission timeout.
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     /// The file size announced in the OACK (tsize), if any.
-    pub transfer_size: Option<u64>,
+    pub(crate) transfer_size: Option<u64>,
     /// Whether an OACK was (or would be) sent, i.e. any option was accepted.
-    pub oack: bool,
+    pub(crate) oack: bool,
 }
 
 impl TransferOptions {
     /// The options of a plain RFC 1350 transfer.
-    pub fn plain(timeout: Duration) -> TransferOptions {
+    pub(crate) fn plain(timeout: Duration) -> TransferOptions {
         TransferOptions {
             block_size: DEFAULT_BLOCK_SIZE,
             window_size: 1,
@@ -330,7 +330,7 @@ impl TransferOptions {
 /// `file_size` is announced for tsize only when known (octet mode; RFC 2349 §2 leaves
 /// netascii's size undefined). Unknown options and options with invalid values are left out
 /// of the OACK, which RFC 2347 §3 says means they are refused; a duplicate keeps the first.
-pub fn negotiate(
+pub(crate) fn negotiate(
     requested: &[(String, String)],
     file_size: Option<u64>,
     limits: Limits,
@@ -389,7 +389,11 @@ pub fn negotiate(
 /// Netascii encoding of a file (RFC 764 as used by RFC 1350): LF becomes CR LF and CR becomes
 /// CR NUL. `pending` carries the second byte of a pair that did not fit in the last `dst`.
 /// Returns (bytes consumed from `src`, bytes written to `dst`).
-pub fn netascii_encode(pending: &mut Option<u8>, src: &[u8], dst: &mut [u8]) -> (usize, usize) {
+pub(crate) fn netascii_encode(
+    pending: &mut Option<u8>,
+    src: &[u8],
+    dst: &mut [u8],
+) -> (usize, usize) {
     let mut written = 0;
     if let Some(byte) = *pending {
         let Some(slot) = dst.first_mut() else {

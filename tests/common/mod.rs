@@ -130,7 +130,7 @@ impl Server {
             let log = log.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if line.contains("http listening") {
+                    if line.contains("stemcell ready") {
                         let _ = tx.send(line.clone());
                     }
                     log.lock().unwrap().push(line);

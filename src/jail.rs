@@ -1,4 +1,6 @@
-//! The path jail: maps a requested file name to a file inside the TFTP root, or refuses it.
+//! The path jail: maps a requested file name to a file inside a served root, or refuses
+//! it. TFTP and HTTP (assets, the TFTP root over HTTP) both go through it, so the two
+//! cannot disagree about what is reachable.
 //!
 //! Two steps: [`sanitize`] is pure and judges the name alone (no `..`, no NUL; backslashes
 //! are separators; a leading `/` means the root, as firmware often sends it); [`resolve`]
@@ -7,13 +9,26 @@
 use std::io;
 use std::path::{Component, Path, PathBuf};
 
-use super::Refusal;
+/// Why a requested name does not lead to a file inside the root.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Refusal {
+    #[error("file not found")]
+    NotFound,
+    #[error("path is outside the served root")]
+    OutsideRoot,
+    #[error("invalid file name")]
+    InvalidName,
+    #[error("permission denied")]
+    PermissionDenied,
+    #[error("I/O error: {0}")]
+    Io(String),
+}
 
 /// The longest file name accepted; longer names are refused without touching the disk.
 const MAX_NAME_LEN: usize = 1024;
 
 /// Turns a requested name into a relative path with only normal components.
-pub fn sanitize(requested: &str) -> Result<PathBuf, Refusal> {
+pub(crate) fn sanitize(requested: &str) -> Result<PathBuf, Refusal> {
     if requested.contains('\0') || requested.len() > MAX_NAME_LEN {
         return Err(Refusal::InvalidName);
     }
@@ -37,7 +52,7 @@ pub fn sanitize(requested: &str) -> Result<PathBuf, Refusal> {
 
 /// Resolves a requested name against `root`, which must already be canonical. Symlinks are
 /// followed, and the result must still be inside `root`. Blocking: it reads the file system.
-pub fn resolve(root: &Path, requested: &str) -> Result<PathBuf, Refusal> {
+pub(crate) fn resolve(root: &Path, requested: &str) -> Result<PathBuf, Refusal> {
     let relative = sanitize(requested)?;
     let joined = root.join(relative);
     let canonical = std::fs::canonicalize(joined).map_err(|e| Refusal::from_io(&e))?;

@@ -1,0 +1,305 @@
+//! Adapters between the network services and the store: they turn what DHCP and TFTP saw
+//! into machine events, facts and metrics, and give DHCP its view of the inventory. The
+//! services know nothing of the store or the inventory; these small types are the only
+//! place the two meet.
+
+use std::sync::Arc;
+
+use crate::dhcp;
+use crate::inventory;
+use crate::leases::{self, LeaseStore};
+use crate::mac::MacAddr;
+use crate::metrics::Metrics;
+use crate::state::{self, Store};
+use crate::tftp;
+
+/// Which machine an address belongs to: its lease (authoritative mode), else the kernel's
+/// neighbour table (the client just talked to us, so it is there).
+fn mac_for_ip(leases: Option<&Arc<dyn LeaseStore>>, ip: std::net::IpAddr) -> Option<MacAddr> {
+    let std::net::IpAddr::V4(v4) = ip else {
+        return None;
+    };
+    if let Some(l) = leases {
+        let now = state::now_ms() / 1000;
+        if let Some(lease) = l
+            .leases(now)
+            .into_iter()
+            .find(|l| l.ip == v4 && l.state == leases::LeaseState::Bound)
+        {
+            return Some(lease.mac);
+        }
+    }
+    let arp = std::fs::read_to_string("/proc/net/arp").ok()?;
+    parse_arp(&arp, v4)
+}
+
+/// Pure: the MAC of `ip` in `/proc/net/arp` text.
+fn parse_arp(text: &str, ip: std::net::Ipv4Addr) -> Option<MacAddr> {
+    text.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() >= 4
+            && f[0].parse::<std::net::Ipv4Addr>().ok() == Some(ip)
+            && f[3] != "00:00:00:00:00:00"
+        {
+            f[3].parse().ok()
+        } else {
+            None
+        }
+    })
+}
+
+/// Turns TFTP transfers into machine events and metrics.
+pub(crate) struct TftpRecorder {
+    pub(crate) store: Arc<Store>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) leases: Option<Arc<dyn LeaseStore>>,
+}
+
+impl tftp::TftpObserver for TftpRecorder {
+    fn transfer(&self, ev: tftp::TransferEvent) {
+        use tftp::TransferOutcome as O;
+        let (outcome, bytes, what) = match &ev.outcome {
+            O::Completed { bytes } => (
+                "completed",
+                *bytes,
+                format!("sent {} ({bytes} bytes, ", ev.file),
+            ),
+            O::Refused(r) => ("refused", 0, format!("refused {}: {r} (", ev.file)),
+            O::AbortedByClient {
+                code,
+                message,
+                bytes,
+            } => (
+                "aborted",
+                *bytes,
+                format!(
+                    "{} aborted by the client after {bytes} bytes: error {} {message:?} (",
+                    ev.file,
+                    code.to_u16()
+                ),
+            ),
+            O::TimedOut { bytes } => (
+                "timed_out",
+                *bytes,
+                format!("{} timed out after {bytes} bytes (", ev.file),
+            ),
+            O::Cancelled { bytes } => (
+                "cancelled",
+                *bytes,
+                format!("{} cancelled at shutdown after {bytes} bytes (", ev.file),
+            ),
+            O::Failed { bytes, error } => (
+                "failed",
+                *bytes,
+                format!("{} failed after {bytes} bytes: {error} (", ev.file),
+            ),
+        };
+        self.metrics.inc(
+            "stemcell_tftp_transfers_total",
+            &[("outcome", outcome)],
+            1.0,
+        );
+        self.metrics
+            .inc("stemcell_tftp_bytes_total", &[], bytes as f64);
+        let o = &ev.options;
+        let mut msg = what;
+        msg.push_str(&format!("blksize {}", o.block_size));
+        if o.window_size > 1 {
+            msg.push_str(&format!(", windowsize {}", o.window_size));
+        }
+        if let Some(t) = o.transfer_size {
+            msg.push_str(&format!(", tsize {t}"));
+        }
+        msg.push_str(&format!(
+            ", {:.2} s, from {})",
+            ev.elapsed.as_secs_f64(),
+            ev.peer
+        ));
+        match mac_for_ip(self.leases.as_ref(), ev.peer.ip()) {
+            Some(mac) => self.store.event(mac, "tftp", msg),
+            None => {
+                tracing::debug!(peer = %ev.peer, "TFTP transfer from an address with no known MAC")
+            }
+        }
+    }
+}
+
+/// The inventory as DHCP sees it (called on the packet path: a lock-free-ish Arc read).
+pub(crate) struct InventoryDirectory(pub(crate) Arc<inventory::Live>);
+
+impl dhcp::Directory for InventoryDirectory {
+    fn lookup(&self, mac: MacAddr) -> Option<dhcp::Host> {
+        let inv = self.0.get();
+        inv.machine(&mac).map(|m| dhcp::Host {
+            hostname: m.hostname.clone(),
+            reserved_ip: m.ip,
+        })
+    }
+
+    fn answer_unknown(&self) -> bool {
+        self.0.get().defaults.unknown == inventory::UnknownPolicy::Discover
+    }
+}
+
+/// Turns DHCP steps into machine events, facts and metrics.
+pub(crate) struct Recorder {
+    pub(crate) store: Arc<Store>,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+/// "UEFI x64 (iPXE)", "BIOS", … for the firmware column.
+pub(crate) fn firmware_label(class: &dhcp::ClientClass) -> String {
+    let mut s = class.arch.to_string();
+    if class.http_boot {
+        s.push_str(" HTTP boot");
+    }
+    if class.ipxe {
+        s.push_str(" (iPXE)");
+    }
+    s
+}
+
+impl dhcp::DhcpObserver for Recorder {
+    fn event(&self, mac: MacAddr, ev: dhcp::DhcpEvent) {
+        let outcome = match (&ev.sent, &ev.refusal) {
+            (Some(sent), _) => sent.to_string(),
+            (None, Some(r)) => r.kind().to_string(),
+            (None, None) => "none".into(),
+        };
+        self.metrics.inc(
+            "stemcell_dhcp_packets_total",
+            &[("type", &ev.received.to_string()), ("outcome", &outcome)],
+            1.0,
+        );
+        let netboot = ev.class.pxe || ev.class.ipxe || ev.class.http_boot;
+        // Plain DHCP clients that are not ours (laptops, printers) are not machines to track.
+        if !(ev.known || netboot) {
+            return;
+        }
+        let acked = ev.sent == Some(dhcp::MessageType::Ack);
+        self.store.observe(
+            mac,
+            ev.known,
+            state::Facts {
+                arch: netboot.then(|| firmware_label(&ev.class)),
+                // Only what the firmware said: the stem cell's own DHCP client (udhcpc)
+                // must not overwrite the machine's vendor class and UUID.
+                vendor_class: if netboot {
+                    ev.class.vendor_class.clone()
+                } else {
+                    None
+                },
+                uuid: if netboot { ev.class.uuid.clone() } else { None },
+                ip: if acked {
+                    ev.ip.map(|i| i.to_string())
+                } else {
+                    None
+                },
+                hardware: Default::default(),
+            },
+        );
+        let mut msg = format!("{}", ev.received);
+        if ev.port == dhcp::PXE_PORT {
+            msg.push_str(" on port 4011");
+        }
+        match (&ev.sent, &ev.refusal) {
+            (Some(sent), _) => {
+                msg.push_str(&format!(" → {sent}"));
+                if let Some(ip) = ev.ip {
+                    msg.push_str(&format!(" {ip}"));
+                }
+                if let Some(f) = &ev.boot_file {
+                    msg.push_str(&format!(", boot file {f}"));
+                }
+            }
+            (None, Some(r)) => msg.push_str(&format!(": no answer: {r}")),
+            // RELEASE and DECLINE are not answered by design.
+            (None, None)
+                if matches!(
+                    ev.received,
+                    dhcp::MessageType::Release | dhcp::MessageType::Decline
+                ) =>
+            {
+                if let Some(ip) = ev.ip {
+                    msg.push_str(&format!(" {ip}"));
+                }
+            }
+            (None, None) => msg.push_str(": no answer"),
+        }
+        if netboot {
+            msg.push_str(&format!(" [{}]", firmware_label(&ev.class)));
+        }
+        if let Some(relay) = ev.relay {
+            msg.push_str(&format!(" via relay {relay}"));
+        }
+        self.store.event(mac, "dhcp", msg);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_acked_address_becomes_the_machines_ip_fact() {
+        use dhcp::DhcpObserver as _;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let rec = Recorder {
+            store: store.clone(),
+            metrics: Default::default(),
+        };
+        let mac: MacAddr = "52:54:00:00:00:42".parse().unwrap();
+        let ev = |sent| dhcp::DhcpEvent {
+            received: dhcp::MessageType::Request,
+            sent: Some(sent),
+            port: 67,
+            xid: 1,
+            ip: Some("198.18.0.42".parse().unwrap()),
+            boot_file: None,
+            class: dhcp::ClientClass {
+                pxe: true,
+                http_boot: false,
+                ipxe: false,
+                arch: dhcp::Arch::Bios,
+                arch_code: Some(0),
+                arch_fallback: None,
+                vendor_class: Some("PXEClient:Arch:00000".into()),
+                user_class: None,
+                uuid: None,
+            },
+            relay: None,
+            known: true,
+            refusal: None,
+        };
+        rec.event(mac, ev(dhcp::MessageType::Offer));
+        assert_eq!(
+            store.record(&mac).unwrap().facts.ip,
+            None,
+            "an offer is not the machine's address"
+        );
+        rec.event(mac, ev(dhcp::MessageType::Ack));
+        assert_eq!(
+            store.record(&mac).unwrap().facts.ip.as_deref(),
+            Some("198.18.0.42")
+        );
+    }
+
+    #[test]
+    fn arp_lookup() {
+        let t = "IP address       HW type     Flags       HW address            Mask     Device
+198.18.0.100     0x1         0x2         52:54:00:12:34:56     *        br0
+198.18.0.101     0x1         0x0         00:00:00:00:00:00     *        br0
+";
+        assert_eq!(
+            parse_arp(t, "198.18.0.100".parse().unwrap()),
+            Some("52:54:00:12:34:56".parse().unwrap())
+        );
+        assert_eq!(
+            parse_arp(t, "198.18.0.101".parse().unwrap()),
+            None,
+            "incomplete entries are not answers"
+        );
+        assert_eq!(parse_arp(t, "198.18.0.102".parse().unwrap()), None);
+    }
+}

@@ -1,0 +1,347 @@
+//! The boot decision, in one pure place: from a machine's inventory entry and recorded
+//! state to what it should do on this netboot (`Choice`), and the iPXE script that says
+//! so. HTTP only calls it (and records what was served); `render` supplies the operators'
+//! templates for role kernels' command lines.
+//!
+//! Boot scripts are askama templates compiled into the binary (`templates/boot`).
+
+use askama::Template;
+
+use crate::config::Config;
+use crate::inventory::{Inventory, Machine, UnknownPolicy};
+use crate::mac::MacAddr;
+use crate::render::{self, InstallVars, RenderError};
+use crate::state::{self, Lifecycle, Record};
+
+/// Why a boot script could not be produced.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BootError {
+    #[error("no install token was issued")]
+    NoToken,
+    #[error("role {0:?} is not defined")]
+    NoRole(String),
+    #[error(transparent)]
+    Render(#[from] RenderError),
+    #[error("boot script template: {0}")]
+    Template(#[from] askama::Error),
+}
+
+/// What a machine's boot script tells it to do.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Choice {
+    /// Boot the installer (the stem cell or its role's own kernel).
+    Install,
+    /// Installed: boot from the local disk.
+    Local,
+    /// The last install failed; do nothing until re-armed.
+    Failed(String),
+    /// Unknown machine, policy `discover`: boot the stem cell to report what it is.
+    Discover,
+    /// Unknown machine, policy `ignore`.
+    Ignore,
+}
+
+/// Pure: the boot decision from the inventory entry (if any), the lifecycle and the policy.
+pub(crate) fn choose(
+    listed: Option<&Machine>,
+    lifecycle: Lifecycle,
+    reason: Option<&str>,
+    policy: UnknownPolicy,
+) -> Choice {
+    match (listed, lifecycle) {
+        (None, _) => match policy {
+            UnknownPolicy::Discover => Choice::Discover,
+            UnknownPolicy::Ignore => Choice::Ignore,
+        },
+        (Some(_), Lifecycle::Installed) => Choice::Local,
+        (Some(_), Lifecycle::Failed) => {
+            Choice::Failed(reason.unwrap_or("no reason given").to_string())
+        }
+        (Some(_), _) => Choice::Install,
+    }
+}
+
+#[derive(Template)]
+#[template(path = "boot/install.ipxe", escape = "none")]
+pub(crate) struct InstallScript<'a> {
+    pub(crate) mac: &'a str,
+    pub(crate) hostname: &'a str,
+    pub(crate) role: &'a str,
+    pub(crate) kernel_url: &'a str,
+    pub(crate) initrd_url: &'a str,
+    pub(crate) cmdline: &'a str,
+    pub(crate) script_url: &'a str,
+}
+
+#[derive(Template)]
+#[template(path = "boot/local.ipxe", escape = "none")]
+pub(crate) struct LocalScript<'a> {
+    pub(crate) mac: &'a str,
+    pub(crate) hostname: &'a str,
+}
+
+#[derive(Template)]
+#[template(path = "boot/failed.ipxe", escape = "none")]
+pub(crate) struct FailedScript<'a> {
+    pub(crate) mac: &'a str,
+    pub(crate) hostname: &'a str,
+    pub(crate) reason: &'a str,
+}
+
+#[derive(Template)]
+#[template(path = "boot/ignore.ipxe", escape = "none")]
+pub(crate) struct IgnoreScript<'a> {
+    pub(crate) mac: &'a str,
+}
+
+/// Make a free-text reason safe to echo in an iPXE script (one line, no expansions).
+pub(crate) fn ipxe_text(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || " ._-:/,()=+@%".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(200)
+        .collect()
+}
+
+/// Pure: what `mac` should do on its next boot.
+pub(crate) fn choice_for(inv: &Inventory, mac: MacAddr, record: Option<&Record>) -> Choice {
+    let machine = inv.machine(&mac);
+    choose(
+        machine,
+        state::effective(record, machine.is_some()),
+        record.and_then(|r| r.reason.as_deref()),
+        inv.defaults.unknown,
+    )
+}
+
+/// Pure: the text of the boot script for a choice (`token` is needed for `Install`).
+pub(crate) fn boot_script_text(
+    config: &Config,
+    url: &str,
+    inv: &Inventory,
+    mac: MacAddr,
+    choice: &Choice,
+    token: Option<&str>,
+) -> Result<String, BootError> {
+    let mac_s = mac.to_string();
+    let machine = inv.machine(&mac);
+    let script_url = format!("{url}/boot/{mac_s}.ipxe");
+    Ok(match (choice, machine) {
+        (Choice::Install, Some(m)) => {
+            let token = token.ok_or(BootError::NoToken)?;
+            let (kernel, initrd, cmdline) = installer(config, url, inv, m, token)?;
+            InstallScript {
+                mac: &mac_s,
+                hostname: &m.hostname,
+                role: &m.role,
+                kernel_url: &kernel,
+                initrd_url: &initrd,
+                cmdline: &cmdline,
+                script_url: &script_url,
+            }
+            .render()?
+        }
+        (Choice::Local, Some(m)) => LocalScript {
+            mac: &mac_s,
+            hostname: &m.hostname,
+        }
+        .render()?,
+        (Choice::Failed(reason), Some(m)) => FailedScript {
+            mac: &mac_s,
+            hostname: &m.hostname,
+            reason: &ipxe_text(reason),
+        }
+        .render()?,
+        (Choice::Discover, _) => InstallScript {
+            mac: &mac_s,
+            hostname: "unknown",
+            role: "discover",
+            kernel_url: &format!("{url}/stemcell/vmlinuz?mac={mac_s}"),
+            initrd_url: &format!("{url}/stemcell/initrd.img?mac={mac_s}"),
+            cmdline: &stemcell_cmdline(&mac, url, None, &config.stemcell.cmdline),
+            script_url: &script_url,
+        }
+        .render()?,
+        _ => IgnoreScript { mac: &mac_s }.render()?,
+    })
+}
+
+/// Kernel URL, initrd URL and command line for a machine's install boot.
+fn installer(
+    config: &Config,
+    url: &str,
+    inv: &Inventory,
+    m: &Machine,
+    token: &str,
+) -> Result<(String, String, String), BootError> {
+    let mac = m.mac;
+    let role = inv
+        .role_of(m)
+        .ok_or_else(|| BootError::NoRole(m.role.clone()))?;
+    let locate = |s: &str| -> String {
+        if s.starts_with("http://") || s.starts_with("https://") {
+            s.to_string()
+        } else {
+            format!("{url}/assets/{s}?mac={mac}")
+        }
+    };
+    match &role.kernel {
+        Some(k) => {
+            let vars = InstallVars::new(inv, m, url, token);
+            let cmdline = match &role.cmdline {
+                Some(c) => render::cmdline(c, &vars)?,
+                None => String::new(),
+            };
+            let initrd = role.initrd.as_deref().map(locate).unwrap_or_default();
+            Ok((locate(k), initrd, cmdline))
+        }
+        None => Ok((
+            format!("{url}/stemcell/vmlinuz?mac={mac}"),
+            format!("{url}/stemcell/initrd.img?mac={mac}"),
+            stemcell_cmdline(&mac, url, Some(token), &config.stemcell.cmdline),
+        )),
+    }
+}
+
+/// A short fingerprint of what a machine would be installed from (role, template text,
+/// variables), to tell when an installed machine has drifted from its inventory entry.
+pub(crate) fn install_fingerprint(config: &Config, inv: &Inventory, m: &Machine) -> String {
+    fingerprint_with(config, inv, m, &mut TemplateCache::new())
+}
+
+/// Template texts read once per request when many machines are fingerprinted.
+pub(crate) type TemplateCache = std::collections::HashMap<String, Vec<u8>>;
+
+pub(crate) fn fingerprint_with(
+    config: &Config,
+    inv: &Inventory,
+    m: &Machine,
+    cache: &mut TemplateCache,
+) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |b: &[u8]| {
+        for x in b {
+            h ^= u64::from(*x);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    feed(m.role.as_bytes());
+    if let Some(role) = inv.role_of(m) {
+        feed(role.template.as_bytes());
+        let text = cache.entry(role.template.clone()).or_insert_with(|| {
+            std::fs::read(config.kickstarts.join(&role.template)).unwrap_or_default()
+        });
+        feed(text);
+        feed(format!("{:?}{:?}{:?}", role.kernel, role.initrd, role.cmdline).as_bytes());
+    }
+    feed(
+        serde_json::to_string(&inv.merged_vars(m))
+            .unwrap_or_default()
+            .as_bytes(),
+    );
+    format!("{}:{h:016x}", m.role)
+}
+
+/// The stem cell's own command line: which NIC, where the server is, the token.
+pub(crate) fn stemcell_cmdline(
+    mac: &MacAddr,
+    server_url: &str,
+    token: Option<&str>,
+    extra: &str,
+) -> String {
+    let mut s = format!(
+        "BOOTIF={} stemcell.url={} stemcell.mac={}",
+        mac.bootif(),
+        server_url,
+        mac
+    );
+    match token {
+        Some(t) => s.push_str(&format!(" stemcell.token={t}")),
+        None => s.push_str(" stemcell.mode=discover"),
+    }
+    if !extra.is_empty() {
+        s.push(' ');
+        s.push_str(extra);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::Vars;
+
+    fn machine() -> Machine {
+        Machine {
+            mac: "52:54:00:00:00:07".parse().unwrap(),
+            hostname: "web07".into(),
+            role: "web".into(),
+            ip: None,
+            vars: Vars::new(),
+            line: 1,
+        }
+    }
+
+    #[test]
+    fn the_boot_decision_follows_state_and_policy() {
+        let m = machine();
+        use Lifecycle::*;
+        for (state, want) in [
+            (Pending, Choice::Install),
+            (Installing, Choice::Install),
+            (Installed, Choice::Local),
+            (Failed, Choice::Failed("disk".into())),
+        ] {
+            assert_eq!(
+                choose(Some(&m), state, Some("disk"), UnknownPolicy::Ignore),
+                want
+            );
+        }
+        assert_eq!(
+            choose(None, Unknown, None, UnknownPolicy::Ignore),
+            Choice::Ignore
+        );
+        assert_eq!(
+            choose(None, Discovered, None, UnknownPolicy::Discover),
+            Choice::Discover
+        );
+    }
+
+    #[test]
+    fn boot_scripts_are_ipxe_scripts_for_bios_and_uefi() {
+        let s = LocalScript {
+            mac: "52:54:00:00:00:07",
+            hostname: "web07",
+        }
+        .render()
+        .unwrap();
+        assert!(s.starts_with("#!ipxe\n"));
+        assert!(s.contains("sanboot --no-describe --drive 0x80"));
+        assert!(s.contains("iseq ${platform} efi"));
+        let s = InstallScript {
+            mac: "m",
+            hostname: "h",
+            role: "r",
+            kernel_url: "http://x/k",
+            initrd_url: "http://x/i",
+            cmdline: "BOOTIF=01-aa",
+            script_url: "http://x/boot/m.ipxe",
+        }
+        .render()
+        .unwrap();
+        assert!(s.contains("kernel http://x/k initrd=initrd.img BOOTIF=01-aa"));
+        assert!(s.contains("initrd --name initrd.img http://x/i"));
+    }
+
+    #[test]
+    fn the_stem_cells_command_line() {
+        let mac: MacAddr = "52:54:00:00:00:07".parse().unwrap();
+        let s = stemcell_cmdline(&mac, "http://s", Some("t0k"), "console=ttyS0");
+        assert_eq!(s, "BOOTIF=01-52-54-00-00-00-07 stemcell.url=http://s stemcell.mac=52:54:00:00:00:07 stemcell.token=t0k console=ttyS0");
+    }
+}

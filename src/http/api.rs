@@ -1,0 +1,319 @@
+//! The JSON API under `/api/v1`, its OpenAPI document and the Prometheus metrics.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+
+use super::{parse_mac, text, App, Reject};
+use crate::boot::{fingerprint_with, TemplateCache};
+use crate::inventory::{self, Inventory};
+use crate::mac::MacAddr;
+use crate::state::{self, Lifecycle, Record, StateError};
+
+#[derive(Serialize)]
+pub(crate) struct MachineView {
+    pub(crate) mac: MacAddr,
+    pub(crate) hostname: Option<String>,
+    pub(crate) role: Option<String>,
+    pub(crate) state: Lifecycle,
+    pub(crate) ip: Option<String>,
+    pub(crate) listed: bool,
+    pub(crate) reason: Option<String>,
+    pub(crate) last_seen: Option<u64>,
+    pub(crate) installed_at: Option<u64>,
+    /// Installed, but its role, template or variables changed since (never acted on
+    /// automatically).
+    pub(crate) drifted: bool,
+    pub(crate) facts: state::Facts,
+    pub(crate) last_event: Option<state::Event>,
+}
+
+pub(super) fn view(
+    app: &App,
+    inv: &Inventory,
+    mac: MacAddr,
+    record: Option<&Record>,
+    cache: Option<&mut TemplateCache>,
+) -> MachineView {
+    let m = inv.machine(&mac);
+    let state = state::effective(record, m.is_some());
+    let drifted = match (m, record.and_then(|r| r.installed_from.as_deref())) {
+        (Some(m), Some(from)) if state == Lifecycle::Installed => {
+            let mut local = TemplateCache::new();
+            from != fingerprint_with(&app.config, inv, m, cache.unwrap_or(&mut local))
+        }
+        _ => false,
+    };
+    MachineView {
+        mac,
+        hostname: m.map(|m| m.hostname.clone()),
+        role: m.map(|m| m.role.clone()),
+        state,
+        drifted,
+        ip: m
+            .and_then(|m| m.ip.map(|i| i.to_string()))
+            .or_else(|| {
+                let now = state::now_ms() / 1000;
+                let lease = app.leases.as_ref()?.lease_of(mac, now)?;
+                (lease.state == crate::leases::LeaseState::Bound).then(|| lease.ip.to_string())
+            })
+            .or_else(|| record.and_then(|r| r.facts.ip.clone())),
+        listed: m.is_some(),
+        reason: record.and_then(|r| r.reason.clone()),
+        last_seen: record.map(|r| r.last_seen).filter(|t| *t > 0),
+        installed_at: record.and_then(|r| r.installed_at),
+        facts: record.map(|r| r.facts.clone()).unwrap_or_default(),
+        last_event: app.store.last_event(&mac),
+    }
+}
+
+/// Every listed machine in file order, then every other machine that was seen.
+pub(crate) fn machine_views(app: &App) -> Vec<MachineView> {
+    let inv = app.inventory.get();
+    let records: BTreeMap<MacAddr, Record> = app
+        .store
+        .records()
+        .into_iter()
+        .map(|r| (r.mac, r))
+        .collect();
+    let mut cache = TemplateCache::new();
+    let mut out: Vec<MachineView> = inv
+        .order
+        .iter()
+        .map(|mac| view(app, &inv, *mac, records.get(mac), Some(&mut cache)))
+        .collect();
+    for (mac, r) in &records {
+        if inv.machine(mac).is_none() {
+            out.push(view(app, &inv, *mac, Some(r), None));
+        }
+    }
+    out
+}
+
+pub(super) async fn api_machines(State(app): State<App>) -> Response {
+    Json(machine_views(&app)).into_response()
+}
+
+pub(super) async fn api_machine(State(app): State<App>, Path(mac): Path<String>) -> Response {
+    let mac = match parse_mac(&mac) {
+        Ok(m) => m,
+        Err(r) => return r.into_response(),
+    };
+    let inv = app.inventory.get();
+    let record = app.store.record(&mac);
+    if inv.machine(&mac).is_none() && record.is_none() {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("{mac} is neither in the inventory nor seen\n"),
+        );
+    }
+    #[derive(Serialize)]
+    struct Detail {
+        #[serde(flatten)]
+        machine: MachineView,
+        events: Vec<state::Event>,
+    }
+    Json(Detail {
+        machine: view(&app, &inv, mac, record.as_ref(), None),
+        events: app.store.events(&mac),
+    })
+    .into_response()
+}
+
+fn authorized(app: &App, headers: &HeaderMap) -> Result<(), Reject> {
+    let Some(want) = &app.admin_token else {
+        return Err(Reject(
+            StatusCode::FORBIDDEN,
+            "no admin_token_file is configured: the mutating API is off\n".into(),
+        ));
+    };
+    let got = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if state::constant_time_eq(got.trim().as_bytes(), want.as_bytes()) {
+        Ok(())
+    } else {
+        Err(Reject(
+            StatusCode::UNAUTHORIZED,
+            "wrong or missing bearer token\n".into(),
+        ))
+    }
+}
+
+/// Re-arm a listed machine: its next netboot installs again, with a new token.
+pub(crate) async fn reinstall(app: &App, mac: MacAddr) -> Result<(), Reject> {
+    if app.inventory.get().machine(&mac).is_none() {
+        return Err(Reject(
+            StatusCode::CONFLICT,
+            format!("{mac} is not in the inventory; add it with a role first\n"),
+        ));
+    }
+    app.store
+        .rearm(mac)
+        .await
+        .map_err(|e| state_reject(mac, e))?;
+    app.store
+        .event(mac, "rearm", "re-armed: the next netboot reinstalls");
+    tracing::info!(mac = %mac, "machine re-armed");
+    Ok(())
+}
+
+/// Cancel an armed install: back to installed if it ever was, otherwise held as failed.
+pub(crate) async fn cancel(app: &App, mac: MacAddr) -> Result<(), Reject> {
+    let r = app
+        .store
+        .cancel(mac)
+        .await
+        .map_err(|e| state_reject(mac, e))?;
+    app.store.event(
+        mac,
+        "cancel",
+        format!("install cancelled by an operator; now {}", r.state.as_str()),
+    );
+    tracing::info!(mac = %mac, state = r.state.as_str(), "install cancelled");
+    Ok(())
+}
+
+fn state_reject(mac: MacAddr, e: StateError) -> Reject {
+    match e {
+        StateError::BadToken => Reject(
+            StatusCode::FORBIDDEN,
+            "wrong or missing install token\n".into(),
+        ),
+        StateError::Io(e) => {
+            tracing::error!(mac = %mac, error = %e, "state journal write failed");
+            Reject(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "state could not be saved; try again\n".into(),
+            )
+        }
+    }
+}
+
+pub(super) async fn api_action(
+    app: App,
+    mac: String,
+    headers: HeaderMap,
+    cancel_it: bool,
+) -> Response {
+    if let Err(r) = authorized(&app, &headers) {
+        return r.into_response();
+    }
+    let mac = match parse_mac(&mac) {
+        Ok(m) => m,
+        Err(r) => return r.into_response(),
+    };
+    let result = if cancel_it {
+        cancel(&app, mac).await
+    } else {
+        reinstall(&app, mac).await
+    };
+    match result {
+        Ok(()) => {
+            let inv = app.inventory.get();
+            Json(view(&app, &inv, mac, app.store.record(&mac).as_ref(), None)).into_response()
+        }
+        Err(r) => r.into_response(),
+    }
+}
+
+pub(super) async fn api_reinstall(
+    State(app): State<App>,
+    Path(mac): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    api_action(app, mac, headers, false).await
+}
+
+pub(super) async fn api_cancel(
+    State(app): State<App>,
+    Path(mac): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    api_action(app, mac, headers, true).await
+}
+
+pub(super) async fn api_status(State(app): State<App>) -> Response {
+    #[derive(Serialize)]
+    struct Status {
+        version: &'static str,
+        server_url: String,
+        inventory: inventory::Status,
+    }
+    Json(Status {
+        version: env!("CARGO_PKG_VERSION"),
+        server_url: app.server_url.clone(),
+        inventory: app.inventory.status(),
+    })
+    .into_response()
+}
+
+pub(super) async fn metrics(State(app): State<App>) -> Response {
+    let st = app.inventory.status();
+    let m = &app.metrics;
+    m.set("stemcell_inventory_reloads_total", &[], st.reloads as f64);
+    m.set(
+        "stemcell_inventory_reload_errors_total",
+        &[],
+        st.reload_errors as f64,
+    );
+    m.set("stemcell_inventory_machines", &[], st.machines as f64);
+    let mut by_state: BTreeMap<&str, usize> = BTreeMap::new();
+    for v in machine_views(&app) {
+        *by_state.entry(v.state.as_str()).or_default() += 1;
+    }
+    if let Some(leases) = &app.leases {
+        let now = state::now_ms() / 1000;
+        let mut active: BTreeMap<String, usize> = BTreeMap::new();
+        for s in &app.config.dhcp.subnets {
+            active.insert(s.net.to_string(), 0);
+            let size = u32::from(s.pool_end) - u32::from(s.pool_start) + 1;
+            m.set(
+                "stemcell_dhcp_pool_size",
+                &[("subnet", &s.net.to_string())],
+                f64::from(size),
+            );
+        }
+        for l in leases.leases(now) {
+            if l.state == crate::leases::LeaseState::Bound {
+                if let Some(s) = app
+                    .config
+                    .dhcp
+                    .subnets
+                    .iter()
+                    .find(|s| s.net.contains(l.ip))
+                {
+                    *active.entry(s.net.to_string()).or_default() += 1;
+                }
+            }
+        }
+        for (net, n) in active {
+            m.set("stemcell_dhcp_leases_active", &[("subnet", &net)], n as f64);
+        }
+    }
+    m.clear("stemcell_machines");
+    for (s, n) in by_state {
+        m.set("stemcell_machines", &[("state", s)], n as f64);
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        m.render(),
+    )
+        .into_response()
+}
+
+/// The API's OpenAPI 3 document (tests check real responses against it).
+pub(crate) const OPENAPI: &str = include_str!("openapi.json");
+
+pub(super) async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}

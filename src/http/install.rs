@@ -1,0 +1,278 @@
+//! What a running stem cell (or installer) talks to: its install script, the log, done and
+//! failed callbacks, and a discovering stem cell's hardware report.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use super::{parse_mac, text, App};
+use crate::boot::install_fingerprint;
+use crate::mac::MacAddr;
+use crate::render::{self, InstallVars};
+use crate::state::{self, Record, StateError};
+
+#[derive(Deserialize)]
+pub(super) struct TokenQuery {
+    token: Option<String>,
+}
+
+pub(super) async fn install_script(
+    State(app): State<App>,
+    Path(mac): Path<String>,
+    Query(q): Query<TokenQuery>,
+) -> Response {
+    let mac = match parse_mac(&mac) {
+        Ok(m) => m,
+        Err(r) => return r.into_response(),
+    };
+    let inv = app.inventory.get();
+    let Some(machine) = inv.machine(&mac).cloned() else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("{mac} is not in the inventory\n"),
+        );
+    };
+    let Some(token) = q.token.filter(|t| app.store.check_token(&mac, t)) else {
+        tracing::warn!(mac = %mac, "install script refused: wrong or missing token");
+        app.store.event(
+            mac,
+            "error",
+            "install script refused: wrong or missing token",
+        );
+        return text(StatusCode::FORBIDDEN, "wrong or missing install token\n");
+    };
+    let Some(role) = inv.role_of(&machine).cloned() else {
+        return text(StatusCode::INTERNAL_SERVER_ERROR, "role is not defined\n");
+    };
+    let vars = InstallVars::new(&inv, &machine, &app.server_url, &token);
+    let kickstarts = app.config.kickstarts.clone();
+    let template = role.template.clone();
+    let rendered =
+        tokio::task::spawn_blocking(move || render::install_script(&kickstarts, &template, &vars))
+            .await;
+    let rendered = match rendered {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(e) => Err(format!("render task failed: {e}")),
+    };
+    match rendered {
+        Ok(script) => {
+            if let Err(e) = app.store.install_started(mac, &token).await {
+                return state_error(mac, e);
+            }
+            app.store.event(
+                mac,
+                "install",
+                format!(
+                    "install script served ({} bytes, template {})",
+                    script.len(),
+                    role.template
+                ),
+            );
+            tracing::info!(mac = %mac, template = %role.template, "install script served");
+            (
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                script,
+            )
+                .into_response()
+        }
+        Err(e) => {
+            tracing::warn!(mac = %mac, error = %e, "install template failed");
+            app.store
+                .event(mac, "error", format!("install template failed: {e}"));
+            let _ = app
+                .store
+                .failed(mac, None, format!("install template failed: {e}"))
+                .await;
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "install template failed to render; the cause is in the server log and the machine's events\n",
+            )
+        }
+    }
+}
+
+fn state_error(mac: MacAddr, e: StateError) -> Response {
+    match e {
+        StateError::BadToken => text(StatusCode::FORBIDDEN, "wrong or missing install token\n"),
+        StateError::Io(e) => {
+            tracing::error!(mac = %mac, error = %e, "state journal write failed");
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "state could not be saved; try again\n",
+            )
+        }
+    }
+}
+
+/// Longest log line kept, and most lines taken from one request.
+const LOG_LINE_MAX: usize = 2000;
+const LOG_LINES_MAX: usize = 5000;
+
+pub(super) async fn install_callback(
+    State(app): State<App>,
+    Path((mac, action)): Path<(String, String)>,
+    Query(q): Query<TokenQuery>,
+    body: String,
+) -> Response {
+    let mac = match parse_mac(&mac) {
+        Ok(m) => m,
+        Err(r) => return r.into_response(),
+    };
+    let Some(token) = q.token.filter(|t| app.store.check_token(&mac, t)) else {
+        tracing::warn!(mac = %mac, action = %action, "install callback refused: wrong or missing token");
+        return text(StatusCode::FORBIDDEN, "wrong or missing install token\n");
+    };
+    match action.as_str() {
+        "log" => {
+            let mut n = 0;
+            for line in body.lines().take(LOG_LINES_MAX) {
+                let line: String = line.chars().take(LOG_LINE_MAX).collect();
+                app.store.event(mac, "log", line);
+                n += 1;
+            }
+            text(StatusCode::OK, format!("{n} lines\n"))
+        }
+        "done" => {
+            let inv = app.inventory.get();
+            let from = inv
+                .machine(&mac)
+                .map(|m| install_fingerprint(&app.config, &inv, m))
+                .unwrap_or_default();
+            match app.store.done(mac, &token, from).await {
+                Ok(r) => {
+                    record_install_outcome(&app, "done", &r);
+                    app.store.event(
+                        mac,
+                        "done",
+                        "install done; next boots are from the local disk",
+                    );
+                    tracing::info!(mac = %mac, "install done");
+                    text(StatusCode::OK, "installed\n")
+                }
+                Err(e) => state_error(mac, e),
+            }
+        }
+        "failed" => {
+            let reason: String = body.trim().chars().take(LOG_LINE_MAX).collect();
+            let reason = if reason.is_empty() {
+                "no reason given".to_string()
+            } else {
+                reason
+            };
+            match app.store.failed(mac, Some(&token), reason.clone()).await {
+                Ok(r) => {
+                    record_install_outcome(&app, "failed", &r);
+                    app.store
+                        .event(mac, "failed", format!("install failed: {reason}"));
+                    tracing::warn!(mac = %mac, reason = %reason, "install failed");
+                    text(StatusCode::OK, "recorded as failed\n")
+                }
+                Err(e) => state_error(mac, e),
+            }
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "callbacks are log, done and failed\n",
+        ),
+    }
+}
+
+/// Most facts taken from one discovery report, and their longest key and value.
+const FACTS_MAX: usize = 128;
+const FACT_KEY_MAX: usize = 64;
+const FACT_VALUE_MAX: usize = 512;
+
+/// Pure: `key=value` lines from a discovering stem cell, bounded and cleaned. Keys are
+/// lower-case identifiers; lines that are not `key=value` are skipped.
+pub(crate) fn parse_facts(body: &str) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    for line in body.lines() {
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
+        let k = k.trim().to_ascii_lowercase();
+        if k.is_empty()
+            || k.len() > FACT_KEY_MAX
+            || !k
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-')
+        {
+            continue;
+        }
+        let v: String = v
+            .trim()
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(FACT_VALUE_MAX)
+            .collect();
+        if out.len() < FACTS_MAX || out.contains_key(&k) {
+            out.insert(k, v);
+        }
+    }
+    out
+}
+
+/// A stem cell booted in discovery mode reports what the machine is.
+pub(super) async fn discover(
+    State(app): State<App>,
+    Path(mac): Path<String>,
+    body: String,
+) -> Response {
+    let mac = match parse_mac(&mac) {
+        Ok(m) => m,
+        Err(r) => return r.into_response(),
+    };
+    let listed = app.inventory.get().machine(&mac).is_some();
+    let hardware = parse_facts(&body);
+    let n = hardware.len();
+    app.store.observe(
+        mac,
+        listed,
+        state::Facts {
+            hardware,
+            ..Default::default()
+        },
+    );
+    app.store.event(
+        mac,
+        "discover",
+        format!("stem cell reported {n} hardware facts"),
+    );
+    tracing::info!(mac = %mac, facts = n, "discovery report");
+    text(StatusCode::OK, format!("{n} facts\n"))
+}
+
+fn record_install_outcome(app: &App, outcome: &str, record: &Record) {
+    app.metrics
+        .inc("stemcell_installs_total", &[("outcome", outcome)], 1.0);
+    if let Some(start) = record.install_started {
+        let secs = state::now_ms().saturating_sub(start) as f64 / 1000.0;
+        app.metrics.observe(
+            "stemcell_install_duration_seconds",
+            &[("outcome", outcome)],
+            secs,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn discovery_facts_are_bounded_and_cleaned() {
+        let f =
+            parse_facts("CPUs=4\nmemory_kb = 2048\nbad key=x\nno equals\ndmi.vendor=QEMU\x07\n");
+        assert_eq!(f.get("cpus").map(String::as_str), Some("4"));
+        assert_eq!(f.get("memory_kb").map(String::as_str), Some("2048"));
+        assert_eq!(f.get("dmi.vendor").map(String::as_str), Some("QEMU"));
+        assert_eq!(f.len(), 3);
+        let many: String = (0..500)
+            .map(|i| format!("k{i}={}\n", "v".repeat(2000)))
+            .collect();
+        let f = parse_facts(&many);
+        assert_eq!(f.len(), FACTS_MAX);
+        assert!(f.values().all(|v| v.len() == FACT_VALUE_MAX));
+    }
+}

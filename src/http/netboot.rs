@@ -1,0 +1,147 @@
+//! What firmware and iPXE fetch: per-MAC boot scripts, the stem cell's kernel and initrd,
+//! the assets folder and the TFTP root over HTTP. The decision itself is `crate::boot`'s;
+//! this module serves it and records each step as the machine's event.
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use super::{files, parse_mac, text, App};
+use crate::boot::{boot_script_text, choice_for, Choice};
+use crate::mac::MacAddr;
+use crate::state::{self};
+
+pub(super) async fn boot_script(
+    State(app): State<App>,
+    Path(file): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    let Some(mac) = file.strip_suffix(".ipxe") else {
+        return text(StatusCode::NOT_FOUND, "boot scripts are /boot/MAC.ipxe\n");
+    };
+    let mac = match parse_mac(mac) {
+        Ok(m) => m,
+        Err(r) => return r.into_response(),
+    };
+    match boot_script_for(&app, mac).await {
+        Ok((choice, script)) => {
+            tracing::info!(mac = %mac, peer = %peer, choice = ?choice, "boot script");
+            (
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                script,
+            )
+                .into_response()
+        }
+        Err(e) => {
+            tracing::warn!(mac = %mac, error = %e, "boot script failed");
+            app.store
+                .event(mac, "error", format!("boot script failed: {e}"));
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "boot script failed; see the server log\n",
+            )
+        }
+    }
+}
+
+/// The boot script for `mac` now, recording that it was served (arming a pending
+/// machine with a durable install token first).
+pub(crate) async fn boot_script_for(app: &App, mac: MacAddr) -> anyhow::Result<(Choice, String)> {
+    let inv = app.inventory.get();
+    let machine = inv.machine(&mac);
+    let record = app.store.record(&mac);
+    let choice = choice_for(&inv, mac, record.as_ref());
+    app.store
+        .observe(mac, machine.is_some(), state::Facts::default());
+    let token = match choice {
+        Choice::Install => Some(app.store.arm(mac).await?),
+        _ => None,
+    };
+    let message = match (&choice, machine) {
+        (Choice::Install, Some(m)) => format!("boot script: install as role {}", m.role),
+        (Choice::Local, _) => "boot script: installed, boot from local disk".into(),
+        (Choice::Failed(_), _) => "boot script: last install failed, waiting to be re-armed".into(),
+        (Choice::Discover, _) => "boot script: unknown machine, discovery boot".into(),
+        _ => "boot script: not in the inventory, ignored".into(),
+    };
+    let script = boot_script_text(
+        &app.config,
+        &app.server_url,
+        &inv,
+        mac,
+        &choice,
+        token.as_deref(),
+    )?;
+    app.store.event(mac, "boot", message);
+    Ok((choice, script))
+}
+
+#[derive(Deserialize)]
+pub(super) struct MacQuery {
+    mac: Option<String>,
+}
+
+fn file_event(app: &App, q: &MacQuery, headers: &HeaderMap, what: &str) {
+    if let Some(mac) = q.mac.as_deref().and_then(|m| m.parse::<MacAddr>().ok()) {
+        // Only whole-file fetches are boot steps; resumed ranges are not worth an event.
+        if headers.get(header::RANGE).is_none() {
+            app.store.event(mac, "file", format!("fetched {what}"));
+        }
+    }
+}
+
+pub(super) async fn stemcell_file(
+    State(app): State<App>,
+    Path(file): Path<String>,
+    Query(q): Query<MacQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let cached = match file.as_str() {
+        "vmlinuz" => &app.stemcell_files[0],
+        "initrd.img" => &app.stemcell_files[1],
+        _ => {
+            return text(
+                StatusCode::NOT_FOUND,
+                "the stem cell has vmlinuz and initrd.img\n",
+            )
+        }
+    };
+    file_event(&app, &q, &headers, &format!("stem-cell {file}"));
+    cached.serve(&headers).await
+}
+
+pub(super) async fn asset(
+    State(app): State<App>,
+    Path(rel): Path<String>,
+    Query(q): Query<MacQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(root) = &app.config.assets else {
+        return text(StatusCode::NOT_FOUND, "no assets folder is configured\n");
+    };
+    let Some(path) = files::jail(root, &rel) else {
+        tracing::warn!(path = %rel, "asset request refused or not found");
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    };
+    file_event(&app, &q, &headers, &format!("asset {rel}"));
+    files::serve(&path, &headers).await
+}
+
+/// The TFTP root over HTTP, for UEFI HTTP boot (its DHCP answer names
+/// `{server_url}/tftp/ipxe.efi`); jailed like the assets.
+pub(super) async fn tftp_over_http(
+    State(app): State<App>,
+    Path(rel): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(tftp) = &app.config.tftp else {
+        return text(StatusCode::NOT_FOUND, "TFTP is not configured\n");
+    };
+    let Some(path) = files::jail(&tftp.root, &rel) else {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    };
+    files::serve(&path, &headers).await
+}
