@@ -637,6 +637,22 @@ admin_token_file: admin.token
     }
 
     #[test]
+    fn an_unreadable_config_says_its_cause_once() {
+        let e = Config::load(Path::new("/nonexistent/stemcell.yaml")).unwrap_err();
+        // As the CLI prints it: the error and its chain of sources.
+        let shown = format!("{:#}", anyhow::Error::from(e));
+        assert_eq!(
+            shown.matches("No such file or directory").count(),
+            1,
+            "{shown}"
+        );
+        assert!(
+            shown.starts_with("/nonexistent/stemcell.yaml: cannot read"),
+            "{shown}"
+        );
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("90"), Some(Duration::from_secs(90)));
         assert_eq!(parse_duration("30m"), Some(Duration::from_secs(1800)));

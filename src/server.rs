@@ -269,8 +269,12 @@ pub(crate) async fn run(p: Prepared, shutdown: CancellationToken) -> Result<(), 
     tracing::info!(%addr, %url, "stemcell ready");
 
     let failure = tokio::select! {
+        biased;
         () = shutdown.cancelled() => None,
-        Some(ended) = tasks.join_next() => Some(service_failure(ended)),
+        Some(ended) = tasks.join_next() => {
+            // Services return when shutdown is cancelled; only an end before it is a failure.
+            (!shutdown.is_cancelled()).then(|| service_failure(ended))
+        }
     };
     match &failure {
         None => tracing::info!("shutting down"),
@@ -279,7 +283,13 @@ pub(crate) async fn run(p: Prepared, shutdown: CancellationToken) -> Result<(), 
         }
     }
     shutdown.cancel();
-    let drain = async { while tasks.join_next().await.is_some() {} };
+    let drain = async {
+        while let Some(ended) = tasks.join_next().await {
+            if let Ok((name, Err(e))) = ended {
+                tracing::warn!(service = name, error = %format!("{e:#}"), "service failed while stopping");
+            }
+        }
+    };
     if tokio::time::timeout(Duration::from_secs(10), drain)
         .await
         .is_err()

@@ -482,18 +482,31 @@ pub(crate) fn suggestion<'a>(name: &str, valid: &[&'a str]) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
+/// Optimal string alignment distance: insertions, deletions, substitutions and swaps of
+/// two neighbours each cost 1, so the common typo `wbe` is one step from `web`.
 fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != *cb);
-            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
     }
-    prev[b.len()]
+    for j in 0..=b.len() {
+        d[0][j] = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 #[cfg(test)]
@@ -567,5 +580,14 @@ mod tests {
         let e = r.finish(()).unwrap_err();
         assert!(e.to_string().contains("did you mean \"hostname\""), "{e}");
         assert!(e.to_string().starts_with("t.yaml:1:1:"), "{e}");
+    }
+
+    #[test]
+    fn a_swapped_pair_of_letters_suggests_the_right_name() {
+        // Regression: plain Levenshtein put `wbe` at 2 from both `web` and `db`.
+        assert_eq!(suggestion("wbe", &["db", "web"]), Some("web"));
+        assert_eq!(suggestion("wbe", &["web", "db"]), Some("web"));
+        assert_eq!(edit_distance("hostanme", "hostname"), 1);
+        assert_eq!(suggestion("zzzzzz", &["db", "web"]), None);
     }
 }
