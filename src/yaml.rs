@@ -102,78 +102,56 @@ fn pos_of(span: &Span) -> Pos {
     }
 }
 
-/// Parse one YAML document. An empty file is `Null`. More than one document, an unknown
-/// alias or a duplicate key is an error with its position.
-pub(crate) fn parse(file: &Path, text: &str) -> Result<Node, Problems> {
-    let problem = |pos: Pos, message: String| {
+/// A container under construction.
+enum Open {
+    Seq {
+        pos: Pos,
+        items: Vec<Node>,
+        anchor: usize,
+    },
+    Map {
+        pos: Pos,
+        entries: Vec<(Node, Node)>,
+        /// A key read, waiting for its value.
+        pending: Option<Node>,
+        anchor: usize,
+        /// Key index, built once a map grows large (see `first_definition`).
+        seen: HashMap<String, Pos>,
+    },
+}
+
+/// Builds the node tree from parser events.
+struct Builder<'f> {
+    file: &'f Path,
+    stack: Vec<Open>,
+    anchors: HashMap<usize, Node>,
+    root: Option<Node>,
+}
+
+impl Builder<'_> {
+    fn problem(&self, pos: Pos, message: String) -> Problems {
         Problems(vec![Problem {
-            file: file.to_path_buf(),
+            file: self.file.to_path_buf(),
             pos,
             message,
         }])
-    };
-    // Containers under construction: (node being filled, pending key for maps).
-    enum Open {
-        Seq(Pos, Vec<Node>, usize),
-        Map(
-            Pos,
-            Vec<(Node, Node)>,
-            Option<Node>,
-            usize,
-            HashMap<String, Pos>,
-        ),
     }
-    let mut stack: Vec<Open> = Vec::new();
-    let mut anchors: HashMap<usize, Node> = HashMap::new();
-    let mut root: Option<Node> = None;
-    let mut documents = 0usize;
-    let mut parser = Parser::new_from_str(text);
 
-    // Attach a finished node to whatever is open, checking duplicate keys.
-    fn attach(
-        stack: &mut [Open],
-        root: &mut Option<Node>,
-        node: Node,
-        file: &Path,
-    ) -> Result<(), Problems> {
-        match stack.last_mut() {
-            None => {
-                *root = Some(node);
-                Ok(())
-            }
-            Some(Open::Seq(_, items, _)) => {
-                items.push(node);
-                Ok(())
-            }
-            Some(Open::Map(_, entries, pending, _, seen)) => match pending.take() {
+    /// Attach a finished node to whatever is open, checking duplicate keys.
+    fn attach(&mut self, node: Node) -> Result<(), Problems> {
+        let file = self.file;
+        match self.stack.last_mut() {
+            None => self.root = Some(node),
+            Some(Open::Seq { items, .. }) => items.push(node),
+            Some(Open::Map {
+                entries,
+                pending,
+                seen,
+                ..
+            }) => match pending.take() {
+                Some(key) => entries.push((key, node)),
                 None => {
-                    // Keys are indexed as they come: a 100,000-machine inventory must not
-                    // compare every key with every other.
-                    let first = match &node.kind {
-                        // Small maps (almost all of them) are scanned; large ones (the
-                        // machines of a big inventory) get an index as they grow.
-                        Kind::Scalar { text, .. } if entries.len() >= 16 => {
-                            if seen.is_empty() {
-                                for (k, _) in entries.iter() {
-                                    if let Kind::Scalar { text, .. } = &k.kind {
-                                        seen.entry(text.clone()).or_insert(k.pos);
-                                    }
-                                }
-                            }
-                            match seen.get(text) {
-                                Some(p) => Some(*p),
-                                None => {
-                                    seen.insert(text.clone(), node.pos);
-                                    None
-                                }
-                            }
-                        }
-                        _ => entries
-                            .iter()
-                            .find(|(k, _)| same_key(k, &node))
-                            .map(|(k, _)| k.pos),
-                    };
-                    if let Some(first) = first {
+                    if let Some(first) = first_definition(entries, seen, &node) {
                         return Err(Problems(vec![Problem {
                             file: file.to_path_buf(),
                             pos: node.pos,
@@ -186,36 +164,116 @@ pub(crate) fn parse(file: &Path, text: &str) -> Result<Node, Problems> {
                         }]));
                     }
                     *pending = Some(node);
-                    Ok(())
-                }
-                Some(key) => {
-                    entries.push((key, node));
-                    Ok(())
                 }
             },
         }
+        Ok(())
     }
 
-    while let Some(ev) = parser.next_event() {
-        let (ev, span) = match ev {
-            Ok(x) => x,
-            Err(e) => {
-                let m = e.marker();
-                return Err(problem(
-                    Pos {
-                        line: m.line(),
-                        col: m.col() + 1,
+    /// Close the innermost container and attach it where it belongs.
+    fn close(&mut self, pos: Pos) -> Result<(), Problems> {
+        let (node, anchor) = match self.stack.pop() {
+            Some(Open::Seq {
+                pos,
+                mut items,
+                anchor,
+            }) => {
+                items.shrink_to_fit();
+                (
+                    Node {
+                        kind: Kind::Seq(items),
+                        pos,
                     },
-                    format!("YAML syntax error: {}", e.info()),
-                ));
+                    anchor,
+                )
             }
+            Some(Open::Map {
+                pos,
+                mut entries,
+                anchor,
+                ..
+            }) => {
+                // Trimmed as they close: a 100,000-machine tree is mostly small maps.
+                entries.shrink_to_fit();
+                (
+                    Node {
+                        kind: Kind::Map(entries),
+                        pos,
+                    },
+                    anchor,
+                )
+            }
+            None => return Err(self.problem(pos, "unbalanced YAML structure".into())),
         };
+        self.anchored(anchor, &node);
+        self.attach(node)
+    }
+
+    fn anchored(&mut self, anchor: usize, node: &Node) {
+        if anchor > 0 {
+            self.anchors.insert(anchor, node.clone());
+        }
+    }
+}
+
+/// Where `key` was first defined in a map being built, if it was. Small maps (almost all
+/// of them) are scanned; large ones (the machines of a big inventory) get an index as they
+/// grow, so a 100,000-machine inventory does not compare every key with every other.
+fn first_definition(
+    entries: &[(Node, Node)],
+    seen: &mut HashMap<String, Pos>,
+    key: &Node,
+) -> Option<Pos> {
+    match &key.kind {
+        Kind::Scalar { text, .. } if entries.len() >= 16 => {
+            if seen.is_empty() {
+                for (k, _) in entries {
+                    if let Kind::Scalar { text, .. } = &k.kind {
+                        seen.entry(text.clone()).or_insert(k.pos);
+                    }
+                }
+            }
+            match seen.get(text) {
+                Some(p) => Some(*p),
+                None => {
+                    seen.insert(text.clone(), key.pos);
+                    None
+                }
+            }
+        }
+        _ => entries
+            .iter()
+            .find(|(k, _)| same_key(k, key))
+            .map(|(k, _)| k.pos),
+    }
+}
+
+/// Parse one YAML document. An empty file is `Null`. More than one document, an unknown
+/// alias or a duplicate key is an error with its position.
+pub(crate) fn parse(file: &Path, text: &str) -> Result<Node, Problems> {
+    let mut b = Builder {
+        file,
+        stack: Vec::new(),
+        anchors: HashMap::new(),
+        root: None,
+    };
+    let mut documents = 0usize;
+    let mut parser = Parser::new_from_str(text);
+    while let Some(ev) = parser.next_event() {
+        let (ev, span) = ev.map_err(|e| {
+            let m = e.marker();
+            let at = Pos {
+                line: m.line(),
+                col: m.col() + 1,
+            };
+            b.problem(at, format!("YAML syntax error: {}", e.info()))
+        })?;
         let pos = pos_of(&span);
         match ev {
             Event::DocumentStart(_) => {
                 documents += 1;
                 if documents > 1 {
-                    return Err(problem(
+                    return Err(b.problem(
                         pos,
                         "a second YAML document ('---'); this file holds exactly one".into(),
                     ));
@@ -232,58 +290,35 @@ pub(crate) fn parse(file: &Path, text: &str) -> Result<Node, Problems> {
                     }
                 };
                 let node = Node { kind, pos };
-                if anchor > 0 {
-                    anchors.insert(anchor, node.clone());
-                }
-                attach(&mut stack, &mut root, node, file)?;
+                b.anchored(anchor, &node);
+                b.attach(node)?;
             }
             Event::Alias(id) => {
-                let Some(node) = anchors.get(&id) else {
-                    return Err(problem(pos, "alias to an unknown anchor".into()));
+                let Some(node) = b.anchors.get(&id) else {
+                    return Err(b.problem(pos, "alias to an unknown anchor".into()));
                 };
                 let mut node = node.clone();
                 node.pos = pos;
-                attach(&mut stack, &mut root, node, file)?;
+                b.attach(node)?;
             }
-            Event::SequenceStart(anchor, _) => stack.push(Open::Seq(pos, Vec::new(), anchor)),
-            Event::MappingStart(anchor, _) => {
-                stack.push(Open::Map(pos, Vec::new(), None, anchor, HashMap::new()))
-            }
-            Event::SequenceEnd | Event::MappingEnd => {
-                let (node, anchor) = match stack.pop() {
-                    Some(Open::Seq(p, mut items, a)) => {
-                        items.shrink_to_fit();
-                        (
-                            Node {
-                                kind: Kind::Seq(items),
-                                pos: p,
-                            },
-                            a,
-                        )
-                    }
-                    Some(Open::Map(p, mut entries, _, a, _)) => {
-                        // Trimmed as they close: a 100,000-machine tree is mostly small maps.
-                        entries.shrink_to_fit();
-                        (
-                            Node {
-                                kind: Kind::Map(entries),
-                                pos: p,
-                            },
-                            a,
-                        )
-                    }
-                    None => return Err(problem(pos, "unbalanced YAML structure".into())),
-                };
-                if anchor > 0 {
-                    anchors.insert(anchor, node.clone());
-                }
-                attach(&mut stack, &mut root, node, file)?;
-            }
+            Event::SequenceStart(anchor, _) => b.stack.push(Open::Seq {
+                pos,
+                items: Vec::new(),
+                anchor,
+            }),
+            Event::MappingStart(anchor, _) => b.stack.push(Open::Map {
+                pos,
+                entries: Vec::new(),
+                pending: None,
+                anchor,
+                seen: HashMap::new(),
+            }),
+            Event::SequenceEnd | Event::MappingEnd => b.close(pos)?,
             Event::StreamEnd => break,
             _ => {}
         }
     }
-    Ok(root.unwrap_or(Node {
+    Ok(b.root.unwrap_or(Node {
         kind: Kind::Null,
         pos: Pos { line: 1, col: 1 },
     }))
@@ -491,8 +526,8 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, row) in d.iter_mut().enumerate() {
         row[0] = i;
     }
-    for j in 0..=b.len() {
-        d[0][j] = j;
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
     }
     for i in 1..=a.len() {
         for j in 1..=b.len() {

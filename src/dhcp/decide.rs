@@ -74,6 +74,21 @@ impl Outcome {
             ignored: None,
         }
     }
+
+    fn reply(
+        reply: Reply,
+        to: SocketAddrV4,
+        durable: Durable,
+        mac: MacAddr,
+        ev: DhcpEvent,
+    ) -> Outcome {
+        Outcome {
+            reply: Some(Outgoing { reply, to }),
+            durable,
+            event: Some((mac, ev)),
+            ignored: None,
+        }
+    }
 }
 
 /// A boot answer for a network-boot client.
@@ -466,120 +481,21 @@ impl DhcpServer {
             ev.refusal = Some(Refusal::NoSubnet { relay });
             return Outcome::event_only(mac, ev);
         };
-        let subnet = &self.settings.subnets[idx];
         let host = self.directory.lookup(mac);
         ev.known = host.is_some();
-        let reserved = host.as_ref().and_then(|h| h.reserved_ip);
-        let lease_secs = subnet.lease_time.as_secs();
-
+        let c = Client {
+            p,
+            mac,
+            subnet: &self.settings.subnets[idx],
+            reserved: host.as_ref().and_then(|h| h.reserved_ip),
+            host,
+            relay,
+            ciaddr,
+            now,
+        };
         match msg {
-            MessageType::Discover => {
-                let (boot, boot_refusal) = self.boot_decision(&ev.class, mac, ev.known);
-                let requested = p.options.ipv4(code::REQUESTED_IP);
-                let ip = match self.leases.offer(subnet.net, mac, reserved, requested, now) {
-                    Ok(ip) => ip,
-                    Err(e) => {
-                        ev.refusal = Some(match &e {
-                            AllocError::PoolExhausted(net) => {
-                                tracing::warn!(subnet = %net, mac = %mac, "address pool exhausted; no offer");
-                                Refusal::PoolExhausted {
-                                    subnet: net.to_string(),
-                                }
-                            }
-                            other => {
-                                tracing::warn!(subnet = %subnet.net, mac = %mac, error = %other, "no address to offer");
-                                Refusal::NoAddress {
-                                    reason: other.to_string(),
-                                }
-                            }
-                        });
-                        return Outcome::event_only(mac, ev);
-                    }
-                };
-                let mut r = Reply::to(p, MessageType::Offer);
-                r.yiaddr = ip;
-                self.put_subnet_options(&mut r, subnet, Some(lease_secs));
-                self.put_client_options(&mut r, p, host.as_ref(), boot.as_ref());
-                ev.sent = Some(MessageType::Offer);
-                ev.ip = Some(ip);
-                ev.boot_file = boot.map(|b| b.file);
-                ev.refusal = boot_refusal;
-                let to = Self::destination(p, true);
-                tracing::debug!(mac = %mac, ip = %ip, to = %to, "offer");
-                Outcome {
-                    reply: Some(Outgoing { reply: r, to }),
-                    durable: Durable::done(),
-                    event: Some((mac, ev)),
-                    ignored: None,
-                }
-            }
-            MessageType::Request => {
-                if let Some(server) = p.options.ipv4(code::SERVER_ID) {
-                    if server != self.settings.server_ip {
-                        self.leases.forget_offer(mac, subnet.net, now);
-                        ev.refusal = Some(Refusal::OtherServer { server });
-                        return Outcome::event_only(mac, ev);
-                    }
-                }
-                let Some(ip) = p.options.ipv4(code::REQUESTED_IP).or(ciaddr) else {
-                    return Outcome::ignore("DHCPREQUEST without a requested address or ciaddr");
-                };
-                ev.ip = Some(ip);
-                let bound = if subnet.net.contains(ip) {
-                    self.leases
-                        .bind(mac, ip, reserved, lease_secs, now)
-                        .map_err(|e| e.to_string())
-                } else {
-                    Err(format!("{ip} is not on network {}", subnet.net))
-                };
-                match bound {
-                    Ok((lease, durable)) => {
-                        let (boot, boot_refusal) = self.boot_decision(&ev.class, mac, ev.known);
-                        let mut r = Reply::to(p, MessageType::Ack);
-                        r.yiaddr = lease.ip;
-                        r.ciaddr = p.ciaddr;
-                        self.put_subnet_options(
-                            &mut r,
-                            subnet,
-                            Some(lease.expires.saturating_sub(now)),
-                        );
-                        self.put_client_options(&mut r, p, host.as_ref(), boot.as_ref());
-                        ev.sent = Some(MessageType::Ack);
-                        ev.boot_file = boot.map(|b| b.file);
-                        ev.refusal = boot_refusal;
-                        let to = Self::destination(p, false);
-                        tracing::debug!(mac = %mac, ip = %ip, to = %to, "ack");
-                        Outcome {
-                            reply: Some(Outgoing { reply: r, to }),
-                            durable,
-                            event: Some((mac, ev)),
-                            ignored: None,
-                        }
-                    }
-                    Err(reason) => {
-                        tracing::warn!(mac = %mac, ip = %ip, reason = %reason, "DHCPNAK");
-                        let mut r = Reply::to(p, MessageType::Nak);
-                        r.set_ip(code::SERVER_ID, self.settings.server_ip);
-                        r.set(code::MESSAGE, reason.clone().into_bytes());
-                        if relay.is_some() {
-                            // RFC 2131 §4.3.2: the relay must broadcast a NAK.
-                            r.flags |= FLAG_BROADCAST;
-                        }
-                        Self::echo_relay_info(&mut r, p);
-                        ev.sent = Some(MessageType::Nak);
-                        ev.refusal = Some(Refusal::Nak { reason });
-                        Outcome {
-                            reply: Some(Outgoing {
-                                reply: r,
-                                to: Self::destination(p, true),
-                            }),
-                            durable: Durable::done(),
-                            event: Some((mac, ev)),
-                            ignored: None,
-                        }
-                    }
-                }
-            }
+            MessageType::Discover => self.handle_discover(&c, ev),
+            MessageType::Request => self.handle_request(&c, ev),
             MessageType::Decline => {
                 let Some(ip) = p.options.ipv4(code::REQUESTED_IP) else {
                     return Outcome::ignore("DHCPDECLINE without an address");
@@ -598,28 +514,132 @@ impl DhcpServer {
                 ev.ip = Some(ip);
                 Outcome::event_only(mac, ev)
             }
-            MessageType::Inform => {
-                let (boot, boot_refusal) = self.boot_decision(&ev.class, mac, ev.known);
-                let mut r = Reply::to(p, MessageType::Ack);
-                r.ciaddr = p.ciaddr;
-                self.put_subnet_options(&mut r, subnet, None);
-                self.put_client_options(&mut r, p, host.as_ref(), boot.as_ref());
-                ev.sent = Some(MessageType::Ack);
-                ev.boot_file = boot.map(|b| b.file);
-                ev.refusal = boot_refusal;
-                Outcome {
-                    reply: Some(Outgoing {
-                        reply: r,
-                        to: Self::destination(p, false),
-                    }),
-                    durable: Durable::done(),
-                    event: Some((mac, ev)),
-                    ignored: None,
-                }
-            }
+            MessageType::Inform => self.handle_inform(&c, ev),
             _ => Outcome::ignore("not a client message"),
         }
     }
+
+    /// DISCOVER: offer an address (held briefly, not yet durable: nothing is promised).
+    fn handle_discover(&self, c: &Client<'_>, mut ev: DhcpEvent) -> Outcome {
+        let (p, mac, subnet) = (c.p, c.mac, c.subnet);
+        let (boot, boot_refusal) = self.boot_decision(&ev.class, mac, ev.known);
+        let requested = p.options.ipv4(code::REQUESTED_IP);
+        let ip = match self
+            .leases
+            .offer(subnet.net, mac, c.reserved, requested, c.now)
+        {
+            Ok(ip) => ip,
+            Err(e) => {
+                ev.refusal = Some(match &e {
+                    AllocError::PoolExhausted(net) => {
+                        tracing::warn!(subnet = %net, mac = %mac, "address pool exhausted; no offer");
+                        Refusal::PoolExhausted {
+                            subnet: net.to_string(),
+                        }
+                    }
+                    other => {
+                        tracing::warn!(subnet = %subnet.net, mac = %mac, error = %other, "no address to offer");
+                        Refusal::NoAddress {
+                            reason: other.to_string(),
+                        }
+                    }
+                });
+                return Outcome::event_only(mac, ev);
+            }
+        };
+        let mut r = Reply::to(p, MessageType::Offer);
+        r.yiaddr = ip;
+        self.put_subnet_options(&mut r, subnet, Some(subnet.lease_time.as_secs()));
+        self.put_client_options(&mut r, p, c.host.as_ref(), boot.as_ref());
+        ev.sent = Some(MessageType::Offer);
+        ev.ip = Some(ip);
+        ev.boot_file = boot.map(|b| b.file);
+        ev.refusal = boot_refusal;
+        let to = Self::destination(p, true);
+        tracing::debug!(mac = %mac, ip = %ip, to = %to, "offer");
+        Outcome::reply(r, to, Durable::done(), mac, ev)
+    }
+
+    /// REQUEST in every client state: bind (durably) and ACK, or NAK with the reason.
+    fn handle_request(&self, c: &Client<'_>, mut ev: DhcpEvent) -> Outcome {
+        let (p, mac, subnet, now) = (c.p, c.mac, c.subnet, c.now);
+        if let Some(server) = p.options.ipv4(code::SERVER_ID) {
+            if server != self.settings.server_ip {
+                self.leases.forget_offer(mac, subnet.net, now);
+                ev.refusal = Some(Refusal::OtherServer { server });
+                return Outcome::event_only(mac, ev);
+            }
+        }
+        let Some(ip) = p.options.ipv4(code::REQUESTED_IP).or(c.ciaddr) else {
+            return Outcome::ignore("DHCPREQUEST without a requested address or ciaddr");
+        };
+        ev.ip = Some(ip);
+        let bound = if subnet.net.contains(ip) {
+            self.leases
+                .bind(mac, ip, c.reserved, subnet.lease_time.as_secs(), now)
+                .map_err(|e| e.to_string())
+        } else {
+            Err(format!("{ip} is not on network {}", subnet.net))
+        };
+        let (lease, durable) = match bound {
+            Ok(b) => b,
+            Err(reason) => return self.nak(c, ev, reason),
+        };
+        let (boot, boot_refusal) = self.boot_decision(&ev.class, mac, ev.known);
+        let mut r = Reply::to(p, MessageType::Ack);
+        r.yiaddr = lease.ip;
+        r.ciaddr = p.ciaddr;
+        self.put_subnet_options(&mut r, subnet, Some(lease.expires.saturating_sub(now)));
+        self.put_client_options(&mut r, p, c.host.as_ref(), boot.as_ref());
+        ev.sent = Some(MessageType::Ack);
+        ev.boot_file = boot.map(|b| b.file);
+        ev.refusal = boot_refusal;
+        let to = Self::destination(p, false);
+        tracing::debug!(mac = %mac, ip = %ip, to = %to, "ack");
+        Outcome::reply(r, to, durable, mac, ev)
+    }
+
+    fn nak(&self, c: &Client<'_>, mut ev: DhcpEvent, reason: String) -> Outcome {
+        let p = c.p;
+        tracing::warn!(mac = %c.mac, ip = ?ev.ip, reason = %reason, "DHCPNAK");
+        let mut r = Reply::to(p, MessageType::Nak);
+        r.set_ip(code::SERVER_ID, self.settings.server_ip);
+        r.set(code::MESSAGE, reason.clone().into_bytes());
+        if c.relay.is_some() {
+            // RFC 2131 §4.3.2: the relay must broadcast a NAK.
+            r.flags |= FLAG_BROADCAST;
+        }
+        Self::echo_relay_info(&mut r, p);
+        ev.sent = Some(MessageType::Nak);
+        ev.refusal = Some(Refusal::Nak { reason });
+        Outcome::reply(r, Self::destination(p, true), Durable::done(), c.mac, ev)
+    }
+
+    /// INFORM: the client has an address; answer with options only.
+    fn handle_inform(&self, c: &Client<'_>, mut ev: DhcpEvent) -> Outcome {
+        let p = c.p;
+        let (boot, boot_refusal) = self.boot_decision(&ev.class, c.mac, ev.known);
+        let mut r = Reply::to(p, MessageType::Ack);
+        r.ciaddr = p.ciaddr;
+        self.put_subnet_options(&mut r, c.subnet, None);
+        self.put_client_options(&mut r, p, c.host.as_ref(), boot.as_ref());
+        ev.sent = Some(MessageType::Ack);
+        ev.boot_file = boot.map(|b| b.file);
+        ev.refusal = boot_refusal;
+        Outcome::reply(r, Self::destination(p, false), Durable::done(), c.mac, ev)
+    }
+}
+
+/// One authoritative-mode client request, with what was looked up for it.
+struct Client<'a> {
+    p: &'a Packet,
+    mac: MacAddr,
+    subnet: &'a Subnet,
+    host: Option<Host>,
+    reserved: Option<Ipv4Addr>,
+    relay: Option<Ipv4Addr>,
+    ciaddr: Option<Ipv4Addr>,
+    now: UnixTime,
 }
 
 #[cfg(test)]

@@ -47,9 +47,21 @@ pub(super) async fn boot_script(
     }
 }
 
+/// Why a boot script could not be served.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ScriptError {
+    #[error("cannot arm the install: {0}")]
+    State(#[from] crate::state::StateError),
+    #[error(transparent)]
+    Boot(#[from] crate::boot::BootError),
+}
+
 /// The boot script for `mac` now, recording that it was served (arming a pending
 /// machine with a durable install token first).
-pub(crate) async fn boot_script_for(app: &App, mac: MacAddr) -> anyhow::Result<(Choice, String)> {
+pub(crate) async fn boot_script_for(
+    app: &App,
+    mac: MacAddr,
+) -> Result<(Choice, String), ScriptError> {
     let inv = app.inventory.get();
     let machine = inv.machine(&mac);
     let record = app.store.record(&mac);

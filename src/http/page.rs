@@ -20,7 +20,9 @@ use serde::Deserialize;
 
 use super::api::{cancel, machine_views, reinstall, view, MachineView};
 use super::{text, App, Reject};
+use crate::inventory::Inventory;
 use crate::mac::MacAddr;
+use crate::state::Record;
 use crate::state::{self, Lifecycle};
 
 const COOKIE: &str = "stemcell_session";
@@ -307,71 +309,19 @@ pub(crate) async fn machine(
     let Ok(mac) = mac.parse::<MacAddr>() else {
         return text(StatusCode::BAD_REQUEST, "not a MAC address\n");
     };
-    let Some(v) = machine_views(&app).into_iter().find(|v| v.mac == mac) else {
+    let inv = app.inventory.get();
+    let record = app.store.record(&mac);
+    if inv.machine(&mac).is_none() && record.is_none() {
         return text(
             StatusCode::NOT_FOUND,
             format!("{mac} is neither in the inventory nor seen\n"),
         );
-    };
-    let inv = app.inventory.get();
-    let record = app.store.record(&mac);
+    }
+    let v = view(&app, &inv, mac, record.as_ref(), None);
     let token = record.as_ref().and_then(|r| r.token.clone());
-    let choice = crate::boot::choice_for(&inv, mac, record.as_ref());
-    let shown_token = token.clone().unwrap_or_else(|| "TOKEN".into());
-    let boot_script = crate::boot::boot_script_text(
-        &app.config,
-        &app.server_url,
-        &inv,
-        mac,
-        &choice,
-        Some(&shown_token),
-    )
-    .map(|s| mask(&s, Some(&shown_token)))
-    .unwrap_or_else(|e| format!("(cannot render: {e})"));
-    let install_script = inv.machine(&mac).and_then(|m| {
-        let role = inv.role_of(m)?;
-        let vars = crate::render::InstallVars::new(&inv, m, &app.server_url, &shown_token);
-        Some(
-            match crate::render::install_script(&app.config.kickstarts, &role.template, &vars) {
-                Ok(s) => mask(&s, Some(&shown_token)),
-                Err(e) => format!("(template fails: {e})"),
-            },
-        )
-    });
-    let mut facts = Vec::new();
-    let f = &v.facts;
-    for (k, val) in [
-        ("firmware", &f.arch),
-        ("vendor class", &f.vendor_class),
-        ("UUID", &f.uuid),
-        ("address", &f.ip),
-    ] {
-        if let Some(val) = val {
-            facts.push((k.to_string(), val.clone()));
-        }
-    }
-    if let Some(r) = &record {
-        facts.push(("first seen".into(), fmt_time(r.first_seen) + " UTC"));
-        facts.push(("last seen".into(), fmt_time(r.last_seen) + " UTC"));
-    }
-    for (k, val) in &f.hardware {
-        facts.push((k.clone(), val.clone()));
-    }
-    let yaml_snippet = (!v.listed).then(|| {
-        let host = f
-            .hardware
-            .get("hostname")
-            .filter(|h| crate::values::valid_hostname(h))
-            .cloned()
-            .unwrap_or_else(|| format!("mac-{}", mac.hex()));
-        let role = inv
-            .roles
-            .keys()
-            .next()
-            .cloned()
-            .unwrap_or_else(|| "ROLE".into());
-        format!("  \"{mac}\":\n    hostname: {host}\n    role: {role}\n")
-    });
+    let (boot_script, install_script) = scripts_shown(&app, &inv, mac, record.as_ref());
+    let facts = fact_rows(&v, record.as_ref());
+    let yaml_snippet = (!v.listed).then(|| inventory_snippet(&v, &inv));
     let csrf = login_state(&app, &headers);
     render(MachinePage {
         logged_in: csrf.is_some(),
@@ -391,20 +341,97 @@ pub(crate) async fn machine(
         listed: v.listed,
         facts,
         yaml_snippet,
-        events: app
-            .store
-            .events(&mac)
-            .into_iter()
-            .rev()
-            .take(500)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .map(|e| (fmt_time(e.at), e.kind, mask(&e.message, token.as_deref())))
-            .collect(),
+        events: recent_events(&app, mac, token.as_deref()),
         boot_script,
         install_script,
     })
+}
+
+/// The boot and install scripts the machine would get now, tokens masked.
+fn scripts_shown(
+    app: &App,
+    inv: &Inventory,
+    mac: MacAddr,
+    record: Option<&Record>,
+) -> (String, Option<String>) {
+    let choice = crate::boot::choice_for(inv, mac, record);
+    let shown_token = record
+        .and_then(|r| r.token.clone())
+        .unwrap_or_else(|| "TOKEN".into());
+    let boot_script = crate::boot::boot_script_text(
+        &app.config,
+        &app.server_url,
+        inv,
+        mac,
+        &choice,
+        Some(&shown_token),
+    )
+    .map(|s| mask(&s, Some(&shown_token)))
+    .unwrap_or_else(|e| format!("(cannot render: {e})"));
+    let install_script = inv.machine(&mac).and_then(|m| {
+        let role = inv.role_of(m)?;
+        let vars = crate::render::InstallVars::new(inv, m, &app.server_url, &shown_token);
+        Some(
+            match crate::render::install_script(&app.config.kickstarts, &role.template, &vars) {
+                Ok(s) => mask(&s, Some(&shown_token)),
+                Err(e) => format!("(template fails: {e})"),
+            },
+        )
+    });
+    (boot_script, install_script)
+}
+
+/// What the machine's packets and reports said, as label and value rows.
+fn fact_rows(v: &MachineView, record: Option<&Record>) -> Vec<(String, String)> {
+    let mut facts = Vec::new();
+    let f = &v.facts;
+    for (k, val) in [
+        ("firmware", &f.arch),
+        ("vendor class", &f.vendor_class),
+        ("UUID", &f.uuid),
+        ("address", &f.ip),
+    ] {
+        if let Some(val) = val {
+            facts.push((k.to_string(), val.clone()));
+        }
+    }
+    if let Some(r) = record {
+        facts.push(("first seen".into(), fmt_time(r.first_seen) + " UTC"));
+        facts.push(("last seen".into(), fmt_time(r.last_seen) + " UTC"));
+    }
+    for (k, val) in &f.hardware {
+        facts.push((k.clone(), val.clone()));
+    }
+    facts
+}
+
+/// A ready-to-paste inventory entry for a machine that is not listed.
+fn inventory_snippet(v: &MachineView, inv: &Inventory) -> String {
+    let host = v
+        .facts
+        .hardware
+        .get("hostname")
+        .filter(|h| crate::values::valid_hostname(h))
+        .cloned()
+        .unwrap_or_else(|| format!("mac-{}", v.mac.hex()));
+    let role = inv
+        .roles
+        .keys()
+        .next()
+        .cloned()
+        .unwrap_or_else(|| "ROLE".into());
+    format!("  \"{}\":\n    hostname: {host}\n    role: {role}\n", v.mac)
+}
+
+/// The last 500 events, oldest first, with the install token masked.
+fn recent_events(app: &App, mac: MacAddr, token: Option<&str>) -> Vec<(String, String, String)> {
+    let events = app.store.events(&mac);
+    let skip = events.len().saturating_sub(500);
+    events
+        .into_iter()
+        .skip(skip)
+        .map(|e| (fmt_time(e.at), e.kind, mask(&e.message, token)))
+        .collect()
 }
 
 #[derive(Template)]
