@@ -53,7 +53,8 @@ pub(crate) fn choose(
             UnknownPolicy::Discover => Choice::Discover,
             UnknownPolicy::Ignore => Choice::Ignore,
         },
-        (Some(_), Lifecycle::Installed) => Choice::Local,
+        // Installed, whatever the installed system reported since: boot from the disk.
+        (Some(_), s) if s.on_disk() => Choice::Local,
         (Some(_), Lifecycle::Failed) => {
             Choice::Failed(reason.unwrap_or("no reason given").to_string())
         }

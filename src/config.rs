@@ -55,6 +55,14 @@ pub(crate) struct Config {
     pub(crate) kickstarts: PathBuf,
     pub(crate) state_dir: PathBuf,
     pub(crate) admin_token_file: Option<PathBuf>,
+    /// OS specs (`NAME.yaml`), built by `stemcell os build`.
+    pub(crate) os_specs: PathBuf,
+    /// Built OS images (`NAME/current.json`, `NAME/SHA256.tar.zst`), served at `/os/`.
+    pub(crate) os_images: PathBuf,
+    /// The site's Puppet code (`manifests/ROLE.pp`, `modules/`), served as a bundle.
+    pub(crate) puppet: PathBuf,
+    /// An installed machine that has not phoned home after this long is `stalled`.
+    pub(crate) stall_after: Duration,
 }
 
 /// Why the config could not be used.
@@ -71,6 +79,9 @@ pub(crate) enum ConfigError {
     Resolve(String),
 }
 
+/// How long an installed machine may take to phone home before it shows as stalled.
+const DEFAULT_STALL_AFTER: Duration = Duration::from_secs(30 * 60);
+
 const TOP_KEYS: &[&str] = &[
     "interface",
     "server_ip",
@@ -83,6 +94,10 @@ const TOP_KEYS: &[&str] = &[
     "kickstarts",
     "state_dir",
     "admin_token_file",
+    "os",
+    "images",
+    "puppet",
+    "stall_after",
 ];
 
 impl Config {
@@ -122,6 +137,25 @@ impl Config {
             path_key(&mut r, "state_dir", Some("/var/lib/stemcell")).unwrap_or_default();
         let assets = path_key(&mut r, "assets", None);
         let admin_token_file = path_key(&mut r, "admin_token_file", None);
+        let os_specs = path_key(&mut r, "os", Some("os")).unwrap_or_default();
+        let os_images = path_key(&mut r, "images", Some("images")).unwrap_or_default();
+        let puppet = path_key(&mut r, "puppet", Some("puppet")).unwrap_or_default();
+        let stall_after = match top.get("stall_after") {
+            Some(n) => r
+                .string(n, "stall_after")
+                .and_then(|s| match parse_duration(&s) {
+                    Some(d) if d.as_secs() > 0 => Some(d),
+                    _ => {
+                        r.add(
+                            n.pos,
+                            format!("stall_after: {s:?} is not a duration such as 20m, 1h or 3600"),
+                        );
+                        None
+                    }
+                })
+                .unwrap_or(DEFAULT_STALL_AFTER),
+            None => DEFAULT_STALL_AFTER,
+        };
         top.deny_unknown(&mut r, "the config file", TOP_KEYS);
 
         let needs_interface = dhcp.mode != DhcpMode::Off || tftp.is_some();
@@ -147,6 +181,10 @@ impl Config {
             kickstarts,
             state_dir,
             admin_token_file,
+            os_specs,
+            os_images,
+            puppet,
+            stall_after,
         })
     }
 

@@ -48,6 +48,11 @@ pub(crate) struct Role {
     pub(crate) initrd: Option<String>,
     /// Kernel command line for `kernel` (a template: may use `{{ install_url }}` etc.).
     pub(crate) cmdline: Option<String>,
+    /// The OS image the role installs (a spec in the OS folder, built by `os build`).
+    pub(crate) os: Option<String>,
+    /// A Puppet server to run `puppet agent --onetime` against; without it the role's
+    /// manifest from the site's Puppet bundle is applied with `puppet apply`.
+    pub(crate) puppet_server: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -80,6 +85,8 @@ pub(crate) struct Inventory {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Context {
     pub(crate) kickstarts: PathBuf,
+    /// The OS spec folder: a role's `os:` must name a spec there.
+    pub(crate) os_specs: PathBuf,
     pub(crate) subnets: Vec<Subnet>,
 }
 
@@ -310,6 +317,35 @@ fn read_role(r: &mut Report, name: &str, node: &Node, ctx: &Context) -> Option<R
         }
         Some(s)
     });
+    let os = m.get("os").and_then(|n| {
+        let s = r.string(n, "os")?;
+        if !valid_name(&s) {
+            r.add(n.pos, format!("role {name:?}: os {s:?} must be a name of letters, digits, - and _ (a spec NAME.yaml in the OS folder)"));
+            return None;
+        }
+        if !ctx.os_specs.join(format!("{s}.yaml")).is_file() {
+            r.add(
+                n.pos,
+                format!(
+                    "role {name:?}: os {s:?} is not declared: there is no {}",
+                    ctx.os_specs.join(format!("{s}.yaml")).display()
+                ),
+            );
+            return None;
+        }
+        Some(s)
+    });
+    let puppet_server = m.get("puppet_server").and_then(|n| {
+        let s = r.string(n, "puppet_server")?;
+        if !valid_hostname(&s) {
+            r.add(
+                n.pos,
+                format!("role {name:?}: puppet_server {s:?} is not a host name"),
+            );
+            return None;
+        }
+        Some(s)
+    });
     if (initrd.is_some() || cmdline.is_some()) && kernel.is_none() {
         r.add(
             node.pos,
@@ -319,7 +355,15 @@ fn read_role(r: &mut Report, name: &str, node: &Node, ctx: &Context) -> Option<R
     m.deny_unknown(
         r,
         &format!("role {name:?}"),
-        &["template", "vars", "kernel", "initrd", "cmdline"],
+        &[
+            "template",
+            "vars",
+            "kernel",
+            "initrd",
+            "cmdline",
+            "os",
+            "puppet_server",
+        ],
     );
     Some(Role {
         name: name.to_string(),
@@ -328,6 +372,8 @@ fn read_role(r: &mut Report, name: &str, node: &Node, ctx: &Context) -> Option<R
         kernel,
         initrd,
         cmdline,
+        os,
+        puppet_server,
     })
 }
 
@@ -649,6 +695,7 @@ mod tests {
         fn ctx(&self, subnets: Vec<Subnet>) -> Context {
             Context {
                 kickstarts: self.dir.path().join("kickstarts"),
+                os_specs: self.dir.path().join("os"),
                 subnets,
             }
         }
@@ -870,6 +917,7 @@ mod fuzz {
         std::fs::write(dir.path().join("web.sh.j2"), "x").unwrap();
         let ctx = Context {
             kickstarts: dir.path().to_path_buf(),
+            os_specs: dir.path().to_path_buf(),
             subnets: vec![],
         };
         let base = "defaults:\n  unknown: discover\n  vars: {a: 1, b: [x, y], c: {d: e}}\nroles:\n  web:\n    template: web.sh.j2\n    kernel: http://x/k\n    cmdline: a={{ hostname }}\nmachines:\n  \"52:54:00:12:34:56\": {hostname: web01, role: web, ip: 198.18.0.9, vars: {k: v}}\n  &a 52-54-00-12-34-57: *a\n";

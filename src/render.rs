@@ -22,12 +22,40 @@ pub(crate) struct InstallVars {
     pub(crate) log_url: String,
     pub(crate) done_url: String,
     pub(crate) failed_url: String,
+    /// The installed system's credential for its reports (not the install token).
+    pub(crate) machine_key: String,
+    /// Where the installed system reports: `{report_url}/booted`, `{report_url}/puppet`.
+    pub(crate) report_url: String,
+    /// The role's OS image, when the role names one.
+    pub(crate) os: Option<OsVars>,
+    pub(crate) puppet: PuppetVars,
     pub(crate) vars: Vars,
+}
+
+/// The OS image an install streams onto the disk.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct OsVars {
+    pub(crate) name: String,
+    pub(crate) url: String,
+    pub(crate) sha256: String,
+    pub(crate) size: u64,
+}
+
+/// How the installed system runs Puppet.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct PuppetVars {
+    /// The site's Puppet code as one gzipped tar (`puppet apply`).
+    pub(crate) bundle_url: String,
+    /// The role's manifest inside the bundle.
+    pub(crate) manifest: String,
+    /// A Puppet server for `puppet agent --onetime` instead, when the role names one.
+    pub(crate) server: Option<String>,
 }
 
 impl InstallVars {
     pub(crate) fn new(inv: &Inventory, m: &Machine, server_url: &str, token: &str) -> InstallVars {
         let base = format!("{server_url}/install/{}", m.mac);
+        let role = inv.role_of(m);
         InstallVars {
             mac: m.mac.to_string(),
             hostname: m.hostname.clone(),
@@ -39,8 +67,33 @@ impl InstallVars {
             log_url: format!("{base}/log?token={token}"),
             done_url: format!("{base}/done?token={token}"),
             failed_url: format!("{base}/failed?token={token}"),
+            machine_key: String::new(),
+            report_url: format!("{server_url}/report/{}", m.mac),
+            os: None,
+            puppet: PuppetVars {
+                bundle_url: format!("{server_url}/puppet/bundle.tar.gz"),
+                manifest: format!("manifests/{}.pp", m.role),
+                server: role.and_then(|r| r.puppet_server.clone()),
+            },
             vars: inv.merged_vars(m),
         }
+    }
+
+    /// With the machine's report credential.
+    pub(crate) fn with_machine_key(mut self, key: &str) -> InstallVars {
+        self.machine_key = key.to_string();
+        self
+    }
+
+    /// With the OS image the install streams.
+    pub(crate) fn with_os(mut self, os: &crate::images::BuiltOs) -> InstallVars {
+        self.os = Some(OsVars {
+            name: os.name.clone(),
+            url: format!("{}/os/{}/{}", self.server_url, os.name, os.file),
+            sha256: os.sha256.clone(),
+            size: os.size,
+        });
+        self
     }
 }
 

@@ -71,6 +71,7 @@ impl Fatal {
 fn inventory_context(config: &Config) -> inventory::Context {
     inventory::Context {
         kickstarts: config.kickstarts.clone(),
+        os_specs: config.os_specs.clone(),
         subnets: config.dhcp.subnets.clone(),
     }
 }
@@ -172,6 +173,7 @@ pub(crate) async fn prepare(config_path: &Path) -> Result<Prepared, Fatal> {
             http::files::Cached::new(config.stemcell.kernel.clone()),
             http::files::Cached::new(config.stemcell.initrd.clone()),
         ]),
+        bundles: Arc::new(crate::puppet::Bundles::new(config.puppet.clone())),
     };
 
     // TFTP: on the server's address, on the configured interface only.
@@ -358,13 +360,15 @@ pub(crate) fn check(config_path: &Path) -> Result<usize, Fatal> {
         .map(|n| n.get())
         .unwrap_or(1);
     let chunk = inv.order.len().div_ceil(threads).max(1);
+    let oses = role_images(&config, &inv, true);
+    check_puppet(&config, &inv);
     let problems: Vec<String> = std::thread::scope(|scope| {
         let workers: Vec<_> = inv
             .order
             .chunks(chunk)
             .map(|macs| {
-                let (config, inv, url) = (&config, &inv, &url);
-                scope.spawn(move || check_machines(config, inv, url, macs))
+                let (config, inv, url, oses) = (&config, &inv, &url, &oses);
+                scope.spawn(move || check_machines(config, inv, url, oses, macs))
             })
             .collect();
         workers
@@ -384,14 +388,81 @@ pub(crate) fn check(config_path: &Path) -> Result<usize, Fatal> {
     Ok(inv.machines.len())
 }
 
+/// The image each role's OS would install now, by OS name. An OS that is not built yet is
+/// a warning (it may be built after the inventory is written) and gets a placeholder, so
+/// templates still render.
+fn role_images(
+    config: &Config,
+    inv: &Inventory,
+    warn: bool,
+) -> std::collections::BTreeMap<String, crate::images::BuiltOs> {
+    let mut out = std::collections::BTreeMap::new();
+    for role in inv.roles.values() {
+        let Some(name) = &role.os else { continue };
+        if out.contains_key(name) {
+            continue;
+        }
+        let os = crate::images::current(&config.os_images, name).unwrap_or_else(|e| {
+            if warn {
+                tracing::warn!(role = %role.name, "{e}");
+            }
+            crate::images::BuiltOs {
+                name: name.clone(),
+                sha256: "0".repeat(64),
+                size: 0,
+                file: "NOT-BUILT.tar.zst".into(),
+            }
+        });
+        out.insert(name.clone(), os);
+    }
+    out
+}
+
+/// Warn about roles that install an OS but have no Puppet manifest to apply.
+fn check_puppet(config: &Config, inv: &Inventory) {
+    let applying: Vec<&str> = inv
+        .roles
+        .values()
+        .filter(|r| r.os.is_some() && r.puppet_server.is_none())
+        .map(|r| r.name.as_str())
+        .collect();
+    if applying.is_empty() {
+        return;
+    }
+    match crate::puppet::Bundles::new(config.puppet.clone()).current() {
+        Ok(b) => {
+            for role in applying {
+                if !b.roles.iter().any(|r| r == role) {
+                    tracing::warn!(
+                        role,
+                        "role {role} installs an OS but {} has no manifests/{role}.pp for Puppet to apply",
+                        config.puppet.display()
+                    );
+                }
+            }
+        }
+        Err(e) => tracing::warn!("the Puppet bundle cannot be built: {e}"),
+    }
+}
+
 /// Render every template of `macs`; the problems, in inventory order.
-fn check_machines(config: &Config, inv: &Inventory, url: &str, macs: &[MacAddr]) -> Vec<String> {
+fn check_machines(
+    config: &Config,
+    inv: &Inventory,
+    url: &str,
+    oses: &std::collections::BTreeMap<String, crate::images::BuiltOs>,
+    macs: &[MacAddr],
+) -> Vec<String> {
     let mut problems = Vec::new();
     let batch = render::Batch::new(&config.kickstarts);
     for mac in macs {
         let Some(m) = inv.machine(mac) else { continue };
         let Some(role) = inv.role_of(m) else { continue };
-        let vars = render::InstallVars::new(inv, m, url, "0123456789abcdef0123456789abcdef");
+        let mut vars = render::InstallVars::new(inv, m, url, "0123456789abcdef0123456789abcdef")
+            .with_machine_key("fedcba9876543210fedcba9876543210");
+        if let Some(os) = role.os.as_ref().and_then(|n| oses.get(n)) {
+            vars = vars.with_os(os);
+        }
         if let Err(e) = batch.install_script(&role.template, &vars) {
             problems.push(format!(
                 "{}:{}: machine {} ({}): {e}",
@@ -435,7 +506,19 @@ pub(crate) fn render_machine(config_path: &Path, mac: MacAddr) -> Result<String,
     );
     if let Some(m) = inv.machine(&mac) {
         if let Some(role) = inv.role_of(m) {
-            let vars = render::InstallVars::new(&inv, m, &url, &token);
+            let mut vars = render::InstallVars::new(&inv, m, &url, &token).with_machine_key(
+                record
+                    .as_ref()
+                    .and_then(|r| r.machine_key.as_deref())
+                    .unwrap_or("MACHINE-KEY-ISSUED-AT-BOOT"),
+            );
+            if let Some(os) = role
+                .os
+                .as_ref()
+                .and_then(|n| role_images(&config, &inv, false).remove(n))
+            {
+                vars = vars.with_os(&os);
+            }
             out.push_str(&format!(
                 "\n# install script (template {})\n",
                 role.template

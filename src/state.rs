@@ -6,7 +6,15 @@
 //! journal, so nothing acknowledged is lost. The inventory (intent) is not stored here: a
 //! listed machine without a record is simply `pending`.
 //!
-//! Tokens live until `done` or a re-arm: no expiry can strand a long install.
+//! Tokens live until `done` or a re-arm: no expiry can strand a long install. A machine
+//! key, issued with each install and written onto the installed system, lets that system
+//! report afterwards (booted, Puppet's outcome); it is not the install token, which dies
+//! at `done`.
+//!
+//! After `installed` come the states the installed system reports: `booted` (it phoned
+//! home), then `configured` or `config-failed` (Puppet's outcome, on every run).
+//! `stalled` is never stored: it is how an installed machine that has not phoned home
+//! within the configured time looks (see [`effective_at`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
@@ -36,6 +44,15 @@ pub(crate) enum Lifecycle {
     Installed,
     /// Reported `failed` (or its template failed): not reinstalled until re-armed.
     Failed,
+    /// The installed system booted and phoned home.
+    Booted,
+    /// Puppet applied the machine's role (its last run had no failures).
+    Configured,
+    /// Puppet ran and failed (its errors are the machine's events).
+    #[serde(rename = "config-failed")]
+    ConfigFailed,
+    /// Installed, but the system never phoned home in time (computed, never stored).
+    Stalled,
 }
 
 impl Lifecycle {
@@ -47,8 +64,73 @@ impl Lifecycle {
             Lifecycle::Installing => "installing",
             Lifecycle::Installed => "installed",
             Lifecycle::Failed => "failed",
+            Lifecycle::Booted => "booted",
+            Lifecycle::Configured => "configured",
+            Lifecycle::ConfigFailed => "config-failed",
+            Lifecycle::Stalled => "stalled",
         }
     }
+
+    /// Installed on its disk (whatever the installed system reported since).
+    pub(crate) fn on_disk(&self) -> bool {
+        matches!(
+            self,
+            Lifecycle::Installed
+                | Lifecycle::Booted
+                | Lifecycle::Configured
+                | Lifecycle::ConfigFailed
+                | Lifecycle::Stalled
+        )
+    }
+}
+
+/// One configuration-management run, as the installed system reported it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ConfigRun {
+    /// When it was reported (ms since the epoch).
+    pub(crate) at: u64,
+    /// Puppet's exit code (`--detailed-exitcodes`: 0 no change, 2 changes, 4/6 failures).
+    pub(crate) exit: i32,
+    pub(crate) changed: u64,
+    pub(crate) failed: u64,
+    pub(crate) total: u64,
+    /// Puppet's own run time.
+    pub(crate) millis: u64,
+    /// The Puppet bundle (sha256) the run applied, or the server it asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) bundle: Option<String>,
+    /// The OS image (sha256) the machine was installed from, as it says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) os: Option<String>,
+}
+
+impl ConfigRun {
+    pub(crate) fn succeeded(&self) -> bool {
+        self.failed == 0 && matches!(self.exit, 0 | 2)
+    }
+}
+
+/// When each phase of the last install began (ms since the epoch), for its timeline.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Phases {
+    /// The boot script sent the machine to install (firmware and iPXE are done).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) netboot: Option<u64>,
+    /// The stem cell fetched its install script.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) stemcell: Option<u64>,
+    /// The install began streaming the OS image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) image: Option<u64>,
+    /// `done`: the disk is written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) installed: Option<u64>,
+    /// The installed system phoned home.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) booted: Option<u64>,
+    /// The first configuration run after the install ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) configured: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,9 +175,23 @@ pub(crate) struct Record {
     pub(crate) install_started: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) installed_at: Option<u64>,
-    /// What the machine was installed from (role, template, variables), to tell drift.
+    /// What the machine was installed from (role, template, variables, OS image), taken
+    /// when its install script was served, to tell drift.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) installed_from: Option<String>,
+    /// The OS image (sha256) its install script named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) os_image: Option<String>,
+    /// The installed system's credential for reports; a new one with every install.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) machine_key: Option<String>,
+    #[serde(default)]
+    pub(crate) phases: Phases,
+    /// The last configuration run, and the last successful one (for drift).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) last_run: Option<ConfigRun>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) last_good_run: Option<ConfigRun>,
     #[serde(default)]
     pub(crate) facts: Facts,
 }
@@ -112,6 +208,11 @@ impl Record {
             install_started: None,
             installed_at: None,
             installed_from: None,
+            os_image: None,
+            machine_key: None,
+            phases: Phases::default(),
+            last_run: None,
+            last_good_run: None,
             facts: Facts::default(),
         }
     }
@@ -142,6 +243,10 @@ struct Inner {
 pub(crate) enum StateError {
     #[error("wrong or missing install token")]
     BadToken,
+    #[error("wrong or missing machine key")]
+    BadKey,
+    #[error("{0}")]
+    NotNow(&'static str),
     #[error("state journal: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -442,6 +547,11 @@ impl Store {
             }
             let t = new_token();
             r.token = Some(t.clone());
+            r.machine_key = Some(new_token());
+            r.phases = Phases {
+                netboot: Some(now),
+                ..Phases::default()
+            };
             let c = self.put(&mut inner, r, true);
             (t, c)
         };
@@ -485,32 +595,126 @@ impl Store {
         Ok(r)
     }
 
-    /// The machine fetched its install script.
+    /// The machine fetched its install script, rendered from `installed_from` (the drift
+    /// baseline is what was served, not what the inventory says when `done` arrives).
     pub(crate) async fn install_started(
         &self,
         mac: MacAddr,
         token: &str,
+        installed_from: String,
+        os_image: Option<String>,
     ) -> Result<Record, StateError> {
         self.transition(mac, Some(token), |r, now| {
             r.state = Lifecycle::Installing;
             r.install_started = Some(now);
+            r.installed_from = Some(installed_from);
+            r.os_image = os_image;
+            r.phases.stemcell = Some(now);
+            r.phases.image = None;
             r.reason = None;
+            if r.machine_key.is_none() {
+                r.machine_key = Some(new_token());
+            }
         })
         .await
     }
 
-    /// The install finished: from now on the machine boots from its disk.
-    pub(crate) async fn done(
+    /// The install began streaming its OS image (a phase of its timeline; not durable).
+    pub(crate) fn image_started(&self, mac: MacAddr) {
+        let mut inner = self.lock();
+        let Some(mut r) = inner.machines.get(&mac).and_then(|e| e.record.clone()) else {
+            return;
+        };
+        if r.state == Lifecycle::Installing && r.phases.image.is_none() {
+            r.phases.image = Some(now_ms());
+            self.put(&mut inner, r, false);
+        }
+    }
+
+    /// Whether `key` is this machine's current machine key.
+    pub(crate) fn check_key(&self, mac: &MacAddr, key: &str) -> bool {
+        match self.record(mac).and_then(|r| r.machine_key) {
+            Some(k) => constant_time_eq(k.as_bytes(), key.as_bytes()),
+            None => false,
+        }
+    }
+
+    /// The installed system phoned home (at every boot).
+    pub(crate) async fn booted(&self, mac: MacAddr, key: &str) -> Result<Record, StateError> {
+        self.reported(mac, key, |r, now| {
+            if r.phases.booted.is_none() {
+                r.phases.booted = Some(now);
+            }
+            if r.state == Lifecycle::Installed {
+                r.state = Lifecycle::Booted;
+            }
+        })
+        .await
+    }
+
+    /// A configuration run's outcome.
+    pub(crate) async fn config_run(
         &self,
         mac: MacAddr,
-        token: &str,
-        installed_from: String,
+        key: &str,
+        run: ConfigRun,
     ) -> Result<Record, StateError> {
+        self.reported(mac, key, |r, now| {
+            if r.phases.booted.is_none() {
+                r.phases.booted = Some(now);
+            }
+            if r.phases.configured.is_none() {
+                r.phases.configured = Some(now);
+            }
+            r.state = if run.succeeded() {
+                r.last_good_run = Some(run.clone());
+                Lifecycle::Configured
+            } else {
+                Lifecycle::ConfigFailed
+            };
+            r.last_run = Some(run);
+        })
+        .await
+    }
+
+    /// A report from the installed system: checked against the machine key, and only
+    /// while the machine is on its disk (a machine that is reinstalling reports nothing).
+    async fn reported(
+        &self,
+        mac: MacAddr,
+        key: &str,
+        f: impl FnOnce(&mut Record, u64),
+    ) -> Result<Record, StateError> {
+        let (r, commit) = {
+            let mut inner = self.lock();
+            let Some(mut r) = inner.machines.get(&mac).and_then(|e| e.record.clone()) else {
+                return Err(StateError::BadKey);
+            };
+            match &r.machine_key {
+                Some(k) if constant_time_eq(k.as_bytes(), key.as_bytes()) => {}
+                _ => return Err(StateError::BadKey),
+            }
+            if !r.state.on_disk() {
+                return Err(StateError::NotNow(
+                    "the machine is not installed (it is being reinstalled, or its install failed)",
+                ));
+            }
+            f(&mut r, now_ms());
+            let c = self.put(&mut inner, r.clone(), true);
+            (r, c)
+        };
+        commit.wait().await?;
+        Ok(r)
+    }
+
+    /// The install finished: from now on the machine boots from its disk.
+    pub(crate) async fn done(&self, mac: MacAddr, token: &str) -> Result<Record, StateError> {
         self.transition(mac, Some(token), |r, now| {
             r.state = Lifecycle::Installed;
             r.token = None;
             r.installed_at = Some(now);
-            r.installed_from = Some(installed_from);
+            r.phases.installed = Some(now);
+            r.last_run = None;
             r.reason = None;
         })
         .await
@@ -536,7 +740,12 @@ impl Store {
         self.transition(mac, None, |r, _| {
             r.token = None;
             if r.installed_at.is_some() {
-                r.state = Lifecycle::Installed;
+                r.state = match &r.last_run {
+                    Some(run) if run.succeeded() => Lifecycle::Configured,
+                    Some(_) => Lifecycle::ConfigFailed,
+                    None if r.phases.booted.is_some() => Lifecycle::Booted,
+                    None => Lifecycle::Installed,
+                };
                 r.reason = None;
             } else {
                 r.state = Lifecycle::Failed;
@@ -551,9 +760,31 @@ impl Store {
         self.transition(mac, None, |r, _| {
             r.state = Lifecycle::Pending;
             r.token = Some(new_token());
+            // The old system's key dies: whatever still runs on the disk cannot report.
+            r.machine_key = Some(new_token());
+            r.phases = Phases::default();
             r.reason = None;
         })
         .await
+    }
+}
+
+/// The lifecycle at `now`: as [`effective`], and an installed machine that has not phoned
+/// home within `stall_after` of its install is `stalled`.
+pub(crate) fn effective_at(
+    record: Option<&Record>,
+    listed: bool,
+    now: u64,
+    stall_after: std::time::Duration,
+) -> Lifecycle {
+    let state = effective(record, listed);
+    match (state, record.and_then(|r| r.installed_at)) {
+        (Lifecycle::Installed, Some(at))
+            if now.saturating_sub(at) > stall_after.as_millis() as u64 =>
+        {
+            Lifecycle::Stalled
+        }
+        _ => state,
     }
 }
 
@@ -592,17 +823,16 @@ mod tests {
             "arming twice keeps the token"
         );
         assert!(matches!(
-            s.install_started(mac(), "nope").await,
+            s.install_started(mac(), "nope", "web".into(), None).await,
             Err(StateError::BadToken)
         ));
-        s.install_started(mac(), &t).await.unwrap();
+        s.install_started(mac(), &t, "web".into(), None)
+            .await
+            .unwrap();
         s.event(mac(), "log", "partitioning");
-        s.done(mac(), &t, "web".into()).await.unwrap();
+        s.done(mac(), &t).await.unwrap();
         assert!(!s.check_token(&mac(), &t), "the token dies with done");
-        assert!(matches!(
-            s.done(mac(), &t, "web".into()).await,
-            Err(StateError::BadToken)
-        ));
+        assert!(matches!(s.done(mac(), &t).await, Err(StateError::BadToken)));
         drop(s);
         let s = Store::open(dir.path()).unwrap();
         assert_eq!(
@@ -614,6 +844,86 @@ mod tests {
         assert_eq!(r.state, Lifecycle::Pending);
         assert!(s.check_token(&mac(), r.token.as_deref().unwrap()));
         assert_ne!(r.token.as_deref(), Some(t.as_str()));
+    }
+
+    #[tokio::test]
+    async fn the_installed_system_reports_with_its_machine_key_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let t = s.arm(mac()).await.unwrap();
+        let r = s
+            .install_started(mac(), &t, "web".into(), Some("ab".repeat(32)))
+            .await
+            .unwrap();
+        let key = r
+            .machine_key
+            .clone()
+            .expect("a machine key with every install");
+        assert_ne!(key, t, "the machine key is not the install token");
+        assert!(
+            matches!(s.booted(mac(), &key).await, Err(StateError::NotNow(_))),
+            "nothing on the disk reports before done"
+        );
+        s.done(mac(), &t).await.unwrap();
+        assert!(matches!(s.booted(mac(), &t).await, Err(StateError::BadKey)));
+        assert_eq!(
+            s.booted(mac(), &key).await.unwrap().state,
+            Lifecycle::Booted
+        );
+        let failed = ConfigRun {
+            exit: 6,
+            failed: 1,
+            total: 9,
+            ..ConfigRun::default()
+        };
+        let r = s.config_run(mac(), &key, failed).await.unwrap();
+        assert_eq!(r.state, Lifecycle::ConfigFailed);
+        assert!(r.last_good_run.is_none());
+        let good = ConfigRun {
+            exit: 2,
+            changed: 3,
+            total: 9,
+            bundle: Some("cd".repeat(32)),
+            ..ConfigRun::default()
+        };
+        let r = s.config_run(mac(), &key, good).await.unwrap();
+        assert_eq!(r.state, Lifecycle::Configured);
+        assert!(r.phases.configured.is_some() && r.phases.booted.is_some());
+        // A reboot phones home again without undoing the configuration.
+        assert_eq!(
+            s.booted(mac(), &key).await.unwrap().state,
+            Lifecycle::Configured
+        );
+        // Survives a restart, and a re-arm kills the old system's key.
+        drop(s);
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.record(&mac()).unwrap().state, Lifecycle::Configured);
+        s.rearm(mac()).await.unwrap();
+        assert!(matches!(
+            s.booted(mac(), &key).await,
+            Err(StateError::BadKey)
+        ));
+        assert!(!s.check_key(&mac(), &key));
+    }
+
+    #[test]
+    fn an_installed_machine_that_never_phones_home_is_stalled() {
+        let mut r = Record::new(mac(), Lifecycle::Installed, 0);
+        r.installed_at = Some(1_000);
+        let after = std::time::Duration::from_secs(60);
+        assert_eq!(
+            effective_at(Some(&r), true, 1_000 + 59_000, after),
+            Lifecycle::Installed
+        );
+        assert_eq!(
+            effective_at(Some(&r), true, 1_000 + 61_000, after),
+            Lifecycle::Stalled
+        );
+        r.state = Lifecycle::Booted;
+        assert_eq!(
+            effective_at(Some(&r), true, 1_000 + 61_000, after),
+            Lifecycle::Booted
+        );
     }
 
     #[test]

@@ -8,11 +8,11 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 
-use super::{parse_mac, text, App, Reject};
+use super::{parse_mac, state_reject, text, App, Reject};
 use crate::boot::{fingerprint_with, TemplateCache};
 use crate::inventory::{self, Inventory};
 use crate::mac::MacAddr;
-use crate::state::{self, Lifecycle, Record, StateError};
+use crate::state::{self, Lifecycle, Record};
 
 #[derive(Serialize)]
 pub(crate) struct MachineView {
@@ -25,35 +25,117 @@ pub(crate) struct MachineView {
     pub(crate) reason: Option<String>,
     pub(crate) last_seen: Option<u64>,
     pub(crate) installed_at: Option<u64>,
-    /// Installed, but its role, template or variables changed since (never acted on
-    /// automatically).
+    /// On its disk, but what it was installed or configured from changed since (never
+    /// acted on automatically); `drift` says what.
     pub(crate) drifted: bool,
+    pub(crate) drift: Vec<String>,
+    /// The OS image (sha256) it was installed from.
+    pub(crate) os_image: Option<String>,
+    /// When each phase of its last install began.
+    pub(crate) phases: state::Phases,
+    /// Its last configuration run.
+    pub(crate) last_run: Option<state::ConfigRun>,
     pub(crate) facts: state::Facts,
     pub(crate) last_event: Option<state::Event>,
 }
 
-pub(super) fn view(
+/// What a machine would be installed and configured from now, read once per request for
+/// many machines: template texts, each OS's current image, the Puppet bundle's digest.
+#[derive(Default)]
+pub(crate) struct Current {
+    templates: TemplateCache,
+    os: BTreeMap<String, Option<String>>,
+    bundle: Option<Option<String>>,
+}
+
+impl Current {
+    fn os_sha(&mut self, app: &App, name: &str) -> Option<String> {
+        self.os
+            .entry(name.to_string())
+            .or_insert_with(|| {
+                crate::images::current(&app.config.os_images, name)
+                    .ok()
+                    .map(|o| o.sha256)
+            })
+            .clone()
+    }
+
+    fn bundle_sha(&mut self, app: &App) -> Option<String> {
+        self.bundle
+            .get_or_insert_with(|| app.bundles.current().ok().map(|b| b.sha256.clone()))
+            .clone()
+    }
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(12)]
+}
+
+/// What changed since a machine on its disk was installed and configured.
+fn drift_of(
+    app: &App,
+    inv: &Inventory,
+    m: &inventory::Machine,
+    r: &Record,
+    current: &mut Current,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(from) = &r.installed_from {
+        if *from != fingerprint_with(&app.config, inv, m, &mut current.templates) {
+            out.push("its role, template or variables changed since the install".to_string());
+        }
+    }
+    let role = inv.role_of(m);
+    if let Some(name) = role.and_then(|r| r.os.as_deref()) {
+        let now = current.os_sha(app, name);
+        match (&r.os_image, &now) {
+            (Some(was), Some(now)) if was != now => out.push(format!(
+                "OS image {name} rebuilt: installed {}, now {}",
+                short(was),
+                short(now)
+            )),
+            (None, Some(_)) => out.push(format!("its role now installs OS {name}")),
+            _ => {}
+        }
+    }
+    let applies_bundle = role.is_some_and(|r| r.puppet_server.is_none());
+    if let (true, Some(applied)) = (
+        applies_bundle,
+        r.last_good_run.as_ref().and_then(|g| g.bundle.as_deref()),
+    ) {
+        if let Some(now) = current.bundle_sha(app) {
+            if applied != now {
+                out.push(format!(
+                    "Puppet code changed: last applied {}, now {}",
+                    short(applied),
+                    short(&now)
+                ));
+            }
+        }
+    }
+    out
+}
+
+pub(crate) fn view(
     app: &App,
     inv: &Inventory,
     mac: MacAddr,
     record: Option<&Record>,
-    cache: Option<&mut TemplateCache>,
+    current: &mut Current,
 ) -> MachineView {
     let m = inv.machine(&mac);
-    let state = state::effective(record, m.is_some());
-    let drifted = match (m, record.and_then(|r| r.installed_from.as_deref())) {
-        (Some(m), Some(from)) if state == Lifecycle::Installed => {
-            let mut local = TemplateCache::new();
-            from != fingerprint_with(&app.config, inv, m, cache.unwrap_or(&mut local))
-        }
-        _ => false,
+    let state = state::effective_at(record, m.is_some(), state::now_ms(), app.config.stall_after);
+    let drift = match (m, record) {
+        (Some(m), Some(r)) if state.on_disk() => drift_of(app, inv, m, r, current),
+        _ => Vec::new(),
     };
     MachineView {
         mac,
         hostname: m.map(|m| m.hostname.clone()),
         role: m.map(|m| m.role.clone()),
         state,
-        drifted,
+        drifted: !drift.is_empty(),
+        drift,
         ip: m
             .and_then(|m| m.ip.map(|i| i.to_string()))
             .or_else(|| {
@@ -66,6 +148,9 @@ pub(super) fn view(
         reason: record.and_then(|r| r.reason.clone()),
         last_seen: record.map(|r| r.last_seen).filter(|t| *t > 0),
         installed_at: record.and_then(|r| r.installed_at),
+        os_image: record.and_then(|r| r.os_image.clone()),
+        phases: record.map(|r| r.phases.clone()).unwrap_or_default(),
+        last_run: record.and_then(|r| r.last_run.clone()),
         facts: record.map(|r| r.facts.clone()).unwrap_or_default(),
         last_event: app.store.last_event(&mac),
     }
@@ -80,15 +165,15 @@ pub(crate) fn machine_views(app: &App) -> Vec<MachineView> {
         .into_iter()
         .map(|r| (r.mac, r))
         .collect();
-    let mut cache = TemplateCache::new();
+    let mut current = Current::default();
     let mut out: Vec<MachineView> = inv
         .order
         .iter()
-        .map(|mac| view(app, &inv, *mac, records.get(mac), Some(&mut cache)))
+        .map(|mac| view(app, &inv, *mac, records.get(mac), &mut current))
         .collect();
     for (mac, r) in &records {
         if inv.machine(mac).is_none() {
-            out.push(view(app, &inv, *mac, Some(r), None));
+            out.push(view(app, &inv, *mac, Some(r), &mut current));
         }
     }
     out
@@ -118,7 +203,7 @@ pub(super) async fn api_machine(State(app): State<App>, Path(mac): Path<String>)
         events: Vec<state::Event>,
     }
     Json(Detail {
-        machine: view(&app, &inv, mac, record.as_ref(), None),
+        machine: view(&app, &inv, mac, record.as_ref(), &mut Current::default()),
         events: app.store.events(&mac),
     })
     .into_response()
@@ -180,22 +265,6 @@ pub(crate) async fn cancel(app: &App, mac: MacAddr) -> Result<(), Reject> {
     Ok(())
 }
 
-fn state_reject(mac: MacAddr, e: StateError) -> Reject {
-    match e {
-        StateError::BadToken => Reject(
-            StatusCode::FORBIDDEN,
-            "wrong or missing install token\n".into(),
-        ),
-        StateError::Io(e) => {
-            tracing::error!(mac = %mac, error = %e, "state journal write failed");
-            Reject(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "state could not be saved; try again\n".into(),
-            )
-        }
-    }
-}
-
 pub(super) async fn api_action(
     app: App,
     mac: String,
@@ -217,7 +286,14 @@ pub(super) async fn api_action(
     match result {
         Ok(()) => {
             let inv = app.inventory.get();
-            Json(view(&app, &inv, mac, app.store.record(&mac).as_ref(), None)).into_response()
+            Json(view(
+                &app,
+                &inv,
+                mac,
+                app.store.record(&mac).as_ref(),
+                &mut Current::default(),
+            ))
+            .into_response()
         }
         Err(r) => r.into_response(),
     }

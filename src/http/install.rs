@@ -45,7 +45,30 @@ pub(super) async fn install_script(
     let Some(role) = inv.role_of(&machine).cloned() else {
         return text(StatusCode::INTERNAL_SERVER_ERROR, "role is not defined\n");
     };
-    let vars = InstallVars::new(&inv, &machine, &app.server_url, &token);
+    let os = match role
+        .os
+        .as_deref()
+        .map(|name| crate::images::current(&app.config.os_images, name))
+        .transpose()
+    {
+        Ok(os) => os,
+        Err(e) => return install_failed(&app, mac, format!("role {}: {e}", role.name)).await,
+    };
+    // The drift baseline is what is served now, not what the inventory says at `done`.
+    let from = install_fingerprint(&app.config, &inv, &machine);
+    let record = match app
+        .store
+        .install_started(mac, &token, from, os.as_ref().map(|o| o.sha256.clone()))
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => return state_error(mac, e),
+    };
+    let mut vars = InstallVars::new(&inv, &machine, &app.server_url, &token)
+        .with_machine_key(record.machine_key.as_deref().unwrap_or_default());
+    if let Some(os) = &os {
+        vars = vars.with_os(os);
+    }
     let kickstarts = app.config.kickstarts.clone();
     let template = role.template.clone();
     let rendered =
@@ -57,14 +80,15 @@ pub(super) async fn install_script(
     };
     match rendered {
         Ok(script) => {
-            if let Err(e) = app.store.install_started(mac, &token).await {
-                return state_error(mac, e);
-            }
+            let what = match &os {
+                Some(os) => format!(", OS {} {}", os.name, &os.sha256[..12]),
+                None => String::new(),
+            };
             app.store.event(
                 mac,
                 "install",
                 format!(
-                    "install script served ({} bytes, template {})",
+                    "install script served ({} bytes, template {}{what})",
                     script.len(),
                     role.template
                 ),
@@ -76,33 +100,25 @@ pub(super) async fn install_script(
             )
                 .into_response()
         }
-        Err(e) => {
-            tracing::warn!(mac = %mac, error = %e, "install template failed");
-            app.store
-                .event(mac, "error", format!("install template failed: {e}"));
-            let _ = app
-                .store
-                .failed(mac, None, format!("install template failed: {e}"))
-                .await;
-            text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "install template failed to render; the cause is in the server log and the machine's events\n",
-            )
-        }
+        Err(e) => install_failed(&app, mac, format!("install template failed: {e}")).await,
     }
 }
 
-fn state_error(mac: MacAddr, e: StateError) -> Response {
-    match e {
-        StateError::BadToken => text(StatusCode::FORBIDDEN, "wrong or missing install token\n"),
-        StateError::Io(e) => {
-            tracing::error!(mac = %mac, error = %e, "state journal write failed");
-            text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "state could not be saved; try again\n",
-            )
-        }
+/// The install cannot even start: recorded as failed with `reason`, answered with a 500.
+async fn install_failed(app: &App, mac: MacAddr, reason: String) -> Response {
+    tracing::warn!(mac = %mac, reason = %reason, "install cannot start");
+    app.store.event(mac, "error", reason.clone());
+    if let Err(e) = app.store.failed(mac, None, reason).await {
+        return state_error(mac, e);
     }
+    text(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "the install cannot start; the cause is in the server log and the machine's events\n",
+    )
+}
+
+fn state_error(mac: MacAddr, e: StateError) -> Response {
+    super::state_reject(mac, e).into_response()
 }
 
 /// Longest log line kept, and most lines taken from one request.
@@ -133,26 +149,19 @@ pub(super) async fn install_callback(
             }
             text(StatusCode::OK, format!("{n} lines\n"))
         }
-        "done" => {
-            let inv = app.inventory.get();
-            let from = inv
-                .machine(&mac)
-                .map(|m| install_fingerprint(&app.config, &inv, m))
-                .unwrap_or_default();
-            match app.store.done(mac, &token, from).await {
-                Ok(r) => {
-                    record_install_outcome(&app, "done", &r);
-                    app.store.event(
-                        mac,
-                        "done",
-                        "install done; next boots are from the local disk",
-                    );
-                    tracing::info!(mac = %mac, "install done");
-                    text(StatusCode::OK, "installed\n")
-                }
-                Err(e) => state_error(mac, e),
+        "done" => match app.store.done(mac, &token).await {
+            Ok(r) => {
+                record_install_outcome(&app, "done", &r);
+                app.store.event(
+                    mac,
+                    "done",
+                    "install done; next boots are from the local disk",
+                );
+                tracing::info!(mac = %mac, "install done");
+                text(StatusCode::OK, "installed\n")
             }
-        }
+            Err(e) => state_error(mac, e),
+        },
         "failed" => {
             let reason: String = body.trim().chars().take(LOG_LINE_MAX).collect();
             let reason = if reason.is_empty() {

@@ -13,6 +13,7 @@
 mod api;
 pub(crate) mod files;
 mod install;
+mod installed;
 mod netboot;
 pub(crate) mod page;
 
@@ -45,6 +46,8 @@ pub(crate) struct App {
     pub(crate) leases: Option<Arc<dyn crate::leases::LeaseStore>>,
     /// The stem cell's kernel and initrd, kept in memory while unchanged on disk.
     pub(crate) stemcell_files: Arc<[files::Cached; 2]>,
+    /// The site's Puppet code as a bundle.
+    pub(crate) bundles: Arc<crate::puppet::Bundles>,
 }
 
 pub(crate) fn router(app: App) -> Router {
@@ -56,6 +59,9 @@ pub(crate) fn router(app: App) -> Router {
         .route("/install/{mac}", get(install::install_script))
         .route("/install/{mac}/{action}", post(install::install_callback))
         .route("/discover/{mac}", post(install::discover))
+        .route("/os/{name}/{file}", get(installed::os_image))
+        .route("/puppet/bundle.tar.gz", get(installed::puppet_bundle))
+        .route("/report/{mac}/{what}", post(installed::report))
         .route("/api/v1/machines", get(api::api_machines))
         .route("/api/v1/machines/{mac}", get(api::api_machine))
         .route("/api/v1/machines/{mac}/reinstall", post(api::api_reinstall))
@@ -127,6 +133,29 @@ pub(crate) struct Reject(pub(crate) StatusCode, pub(crate) String);
 impl IntoResponse for Reject {
     fn into_response(self) -> Response {
         text(self.0, self.1)
+    }
+}
+
+/// A refused state change as an HTTP answer (journal failures are logged here).
+pub(crate) fn state_reject(mac: MacAddr, e: crate::state::StateError) -> Reject {
+    use crate::state::StateError;
+    match e {
+        StateError::BadToken => Reject(
+            StatusCode::FORBIDDEN,
+            "wrong or missing install token\n".into(),
+        ),
+        StateError::BadKey => Reject(
+            StatusCode::FORBIDDEN,
+            "wrong or missing machine key\n".into(),
+        ),
+        StateError::NotNow(why) => Reject(StatusCode::CONFLICT, format!("{why}\n")),
+        StateError::Io(e) => {
+            tracing::error!(mac = %mac, error = %e, "state journal write failed");
+            Reject(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "state could not be saved; try again\n".into(),
+            )
+        }
     }
 }
 

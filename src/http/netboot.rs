@@ -93,7 +93,7 @@ pub(crate) async fn boot_script_for(
 
 #[derive(Deserialize)]
 pub(super) struct MacQuery {
-    mac: Option<String>,
+    pub(super) mac: Option<String>,
 }
 
 fn file_event(app: &App, q: &MacQuery, headers: &HeaderMap, what: &str) {

@@ -18,7 +18,7 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use futures_util::stream::Stream;
 use serde::Deserialize;
 
-use super::api::{cancel, machine_views, reinstall, view, MachineView};
+use super::api::{cancel, machine_views, reinstall, view, Current, MachineView};
 use super::{text, App, Reject};
 use crate::inventory::Inventory;
 use crate::mac::MacAddr;
@@ -317,7 +317,7 @@ pub(crate) async fn machine(
             format!("{mac} is neither in the inventory nor seen\n"),
         );
     }
-    let v = view(&app, &inv, mac, record.as_ref(), None);
+    let v = view(&app, &inv, mac, record.as_ref(), &mut Current::default());
     let token = record.as_ref().and_then(|r| r.token.clone());
     let (boot_script, install_script) = scripts_shown(&app, &inv, mac, record.as_ref());
     let facts = fact_rows(&v, record.as_ref());
@@ -370,7 +370,15 @@ fn scripts_shown(
     .unwrap_or_else(|e| format!("(cannot render: {e})"));
     let install_script = inv.machine(&mac).and_then(|m| {
         let role = inv.role_of(m)?;
-        let vars = crate::render::InstallVars::new(inv, m, &app.server_url, &shown_token);
+        let mut vars = crate::render::InstallVars::new(inv, m, &app.server_url, &shown_token)
+            .with_machine_key("MACHINE-KEY");
+        if let Some(os) = role
+            .os
+            .as_deref()
+            .and_then(|n| crate::images::current(&app.config.os_images, n).ok())
+        {
+            vars = vars.with_os(&os);
+        }
         Some(
             match crate::render::install_script(&app.config.kickstarts, &role.template, &vars) {
                 Ok(s) => mask(&s, Some(&shown_token)),
@@ -557,7 +565,13 @@ pub(crate) async fn events(
             Ok(change) => {
                 let inv = app.inventory.get();
                 let record = app.store.record(&change.mac);
-                let v = view(&app, &inv, change.mac, record.as_ref(), None);
+                let v = view(
+                    &app,
+                    &inv,
+                    change.mac,
+                    record.as_ref(),
+                    &mut Current::default(),
+                );
                 let data = serde_json::to_string(&v).unwrap_or_default();
                 let ev = SseEvent::default().event("machine").data(data);
                 Some((Ok(ev), (rx, app)))
