@@ -182,6 +182,7 @@ pub async fn serve(config_path: &Path) -> Result<(), Fatal> {
             }
         });
     }
+    tracing::info!(%addr, url = %app.server_url, "stemcell ready");
     tasks.spawn(
         live.clone()
             .watch(Duration::from_millis(200), shutdown.clone()),
