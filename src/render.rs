@@ -256,7 +256,6 @@ pub fn stemcell_cmdline(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inventory::Context;
 
     fn machine() -> Machine {
         Machine {
@@ -350,7 +349,6 @@ mod tests {
             .to_string();
         assert!(e.contains("syntax.j2"), "{e}");
         assert!(install_script(dir.path(), "missing.j2", &v).is_err());
-        let _ = Context::default();
     }
 
     #[test]
