@@ -294,7 +294,7 @@ def cmd_report(args):
     if "inv.check.secs" in s:
         n = int(med(s, "inv.machines") or 0)
         for key, label, unit, limit in [
-            ("inv.serve.secs", "serve start-up to \"http listening\" (s)", "", 1.0),
+            ("inv.serve.secs", "serve start-up to \"stemcell ready\" (s)", "", 1.0),
             ("inv.serve.rss_mb", "serve RSS after start-up (MB)", "", 256.0),
             ("inv.check.secs", "`stemcell check` (loads, renders every machine) (s)", "", 1.0),
             ("inv.check.rss_mb", "`stemcell check` max RSS (MB)", "", 256.0),

@@ -15,16 +15,20 @@
 #
 # Network rule: every server and client runs inside network namespaces made here (names with
 # this shell's PID), on loopback or 198.18.0.0/15; they are removed on exit, failure and
-# INT/TERM/HUP. Every load generator is bounded in count and time.
+# INT/TERM/HUP. Every load generator is bounded in count and time. Namespaces, veths,
+# stemcell's config, its start (up to its "stemcell ready" line) and the clean-up are
+# lab/lib.sh's.
 set -uo pipefail
 export PATH="$PATH:/usr/sbin:/sbin:$HOME/.cargo/bin"
 export LC_ALL=C
 
 BENCH=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$BENCH/.." && pwd)
+# shellcheck source=../lab/lib.sh
+. "$REPO/lab/lib.sh"
 PY=/usr/bin/python3
 [ -x $PY ] || PY=python3
-LIB="$PY $BENCH/benchlib.py"
+LIB=("$PY" "$BENCH/benchlib.py")
 REPS=${REPS:-3}
 CHEAP_REPS=${CHEAP_REPS:-5} # TFTP and inventory runs take a second or two: more of them
 WRK_SECS=${WRK_SECS:-5}
@@ -37,7 +41,6 @@ OUT_DIR=$REPO/target/bench
 
 P=scb$$
 NS_LO=$P-lo NS_KS=$P-kea-s NS_KC=$P-kea-c NS_SS=$P-sc-s NS_SC=$P-sc-c NS_STS=$P-st-s NS_STC=$P-st-c NS_INV=$P-inv
-NSS="$NS_LO $NS_KS $NS_KC $NS_SS $NS_SC $NS_STS $NS_STC $NS_INV"
 W=$(mktemp -d "/tmp/$P.XXXXXX")
 chmod 755 "$W" # in.tftpd and nginx's workers run as nobody
 SAMPLES=$W/samples.txt
@@ -47,11 +50,7 @@ CREATED_POLICY=
 
 cleanup() {
     trap '' PIPE INT TERM HUP
-    local ns pid
-    for ns in $NSS; do
-        for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null; done
-    done
-    for ns in $NSS; do ip netns del "$ns" 2>/dev/null; done
+    lab_cleanup
     [ -n "$CREATED_POLICY" ] && rm -f /usr/sbin/policy-rc.d
     if [ "${KEEP:-}" = 1 ]; then echo "work folder kept: $W" >&2; else rm -rf "$W"; fi
 }
@@ -125,53 +124,30 @@ fi
 [ -x "$BIN" ] || die "no stemcell binary at $BIN"
 mkdir -p "$OUT_DIR"
 
-# A stemcell folder: DIR INTERFACE SERVER_IP HTTP_LISTEN [extra YAML for dhcp/tftp]
-write_config() {
-    local d=$1
-    mkdir -p "$d/kickstarts" "$d/stemcell"
-    cp "$REPO/kickstarts/base.sh.j2" "$d/kickstarts/"
-    {
-        echo "interface: $2"
-        echo "server_ip: $3"
-        printf '%s\n' "$5"
-        cat <<EOF
-http:
-  listen: $4
-stemcell:
-  kernel: stemcell/vmlinuz
-  initrd: stemcell/initrd.img
-inventory: inventory.yaml
-kickstarts: kickstarts
-state_dir: state
-EOF
-    } >"$d/stemcell.yaml"
-}
-# start_stemcell NS DIR: serve DIR's config in NS (fresh log); sets SC_PID; waits for "http listening"
+# A stemcell folder (lab_config; the caller sets its LAB_* knobs): DIR MODE
+write_config() { lab_config "$@" || die "cannot write the config in $1"; }
+# start_stemcell NS DIR: serve DIR's config in NS (fresh log DIR/stemcell.log); sets SC_PID
+# once it is ready (lab_serve: its "stemcell ready" line, every socket bound)
 start_stemcell() {
     : >"$2/stemcell.log"
-    # `ip netns exec` execs, so $! is stemcell itself.
-    ip netns exec "$1" "$BIN" serve --config "$2/stemcell.yaml" >>"$2/stemcell.log" 2>&1 &
-    SC_PID=$!
-    wait_for 30 grep -q "http listening" "$2/stemcell.log" || { tail "$2/stemcell.log" >&2; die "stemcell did not start in $1"; }
+    lab_serve "$1" "$BIN" "$2" "$2/stemcell.log" || { tail "$2/stemcell.log" >&2; die "stemcell did not start in $1"; }
+    SC_PID=$LAB_PID
 }
 stop_pid() { kill -TERM "$1" 2>/dev/null; wait "$1" 2>/dev/null; }
-netns() { ip netns add "$1" && ip -n "$1" link set lo up || die "cannot create namespace $1"; }
+netns() { lab_netns "$1" || die "cannot create namespace $1"; }
 
 # ==== 1. TFTP and 2. HTTP: one namespace, on its loopback ===================================
 if want tftp || want http; then
     netns $NS_LO
     L=$W/lo
-    write_config "$L" lo 127.0.0.1 127.0.0.1:8080 "dhcp:
-  mode: off
-tftp:
-  root: tftp"
+    LAB_IFACE=lo LAB_SERVER_IP=127.0.0.1 LAB_LISTEN=127.0.0.1:8080 LAB_TFTP_ROOT=tftp write_config "$L" off
     mkdir -p "$L/tftp" "$L/www/stemcell" "$L/www/boot" "$L/nginx/tmp"
     head -c 50000000 /dev/urandom >"$L/tftp/big.bin"
     head -c 10000000 /dev/urandom >"$L/stemcell/vmlinuz"
     head -c 1000000 /dev/urandom >"$L/stemcell/initrd.img"
     ln "$L/stemcell/vmlinuz" "$L/www/stemcell/vmlinuz" # the same bytes for both servers
     chmod -R a+rX "$L"
-    $LIB inventory 2000 "$L/inventory.yaml" --prefix 52:54:02 || die "inventory"
+    "${LIB[@]}" inventory 2000 "$L/inventory.yaml" --prefix 52:54:02 || die "inventory"
     head -n 1000 "$L/inventory.yaml.macs" >"$L/installed.macs"
     tail -n 1000 "$L/inventory.yaml.macs" >"$L/pending.macs"
     start_stemcell $NS_LO "$L"
@@ -185,7 +161,6 @@ if want tftp; then
     ip netns exec $NS_LO in.tftpd -L -s "$L/tftp" -a 127.0.0.2:69 >"$W/in.tftpd.log" 2>&1 &
     HPA_PID=$!
     wait_for 10 eval "inns $NS_LO ss -Hlun 'src 127.0.0.2 and sport = :69' | grep -q ." || die "in.tftpd did not start"
-    wait_for 10 grep -q "listening for TFTP" "$L/stemcell.log" || die "stemcell's TFTP did not start"
     # tftp_run ADDR OPTS...: seconds for one 50 MB fetch (empty on failure)
     tftp_run() {
         local addr=$1 s; shift
@@ -205,7 +180,7 @@ if want tftp; then
         for rep in $(seq "$CHEAP_REPS"); do
             order="hpa sc"; ((rep % 2 == 0)) && order="sc hpa"
             for srv in $order; do
-                addr=127.0.0.1; [ $srv = hpa ] && addr=127.0.0.2
+                addr=127.0.0.1; [ "$srv" = hpa ] && addr=127.0.0.2
                 t=$(tftp_run $addr "${opts[@]}") || { log "  $variant $srv: transfer FAILED"; continue; }
                 if [ "$rep" = 1 ] && ! cmp -s "$L/out.bin" "$L/tftp/big.bin"; then
                     log "  $variant $srv: the file arrived CORRUPTED"; continue
@@ -250,8 +225,8 @@ EOF
     NGINX_PID=$!
     wait_for 10 tcp_bound $NS_LO 8081 || { cat "$W/nginx.out" "$L/nginx/error.log" >&2; die "nginx did not start"; }
     log "  installing 1000 machines and arming 1000 pending ones through the HTTP API"
-    inns $NS_LO $LIB install http://127.0.0.1:8080 "$L/installed.macs" >&2 || die "could not install the machines"
-    inns $NS_LO $LIB arm http://127.0.0.1:8080 "$L/pending.macs" >&2 || die "could not arm the machines"
+    inns $NS_LO "${LIB[@]}" install http://127.0.0.1:8080 "$L/installed.macs" >&2 || die "could not install the machines"
+    inns $NS_LO "${LIB[@]}" arm http://127.0.0.1:8080 "$L/pending.macs" >&2 || die "could not arm the machines"
     # nginx's small static file: an installed machine's real boot script, byte for byte.
     inns $NS_LO curl -fsS "http://127.0.0.1:8080/boot/$(head -n 1 "$L/installed.macs").ipxe" >"$L/www/boot/static.ipxe" || die "boot script"
     chmod a+r "$L/www/boot/static.ipxe"
@@ -276,7 +251,7 @@ EOF
     # wrk_run NAME URL [MACS]: one wrk run; samples NAME.rps and NAME.mbps (and, for the
     # kernel, the server's CPU seconds per GB sent)
     wrk_run() {
-        local name=$1 url=$2 macs=${3:-} out=$W/wrk.$1.out r rps mbps bad t0 t1 cpu=
+        local name=$1 url=$2 macs=${3:-} out=$W/wrk.$1.out rps mbps bad t0 t1 cpu=
         t0=$(server_ticks "$name")
         if [ -n "$macs" ]; then
             inns $NS_LO env MACS="$macs" timeout $((WRK_SECS + 30)) wrk -t2 -c4 -d"${WRK_SECS}s" --timeout 10s -s "$L/boot.lua" "$url" >"$out" 2>&1
@@ -284,7 +259,7 @@ EOF
             inns $NS_LO timeout $((WRK_SECS + 30)) wrk -t2 -c4 -d"${WRK_SECS}s" --timeout 10s "$url" >"$out" 2>&1
         fi
         t1=$(server_ticks "$name")
-        read -r rps mbps bad < <($LIB wrk "$out")
+        read -r rps mbps bad < <("${LIB[@]}" wrk "$out")
         if [[ $name == kernel.* ]]; then
             cpu=$(calc "round(($t1 - $t0) / $(getconf CLK_TCK) / max(0.001, $mbps * $WRK_SECS / 1000), 3)")
             sample "http.$name.cpu_per_gb" "$cpu"
@@ -310,32 +285,26 @@ EOF
             wrk_run static.nginx http://127.0.0.1:8081/boot/static.ipxe
         fi
     done
-    log "  stemcell's RSS after the HTTP runs: $(awk '/VmRSS/ {print $2, $3}' /proc/$LO_SC/status)"
+    log "  stemcell's RSS after the HTTP runs: $(awk '/VmRSS/ {print $2, $3}' /proc/"$LO_SC"/status)"
     stop_pid $NGINX_PID
 fi
-[ -n "${LO_SC:-}" ] && stop_pid $LO_SC
+[ -n "${LO_SC:-}" ] && stop_pid "$LO_SC"
 
 # ==== 3. DHCP: perfdhcp against Kea and stemcell, each in its own namespace pair =============
 if want dhcp; then
     log "DHCP: perfdhcp -r RATE -R 50000 -p $DHCP_PERIOD, stepping the rate; Kea 2 (memfile, persist, one thread) vs stemcell (authoritative, journal synced before each ACK)"
     for pair in "$NS_KS $NS_KC" "$NS_SS $NS_SC"; do
-        set -- $pair
-        netns "$1"; netns "$2"
-        ip -n "$1" link add s0 type veth peer name c0 netns "$2" || die "veth"
-        ip -n "$1" addr add 198.18.0.1/16 dev s0 && ip -n "$1" link set s0 up
-        ip -n "$2" addr add 198.18.0.2/16 dev c0 && ip -n "$2" link set c0 up
+        read -r srv_ns cli_ns <<<"$pair"
+        netns "$srv_ns"; netns "$cli_ns"
+        lab_link "$srv_ns" s0 198.18.0.1/16 "$cli_ns" c0 198.18.0.2/16 || die "veth"
     done
     D=$W/dhcp-sc
-    write_config "$D" s0 198.18.0.1 198.18.0.1:8080 "dhcp:
-  mode: authoritative
-  subnets:
-    - subnet: 198.18.0.0/16
+    LAB_IFACE=s0 LAB_TFTP_ROOT='' LAB_SUBNETS='    - subnet: 198.18.0.0/16
       pool: [198.18.1.0, 198.18.255.250]
       router: 198.18.0.1
       dns: [198.18.0.1]
-      lease_time: 1h"
-    : >"$D/stemcell/vmlinuz"; : >"$D/stemcell/initrd.img"
-    $LIB inventory 10 "$D/inventory.yaml" --prefix 52:54:03 || die "inventory"
+      lease_time: 1h' write_config "$D" authoritative
+    "${LIB[@]}" inventory 10 "$D/inventory.yaml" --prefix 52:54:03 || die "inventory"
     K=$W/kea
     mkdir -p "$K"
     cat >"$K/kea-dhcp4.json" <<EOF
@@ -362,7 +331,6 @@ EOF
             rm -rf "$D/state"
             start_stemcell $NS_SS "$D"
             SRV_PID=$SC_PID
-            wait_for 20 udp_bound $NS_SS 67 || die "stemcell's DHCP did not start"
         fi
     }
     # perfdhcp's own socket must not be what overflows on this small shared machine: give it a
@@ -376,12 +344,13 @@ EOF
         fi
     fi
     # udp_rcvbuf_errors NS: datagrams the kernel dropped in NS because a socket's buffer was full
+    # shellcheck disable=SC2016 # $6 is awk's
     udp_rcvbuf_errors() { inns "$1" awk '/^Udp:/ { if (h) print $6; else h = 1 }' /proc/net/snmp; }
     cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # utime + stime, all threads
     # dhcp_run SERVER RATE: one perfdhcp run against a fresh server; 0 if it kept up. Sets
     # LIMIT to where the drops were: "server" (its socket overflowed) or "client" (perfdhcp's did).
     dhcp_run() {
-        local srv=$1 rate=$2 sns=$NS_SS cns=$NS_SC out achieved do ra sent acks ok=1 s0 c0 t0 s1 c1 t1 us
+        local srv=$1 rate=$2 sns=$NS_SS cns=$NS_SC out achieved drops ra sent acks ok=1 s0 c0 t0 s1 c1 t1 us
         [ "$srv" = kea ] && sns=$NS_KS cns=$NS_KC
         dhcp_start "$srv"
         out=$W/perfdhcp.$srv.$rate.out
@@ -389,24 +358,24 @@ EOF
         inns $cns timeout $((DHCP_PERIOD + 20)) "${PERFDHCP[@]}" -4 -r "$rate" -R 50000 -p "$DHCP_PERIOD" -l 198.18.0.2 198.18.0.1 >"$out" 2>&1
         s1=$(udp_rcvbuf_errors $sns) c1=$(udp_rcvbuf_errors $cns) t1=$(cpu_ticks $SRV_PID)
         stop_pid "$SRV_PID"
-        read -r achieved do ra sent acks < <($LIB perfdhcp "$out")
+        read -r achieved drops ra sent acks < <("${LIB[@]}" perfdhcp "$out")
         # Kept up: under 1% drops in both halves of the exchange, at (nearly) the rate asked.
-        if $PY -c "import sys; a,d,r,rate=map(float,sys.argv[1:]); sys.exit(0 if d<1 and r<1 and a>=0.95*rate else 1)" "$achieved" "$do" "$ra" "$rate"; then ok=0; fi
+        if $PY -c "import sys; a,d,r,rate=map(float,sys.argv[1:]); sys.exit(0 if d<1 and r<1 and a>=0.95*rate else 1)" "$achieved" "$drops" "$ra" "$rate"; then ok=0; fi
         us=$(calc "round(($t1 - $t0) * 1e6 / $(getconf CLK_TCK) / max(1, $acks), 1)")
         [ $ok = 0 ] && sample "dhcp.cpu.$srv.$rate" "$us"
         if [ $((c1 - c0)) -gt $((s1 - s0)) ]; then LIMIT=client
         elif [ $((s1 - s0)) -gt $((sent / 200)) ]; then LIMIT=server # over 0.5% overflowed the server's socket
-        elif [ "$sent" -lt $((rate * DHCP_PERIOD * 95 / 100)) ] || $PY -c "import sys; sys.exit(0 if max(map(float, sys.argv[1:])) < 1 else 1)" "$do" "$ra"; then
+        elif [ "$sent" -lt $((rate * DHCP_PERIOD * 95 / 100)) ] || $PY -c "import sys; sys.exit(0 if max(map(float, sys.argv[1:])) < 1 else 1)" "$drops" "$ra"; then
             LIMIT=generator # perfdhcp could not send (or count) that fast; under 1% was lost
         elif [ $((s1 - s0)) -gt 0 ]; then LIMIT=server
         else LIMIT=late; fi # answers lost or later than perfdhcp's 1 s
-        log "  $srv @ $rate/s: sent $sent DISCOVERs, achieved $achieved/s, drops $do% (DISCOVER-OFFER) $ra% (REQUEST-ACK); socket overflows: server $((s1 - s0)), perfdhcp $((c1 - c0)); server CPU $us µs per DORA -> $([ $ok = 0 ] && echo kept up || echo "fell behind ($LIMIT)")"
+        log "  $srv @ $rate/s: sent $sent DISCOVERs, achieved $achieved/s, drops $drops% (DISCOVER-OFFER) $ra% (REQUEST-ACK); socket overflows: server $((s1 - s0)), perfdhcp $((c1 - c0)); server CPU $us µs per DORA -> $([ $ok = 0 ] && echo kept up || echo "fell behind ($LIMIT)")"
         return $ok
     }
     LADDER=(2000 4000 6000 8000 10000 12000 14000 16000 20000 24000 28000 32000 40000 48000 56000 64000)
     declare -A BEST PREV
     for round in $(seq "$DHCP_ROUNDS"); do
-        declare -A IDX=() DONE=() LIM=()
+        declare -A IDX=() FINISHED=() LIM=()
         for srv in kea sc; do
             BEST[$srv]=0
             IDX[$srv]=0
@@ -414,21 +383,21 @@ EOF
             if [ -n "${PREV[$srv]:-}" ]; then # later rounds start one step below the last result
                 for i in "${!LADDER[@]}"; do [ "${LADDER[$i]}" = "${PREV[$srv]}" ] && IDX[$srv]=$((i > 0 ? i - 1 : 0)); done
             fi
-            DONE[$srv]=
+            FINISHED[$srv]=
         done
         step=0
-        while [ -z "${DONE[kea]}" ] || [ -z "${DONE[sc]}" ]; do
+        while [ -z "${FINISHED[kea]}" ] || [ -z "${FINISHED[sc]}" ]; do
             order="kea sc"; (((step + round) % 2)) && order="sc kea"
             step=$((step + 1))
             for srv in $order; do
-                [ -n "${DONE[$srv]}" ] && continue
+                [ -n "${FINISHED[$srv]}" ] && continue
                 i=${IDX[$srv]}
-                if dhcp_run $srv "${LADDER[$i]}"; then
+                if dhcp_run "$srv" "${LADDER[$i]}"; then
                     BEST[$srv]=${LADDER[$i]}
                     IDX[$srv]=$((i + 1))
-                    [ $((i + 1)) -ge ${#LADDER[@]} ] && DONE[$srv]=1
+                    [ $((i + 1)) -ge ${#LADDER[@]} ] && FINISHED[$srv]=1
                 elif [ "${BEST[$srv]}" != 0 ] || [ "$i" = 0 ]; then
-                    DONE[$srv]=1
+                    FINISHED[$srv]=1
                     LIM[$srv]=$LIMIT
                 else
                     IDX[$srv]=$((i - 1)) # started too high this round: step down
@@ -448,17 +417,13 @@ fi
 if want storm; then
     log "Boot storm: $STORM_MACHINES machines through PXE DHCP, TFTP undionly.kpxe, iPXE DHCP, boot script, kernel + initrd"
     netns $NS_STS; netns $NS_STC
-    ip -n $NS_STS link add s0 type veth peer name c0 netns $NS_STC || die "veth"
-    ip -n $NS_STS addr add 198.18.0.1/24 dev s0 && ip -n $NS_STS link set s0 up
-    ip -n $NS_STC addr add 198.18.0.2/24 dev c0 && ip -n $NS_STC link set c0 up
+    lab_link $NS_STS s0 198.18.0.1/24 $NS_STC c0 198.18.0.2/24 || die "veth"
     # The machines' subnet is behind the simulator, which is also their relay (198.18.8.1).
     ip -n $NS_STC route add local 198.18.8.0/22 dev lo
     ip -n $NS_STS route add 198.18.8.0/22 via 198.18.0.2
     S=$W/storm
-    write_config "$S" s0 198.18.0.1 198.18.0.1:8080 "dhcp:
-  mode: authoritative
-  subnets:
-    - subnet: 198.18.0.0/24
+    LAB_IFACE=s0 LAB_TFTP_ROOT=/usr/lib/ipxe LAB_TFTP_MORE="${STORM_MAX_TRANSFERS:+  max_transfers: $STORM_MAX_TRANSFERS}" \
+        LAB_SUBNETS='    - subnet: 198.18.0.0/24
       pool: [198.18.0.100, 198.18.0.199]
       router: 198.18.0.1
       lease_time: 1h
@@ -466,17 +431,13 @@ if want storm; then
       pool: [198.18.8.10, 198.18.11.250]
       router: 198.18.8.1
       dns: [198.18.0.1]
-      lease_time: 1h
-tftp:
-  root: /usr/lib/ipxe${STORM_MAX_TRANSFERS:+
-  max_transfers: $STORM_MAX_TRANSFERS}"
+      lease_time: 1h' write_config "$S" authoritative
     head -c 10000000 /dev/urandom >"$S/stemcell/vmlinuz"
     head -c 1000000 /dev/urandom >"$S/stemcell/initrd.img"
-    $LIB inventory "$STORM_MACHINES" "$S/inventory.yaml" --prefix 52:54:01 || die "inventory"
+    "${LIB[@]}" inventory "$STORM_MACHINES" "$S/inventory.yaml" --prefix 52:54:01 || die "inventory"
     for rep in $(seq "$REPS"); do
         rm -rf "$S/state"
         start_stemcell $NS_STS "$S"
-        wait_for 20 udp_bound $NS_STS 67 || die "stemcell's DHCP did not start"
         inns $NS_STC timeout 300 $PY "$BENCH/storm.py" --macs "$S/inventory.yaml.macs" --server 198.18.0.1 \
             --relay 198.18.8.1 --ramp 3 >"$W/storm.$rep.json" 2>"$W/storm.$rep.err" || { cat "$W/storm.$rep.err" >&2; die "the storm simulator failed"; }
         stop_pid $SC_PID
@@ -504,15 +465,11 @@ if want inventory; then
     ip -n $NS_INV link add d0 type veth peer name d1 || die "veth"
     ip -n $NS_INV addr add 198.18.0.1/15 dev d0 && ip -n $NS_INV link set d0 up && ip -n $NS_INV link set d1 up
     I=$W/inv
-    write_config "$I" d0 198.18.0.1 198.18.0.1:8080 "dhcp:
-  mode: authoritative
-  subnets:
-    - subnet: 198.18.0.0/15
+    LAB_IFACE=d0 LAB_TFTP_ROOT='' LAB_SUBNETS='    - subnet: 198.18.0.0/15
       pool: [198.19.255.0, 198.19.255.250]
       router: 198.18.0.1
-      lease_time: 1h"
-    : >"$I/stemcell/vmlinuz"; : >"$I/stemcell/initrd.img"
-    $LIB inventory "$INV_MACHINES" "$I/inventory.yaml" --ips 198.18.1.0 || die "inventory"
+      lease_time: 1h' write_config "$I" authoritative
+    "${LIB[@]}" inventory "$INV_MACHINES" "$I/inventory.yaml" --ips 198.18.1.0 || die "inventory"
     sample inv.machines "$INV_MACHINES"
     log "  inventory.yaml: $(($(stat -c %s "$I/inventory.yaml") / 1024)) KiB"
     cat "$I/inventory.yaml" >/dev/null # in the page cache for every run alike
@@ -525,16 +482,15 @@ if want inventory; then
         rm -rf "$I/state"
         : >"$I/stemcell.log"
         s=$(now)
-        ip netns exec $NS_INV "$BIN" serve --config "$I/stemcell.yaml" >>"$I/stemcell.log" 2>&1 &
-        pid=$!
-        wait_for 30 grep -q "DHCP listening" "$I/stemcell.log" || die "stemcell did not start with the big inventory"
-        up=$($LIB logtime "$I/stemcell.log" "http listening")
+        lab_serve $NS_INV "$BIN" "$I" "$I/stemcell.log" || die "stemcell did not start with the big inventory"
+        pid=$LAB_PID
+        up=$("${LIB[@]}" logtime "$I/stemcell.log" "$LAB_READY")
         startup=$(calc "round($up - $s, 3)")
         sleep 0.5
         hwm=$(awk '/VmHWM/ {printf "%.1f", $2/1024}' /proc/$pid/status)
         stop_pid $pid
         sample inv.serve.secs "$startup"; sample inv.serve.rss_mb "$hwm"
-        log "  check: $secs s, max RSS $rss MB; serve: \"http listening\" after $startup s, peak RSS $hwm MB"
+        log "  check: $secs s, max RSS $rss MB; serve: \"$LAB_READY\" after $startup s, peak RSS $hwm MB"
     done
 fi
 
@@ -549,7 +505,7 @@ log "done in $((SECONDS - T0)) s"
     echo "Kea $(dpkg-query -W -f='${Version}' kea-dhcp4-server), atftp $(dpkg-query -W -f='${Version}' atftp), wrk $(dpkg-query -W -f='${Version}' wrk)."
     echo "$CHEAP_REPS runs of TFTP and the inventory, $REPS of HTTP, DHCP and the storm; peer and stemcell alternate."
     echo
-    $LIB report "$SAMPLES"
+    "${LIB[@]}" report "$SAMPLES"
 } >"$OUT_DIR/results.md"
 cat "$OUT_DIR/results.md"
 echo

@@ -59,7 +59,7 @@ BIN=$TARGET/release/stemcell
 
 # ---------------------------------------------------------------------------------------
 step "the lab's network: namespace $NS, bridge br0 at 198.18.0.1/24, tap0 on it for the machine"
-lab_netns "$NS" && lab_bridge "$NS" && lab_tap "$NS" tap0 || die "cannot set up the namespace"
+{ lab_netns "$NS" && lab_bridge "$NS" && lab_tap "$NS" tap0; } || die "cannot set up the namespace"
 ip -n "$NS" -br addr show br0
 
 step "stemcell serve, inside $NS, with examples/lab (its state in a scratch folder)"
@@ -72,6 +72,7 @@ sed -e "s#^state_dir: .*#state_dir: $D/state#" \
 	-e "s#^  kernel: .*#  kernel: $TARGET/stemcell/vmlinuz#" \
 	-e "s#^  initrd: .*#  initrd: $TARGET/stemcell/initrd.img#" \
 	examples/lab/stemcell.yaml >"$D/stemcell.yaml"
+lab_check "$BIN" "$D" || die "stemcell check failed" "$D/check.txt"
 lab_serve "$NS" "$BIN" "$D" || die "stemcell did not start" "$D/server.log"
 sed -n 's/.*INFO //p' "$D/server.log" | sed 's/^/    /'
 echo "    the inventory page, from inside the lab: ip netns exec $NS curl -s $LAB_URL/"

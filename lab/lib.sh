@@ -1,21 +1,30 @@
 # shellcheck shell=bash
-# lab/lib.sh: the lab's building blocks, shared by lab/demo.sh and tests/netns/pxe.sh.
-# Source it from bash; it defines functions and runs nothing.
+# lab/lib.sh: the one shell library for namespaces, bridges, veths, taps, stemcell's config,
+# starting stemcell and waiting for it, and cleaning up. Used by lab/demo.sh,
+# tests/netns/dhcp.sh, tests/netns/pxe.sh and bench/run.sh. Source it from bash; it defines
+# functions and runs nothing.
 #
-# Everything that speaks DHCP or TFTP (stemcell, dnsmasq, the QEMU machines) runs inside
-# network namespaces made here, on 198.18.0.0/15, and lab_cleanup removes them: nothing
-# here touches the host's own network.
+# Everything that speaks DHCP or TFTP (stemcell, dnsmasq, clients, QEMU machines) runs inside
+# network namespaces made here, on 198.18.0.0/15 (or a namespace's own loopback), and
+# lab_cleanup removes them: nothing here touches the host's own network.
 #
 #   lab_netns NS                  a namespace with lo up (deleted by lab_cleanup)
-#   lab_bridge NS                 br0 at 198.18.0.1/24 in NS
+#   lab_bridge NS [ADDR/LEN]      br0 in NS, up, at ADDR (default 198.18.0.1/24)
 #   lab_tap NS TAP                a tap device (a machine's cable) on NS's br0
-#   lab_veth NS PEER_NS ADDR      a veth from NS's br0 to PEER_NS (s0 there, with ADDR/24)
+#   lab_veth NS PEER_NS DEV [ADDR/LEN]
+#                                 a cable from NS's br0 (DEVp there) to PEER_NS (DEV, up, with
+#                                 ADDR if given)
+#   lab_link NS DEV ADDR/LEN PEER_NS PEER_DEV ADDR/LEN
+#                                 a veth pair straight between two namespaces, both ends up;
+#                                 an empty ADDR leaves that end without an address
 #   lab_bg NS LOG CMD...          CMD in NS, in the background, output to LOG; sets LAB_PID
 #   lab_stop PID                  SIGTERM, then SIGKILL after 5 s
 #   lab_cleanup                   stops every process in the namespaces, deletes them
 #   lab_build_image BIN OUT CACHE the stem cell (vmlinuz, initrd.img) into OUT
-#   lab_config DIR MODE IMAGE     a stemcell folder: stemcell.yaml, admin.token, kickstarts/
-#   lab_serve NS BIN DIR          starts stemcell in NS; returns once DHCP, TFTP and HTTP are up
+#   lab_config DIR MODE [IMAGE]   a stemcell folder: stemcell.yaml, admin.token, kickstarts/
+#   lab_check BIN DIR             `stemcell check` of DIR (output in DIR/check.txt)
+#   lab_serve NS BIN DIR [LOG]    starts stemcell in NS and returns once it is ready; sets
+#                                 LAB_PID and LAB_ADDR
 #   lab_qemu NS FIRMWARE TAP MAC DISK SERIAL [QEMU ARGS...]   powers a machine on; sets LAB_PID
 #   lab_wait SECONDS PID CMD...   polls CMD every second until it succeeds
 #   lab_seen FILE REGEX           a line of FILE matches REGEX (serial logs: raw bytes, CRs)
@@ -29,6 +38,12 @@
 
 LAB_URL=http://198.18.0.1:8080
 LAB_NSS=()
+# stemcell's readiness contract: once every socket (HTTP, TFTP, DHCP) is bound it logs this,
+# once, at info level, with addr=<http listen addr> and url=<http url>. Every harness waits
+# for this line and nothing else (never a sleep, never another log line). STEMCELL_LOG must
+# let info from stemcell::server through (its default does).
+LAB_READY='stemcell ready'
+
 # Firmware banners on a machine's serial console: SeaBIOS starting, OVMF starting its own
 # PXE, iPXE starting (the NIC's ROM, or snponly.efi). Each boot prints at least one.
 # shellcheck disable=SC2034 # used by the scripts that source this file
@@ -42,7 +57,7 @@ lab_netns() {
 
 lab_bridge() {
 	ip -n "$1" link add br0 type bridge &&
-		ip -n "$1" addr add 198.18.0.1/24 dev br0 &&
+		ip -n "$1" addr add "${2:-198.18.0.1/24}" dev br0 &&
 		ip -n "$1" link set br0 up
 }
 
@@ -53,10 +68,17 @@ lab_tap() {
 }
 
 lab_veth() {
-	ip -n "$1" link add s0p type veth peer name s0 netns "$2" &&
-		ip -n "$1" link set s0p master br0 up &&
-		ip -n "$2" addr add "$3/24" dev s0 &&
-		ip -n "$2" link set s0 up
+	ip -n "$1" link add "$3p" type veth peer name "$3" netns "$2" &&
+		ip -n "$1" link set "$3p" master br0 up &&
+		{ [ -z "${4:-}" ] || ip -n "$2" addr add "$4" dev "$3"; } &&
+		ip -n "$2" link set "$3" up
+}
+
+lab_link() {
+	ip -n "$1" link add "$2" type veth peer name "$5" netns "$4" &&
+		{ [ -z "$3" ] || ip -n "$1" addr add "$3" dev "$2"; } &&
+		{ [ -z "$6" ] || ip -n "$4" addr add "$6" dev "$5"; } &&
+		ip -n "$1" link set "$2" up && ip -n "$4" link set "$5" up
 }
 
 # `ip netns exec` execs the command, so $! is the process itself: it can be stopped by id.
@@ -101,54 +123,96 @@ lab_build_image() {
 	"$1" image build --out "$2" --cache "$3"
 }
 
-# lab_config DIR MODE IMAGE: MODE is authoritative or proxy; IMAGE holds vmlinuz and
-# initrd.img. The caller writes DIR/inventory.yaml and any extra kickstarts.
+# lab_config DIR MODE [IMAGE]: a stemcell folder. MODE: authoritative, proxy or off. IMAGE:
+# a folder with vmlinuz and initrd.img; without it, empty stand-ins in DIR/stemcell (for runs
+# that boot nothing). Writes DIR/stemcell.yaml, DIR/admin.token and DIR/kickstarts/base.sh.j2;
+# the caller writes DIR/inventory.yaml and any other kickstarts. The lab's defaults, each
+# overridable for one call (`LAB_IFACE=lo lab_config ...`):
+#   LAB_IFACE=br0  LAB_SERVER_IP=198.18.0.1  LAB_LISTEN=198.18.0.1:8080
+#   LAB_HTTP_URL   http.url (unset: stemcell's default, http://SERVER_IP:PORT)
+#   LAB_SUBNETS    dhcp.subnets, YAML list items indented by 4 (default in authoritative mode:
+#                  198.18.0.0/24, pool .100-.199, router .1, lease 1h)
+#   LAB_DHCP_MORE  more YAML under dhcp: (indented by 2), e.g. boot_files
+#   LAB_TFTP_ROOT  tftp.root (default /usr/lib/ipxe, Debian's ipxe; set empty: no TFTP)
+#   LAB_TFTP_MORE  more YAML under tftp: (indented by 2), e.g. max_transfers
+#   LAB_CMDLINE    stemcell.cmdline (default console=ttyS0,115200)
 lab_config() {
-	local dir=$1 mode=$2 image=$3 subnets=
+	local dir=$1 mode=$2 image=${3:-stemcell} subnets=${LAB_SUBNETS:-}
 	mkdir -p "$dir/kickstarts" "$dir/state"
-	cp "$(dirname "${BASH_SOURCE[0]}")/../kickstarts/base.sh.j2" "$dir/kickstarts/"
+	cp "$(dirname "${BASH_SOURCE[0]}")/../kickstarts/base.sh.j2" "$dir/kickstarts/" || return 1
 	echo "lab-admin-token-$$-$RANDOM$RANDOM" >"$dir/admin.token"
-	if [ "$mode" = authoritative ]; then
-		subnets='
-  subnets:
-    - subnet: 198.18.0.0/24
+	if [ -z "${3:-}" ]; then
+		mkdir -p "$dir/stemcell"
+		: >"$dir/stemcell/vmlinuz"
+		: >"$dir/stemcell/initrd.img"
+	fi
+	if [ "$mode" = authoritative ] && [ -z "$subnets" ]; then
+		subnets='    - subnet: 198.18.0.0/24
       pool: [198.18.0.100, 198.18.0.199]
       router: 198.18.0.1
       lease_time: 1h'
 	fi
-	cat >"$dir/stemcell.yaml" <<EOF
-interface: br0
-server_ip: 198.18.0.1
-dhcp:
-  mode: $mode$subnets
-tftp:
-  root: /usr/lib/ipxe
-http:
-  listen: 198.18.0.1:8080
-  url: $LAB_URL
+	{
+		echo "interface: ${LAB_IFACE:-br0}"
+		echo "server_ip: ${LAB_SERVER_IP:-198.18.0.1}"
+		echo "dhcp:"
+		echo "  mode: $mode"
+		if [ "$mode" = authoritative ]; then
+			echo "  subnets:"
+			printf '%s\n' "$subnets"
+		fi
+		[ -z "${LAB_DHCP_MORE:-}" ] || printf '%s\n' "$LAB_DHCP_MORE"
+		if [ -n "${LAB_TFTP_ROOT-/usr/lib/ipxe}" ]; then
+			echo "tftp:"
+			echo "  root: ${LAB_TFTP_ROOT-/usr/lib/ipxe}"
+			[ -z "${LAB_TFTP_MORE:-}" ] || printf '%s\n' "$LAB_TFTP_MORE"
+		fi
+		echo "http:"
+		echo "  listen: ${LAB_LISTEN:-198.18.0.1:8080}"
+		[ -z "${LAB_HTTP_URL:-}" ] || echo "  url: $LAB_HTTP_URL"
+		cat <<EOT
 stemcell:
   kernel: $image/vmlinuz
   initrd: $image/initrd.img
-  cmdline: console=ttyS0,115200
+  cmdline: ${LAB_CMDLINE:-console=ttyS0,115200}
 inventory: inventory.yaml
 kickstarts: kickstarts
 state_dir: state
 admin_token_file: admin.token
-EOF
+EOT
+	} >"$dir/stemcell.yaml"
 }
 
-# lab_serve NS BIN DIR: `stemcell serve` in NS (log DIR/server.log), ready when it has
-# logged its DHCP and TFTP listeners and answers HTTP. Sets LAB_PID.
+# How many "stemcell ready" lines LOG holds (0 without LOG).
+_lab_ready_lines() {
+	local n
+	n=$(grep -acF -- "$LAB_READY" "$1" 2>/dev/null)
+	echo "${n:-0}"
+}
+
+lab_check() {
+	"$1" check --config "$2/stemcell.yaml" >"$2/check.txt" 2>&1
+}
+
+# lab_serve NS BIN DIR [LOG]: `stemcell serve` for DIR in NS, its output appended to LOG
+# (default DIR/server.log; appended so that a restart keeps the history in one file). Ready
+# when LOG holds one more "stemcell ready" line than before the start; 1 if the server exits
+# first or after LAB_SERVE_TIMEOUT seconds (default 30). Sets LAB_PID, and LAB_ADDR to the
+# line's addr= (the HTTP address actually bound).
 lab_serve() {
-	local ns=$1 bin=$2 dir=$3
-	"$bin" check --config "$dir/stemcell.yaml" >"$dir/check.txt" 2>&1 || return 1
-	lab_bg "$ns" "$dir/server.log" "$bin" serve --config "$dir/stemcell.yaml"
-	lab_wait 30 "$LAB_PID" _lab_ready "$ns" "$dir/server.log"
-}
-
-_lab_ready() {
-	lab_seen "$2" "DHCP listening" && lab_seen "$2" "listening for TFTP" &&
-		ip netns exec "$1" curl -sf -o /dev/null "$LAB_URL/healthz"
+	local ns=$1 bin=$2 dir=$3 log=${4:-$3/server.log} before end
+	before=$(_lab_ready_lines "$log")
+	# `ip netns exec` execs the command, so $! is stemcell itself.
+	ip netns exec "$ns" "$bin" serve --config "$dir/stemcell.yaml" </dev/null >>"$log" 2>&1 &
+	LAB_PID=$!
+	LAB_ADDR=
+	end=$((SECONDS + ${LAB_SERVE_TIMEOUT:-30}))
+	until [ "$(_lab_ready_lines "$log")" -gt "$before" ]; do
+		kill -0 "$LAB_PID" 2>/dev/null && [ $SECONDS -lt $end ] || return 1
+		sleep 0.05
+	done
+	# shellcheck disable=SC2034 # read by the scripts that source this file
+	LAB_ADDR=$(grep -aF -- "$LAB_READY" "$log" | tail -n 1 | sed -n 's/.* addr=\([^ ]*\).*/\1/p')
 }
 
 # lab_qemu NS FIRMWARE TAP MAC DISK SERIAL [QEMU ARGS...]: power a machine on, network first.
@@ -160,6 +224,7 @@ _lab_ready() {
 # control back (an installed machine), the firmware would spend a minute on PXE over IPv6
 # before it reaches the disk. No -no-reboot: the machine reboots by itself, as real ones do.
 # The serial console goes to SERIAL. Sets LAB_PID.
+# shellcheck disable=SC2054 # QEMU's options are comma-separated lists: the commas belong in one word
 lab_qemu() {
 	local ns=$1 fw=$2 tap=$3 mac=$4 disk=$5 serial=$6 args
 	shift 6

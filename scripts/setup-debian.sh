@@ -7,6 +7,7 @@ PACKAGES=(
   isc-dhcp-client udhcpc tftp-hpa atftp dnsmasq-base isc-dhcp-relay
   qemu-system-x86 ipxe ipxe-qemu ovmf busybox-static cpio zstd xz-utils
   chromium chromium-driver fonts-dejavu-core
+  shellcheck
 )
 
 missing=()
@@ -17,11 +18,11 @@ export DEBIAN_FRONTEND=noninteractive
 # `stemcell image build` fetches Debian's kernel with apt-get download: the package lists
 # must exist and be fresh (a stale list names a kernel version the archive has dropped).
 if ((${#missing[@]})) || [ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*_Packages' -mmin -720 2>/dev/null | head -1)" ]; then
-  apt-get update -qq || echo "setup: apt-get update failed; going on with the lists there are" >&2
+  apt-get -o DPkg::Lock::Timeout=600 update -qq || echo "setup: apt-get update failed; going on with the lists there are" >&2
 fi
 if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}"
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

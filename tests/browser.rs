@@ -27,9 +27,13 @@ fn shots() -> PathBuf {
 
 #[test]
 fn the_row_moves_through_the_states_without_a_reload() {
-    let Some(b) = browser::Browser::start() else {
+    if !require(
+        "chromium and chromedriver (Debian's chromium, chromium-driver)",
+        browser::Browser::available(),
+    ) {
         return;
-    };
+    }
+    let b = browser::Browser::start().expect("chromium and chromedriver are installed");
     let dir = tempfile::tempdir().unwrap();
     lab(dir.path(), INVENTORY);
     let s = Server::start(dir.path());

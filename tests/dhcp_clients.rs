@@ -1,205 +1,98 @@
 //! DHCP against real clients: the real `stemcell` binary inside network namespaces, with
 //! dhclient, udhcpc, isc-dhcp-relay and dnsmasq (as a site's DHCP server) as its peers.
-//! The scenarios and checks live in `tests/netns/dhcp.sh`; this runs it and shows its
-//! output when it fails.
+//! The scenarios and their checks live in `tests/netns/dhcp.sh`; each test here runs one
+//! scenario (so a failure names it) and shows the script's output when it fails.
+//!
+//! Scenarios run side by side: the script names its namespaces and work folder after its
+//! own PID, and each scenario has its own server, config and state.
 //!
 //! The script also needs a PXE probe that sees every offer (a firmware-like client that
-//! binds nothing). That probe is this test binary itself, run by the script as
-//! `THIS_BINARY --exact --ignored --nocapture -q dhcp_probe ARGS…` (the `dhcp_probe` test
-//! below). An example binary would not do: `cargo test --all-targets` builds examples only
-//! as test harnesses, so there is no runnable `target/debug/examples/…` to call.
+//! binds nothing): `examples/dhcp_probe.rs`, built by `common::helper`.
 //!
-//! Skips (loudly) only when not root, when `ip netns` is unavailable, or when a client
-//! tool is missing: the script says which and exits 77.
+//! Skips only when the script says it cannot run here (exit 77: not root, no `ip netns`, or
+//! a client tool missing); a skip is reported as one, and fails under `CI=true`
+//! (`common::skip`).
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+mod common;
+
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use dhcproto::v4::{Architecture, DhcpOption, Flags, Message, MessageType, Opcode, OptionCode};
-use dhcproto::{Decodable, Decoder, Encodable, Encoder};
-use socket2::{Domain, Protocol, Socket, Type};
+use common::*;
 
-const STEMCELL: &str = env!("CARGO_BIN_EXE_stemcell");
-/// The script's exit code for "cannot run here" (automake's SKIP).
-const SKIP: i32 = 77;
-
-#[test]
-fn dhcp_against_real_clients_in_network_namespaces() {
+fn scenario(name: &str) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/netns/dhcp.sh");
-    let me = std::env::current_exe().expect("the test binary's path");
+    let probe = helper("dhcp_probe");
     let started = Instant::now();
     let out = Command::new("bash")
         .arg(&script)
-        .arg(STEMCELL)
-        .arg(&me)
-        .args(["--exact", "--ignored", "--nocapture", "-q", "dhcp_probe"])
+        .args([name, BIN])
+        .arg(&probe)
         .output()
         .expect("run tests/netns/dhcp.sh");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    if out.status.code() == Some(SKIP) {
-        eprintln!(
-            "\n!!!!!!!! SKIPPING the DHCP client tests (tests/netns/dhcp.sh): {} !!!!!!!!\n",
-            stdout.trim()
-        );
+    if out.status.code() == Some(SKIP_EXIT) {
+        skip(&format!("tests/netns/dhcp.sh {name}: {}", stdout.trim()));
         return;
     }
     assert!(
         out.status.success(),
-        "tests/netns/dhcp.sh failed ({}) after {:.1?}:\n{stdout}\n--- stderr ---\n{stderr}",
+        "tests/netns/dhcp.sh {name} failed ({}) after {:.1?}:\n{stdout}\n--- stderr ---\n{stderr}",
         out.status,
         started.elapsed()
+    );
+    // A scenario that checked nothing would pass as well: it must have run checks.
+    assert!(
+        stdout.lines().any(|l| l.starts_with("PASS: ")),
+        "tests/netns/dhcp.sh {name} ran no checks:\n{stdout}"
     );
     // Shown with --nocapture; kept quiet otherwise.
     println!("{stdout}(took {:.1?})", started.elapsed());
 }
 
-/// Not a test: the script's PXE probe (see the module documentation).
-///
-/// `IFACE MAC discover ARCH [ipxe] [WAIT_MS]`: broadcast a DISCOVER as PXE firmware does
-/// (option 60 "PXEClient:Arch:NNNNN:UNDI:003016", option 93 ARCH, option 97, broadcast flag,
-/// plus user class "iPXE" with `ipxe`) from port 68 on IFACE, and print every reply with the
-/// same xid as `REPLY <source> <json>` until WAIT_MS (default 1500) has passed.
-/// `IFACE MAC request4011 ARCH SERVER`: unicast the REQUEST UEFI firmware sends to a
-/// proxyDHCP server's port 4011, from IFACE's address, and print the reply.
-/// Prints `NO REPLY` and fails when nothing answered.
+/// A plain client's address and options, the lease journal, SIGKILL and restart
+/// (INIT-REBOOT, a new DISCOVER), RELEASE.
 #[test]
-#[ignore = "not a test: tests/netns/dhcp.sh runs it as its DHCP probe inside a namespace"]
-fn dhcp_probe() {
-    let args: Vec<String> = std::env::args()
-        .skip_while(|a| a != "dhcp_probe")
-        .skip(1)
-        .collect();
-    if args.is_empty() {
-        return; // run by `cargo test -- --ignored`: nothing to probe
-    }
-    if let Err(e) = probe(&args) {
-        panic!("dhcp_probe {args:?}: {e}");
-    }
+fn dhcp_authoritative_lease_restart_release() {
+    scenario("auth-lease");
 }
 
-fn probe(a: &[String]) -> Result<(), Box<dyn std::error::Error>> {
-    let [iface, mac, action, arch, rest @ ..] = a else {
-        return Err(
-            "usage: IFACE MAC discover ARCH [ipxe] [WAIT_MS] | IFACE MAC request4011 ARCH SERVER"
-                .into(),
-        );
-    };
-    let mac: Vec<u8> = mac
-        .split(':')
-        .map(|h| u8::from_str_radix(h, 16))
-        .collect::<Result<_, _>>()?;
-    if mac.len() != 6 {
-        return Err("MAC must have six bytes".into());
-    }
-    let arch: u16 = arch.parse()?;
-    let sock = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
-    // Several probes may run side by side on one interface: each sees every broadcast
-    // and keeps the replies with its own xid.
-    sock.set_reuse_address(true)?;
-    sock.set_broadcast(true)?;
-    sock.bind_device(Some(iface.as_bytes()))?;
-    sock.bind(&SocketAddr::from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68)).into())?;
-    sock.set_read_timeout(Some(Duration::from_millis(100)))?;
-    let sock: std::net::UdpSocket = sock.into();
-
-    let xid = u32::from_be_bytes([mac[3], mac[4], mac[5], 0]) ^ u32::from(arch);
-    let mut m = Message::default();
-    m.set_opcode(Opcode::BootRequest)
-        .set_xid(xid)
-        .set_chaddr(&mac)
-        .set_flags(Flags::default().set_broadcast());
-    let o = m.opts_mut();
-    o.insert(DhcpOption::ClassIdentifier(
-        format!("PXEClient:Arch:{arch:05}:UNDI:003016").into_bytes(),
-    ));
-    o.insert(DhcpOption::ClientSystemArchitecture(Architecture(arch)));
-    let mut uuid = vec![0u8];
-    uuid.extend(1u8..=16);
-    o.insert(DhcpOption::ClientMachineIdentifier(uuid));
-    let mut wait = Duration::from_millis(1500);
-    let dest = match action.as_str() {
-        "discover" => {
-            o.insert(DhcpOption::MessageType(MessageType::Discover));
-            for r in rest {
-                match r.as_str() {
-                    "ipxe" => {
-                        o.insert(DhcpOption::UserClass(b"iPXE".to_vec()));
-                    }
-                    ms => wait = Duration::from_millis(ms.parse()?),
-                }
-            }
-            SocketAddrV4::new(Ipv4Addr::BROADCAST, 67)
-        }
-        "request4011" => {
-            let server: Ipv4Addr = rest.first().ok_or("SERVER needed")?.parse()?;
-            o.insert(DhcpOption::MessageType(MessageType::Request));
-            SocketAddrV4::new(server, 4011)
-        }
-        x => return Err(format!("unknown action {x}").into()),
-    };
-    let mut buf = Vec::new();
-    m.encode(&mut Encoder::new(&mut buf))?;
-    sock.send_to(&buf, dest)?;
-    let deadline = Instant::now() + wait;
-    let mut rx = [0u8; 1500];
-    let mut replies = 0;
-    while Instant::now() < deadline {
-        let Ok((n, src)) = sock.recv_from(&mut rx) else {
-            continue;
-        };
-        let Ok(r) = Message::decode(&mut Decoder::new(&rx[..n])) else {
-            continue;
-        };
-        if r.opcode() != Opcode::BootReply || r.xid() != xid {
-            continue;
-        }
-        replies += 1;
-        println!("REPLY {src} {}", describe(&r));
-        if action == "request4011" {
-            break;
-        }
-    }
-    if replies == 0 {
-        println!("NO REPLY");
-        return Err("no reply".into());
-    }
-    Ok(())
+/// udhcpc renews; the ACK goes unicast to the client.
+#[test]
+fn dhcp_authoritative_renew() {
+    scenario("auth-renew");
 }
 
-/// One reply as a line of JSON, decoded by dhcproto (independent of stemcell's decoder).
-fn describe(r: &Message) -> serde_json::Value {
-    let bytes = |c: OptionCode| match r.opts().get(c) {
-        Some(DhcpOption::VendorExtensions(b)) | Some(DhcpOption::ClientMachineIdentifier(b)) => {
-            serde_json::Value::String(format!("{b:?}"))
-        }
-        Some(other) => serde_json::Value::String(format!("{other:?}")),
-        None => serde_json::Value::Null,
-    };
-    let text = |c: OptionCode| match r.opts().get(c) {
-        Some(DhcpOption::ClassIdentifier(b)) | Some(DhcpOption::BootfileName(b)) => {
-            Some(String::from_utf8_lossy(b).into_owned())
-        }
-        _ => None,
-    };
-    let server_id = match r.opts().get(OptionCode::ServerIdentifier) {
-        Some(DhcpOption::ServerIdentifier(ip)) => Some(ip.to_string()),
-        _ => None,
-    };
-    let file = r
-        .fname()
-        .map(|f| String::from_utf8_lossy(f.split(|&b| b == 0).next().unwrap_or(f)).into_owned());
-    serde_json::json!({
-        "type": format!("{:?}", r.opts().msg_type()),
-        "yiaddr": r.yiaddr().to_string(),
-        "siaddr": r.siaddr().to_string(),
-        "file": file,
-        "opt54": server_id,
-        "opt60": text(OptionCode::ClassIdentifier),
-        "opt67": text(OptionCode::BootfileName),
-        "opt43": bytes(OptionCode::VendorExtensions),
-        "opt97": bytes(OptionCode::ClientMachineIdentifier),
-    })
+/// A reservation from the inventory, and the machine's DHCP events and ip in the API.
+#[test]
+fn dhcp_authoritative_reservation() {
+    scenario("auth-reservation");
+}
+
+/// Boot files by PXE class (BIOS, UEFI x64, iPXE, ARM64, an unknown architecture);
+/// unknown PXE machines recorded as discovered.
+#[test]
+fn dhcp_authoritative_pxe_classes() {
+    scenario("auth-pxe");
+}
+
+/// A client behind isc-dhcp-relay gets an address from the relay's subnet.
+#[test]
+fn dhcp_authoritative_through_a_relay() {
+    scenario("relay");
+}
+
+/// Proxy mode beside dnsmasq: boot files without addresses, port 4011, plain clients
+/// left to the site's server.
+#[test]
+fn dhcp_proxy_beside_dnsmasq() {
+    scenario("proxy");
+}
+
+/// A two-address pool, exhausted: no offer, and the log and the API say why.
+#[test]
+fn dhcp_pool_exhaustion() {
+    scenario("tiny");
 }

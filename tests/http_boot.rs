@@ -39,13 +39,17 @@ fn a_machine_installs_once_then_boots_from_disk_and_survives_restart() {
     // Pending: the stem cell with this MAC's BOOTIF, the server URL and a token.
     let script = boot(&s, "52-54-00-00-00-01");
     assert!(script.starts_with("#!ipxe\n"), "{script}");
-    assert!(
-        script.contains(&format!(
-            "kernel http://127.0.0.1:{}/stemcell/vmlinuz",
-            s.addr.split(':').nth(1).unwrap()
-        )) || script.contains("/stemcell/vmlinuz?mac="),
-        "{script}"
-    );
+    // The kernel and initrd from this server, tagged with the MAC (for the machine's events).
+    let port = s.addr.split(':').nth(1).unwrap();
+    for want in [
+        format!("kernel http://127.0.0.1:{port}/stemcell/vmlinuz?mac=52:54:00:00:00:01 "),
+        format!("initrd --name initrd.img http://127.0.0.1:{port}/stemcell/initrd.img?mac=52:54:00:00:00:01 "),
+    ] {
+        assert!(
+            script.lines().any(|l| l.starts_with(&want)),
+            "no line starting {want:?} in\n{script}"
+        );
+    }
     assert_eq!(
         cmdline_value(&script, "BOOTIF").as_deref(),
         Some("01-52-54-00-00-00-01")
@@ -317,8 +321,30 @@ fn kernel_and_assets_stream_with_range_etag_and_head() {
         assert_ne!(r.status, 200, "{hostile} must not escape the assets folder");
         assert_ne!(r.text(), "secret");
     }
-    // No redirects anywhere: firmware does not follow them.
-    assert!(!s.log_text().contains("redirect"));
+    // No redirects anywhere: firmware does not follow them. Not even for the paths web
+    // servers like to redirect: a folder without its slash, a trailing or doubled slash.
+    for path in [
+        "/stemcell/vmlinuz",
+        "/stemcell",
+        "/stemcell/",
+        "/stemcell/vmlinuz/",
+        "//stemcell/vmlinuz",
+        "/assets",
+        "/assets/sub",
+        "/assets/sub/",
+        "/assets//sub/file.txt",
+        "/assets/sub/file.txt/",
+        "/boot/52:54:00:00:00:01.ipxe/",
+        "/tftp",
+    ] {
+        let r = curl(&["--path-as-is"], &s.url(path));
+        assert!(
+            !(300..400).contains(&r.status) && r.header("location").is_none(),
+            "{path}: a redirect (HTTP {}, Location {:?})",
+            r.status,
+            r.header("location")
+        );
+    }
     let m = json(&curl(&[], &s.url(&format!("/api/v1/machines/{WEB}"))));
     assert!(has_event(&m, "message", "fetched stem-cell vmlinuz"), "{m}");
 }

@@ -5,22 +5,20 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
 const BIG: usize = 5 * 1000 * 1000;
 
-fn have(tool: &str) -> bool {
-    let ok = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !ok {
-        eprintln!("\n!!!!!!!! SKIPPING: {tool} is not installed (scripts/setup-debian.sh installs it) !!!!!!!!\n");
-    }
-    ok
+/// Debian's iPXE binaries, the files the tests fetch (`tftp_lab`).
+fn have_ipxe() -> bool {
+    require(
+        "/usr/lib/ipxe/undionly.kpxe and snponly.efi (Debian's ipxe)",
+        ["undionly.kpxe", "snponly.efi"]
+            .iter()
+            .all(|f| Path::new("/usr/lib/ipxe").join(f).is_file()),
+    )
 }
 
 /// A lab with TFTP on 127.0.0.1 inside `ns`, its root holding Debian's iPXE binaries and a
@@ -69,7 +67,10 @@ fn same(a: &Path, b: &Path) {
 
 #[test]
 fn real_clients_fetch_with_every_option_and_hostile_requests_are_refused() {
-    if !(have("tftp") && have("atftp")) {
+    if !(require("tftp (Debian's tftp-hpa)", have_tool("tftp"))
+        && require("atftp", have_tool("atftp"))
+        && have_ipxe())
+    {
         return;
     }
     let Some(ns) = Netns::new("t") else { return };
@@ -169,42 +170,11 @@ fn real_clients_fetch_with_every_option_and_hostile_requests_are_refused() {
     );
 }
 
-/// Not a test on its own: the test below runs it inside its namespace, as a firmware-like
-/// client that asks for the size, then aborts with error 8 and counts what still arrives.
-#[test]
-#[ignore = "helper run by error_8_ends_the_transfer inside a namespace"]
-fn tftp_error8_probe() {
-    use std::net::UdpSocket;
-    let file = std::env::var("PROBE_FILE").expect("PROBE_FILE");
-    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
-    let mut rrq = vec![0, 1];
-    for part in [file.as_str(), "octet", "tsize", "0", "blksize", "1408"] {
-        rrq.extend_from_slice(part.as_bytes());
-        rrq.push(0);
-    }
-    sock.send_to(&rrq, "127.0.0.1:69").unwrap();
-    let mut buf = [0u8; 2048];
-    let (n, from) = sock.recv_from(&mut buf).expect("an OACK");
-    assert_eq!(&buf[..2], &[0, 6], "expected OACK, got {:?}", &buf[..n]);
-    let oack = String::from_utf8_lossy(&buf[2..n]).to_string();
-    let mut err = vec![0, 5, 0, 8];
-    err.extend_from_slice(b"size probe done\0");
-    sock.send_to(&err, from).unwrap();
-    // The server resends an unanswered packet after 1 s, up to 5 times: wait 3 s.
-    let t0 = Instant::now();
-    let mut after = 0;
-    while t0.elapsed() < Duration::from_secs(3) {
-        if sock.recv_from(&mut buf).is_ok() {
-            after += 1;
-        }
-    }
-    println!("PROBE oack={oack:?} packets_after_error={after}");
-}
-
 #[test]
 fn error_8_ends_the_transfer() {
+    if !have_ipxe() {
+        return;
+    }
     let Some(ns) = Netns::new("e") else { return };
     let dir = tempfile::tempdir().unwrap();
     tftp_lab(dir.path());
@@ -214,11 +184,10 @@ fn error_8_ends_the_transfer() {
         "{}",
         s.log_text()
     );
-    let me = std::env::current_exe().unwrap();
+    // A firmware-like client: examples/tftp_error8_probe.rs.
     let out = Command::new("ip")
         .args(["netns", "exec", &ns.name])
-        .arg(&me)
-        .args(["--exact", "--ignored", "--nocapture", "tftp_error8_probe"])
+        .arg(helper("tftp_error8_probe"))
         .env("PROBE_FILE", "snponly.efi")
         .output()
         .unwrap();

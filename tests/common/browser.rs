@@ -34,17 +34,23 @@ fn post(url: &str, body: Value) -> Value {
     r.body_mut().read_json::<Value>().unwrap()
 }
 
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
 impl Browser {
-    /// `None` (with a loud message) only when chromium or chromedriver is not installed.
+    /// Whether Debian's chromium and chromium-driver are installed. Tests check this first
+    /// (`common::require`), so that a missing browser is a reported skip, or a CI failure.
+    pub fn available() -> bool {
+        Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists()
+    }
+
+    /// `None` only when chromium or chromedriver is not installed.
     pub fn start() -> Option<Browser> {
-        for bin in ["/usr/bin/chromium", "/usr/bin/chromedriver"] {
-            if !Path::new(bin).exists() {
-                eprintln!("\n!!! SKIPPING browser test: {bin} is missing (apt-get install chromium chromium-driver) !!!\n");
-                return None;
-            }
+        if !Self::available() {
+            return None;
         }
         let port = free_port();
-        let driver = Command::new("/usr/bin/chromedriver")
+        let driver = Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -63,7 +69,7 @@ impl Browser {
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {
-                "binary": "/usr/bin/chromium",
+                "binary": CHROMIUM,
                 "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                          "--disable-background-networking", "--disable-component-update", "--disable-sync",
                          "--window-size=1400,900", format!("--user-data-dir={}", profile.path().display())]

@@ -1,15 +1,164 @@
 //! Shared harness: start the real `stemcell` binary on a free port in a temporary folder
-//! and drive it with real clients (curl). Readiness is the "http listening" log line,
-//! never a sleep.
+//! and drive it with real clients (curl). Readiness is the one "stemcell ready" log line
+//! (see [`READY`]), never a sleep. Also: honest skips ([`require`], [`skip`]) and the
+//! helper programs in examples/ ([`helper`]).
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_stemcell");
+
+/// stemcell's readiness contract: once every socket (HTTP, TFTP, DHCP) is bound it logs one
+/// info line with this message and the fields `addr=<http listen addr>` and `url=<http url>`.
+/// Every harness (this one, lab/lib.sh, bench/run.sh) waits for it and nothing else.
+pub const READY: &str = "stemcell ready";
+
+/// The exit code with which a script says "cannot run here" (automake's SKIP).
+pub const SKIP_EXIT: i32 = 77;
+
+/// `<target>`, the folder cargo builds into.
+pub fn target_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("CARGO_TARGET_TMPDIR is <target>/tmp")
+        .to_path_buf()
+}
+
+/// Where skips are recorded, one line each, for tests/run.sh's summary:
+/// `<target>/skipped-tests.txt`, or `STEMCELL_SKIP_FILE`.
+pub fn skip_file() -> PathBuf {
+    std::env::var_os("STEMCELL_SKIP_FILE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("skipped-tests.txt"))
+}
+
+/// Whether this runs in CI (`CI` set to anything but empty, `0` or `false`), where nothing
+/// may be skipped: a missing requirement is a failure there.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false" | "FALSE"))
+}
+
+/// This test's name as the summary shows it: `binary::test` (libtest names each test's
+/// thread after the test).
+fn test_name() -> String {
+    let binary = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .map(|s| match s.rsplit_once('-') {
+            Some((name, hash)) if hash.chars().all(|c| c.is_ascii_hexdigit()) => name.to_string(),
+            _ => s,
+        })
+        .unwrap_or_else(|| "?".into());
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    format!("{binary}::{test}")
+}
+
+/// This test cannot run here because of `why` (what is missing). Under CI that is a failure
+/// (a panic naming it); otherwise a loud message, and a line in [`skip_file`] so the skip is
+/// reported as one (tests/run.sh prints them), never silently as a pass. The caller returns
+/// right after.
+pub fn skip(why: &str) {
+    let name = test_name();
+    if in_ci() {
+        panic!(
+            "{name} cannot run: {why}; with CI set, a missing requirement is a failure, not a skip"
+        );
+    }
+    eprintln!("\n!!!!!!!! SKIPPED {name}: {why} !!!!!!!!\n");
+    let file = skip_file();
+    if let Some(dir) = file.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let line = format!("{name}: {}\n", why.replace('\n', " "));
+    // One write with O_APPEND: lines from tests running side by side do not interleave.
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&file)
+        .and_then(|mut f| f.write_all(line.as_bytes()));
+    if let Err(e) = written {
+        eprintln!("(could not record the skip in {}: {e})", file.display());
+    }
+}
+
+/// `available`, or else a [`skip`] because `what` is missing: `if !require(..) { return; }`.
+pub fn require(what: &str, available: bool) -> bool {
+    if !available {
+        skip(&format!("{what} is missing"));
+    }
+    available
+}
+
+/// Whether `tool` is a command on PATH (with /usr/sbin and /sbin, where Debian puts
+/// dhclient and dhcrelay).
+pub fn have_tool(tool: &str) -> bool {
+    Command::new("sh")
+        .args([
+            "-c",
+            &format!("PATH=\"$PATH:/usr/sbin:/sbin\" command -v {tool}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Whether this process is root (network namespaces, tap devices and ports below 1024 need it).
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// The helper program `examples/NAME.rs`, built once per test binary with
+/// `cargo build --example NAME` (cargo releases its lock once the tests run, so this does
+/// not wait on the `cargo test` that runs us), and its path. Built here rather than found in
+/// `<target>/…/examples/` because `cargo test --test X` builds no examples, and a stale one
+/// from an earlier build would test old code.
+pub fn helper(name: &str) -> PathBuf {
+    static BUILT: Mutex<Option<HashMap<String, PathBuf>>> = Mutex::new(None);
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    let built = built.get_or_insert_with(HashMap::new);
+    if let Some(p) = built.get(name) {
+        return p.clone();
+    }
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args([
+        "build",
+        "--offline",
+        "--example",
+        name,
+        "--message-format",
+        "json",
+    ])
+    .current_dir(env!("CARGO_MANIFEST_DIR"))
+    .stderr(Stdio::piped());
+    if !cfg!(debug_assertions) {
+        cmd.arg("--release"); // the profile the tests themselves were built with
+    }
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run cargo build --example {name}: {e}"));
+    assert!(
+        out.status.success(),
+        "cargo build --example {name} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["target"]["name"] == name)
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .unwrap_or_else(|| panic!("cargo build --example {name} named no executable"));
+    built.insert(name.to_string(), path.clone());
+    path
+}
 
 pub struct Server {
     pub child: Child,
@@ -56,7 +205,8 @@ pub struct Netns {
 static NS_COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 impl Netns {
-    /// `None`, with a loud message, only where namespaces truly cannot be made (not root).
+    /// `None` only where namespaces truly cannot be made (not root, no iproute2): then the
+    /// test is skipped ([`skip`]: a failure under CI).
     pub fn new(tag: &str) -> Option<Netns> {
         let n = NS_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let name = format!("sc{tag}-{}-{n}", std::process::id());
@@ -66,7 +216,7 @@ impl Netns {
             .map(|s| s.success())
             .unwrap_or(false);
         if !ok {
-            eprintln!("\n!!!!!!!! SKIPPING: cannot create a network namespace (needs root and iproute2) !!!!!!!!\n");
+            skip("a network namespace (`ip netns add` needs root and iproute2)");
             return None;
         }
         let ns = Netns { name };
@@ -130,7 +280,7 @@ impl Server {
             let log = log.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if line.contains("stemcell ready") {
+                    if line.contains(READY) {
                         let _ = tx.send(line.clone());
                     }
                     log.lock().unwrap().push(line);
@@ -142,7 +292,7 @@ impl Server {
             Err(_) => {
                 let _ = child.kill();
                 panic!(
-                    "stemcell did not report listening; log:\n{}",
+                    "stemcell did not log {READY:?} within 30 s; log:\n{}",
                     log.lock().unwrap().join("\n")
                 );
             }
@@ -150,7 +300,7 @@ impl Server {
         let addr = line
             .split_whitespace()
             .find_map(|w| w.strip_prefix("addr="))
-            .expect("addr= in the listening line")
+            .unwrap_or_else(|| panic!("no addr= in the ready line: {line}"))
             .to_string();
         Server {
             child,

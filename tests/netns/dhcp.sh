@@ -4,31 +4,49 @@
 # afterwards (also on failure and on INT/TERM/HUP). Addresses from 198.18.0.0/15 only;
 # no DHCP server, client or relay ever runs outside these namespaces.
 #
-#   tests/netns/dhcp.sh STEMCELL PROBE [PROBE_ARGS...]
+#   tests/netns/dhcp.sh SCENARIO STEMCELL PROBE [PROBE_ARGS...]
+#
+# SCENARIO, each with its own namespaces (names with this shell's PID, so scenarios run side
+# by side), config folder, state and server:
+#   auth-lease        authoritative: a plain client's address and options, the lease journal,
+#                     SIGKILL and restart (INIT-REBOOT, a new DISCOVER), RELEASE
+#   auth-renew        authoritative: udhcpc renews, unicast both ways
+#   auth-reservation  authoritative: a reservation from the inventory, and its API record
+#   auth-pxe          authoritative: boot files by PXE class (BIOS, UEFI, iPXE, ARM64, unknown
+#                     arch), discovered machines in the API
+#   relay             authoritative behind isc-dhcp-relay (another subnet)
+#   proxy             proxy mode beside dnsmasq, the site's DHCP server (198.18.0.2)
+#   tiny              a two-address pool, exhausted
+#   all               every scenario above, one after the other
 #
 # PROBE (with PROBE_ARGS) is a command that takes `IFACE MAC discover ARCH [ipxe] [WAIT_MS]`
 # or `IFACE MAC request4011 ARCH SERVER` and prints each reply as `REPLY <src> <json>`;
-# tests/dhcp_clients.rs passes its own test binary (its `dhcp_probe` test). One PASS:/FAIL:
-# line per check; exit 1 if any failed, 77 (with the reason on stdout) if this machine
-# cannot run it: not root, no `ip netns`, or a client tool missing. A failed check shows the
-# file it looked at; KEEP=1 keeps the whole work folder (logs, leases, hook environments).
+# tests/dhcp_clients.rs passes examples/dhcp_probe.rs. One PASS:/FAIL: line per check; exit
+# 1 if any failed, 77 (with the reason on stdout) if this machine cannot run it: not root, no
+# `ip netns`, or a client tool missing. A failed check shows the file it looked at; KEEP=1
+# keeps the whole work folder (logs, leases, hook environments).
 #
-# Topology (veth pairs created inside the namespaces; the host namespace is not touched):
+# Topology (lab/lib.sh; veth pairs created inside the namespaces, the host's untouched):
 #   $CLI  c0 ── c0p ┐
 #   $SITE s0 ── s0p ├ br0 198.18.0.1/24 in $SRV: stemcell serves DHCP on br0, HTTP on :8080
 #   $RLY  r0 ── r0p ┘  r0 198.18.0.3 in $RLY; dhcrelay relays for 198.18.1.0/24
 #   $CLI  c1 ────── r1 198.18.1.1/24 in $RLY
-# Scenarios, each with its own config folder and state: auth (authoritative: pool,
-# reservation, renew, release, SIGKILL and restart, PXE classes, relay), proxy (beside
-# dnsmasq in $SITE, 198.18.0.2), tiny (a two-address pool, exhausted).
 set -u
 export PATH="$PATH:/usr/sbin:/sbin"
-STEMCELL=${1:-}
-shift || true
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+# shellcheck source=../../lab/lib.sh
+. "$ROOT/lab/lib.sh"
+SCENARIOS="auth-lease auth-renew auth-reservation auth-pxe relay proxy tiny"
+SCENARIO=${1:-}
+STEMCELL=${2:-}
+shift 2 || true
 PROBE=("$@")
 
 skip() { echo "$*"; exit 77; }
-[ -x "$STEMCELL" ] && [ ${#PROBE[@]} -gt 0 ] || { echo "usage: $0 STEMCELL PROBE [PROBE_ARGS...]" >&2; exit 2; }
+if [[ " $SCENARIOS all " != *" $SCENARIO "* ]] || ! [ -x "$STEMCELL" ] || [ ${#PROBE[@]} = 0 ]; then
+    echo "usage: $0 ${SCENARIOS// /|}|all STEMCELL PROBE [PROBE_ARGS...]" >&2
+    exit 2
+fi
 [ "$(id -u)" = 0 ] || skip "not root (network namespaces need root)"
 ip netns list >/dev/null 2>&1 || skip "ip netns is unavailable"
 for t in dhclient udhcpc dhcrelay dnsmasq curl; do
@@ -38,20 +56,15 @@ done
 T0=$(date +%s%N)
 P=scdh-$$
 SRV=$P-srv CLI=$P-cli SITE=$P-site RLY=$P-rly
-NSS="$SRV $CLI $SITE $RLY"
 W=$(mktemp -d "/tmp/$P.XXXXXX")
 PORT=8080
 URL=http://198.18.0.1:$PORT
 FAILS=0 PASSES=0
-SERVER_PID= LOG=
+SERVER_PID='' LOG=''
 
 cleanup() {
     trap '' PIPE INT TERM HUP # finish the cleanup whatever happens to our stdout
-    local ns pid
-    for ns in $NSS; do
-        for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null; done
-    done
-    for ns in $NSS; do ip netns del "$ns" 2>/dev/null; done
+    lab_cleanup
     if [ "${KEEP:-}" = 1 ]; then echo "work folder kept: $W" >&3; else rm -rf "$W"; fi
 }
 # Our own output goes to fd 3, our stdout: a trap may run while a function's output is
@@ -78,7 +91,7 @@ matches() {
     [ -n "$lines" ]
 }
 # eventually FILE REGEX...: wait up to 5 s for a line of FILE to match (then `check` it)
-eventually() { local i; for i in $(seq 100); do matches "$@" && return 0; sleep 0.05; done; return 1; }
+eventually() { for _ in $(seq 100); do matches "$@" && return 0; sleep 0.05; done; return 1; }
 # check_not DESCRIPTION FILE REGEX [REGEX...]: no line of FILE matches every REGEX
 check_not() {
     local desc=$1 file=$2; shift 2
@@ -89,46 +102,29 @@ inns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 value() { sed -n "s/^$2=//p" "$1" 2>/dev/null | head -n 1; }
 
 # ---- namespaces -------------------------------------------------------------------------
-if ! err=$(ip netns add $SRV 2>&1); then
+if ! lab_netns "$SRV" 2>"$W/netns.err"; then
     ip netns list 2>/dev/null | grep -q "^$SRV\b" && { fail "namespace $SRV exists already"; exit 1; }
-    skip "ip netns is unavailable: cannot create a namespace ($err)"
+    skip "ip netns is unavailable: cannot create a namespace ($(cat "$W/netns.err"))"
 fi
-for ns in $NSS; do
-    { [ "$ns" = $SRV ] || ip netns add "$ns"; } && ip -n "$ns" link set lo up || { fail "cannot set up namespace $ns"; exit 1; }
-done
-ip -n $SRV link add br0 type bridge
-ip -n $SRV addr add 198.18.0.1/24 dev br0
-ip -n $SRV link set br0 up
-for pair in c0:$CLI s0:$SITE r0:$RLY; do
-    dev=${pair%%:*} ns=${pair#*:}
-    ip -n $SRV link add "${dev}p" type veth peer name "$dev" netns "$ns"
-    ip -n $SRV link set "${dev}p" master br0 up
-done
-ip -n $CLI link set c0 up
-ip -n $SITE addr add 198.18.0.2/24 dev s0 && ip -n $SITE link set s0 up
-ip -n $RLY addr add 198.18.0.3/24 dev r0 && ip -n $RLY link set r0 up
-ip -n $RLY link add r1 type veth peer name c1 netns $CLI
-ip -n $RLY addr add 198.18.1.1/24 dev r1 && ip -n $RLY link set r1 up
-ip -n $CLI link set c1 up
-inns $RLY sysctl -qw net.ipv4.ip_forward=1
-ip -n $SRV route add 198.18.1.0/24 via 198.18.0.3
-[ "$(ip -n $SRV -br link show dev c0p 2>/dev/null)" ] || { fail "namespace topology"; exit 1; }
+for ns in $CLI $SITE $RLY; do lab_netns "$ns" || { fail "cannot set up namespace $ns"; exit 1; }; done
+{
+    lab_bridge "$SRV" 198.18.0.1/24 &&
+        lab_veth "$SRV" "$CLI" c0 &&
+        lab_veth "$SRV" "$SITE" s0 198.18.0.2/24 &&
+        lab_veth "$SRV" "$RLY" r0 198.18.0.3/24 &&
+        lab_link "$RLY" r1 198.18.1.1/24 "$CLI" c1 "" &&
+        inns "$RLY" sysctl -qw net.ipv4.ip_forward=1 &&
+        ip -n "$SRV" route add 198.18.1.0/24 via 198.18.0.3
+} || { fail "namespace topology"; exit 1; }
 
 # ---- config -------------------------------------------------------------------------------
-# write_config NAME MODE [POOL_END]: a config folder $W/NAME for one scenario.
+# write_config NAME MODE [POOL_END]: a config folder $W/NAME for one scenario (lab_config
+# with this script's subnets, boot files and inventory; no TFTP).
 write_config() {
     local d=$W/$1 mode=$2 pool_end=${3:-198.18.0.149}
-    mkdir -p "$d/kickstarts" "$d/stemcell"
-    : >"$d/stemcell/vmlinuz"; : >"$d/stemcell/initrd.img"
-    {
-        echo "interface: br0"
-        echo "server_ip: 198.18.0.1"
-        echo "dhcp:"
-        echo "  mode: $mode"
-        if [ "$mode" = authoritative ]; then
-            cat <<EOF
-  subnets:
-    - subnet: 198.18.0.0/24
+    LAB_LISTEN=0.0.0.0:$PORT LAB_TFTP_ROOT='' \
+        LAB_DHCP_MORE='  boot_files: { bios: undionly.kpxe, uefi_x64: snponly.efi, arm64: ipxe-arm64.efi }' \
+        LAB_SUBNETS="    - subnet: 198.18.0.0/24
       pool: [198.18.0.100, $pool_end]
       router: 198.18.0.1
       dns: [198.18.0.1]
@@ -138,22 +134,9 @@ write_config() {
       pool: [198.18.1.100, 198.18.1.149]
       router: 198.18.1.1
       dns: [198.18.0.1]
-      lease_time: 10m
-EOF
-        fi
-        cat <<EOF
-  boot_files: { bios: undionly.kpxe, uefi_x64: snponly.efi, arm64: ipxe-arm64.efi }
-http:
-  listen: 0.0.0.0:$PORT
-stemcell:
-  kernel: stemcell/vmlinuz
-  initrd: stemcell/initrd.img
-inventory: inventory.yaml
-kickstarts: kickstarts
-state_dir: state
-EOF
-    } >"$d/stemcell.yaml"
-    cat >"$d/inventory.yaml" <<'EOF'
+      lease_time: 10m" \
+        lab_config "$d" "$mode"
+    cat >"$d/inventory.yaml" <<'EOT'
 defaults:
   unknown: discover
 roles:
@@ -164,43 +147,33 @@ machines:
     hostname: web01
     role: web
     ip: 198.18.0.21                 # a reservation: in the subnet, outside the pool
-EOF
+EOT
     printf '#!/bin/sh\necho "installing {{ hostname }} ({{ role }}) at {{ ip }}"\ncurl -fsS -X POST "{{ done_url }}"\n' \
         >"$d/kickstarts/web.sh.j2"
 }
 
-# start_server NAME: `stemcell serve` in $SRV for $W/NAME; ready at its "DHCP listening on
-# UDP" line (its HTTP listener is bound before that line).
+# start_server NAME: `stemcell serve` in $SRV for $W/NAME (log $W/NAME/stemcell.log, kept
+# across restarts), once it is ready (lab_serve: its "stemcell ready" line).
 start_server() {
-    local name=$1 before now
-    LOG=$W/$name/stemcell.log
-    before=$(grep -c "DHCP listening on UDP" "$LOG" 2>/dev/null)
-    before=${before:-0}
-    # `ip netns exec` and `env` exec, so $! is stemcell itself.
-    ip netns exec $SRV env STEMCELL_LOG=info,stemcell::dhcp=debug \
-        "$STEMCELL" serve --config "$W/$name/stemcell.yaml" >>"$LOG" 2>&1 &
-    SERVER_PID=$!
-    local deadline=$((SECONDS + 30))
-    while [ $SECONDS -lt $deadline ]; do
-        now=$(grep -c "DHCP listening on UDP" "$LOG" 2>/dev/null)
-        [ "${now:-0}" -gt "$before" ] && return 0
-        kill -0 $SERVER_PID 2>/dev/null || break
-        sleep 0.05
-    done
-    fail "stemcell ($name) did not start"; show "$LOG"; exit 1
+    LOG=$W/$1/stemcell.log
+    if ! STEMCELL_LOG=info,stemcell::dhcp=debug lab_serve "$SRV" "$STEMCELL" "$W/$1" "$LOG"; then
+        fail "stemcell ($1) did not start"; show "$LOG"; exit 1
+    fi
+    SERVER_PID=$LAB_PID
 }
 stop_server() { # [SIGNAL]
-    kill "-${1:-TERM}" $SERVER_PID 2>/dev/null
-    wait $SERVER_PID 2>/dev/null
+    kill "-${1:-TERM}" "$SERVER_PID" 2>/dev/null
+    wait "$SERVER_PID" 2>/dev/null
     SERVER_PID=
 }
+
 # api MAC OUT: GET /api/v1/machines/MAC from inside $SRV (status code on the last line)
 api() { inns $SRV curl -sS -m 5 -w '\n%{http_code}\n' "$URL/api/v1/machines/$1" >"$2" 2>&1; }
 # check_api DESCRIPTION MAC REGEX...: the machine's JSON matches (events are recorded just
 # after the reply is sent, so allow them a moment to appear)
 check_api() {
-    local desc=$1 mac=$2 out="$W/api.$2.json" i; shift 2
-    for i in $(seq 50); do
+    local desc=$1 mac=$2 out="$W/api.$2.json"; shift 2
+    for _ in $(seq 50); do
         api "$mac" "$out"
         matches "$out" "$@" && break
         sleep 0.1
@@ -288,219 +261,256 @@ udhcpc_run() {
 probe() { inns $CLI timeout 20 "${PROBE[@]}" "$@"; }
 in_pool='198\.18\.0\.(1[0-4][0-9])'
 
-# ==== authoritative ========================================================================
-echo "== authoritative mode ($(elapsed)s)"
-write_config auth authoritative
-start_server auth
-A=$W/auth
+# authoritative: a plain client, the journal, SIGKILL and restart, release
+scenario_auth_lease() {
+    write_config auth-lease authoritative
+    start_server auth-lease
+    A=$W/auth-lease
 
-# A plain client: the first address of the pool, and the subnet's options.
-setmac c0 52:54:00:5c:00:11
-dhclient_run k c0 plain.conf
-check "authoritative: dhclient gets an address from the pool" "$W/k.env.BOUND" "^new_ip_address=198\.18\.0\.100$"
-check "authoritative: the subnet's router" "$W/k.env.BOUND" "^new_routers=198\.18\.0\.1$"
-check "authoritative: DNS server" "$W/k.env.BOUND" "^new_domain_name_servers=198\.18\.0\.1$"
-check "authoritative: domain" "$W/k.env.BOUND" "^new_domain_name=lab\.example$"
-check "authoritative: lease time 10m" "$W/k.env.BOUND" "^new_dhcp_lease_time=600$"
-check_not "authoritative: a plain client gets no boot file" "$W/k.env.BOUND" "^new_filename="
-K_IP=$(value "$W/k.env.BOUND" new_ip_address)
-check "authoritative: the lease is in the journal" "$A/state/leases.journal" "\"ip\":\"${K_IP//./\\.}\"" '"mac":"52:54:00:5c:00:11"' '"state":"bound"'
-dhclient_stop k c0 -x # the client stops and keeps its lease
+    # A plain client: the first address of the pool, and the subnet's options.
+    setmac c0 52:54:00:5c:00:11
+    dhclient_run k c0 plain.conf
+    check "authoritative: dhclient gets an address from the pool" "$W/k.env.BOUND" "^new_ip_address=198\.18\.0\.100$"
+    check "authoritative: the subnet's router" "$W/k.env.BOUND" "^new_routers=198\.18\.0\.1$"
+    check "authoritative: DNS server" "$W/k.env.BOUND" "^new_domain_name_servers=198\.18\.0\.1$"
+    check "authoritative: domain" "$W/k.env.BOUND" "^new_domain_name=lab\.example$"
+    check "authoritative: lease time 10m" "$W/k.env.BOUND" "^new_dhcp_lease_time=600$"
+    check_not "authoritative: a plain client gets no boot file" "$W/k.env.BOUND" "^new_filename="
+    K_IP=$(value "$W/k.env.BOUND" new_ip_address)
+    check "authoritative: the lease is in the journal" "$A/state/leases.journal" "\"ip\":\"${K_IP//./\\.}\"" '"mac":"52:54:00:5c:00:11"' '"state":"bound"'
+    dhclient_stop k c0 -x # the client stops and keeps its lease
 
-# SIGKILL and restart: the lease survives. A stateless server would give the next new
-# client the same first address of the pool.
-stop_server KILL
-start_server auth
-check "restart after SIGKILL: stemcell replayed the lease journal" "$LOG" "INFO.*lease journal replayed" "addresses=[1-9]"
-setmac c0 52:54:00:5c:00:12
-dhclient_run n c0 plain.conf
-N_IP=$(value "$W/n.env.BOUND" new_ip_address)
-if [[ -n "$K_IP" && "$N_IP" =~ ^$in_pool$ && "$N_IP" != "$K_IP" ]]; then
-    pass "after SIGKILL and restart: a new client gets another address ($N_IP, not $K_IP)"
-else fail "after SIGKILL and restart: a new client got '$N_IP' (the first client holds '$K_IP')"; show "$W/n.log"; fi
-dhclient_stop n c0 -x
-setmac c0 52:54:00:5c:00:11
-dhclient_run k c0 plain.conf # its lease file says K_IP: INIT-REBOOT, a REQUEST for it
-check "after SIGKILL and restart: the client's INIT-REBOOT REQUEST for its address is ACKed" "$W/k.env.REBOOT" "^new_ip_address=${K_IP//./\\.}$"
-dhclient_stop k c0 -x
-mv "$W/k.leases" "$W/k.leases.before"
-dhclient_run k c0 plain.conf # it forgot: DISCOVER
-check "after SIGKILL and restart: a new DISCOVER gets the client's own address" "$W/k.env.BOUND" "^new_ip_address=${K_IP//./\\.}$"
+    # SIGKILL and restart: the lease survives. A stateless server would give the next new
+    # client the same first address of the pool.
+    stop_server KILL
+    start_server auth-lease
+    check "restart after SIGKILL: stemcell replayed the lease journal" "$LOG" "INFO.*lease journal replayed" "addresses=[1-9]"
+    setmac c0 52:54:00:5c:00:12
+    dhclient_run n c0 plain.conf
+    N_IP=$(value "$W/n.env.BOUND" new_ip_address)
+    if [[ -n "$K_IP" && "$N_IP" =~ ^$in_pool$ && "$N_IP" != "$K_IP" ]]; then
+        pass "after SIGKILL and restart: a new client gets another address ($N_IP, not $K_IP)"
+    else fail "after SIGKILL and restart: a new client got '$N_IP' (the first client holds '$K_IP')"; show "$W/n.log"; fi
+    dhclient_stop n c0 -x
+    setmac c0 52:54:00:5c:00:11
+    dhclient_run k c0 plain.conf # its lease file says K_IP: INIT-REBOOT, a REQUEST for it
+    check "after SIGKILL and restart: the client's INIT-REBOOT REQUEST for its address is ACKed" "$W/k.env.REBOOT" "^new_ip_address=${K_IP//./\\.}$"
+    dhclient_stop k c0 -x
+    mv "$W/k.leases" "$W/k.leases.before"
+    dhclient_run k c0 plain.conf # it forgot: DISCOVER
+    check "after SIGKILL and restart: a new DISCOVER gets the client's own address" "$W/k.env.BOUND" "^new_ip_address=${K_IP//./\\.}$"
 
-# Release.
-dhclient_stop k c0 -r
-check "release: dhclient released its lease" "$W/k.env.RELEASE" "^old_ip_address=${K_IP//./\\.}$"
-eventually "$A/state/leases.journal" "\"ip\":\"${K_IP//./\\.}\"" '"mac":"52:54:00:5c:00:11"' '"state":"released"'
-check "release: stemcell recorded it in the journal" "$A/state/leases.journal" "\"ip\":\"${K_IP//./\\.}\"" '"mac":"52:54:00:5c:00:11"' '"state":"released"'
-for _ in $(seq 50); do
-    inns $SRV curl -sS -m 5 "$URL/metrics" >"$W/metrics.auth" 2>&1
-    matches "$W/metrics.auth" '^stemcell_dhcp_packets_total\{.*DHCPRELEASE.*\} [1-9]' && break
-    sleep 0.1
-done
-check "release: counted as a DHCPRELEASE" "$W/metrics.auth" '^stemcell_dhcp_packets_total\{.*DHCPRELEASE.*\} [1-9]'
-
-# Renewal: udhcpc renews on SIGUSR1, unicast from its address, and is answered unicast.
-setmac c0 52:54:00:5c:00:13
-rm -f "$W"/udhcpc.c0.*
-ip netns exec $CLI udhcpc -i c0 -f -t 5 -T 1 -s "$W/udhcpc-hook.sh" >"$W/renew.log" 2>&1 &
-UPID=$!
-for _ in $(seq 400); do [ -f "$W/udhcpc.c0.bound" ] && break; sleep 0.05; done
-R_IP=$(value "$W/udhcpc.c0.bound" ip)
-check "renew: udhcpc bound an address from the pool" "$W/udhcpc.c0.bound" "^ip=$in_pool$"
-kill -USR1 $UPID 2>/dev/null
-for _ in $(seq 400); do [ -f "$W/udhcpc.c0.renew" ] && break; sleep 0.05; done
-check "renew: the lease is renewed, same address" "$W/udhcpc.c0.renew" "^ip=${R_IP:-none}$"
-check "renew: the renewal's ACK went unicast to the client" "$LOG" "DEBUG.* ack " "mac=52:54:00:5c:00:13" "to=${R_IP:-none}:68"
-kill -TERM $UPID 2>/dev/null; wait $UPID 2>/dev/null
-ip -n $CLI addr flush dev c0
-
-# A reservation from the inventory (outside the pool).
-setmac c0 52:54:00:5c:00:21
-dhclient_run resv c0 plain.conf
-check "reservation: the machine gets its reserved address" "$W/resv.env.BOUND" "^new_ip_address=198\.18\.0\.21$"
-check "reservation: and its host name" "$W/resv.env.BOUND" "^new_host_name=web01$"
-dhclient_stop resv c0 -x
-check_api "API: the reserved machine's DHCP steps are events of kind dhcp" 52:54:00:5c:00:21 \
-    '"kind":"dhcp","message":"DHCPREQUEST → DHCPACK 198\.18\.0\.21'
-check_api "API: the reserved machine's ip" 52:54:00:5c:00:21 '"ip":"198\.18\.0\.21"' '"state":"pending"'
-
-# PXE classes: dhclient sends the firmware's options 60/93 (and 77 for iPXE).
-pxe_case() { # NAME MAC CONF WANT
-    local name=$1 mac=$2 conf=$3 want=$4
-    setmac c0 "$mac"
-    dhclient_run "$name" c0 "$conf"
-    check "authoritative, dhclient as $name: an address from the pool" "$W/$name.env.BOUND" "^new_ip_address=$in_pool$"
-    check "authoritative, dhclient as $name: boot file ${want//\\/}" "$W/$name.env.BOUND" "^new_filename=$want$"
-    dhclient_stop "$name" c0 -x
+    # Release.
+    dhclient_stop k c0 -r
+    check "release: dhclient released its lease" "$W/k.env.RELEASE" "^old_ip_address=${K_IP//./\\.}$"
+    eventually "$A/state/leases.journal" "\"ip\":\"${K_IP//./\\.}\"" '"mac":"52:54:00:5c:00:11"' '"state":"released"'
+    check "release: stemcell recorded it in the journal" "$A/state/leases.journal" "\"ip\":\"${K_IP//./\\.}\"" '"mac":"52:54:00:5c:00:11"' '"state":"released"'
+    for _ in $(seq 50); do
+        inns $SRV curl -sS -m 5 "$URL/metrics" >"$W/metrics.auth-lease" 2>&1
+        matches "$W/metrics.auth-lease" '^stemcell_dhcp_packets_total\{.*DHCPRELEASE.*\} [1-9]' && break
+        sleep 0.1
+    done
+    check "release: counted as a DHCPRELEASE" "$W/metrics.auth-lease" '^stemcell_dhcp_packets_total\{.*DHCPRELEASE.*\} [1-9]'
+    stop_server TERM
 }
-pxe_case bios 52:54:00:5c:00:31 bios.conf 'undionly\.kpxe'
-check "authoritative, BIOS: TFTP next server (siaddr)" "$W/bios.env.BOUND" "^new_next_server=198\.18\.0\.1$"
-pxe_case uefi-x64 52:54:00:5c:00:32 uefi.conf 'snponly\.efi'
-pxe_case ipxe 52:54:00:5c:00:33 ipxe.conf "http://198\.18\.0\.1:$PORT/boot/52:54:00:5c:00:33\.ipxe"
-pxe_case arm64 52:54:00:5c:00:34 arm64.conf 'ipxe-arm64\.efi'
-# Arch 99 is no known architecture and the vendor class says 00099 too: classify.rs's
-# documented fallback is BIOS, with a warning.
-pxe_case arch99 52:54:00:5c:00:35 arch99.conf 'undionly\.kpxe'
-check "authoritative, arch 99: the fallback is logged" "$LOG" "WARN.*client architecture not recognised" "mac=52:54:00:5c:00:35"
-# Arch 99 from firmware whose vendor class says x86-64 UEFI: the vendor class wins.
-setmac c0 52:54:00:5c:00:36
-udhcpc_run u-arch99 c0 3 -V "PXEClient:Arch:00007:UNDI:003016" -x 0x5d:0063
-check "authoritative, udhcpc arch 99 with vendor class Arch:00007: snponly.efi" "$W/u-arch99.env" "^boot_file=snponly\.efi$"
-# iPXE as iPXE sends it (RFC 3004 length-prefixed user class).
-setmac c0 52:54:00:5c:00:37
-udhcpc_run u-ipxe c0 3 -V "PXEClient:Arch:00000:UNDI:002001" -x 0x5d:0000 -x 0x4d:0469505845
-check "authoritative, udhcpc iPXE (RFC 3004 user class): its boot script URL" "$W/u-ipxe.env" "^boot_file=http://198\.18\.0\.1:$PORT/boot/52:54:00:5c:00:37\.ipxe$"
 
-check_api "API: an unknown PXE machine is recorded as discovered" 52:54:00:5c:00:32 '"state":"discovered"'
-check_api "API: with its arch and vendor class" 52:54:00:5c:00:32 '"arch":"x86-64 UEFI"' '"vendor_class":"PXEClient:Arch:00007:UNDI:003016"'
-check_api "API: and its DHCP steps as events of kind dhcp" 52:54:00:5c:00:32 \
-    '"kind":"dhcp","message":"DHCPDISCOVER → DHCPOFFER 198\.18\.0\.1[0-4][0-9], boot file snponly\.efi'
-check_api "API: the arch 99 machine's fallback class" 52:54:00:5c:00:35 '"arch":"x86 BIOS"' '"vendor_class":"PXEClient:Arch:00099:UNDI:003016"'
+# authoritative: renewal
+scenario_auth_renew() {
+    write_config auth-renew authoritative
+    start_server auth-renew
 
-# A relayed client: dhcrelay in $RLY, the client on its other side.
-ip netns exec $RLY dhcrelay -4 -d -id r1 -iu r0 198.18.0.1 >"$W/dhcrelay.log" 2>&1 &
-RELAY_PID=$!
-for _ in $(seq 400); do grep -q "^Sending on *Socket/fallback" "$W/dhcrelay.log" && break; sleep 0.05; done
-ip -n $CLI link set c1 address 52:54:00:5c:00:41
-dhclient_run relay c1 plain.conf
-check "relay: the client gets an address from the relay's subnet" "$W/relay.env.BOUND" "^new_ip_address=198\.18\.1\.1[0-4][0-9]$"
-check "relay: and the relay subnet's router" "$W/relay.env.BOUND" "^new_routers=198\.18\.1\.1$"
-check "relay: stemcell answered the relay" "$LOG" "DEBUG.* ack " "mac=52:54:00:5c:00:41" "to=198\.18\.1\.1:67"
-dhclient_stop relay c1 -x
-kill $RELAY_PID 2>/dev/null; wait $RELAY_PID 2>/dev/null
-stop_server TERM
+    # Renewal: udhcpc renews on SIGUSR1, unicast from its address, and is answered unicast.
+    setmac c0 52:54:00:5c:00:13
+    rm -f "$W"/udhcpc.c0.*
+    ip netns exec $CLI udhcpc -i c0 -f -t 5 -T 1 -s "$W/udhcpc-hook.sh" >"$W/renew.log" 2>&1 &
+    UPID=$!
+    for _ in $(seq 400); do [ -f "$W/udhcpc.c0.bound" ] && break; sleep 0.05; done
+    R_IP=$(value "$W/udhcpc.c0.bound" ip)
+    check "renew: udhcpc bound an address from the pool" "$W/udhcpc.c0.bound" "^ip=$in_pool$"
+    kill -USR1 $UPID 2>/dev/null
+    for _ in $(seq 400); do [ -f "$W/udhcpc.c0.renew" ] && break; sleep 0.05; done
+    check "renew: the lease is renewed, same address" "$W/udhcpc.c0.renew" "^ip=${R_IP:-none}$"
+    check "renew: the renewal's ACK went unicast to the client" "$LOG" "DEBUG.* ack " "mac=52:54:00:5c:00:13" "to=${R_IP:-none}:68"
+    kill -TERM $UPID 2>/dev/null; wait $UPID 2>/dev/null
+    ip -n $CLI addr flush dev c0
+    stop_server TERM
+}
 
-# ==== proxy ================================================================================
-echo "== proxy mode beside dnsmasq ($(elapsed)s)"
-ip netns exec $SITE dnsmasq --no-daemon --conf-file=/dev/null --port=0 --user=root --interface=s0 \
-    --bind-interfaces --no-ping --dhcp-range=198.18.0.50,198.18.0.60,255.255.255.0,10m \
-    --dhcp-leasefile="$W/dnsmasq.leases" --pid-file="$W/dnsmasq.pid" --log-dhcp >"$W/dnsmasq.log" 2>&1 &
-DNSMASQ_PID=$!
-for _ in $(seq 400); do grep -q "DHCP, IP range" "$W/dnsmasq.log" && break; sleep 0.05; done
-check "proxy: dnsmasq serves the site's DHCP" "$W/dnsmasq.log" "DHCP, IP range 198\.18\.0\.50"
-write_config proxy proxy
-start_server proxy
-dnsmasq_ip='198\.18\.0\.(5[0-9]|60)'
+# authoritative: a reservation
+scenario_auth_reservation() {
+    write_config auth-reservation authoritative
+    start_server auth-reservation
 
-# The probe sees every offer: stemcell's (no address, a boot file) and dnsmasq's.
-pids=()
-probe c0 52:54:00:5c:00:61 discover 0 >"$W/p-bios.out" 2>&1 & pids+=($!)
-probe c0 52:54:00:5c:00:62 discover 7 >"$W/p-uefi.out" 2>&1 & pids+=($!)
-probe c0 52:54:00:5c:00:63 discover 7 ipxe >"$W/p-ipxe.out" 2>&1 & pids+=($!)
-probe c0 52:54:00:5c:00:64 discover 11 >"$W/p-arm64.out" 2>&1 & pids+=($!)
-probe c0 52:54:00:5c:00:65 discover 99 >"$W/p-arch99.out" 2>&1 & pids+=($!)
-wait "${pids[@]}"
-stemcell_offer=('^REPLY 198\.18\.0\.1:67 ' '"type":"Some\(Offer\)"' '"yiaddr":"0\.0\.0\.0"' '"siaddr":"198\.18\.0\.1"' '"opt54":"198\.18\.0\.1"')
-check "proxy, BIOS: stemcell offers undionly.kpxe and no address" "$W/p-bios.out" "${stemcell_offer[@]}" '"file":"undionly\.kpxe"' '"opt67":"undionly\.kpxe"' '"opt60":"PXEClient"'
-check "proxy, BIOS: with PXE discovery control 8 (option 43)" "$W/p-bios.out" '^REPLY 198\.18\.0\.1:67 ' '"opt43":"\[6, 1, 8, 255\]"'
-check "proxy, BIOS: dnsmasq offers the address" "$W/p-bios.out" '^REPLY 198\.18\.0\.2:67 ' "\"yiaddr\":\"$dnsmasq_ip\""
-check "proxy, UEFI x64: snponly.efi, no address" "$W/p-uefi.out" "${stemcell_offer[@]}" '"file":"snponly\.efi"' '"opt67":"snponly\.efi"'
-check "proxy, iPXE: its boot script URL, no address" "$W/p-ipxe.out" "${stemcell_offer[@]}" "\"file\":\"http://198\\.18\\.0\\.1:$PORT/boot/52:54:00:5c:00:63\\.ipxe\""
-check "proxy, ARM64: ipxe-arm64.efi, no address" "$W/p-arm64.out" "${stemcell_offer[@]}" '"file":"ipxe-arm64\.efi"'
-check "proxy, arch 99: the documented fallback (BIOS), no address" "$W/p-arch99.out" "${stemcell_offer[@]}" '"file":"undionly\.kpxe"'
-check "proxy, arch 99: the fallback is logged" "$LOG" "WARN.*client architecture not recognised" "mac=52:54:00:5c:00:65"
+    # A reservation from the inventory (outside the pool).
+    setmac c0 52:54:00:5c:00:21
+    dhclient_run resv c0 plain.conf
+    check "reservation: the machine gets its reserved address" "$W/resv.env.BOUND" "^new_ip_address=198\.18\.0\.21$"
+    check "reservation: and its host name" "$W/resv.env.BOUND" "^new_host_name=web01$"
+    dhclient_stop resv c0 -x
+    check_api "API: the reserved machine's DHCP steps are events of kind dhcp" 52:54:00:5c:00:21 \
+        '"kind":"dhcp","message":"DHCPREQUEST → DHCPACK 198\.18\.0\.21'
+    check_api "API: the reserved machine's ip" 52:54:00:5c:00:21 '"ip":"198\.18\.0\.21"' '"state":"pending"'
+    stop_server TERM
+}
 
-# UEFI firmware asks the proxy again on port 4011 from its new address.
-ip -n $CLI addr add 198.18.0.77/24 dev c0
-probe c0 52:54:00:5c:00:62 request4011 7 198.18.0.1 >"$W/p-4011.out" 2>&1
-check "proxy: the port-4011 REQUEST gets a unicast ACK with the boot file" "$W/p-4011.out" \
-    '^REPLY 198\.18\.0\.1:4011 ' '"type":"Some\(Ack\)"' '"yiaddr":"0\.0\.0\.0"' '"file":"snponly\.efi"'
-ip -n $CLI addr flush dev c0
+# authoritative: PXE classes
+scenario_auth_pxe() {
+    write_config auth-pxe authoritative
+    start_server auth-pxe
 
-# dhclient with the PXE firmware's options: its address from dnsmasq, its boot file offered
-# by stemcell. dhclient would take stemcell's address-less offer as a lease offer (PXE
-# firmware reads it for the boot file only), so it rejects offers from stemcell, and logs
-# that it got one.
-{ cat "$W/uefi.conf"; echo 'reject 198.18.0.1;'; } >"$W/uefi-beside-proxy.conf"
-setmac c0 52:54:00:5c:00:66
-dhclient_run proxy-pxe c0 uefi-beside-proxy.conf
-check "proxy, dhclient PXE: stemcell's offer reached it" "$W/proxy-pxe.log" "DHCPOFFER.* from 198\.18\.0\.1 rejected"
-check "proxy, dhclient PXE: binds dnsmasq's address" "$W/proxy-pxe.env.BOUND" "^new_ip_address=$dnsmasq_ip$"
-check "proxy, dhclient PXE: from dnsmasq (server identifier)" "$W/proxy-pxe.env.BOUND" "^new_dhcp_server_identifier=198\.18\.0\.2$"
-check "proxy, dhclient PXE: stemcell offered it snponly.efi" "$LOG" "DEBUG.*proxy reply" "mac=52:54:00:5c:00:66" "file=snponly\.efi"
-check_api "proxy, dhclient PXE: stemcell's offer is an event" 52:54:00:5c:00:66 '"kind":"dhcp","message":"DHCPDISCOVER → DHCPOFFER, boot file snponly\.efi'
-dhclient_stop proxy-pxe c0 -r
+    # PXE classes: dhclient sends the firmware's options 60/93 (and 77 for iPXE).
+    pxe_case() { # NAME MAC CONF WANT
+        local name=$1 mac=$2 conf=$3 want=$4
+        setmac c0 "$mac"
+        dhclient_run "$name" c0 "$conf"
+        check "authoritative, dhclient as $name: an address from the pool" "$W/$name.env.BOUND" "^new_ip_address=$in_pool$"
+        check "authoritative, dhclient as $name: boot file ${want//\\/}" "$W/$name.env.BOUND" "^new_filename=$want$"
+        dhclient_stop "$name" c0 -x
+    }
+    pxe_case bios 52:54:00:5c:00:31 bios.conf 'undionly\.kpxe'
+    check "authoritative, BIOS: TFTP next server (siaddr)" "$W/bios.env.BOUND" "^new_next_server=198\.18\.0\.1$"
+    pxe_case uefi-x64 52:54:00:5c:00:32 uefi.conf 'snponly\.efi'
+    pxe_case ipxe 52:54:00:5c:00:33 ipxe.conf "http://198\.18\.0\.1:$PORT/boot/52:54:00:5c:00:33\.ipxe"
+    pxe_case arm64 52:54:00:5c:00:34 arm64.conf 'ipxe-arm64\.efi'
+    # Arch 99 is no known architecture and the vendor class says 00099 too: classify.rs's
+    # documented fallback is BIOS, with a warning.
+    pxe_case arch99 52:54:00:5c:00:35 arch99.conf 'undionly\.kpxe'
+    check "authoritative, arch 99: the fallback is logged" "$LOG" "WARN.*client architecture not recognised" "mac=52:54:00:5c:00:35"
+    # Arch 99 from firmware whose vendor class says x86-64 UEFI: the vendor class wins.
+    setmac c0 52:54:00:5c:00:36
+    udhcpc_run u-arch99 c0 3 -V "PXEClient:Arch:00007:UNDI:003016" -x 0x5d:0063
+    check "authoritative, udhcpc arch 99 with vendor class Arch:00007: snponly.efi" "$W/u-arch99.env" "^boot_file=snponly\.efi$"
+    # iPXE as iPXE sends it (RFC 3004 length-prefixed user class).
+    setmac c0 52:54:00:5c:00:37
+    udhcpc_run u-ipxe c0 3 -V "PXEClient:Arch:00000:UNDI:002001" -x 0x5d:0000 -x 0x4d:0469505845
+    check "authoritative, udhcpc iPXE (RFC 3004 user class): its boot script URL" "$W/u-ipxe.env" "^boot_file=http://198\.18\.0\.1:$PORT/boot/52:54:00:5c:00:37\.ipxe$"
 
-# A plain client: dnsmasq answers it, stemcell never does.
-setmac c0 52:54:00:5c:00:67
-dhclient_run proxy-plain c0 plain.conf
-check "proxy, plain dhclient: gets dnsmasq's address" "$W/proxy-plain.env.BOUND" "^new_ip_address=$dnsmasq_ip$"
-check "proxy, plain dhclient: stemcell saw it and ignored it" "$LOG" "DEBUG.*DHCP request ignored" "reason=\"?proxy mode: not a network-boot client"
-check_not "proxy, plain dhclient: no offer from stemcell reached it" "$W/proxy-plain.log" "DHCP(OFFER|ACK|NAK).* from 198\.18\.0\.1$"
-check_not "proxy, plain dhclient: stemcell sent it nothing" "$LOG" "proxy reply" "mac=52:54:00:5c:00:67"
-api 52:54:00:5c:00:67 "$W/api.plain.json"
-check "proxy, plain dhclient: not a machine for stemcell (API 404, no events)" "$W/api.plain.json" "^404$"
-dhclient_stop proxy-plain c0 -r
+    check_api "API: an unknown PXE machine is recorded as discovered" 52:54:00:5c:00:32 '"state":"discovered"'
+    check_api "API: with its arch and vendor class" 52:54:00:5c:00:32 '"arch":"x86-64 UEFI"' '"vendor_class":"PXEClient:Arch:00007:UNDI:003016"'
+    check_api "API: and its DHCP steps as events of kind dhcp" 52:54:00:5c:00:32 \
+        '"kind":"dhcp","message":"DHCPDISCOVER → DHCPOFFER 198\.18\.0\.1[0-4][0-9], boot file snponly\.efi'
+    check_api "API: the arch 99 machine's fallback class" 52:54:00:5c:00:35 '"arch":"x86 BIOS"' '"vendor_class":"PXEClient:Arch:00099:UNDI:003016"'
+    stop_server TERM
+}
 
-check_api "proxy, API: an unknown PXE machine is recorded as discovered" 52:54:00:5c:00:62 '"state":"discovered"'
-check_api "proxy, API: with arch, vendor class and UUID" 52:54:00:5c:00:62 '"arch":"x86-64 UEFI"' \
-    '"vendor_class":"PXEClient:Arch:00007:UNDI:003016"' '"uuid":"01020304-0506-0708-090a-0b0c0d0e0f10"'
-check_api "proxy, API: its DHCP steps (port 67 and 4011) are events of kind dhcp" 52:54:00:5c:00:62 \
-    '"kind":"dhcp","message":"DHCPREQUEST on port 4011 → DHCPACK, boot file snponly\.efi'
-stop_server TERM
-kill $DNSMASQ_PID 2>/dev/null; wait $DNSMASQ_PID 2>/dev/null
+# authoritative, relayed
+scenario_relay() {
+    write_config relay authoritative
+    start_server relay
 
-# ==== pool exhaustion ======================================================================
-echo "== pool exhaustion ($(elapsed)s)"
-write_config tiny authoritative 198.18.0.101
-start_server tiny
-setmac c0 52:54:00:5c:00:71
-udhcpc_run t1 c0 3
-setmac c0 52:54:00:5c:00:72
-udhcpc_run t2 c0 3
-check "tiny pool: first client bound" "$W/t1.env" '^ip=198\.18\.0\.10[01]$'
-check "tiny pool: second client bound" "$W/t2.env" '^ip=198\.18\.0\.10[01]$'
-setmac c0 52:54:00:5c:00:73
-udhcpc_run t3 c0 2
-if [ -f "$W/t3.env" ] || grep -q "obtained\|lease of" "$W/t3.log"; then
-    fail "tiny pool: the third client got an address"; show "$W/t3.log"
-else pass "tiny pool: the third client gets no offer"; fi
-check "tiny pool: the log says why" "$LOG" "WARN.*exhausted" "mac=52:54:00:5c:00:73"
-probe c0 52:54:00:5c:00:74 discover 7 1000 >"$W/p-tiny.out" 2>&1
-check "tiny pool: a PXE client gets no offer either" "$W/p-tiny.out" "^NO REPLY$"
-check_api "tiny pool: its event says why" 52:54:00:5c:00:74 '"kind":"dhcp","message":"DHCPDISCOVER: no answer: the address pool of subnet 198\.18\.0\.0/24 is exhausted'
-stop_server TERM
+    # A relayed client: dhcrelay in $RLY, the client on its other side.
+    ip netns exec $RLY dhcrelay -4 -d -id r1 -iu r0 198.18.0.1 >"$W/dhcrelay.log" 2>&1 &
+    RELAY_PID=$!
+    for _ in $(seq 400); do grep -q "^Sending on *Socket/fallback" "$W/dhcrelay.log" && break; sleep 0.05; done
+    ip -n $CLI link set c1 address 52:54:00:5c:00:41
+    dhclient_run relay c1 plain.conf
+    check "relay: the client gets an address from the relay's subnet" "$W/relay.env.BOUND" "^new_ip_address=198\.18\.1\.1[0-4][0-9]$"
+    check "relay: and the relay subnet's router" "$W/relay.env.BOUND" "^new_routers=198\.18\.1\.1$"
+    check "relay: stemcell answered the relay" "$LOG" "DEBUG.* ack " "mac=52:54:00:5c:00:41" "to=198\.18\.1\.1:67"
+    dhclient_stop relay c1 -x
+    kill $RELAY_PID 2>/dev/null; wait $RELAY_PID 2>/dev/null
+    stop_server TERM
+}
 
+# proxy mode beside dnsmasq
+scenario_proxy() {
+    ip netns exec $SITE dnsmasq --no-daemon --conf-file=/dev/null --port=0 --user=root --interface=s0 \
+        --bind-interfaces --no-ping --dhcp-range=198.18.0.50,198.18.0.60,255.255.255.0,10m \
+        --dhcp-leasefile="$W/dnsmasq.leases" --pid-file="$W/dnsmasq.pid" --log-dhcp >"$W/dnsmasq.log" 2>&1 &
+    DNSMASQ_PID=$!
+    for _ in $(seq 400); do grep -q "DHCP, IP range" "$W/dnsmasq.log" && break; sleep 0.05; done
+    check "proxy: dnsmasq serves the site's DHCP" "$W/dnsmasq.log" "DHCP, IP range 198\.18\.0\.50"
+    write_config proxy proxy
+    start_server proxy
+    dnsmasq_ip='198\.18\.0\.(5[0-9]|60)'
+
+    # The probe sees every offer: stemcell's (no address, a boot file) and dnsmasq's.
+    pids=()
+    probe c0 52:54:00:5c:00:61 discover 0 >"$W/p-bios.out" 2>&1 & pids+=($!)
+    probe c0 52:54:00:5c:00:62 discover 7 >"$W/p-uefi.out" 2>&1 & pids+=($!)
+    probe c0 52:54:00:5c:00:63 discover 7 ipxe >"$W/p-ipxe.out" 2>&1 & pids+=($!)
+    probe c0 52:54:00:5c:00:64 discover 11 >"$W/p-arm64.out" 2>&1 & pids+=($!)
+    probe c0 52:54:00:5c:00:65 discover 99 >"$W/p-arch99.out" 2>&1 & pids+=($!)
+    wait "${pids[@]}"
+    stemcell_offer=('^REPLY 198\.18\.0\.1:67 ' '"type":"Some\(Offer\)"' '"yiaddr":"0\.0\.0\.0"' '"siaddr":"198\.18\.0\.1"' '"opt54":"198\.18\.0\.1"')
+    check "proxy, BIOS: stemcell offers undionly.kpxe and no address" "$W/p-bios.out" "${stemcell_offer[@]}" '"file":"undionly\.kpxe"' '"opt67":"undionly\.kpxe"' '"opt60":"PXEClient"'
+    check "proxy, BIOS: with PXE discovery control 8 (option 43)" "$W/p-bios.out" '^REPLY 198\.18\.0\.1:67 ' '"opt43":"\[6, 1, 8, 255\]"'
+    check "proxy, BIOS: dnsmasq offers the address" "$W/p-bios.out" '^REPLY 198\.18\.0\.2:67 ' "\"yiaddr\":\"$dnsmasq_ip\""
+    check "proxy, UEFI x64: snponly.efi, no address" "$W/p-uefi.out" "${stemcell_offer[@]}" '"file":"snponly\.efi"' '"opt67":"snponly\.efi"'
+    check "proxy, iPXE: its boot script URL, no address" "$W/p-ipxe.out" "${stemcell_offer[@]}" "\"file\":\"http://198\\.18\\.0\\.1:$PORT/boot/52:54:00:5c:00:63\\.ipxe\""
+    check "proxy, ARM64: ipxe-arm64.efi, no address" "$W/p-arm64.out" "${stemcell_offer[@]}" '"file":"ipxe-arm64\.efi"'
+    check "proxy, arch 99: the documented fallback (BIOS), no address" "$W/p-arch99.out" "${stemcell_offer[@]}" '"file":"undionly\.kpxe"'
+    check "proxy, arch 99: the fallback is logged" "$LOG" "WARN.*client architecture not recognised" "mac=52:54:00:5c:00:65"
+
+    # UEFI firmware asks the proxy again on port 4011 from its new address.
+    ip -n $CLI addr add 198.18.0.77/24 dev c0
+    probe c0 52:54:00:5c:00:62 request4011 7 198.18.0.1 >"$W/p-4011.out" 2>&1
+    check "proxy: the port-4011 REQUEST gets a unicast ACK with the boot file" "$W/p-4011.out" \
+        '^REPLY 198\.18\.0\.1:4011 ' '"type":"Some\(Ack\)"' '"yiaddr":"0\.0\.0\.0"' '"file":"snponly\.efi"'
+    ip -n $CLI addr flush dev c0
+
+    # dhclient with the PXE firmware's options: its address from dnsmasq, its boot file offered
+    # by stemcell. dhclient would take stemcell's address-less offer as a lease offer (PXE
+    # firmware reads it for the boot file only), so it rejects offers from stemcell, and logs
+    # that it got one.
+    { cat "$W/uefi.conf"; echo 'reject 198.18.0.1;'; } >"$W/uefi-beside-proxy.conf"
+    setmac c0 52:54:00:5c:00:66
+    dhclient_run proxy-pxe c0 uefi-beside-proxy.conf
+    check "proxy, dhclient PXE: stemcell's offer reached it" "$W/proxy-pxe.log" "DHCPOFFER.* from 198\.18\.0\.1 rejected"
+    check "proxy, dhclient PXE: binds dnsmasq's address" "$W/proxy-pxe.env.BOUND" "^new_ip_address=$dnsmasq_ip$"
+    check "proxy, dhclient PXE: from dnsmasq (server identifier)" "$W/proxy-pxe.env.BOUND" "^new_dhcp_server_identifier=198\.18\.0\.2$"
+    check "proxy, dhclient PXE: stemcell offered it snponly.efi" "$LOG" "DEBUG.*proxy reply" "mac=52:54:00:5c:00:66" "file=snponly\.efi"
+    check_api "proxy, dhclient PXE: stemcell's offer is an event" 52:54:00:5c:00:66 '"kind":"dhcp","message":"DHCPDISCOVER → DHCPOFFER, boot file snponly\.efi'
+    dhclient_stop proxy-pxe c0 -r
+
+    # A plain client: dnsmasq answers it, stemcell never does.
+    setmac c0 52:54:00:5c:00:67
+    dhclient_run proxy-plain c0 plain.conf
+    check "proxy, plain dhclient: gets dnsmasq's address" "$W/proxy-plain.env.BOUND" "^new_ip_address=$dnsmasq_ip$"
+    check "proxy, plain dhclient: stemcell saw it and ignored it" "$LOG" "DEBUG.*DHCP request ignored" "reason=\"?proxy mode: not a network-boot client"
+    check_not "proxy, plain dhclient: no offer from stemcell reached it" "$W/proxy-plain.log" "DHCP(OFFER|ACK|NAK).* from 198\.18\.0\.1$"
+    check_not "proxy, plain dhclient: stemcell sent it nothing" "$LOG" "proxy reply" "mac=52:54:00:5c:00:67"
+    api 52:54:00:5c:00:67 "$W/api.plain.json"
+    check "proxy, plain dhclient: not a machine for stemcell (API 404, no events)" "$W/api.plain.json" "^404$"
+    dhclient_stop proxy-plain c0 -r
+
+    check_api "proxy, API: an unknown PXE machine is recorded as discovered" 52:54:00:5c:00:62 '"state":"discovered"'
+    check_api "proxy, API: with arch, vendor class and UUID" 52:54:00:5c:00:62 '"arch":"x86-64 UEFI"' \
+        '"vendor_class":"PXEClient:Arch:00007:UNDI:003016"' '"uuid":"01020304-0506-0708-090a-0b0c0d0e0f10"'
+    check_api "proxy, API: its DHCP steps (port 67 and 4011) are events of kind dhcp" 52:54:00:5c:00:62 \
+        '"kind":"dhcp","message":"DHCPREQUEST on port 4011 → DHCPACK, boot file snponly\.efi'
+    stop_server TERM
+    kill $DNSMASQ_PID 2>/dev/null; wait $DNSMASQ_PID 2>/dev/null
+}
+
+# pool exhaustion
+scenario_tiny() {
+    write_config tiny authoritative 198.18.0.101
+    start_server tiny
+    setmac c0 52:54:00:5c:00:71
+    udhcpc_run t1 c0 3
+    setmac c0 52:54:00:5c:00:72
+    udhcpc_run t2 c0 3
+    check "tiny pool: first client bound" "$W/t1.env" '^ip=198\.18\.0\.10[01]$'
+    check "tiny pool: second client bound" "$W/t2.env" '^ip=198\.18\.0\.10[01]$'
+    setmac c0 52:54:00:5c:00:73
+    udhcpc_run t3 c0 2
+    if [ -f "$W/t3.env" ] || grep -q "obtained\|lease of" "$W/t3.log"; then
+        fail "tiny pool: the third client got an address"; show "$W/t3.log"
+    else pass "tiny pool: the third client gets no offer"; fi
+    check "tiny pool: the log says why" "$LOG" "WARN.*exhausted" "mac=52:54:00:5c:00:73"
+    probe c0 52:54:00:5c:00:74 discover 7 1000 >"$W/p-tiny.out" 2>&1
+    check "tiny pool: a PXE client gets no offer either" "$W/p-tiny.out" "^NO REPLY$"
+    check_api "tiny pool: its event says why" 52:54:00:5c:00:74 '"kind":"dhcp","message":"DHCPDISCOVER: no answer: the address pool of subnet 198\.18\.0\.0/24 is exhausted'
+    stop_server TERM
+}
+
+# ==== run ====================================================================================
+[ "$SCENARIO" = all ] && SCENARIO=$SCENARIOS
+for s in $SCENARIO; do
+    echo "== $s ($(elapsed)s)"
+    "scenario_${s//-/_}"
+done
 echo
 echo "$PASSES passed, $FAILS failed in $(elapsed)s"
 [ $FAILS -eq 0 ]

@@ -210,15 +210,15 @@ if [ -z "$IMAGE" ]; then
 		>"$W/image-build.txt" 2>&1 || die "stemcell image build failed" "$W/image-build.txt"
 	pass "stem cell built ($(head -n 1 "$W/image-build.txt"))"
 fi
-[ -r "$IMAGE/vmlinuz" ] && [ -r "$IMAGE/initrd.img" ] || die "no vmlinuz and initrd.img in $IMAGE"
+{ [ -r "$IMAGE/vmlinuz" ] && [ -r "$IMAGE/initrd.img" ]; } || die "no vmlinuz and initrd.img in $IMAGE"
 
 # ---- the network -------------------------------------------------------------------------
 # $SRV: br0 198.18.0.1/24 with tap0 (the machine's cable); stemcell listens on br0.
 # uefi-ipxe: $SITE, bridged in through a veth, runs dnsmasq at 198.18.0.2 (addresses only).
 lab_netns "$SRV" || die "cannot create namespace $SRV"
-lab_bridge "$SRV" && lab_tap "$SRV" tap0 || die "cannot set up br0 and tap0 in $SRV"
+{ lab_bridge "$SRV" && lab_tap "$SRV" tap0; } || die "cannot set up br0 and tap0 in $SRV"
 if [ "$MODE" = proxy ]; then
-	lab_netns "$SITE" && lab_veth "$SRV" "$SITE" 198.18.0.2 || die "cannot set up $SITE"
+	{ lab_netns "$SITE" && lab_veth "$SRV" "$SITE" s0 198.18.0.2/24; } || die "cannot set up $SITE"
 	lab_bg "$SITE" "$W/dnsmasq.log" dnsmasq -d --conf-file=/dev/null --port=0 --interface=s0 \
 		--bind-interfaces --user=root --dhcp-range=198.18.0.200,198.18.0.250,1h \
 		--dhcp-leasefile="$W/dnsmasq.leases" --log-dhcp
@@ -251,7 +251,8 @@ machines:
     role: $ROLE
     vars: { disk: $VDISK }
 EOF
-lab_serve "$SRV" "$STEMCELL" "$D" || die "stemcell did not come up" "$D/check.txt" "$D/server.log"
+lab_check "$STEMCELL" "$D" || die "stemcell check failed" "$D/check.txt"
+lab_serve "$SRV" "$STEMCELL" "$D" || die "stemcell did not come up" "$D/server.log"
 pass "stemcell serves ($MODE DHCP, TFTP and HTTP on br0 in $SRV)"
 
 if [ -n "${WATCH_CMD:-}" ]; then

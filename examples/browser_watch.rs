@@ -1,22 +1,28 @@
 //! The page watcher run inside a lab's server namespace while a QEMU machine boots
-//! (tests/netns/pxe.sh runs it as WATCH_CMD): headless Chromium keeps the inventory page
-//! open, never reloads it, and must see the machine's row go through `installing` to
-//! `installed` by live updates alone. Screenshots go to target/screenshots/.
-#![allow(dead_code)]
+//! (tests/pxe_boot.rs has tests/netns/pxe.sh run it as WATCH_CMD, with STEMCELL_URL and
+//! WATCH_MAC): headless Chromium keeps the inventory page open, never reloads it, and must
+//! see the machine's row go through `installing` to `installed` by live updates alone.
+//! Exits non-zero (a panic) otherwise. Screenshots go to target/screenshots/.
+//!
+//! An example, not a `[[bin]]`: it must not ship with stemcell. tests/pxe_boot.rs builds it
+//! with `cargo build --example browser_watch` (tests/common: `helper`).
+
+#[path = "../tests/common/browser.rs"]
+mod browser;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use super::browser::Browser;
+use browser::Browser;
 
-pub fn watch() {
+fn main() {
     let url = std::env::var("STEMCELL_URL").expect("STEMCELL_URL");
     let mac = std::env::var("WATCH_MAC")
         .expect("WATCH_MAC")
         .to_lowercase();
     let id = mac.replace([':', '-'], "");
     let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
-    let b = Browser::start().expect("chromium and chromedriver are installed in CI");
+    let b = Browser::start().expect("chromium and chromedriver (the test checks for them first)");
     b.goto(&format!("{url}/"));
     b.eval("window.__noReload = 7; return 1;");
     let row_state = format!("var e = document.querySelector('#m-{id} [data-field=state]'); return e ? e.textContent : '';");
