@@ -275,17 +275,9 @@ pub(crate) fn stemcell_cmdline(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inventory::Vars;
 
     fn machine() -> Machine {
-        Machine {
-            mac: "52:54:00:00:00:07".parse().unwrap(),
-            hostname: "web07".into(),
-            role: "web".into(),
-            ip: None,
-            vars: Vars::new(),
-            line: 1,
-        }
+        crate::inventory::test_machine("52:54:00:00:00:07", "web07", "web")
     }
 
     #[test]

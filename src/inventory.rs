@@ -81,6 +81,19 @@ pub(crate) struct Inventory {
     pub(crate) order: Vec<MacAddr>,
 }
 
+/// A machine for unit tests elsewhere in the crate.
+#[cfg(test)]
+pub(crate) fn test_machine(mac: &str, hostname: &str, role: &str) -> Machine {
+    Machine {
+        mac: mac.parse().expect("a MAC"),
+        hostname: hostname.into(),
+        role: role.into(),
+        ip: None,
+        vars: Vars::new(),
+        line: 1,
+    }
+}
+
 /// What validation needs from the server config.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Context {

@@ -102,6 +102,10 @@ pub(crate) struct ConfigRun {
     /// The OS image (sha256) the machine was installed from, as it says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) os: Option<String>,
+    /// sha256 of its installed package list (`dpkg-query -W`, sorted): two machines with
+    /// the same digest run the same packages at the same versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) packages: Option<String>,
 }
 
 impl ConfigRun {
@@ -221,7 +225,7 @@ impl Record {
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum Line {
-    Record(Record),
+    Record(Box<Record>),
     Event { mac: MacAddr, event: Event },
 }
 
@@ -292,6 +296,7 @@ fn replay(lines: &[String]) -> (HashMap<MacAddr, Entry>, usize) {
     for l in lines {
         match serde_json::from_str::<Line>(l) {
             Ok(Line::Record(r)) => {
+                let r = *r;
                 let mac = r.mac;
                 machines
                     .entry(mac)
@@ -383,7 +388,9 @@ impl Store {
         let mut lines = Vec::with_capacity(live);
         for (mac, e) in &inner.machines {
             if let Some(r) = &e.record {
-                lines.push(serde_json::to_string(&Line::Record(r.clone())).unwrap_or_default());
+                lines.push(
+                    serde_json::to_string(&Line::Record(Box::new(r.clone()))).unwrap_or_default(),
+                );
             }
             for ev in &e.events {
                 lines.push(
@@ -401,7 +408,7 @@ impl Store {
 
     /// Write a record (under the lock, so journal order is change order).
     fn put(&self, inner: &mut Inner, r: Record, durable: bool) -> crate::journal::Commit {
-        let line = serde_json::to_string(&Line::Record(r.clone())).unwrap_or_default();
+        let line = serde_json::to_string(&Line::Record(Box::new(r.clone()))).unwrap_or_default();
         let mac = r.mac;
         inner
             .machines

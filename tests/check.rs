@@ -21,13 +21,28 @@ fn copy_with(edit: impl Fn(&str) -> String) -> tempfile::TempDir {
     }
     let inv = std::fs::read_to_string(example().join("inventory.yaml")).unwrap();
     std::fs::write(lab.join("inventory.yaml"), edit(&inv)).unwrap();
-    let ks = dir.path().join("kickstarts");
-    std::fs::create_dir_all(&ks).unwrap();
-    for e in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("kickstarts")).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), ks.join(e.file_name())).unwrap();
+    copy_tree(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("kickstarts"),
+        &dir.path().join("kickstarts"),
+    );
+    for sub in ["os", "puppet"] {
+        if example().join(sub).is_dir() {
+            copy_tree(&example().join(sub), &lab.join(sub));
+        }
     }
     dir
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
 }
 
 fn check(config: &Path) -> (i32, String) {

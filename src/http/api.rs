@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 
-use super::{parse_mac, state_reject, text, App, Reject};
+use super::{parse_mac, state_reject, App, Reject};
 use crate::boot::{fingerprint_with, TemplateCache};
 use crate::inventory::{self, Inventory};
 use crate::mac::MacAddr;
@@ -188,14 +188,10 @@ pub(super) async fn api_machine(State(app): State<App>, Path(mac): Path<String>)
         Ok(m) => m,
         Err(r) => return r.into_response(),
     };
-    let inv = app.inventory.get();
-    let record = app.store.record(&mac);
-    if inv.machine(&mac).is_none() && record.is_none() {
-        return text(
-            StatusCode::NOT_FOUND,
-            format!("{mac} is neither in the inventory nor seen\n"),
-        );
-    }
+    let (inv, record) = match super::known(&app, mac) {
+        Ok(x) => x,
+        Err(r) => return r.into_response(),
+    };
     #[derive(Serialize)]
     struct Detail {
         #[serde(flatten)]

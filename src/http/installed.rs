@@ -90,7 +90,7 @@ const REPORT_LINE_MAX: usize = 2000;
 
 /// `POST /report/{mac}/{what}`: `booted` at every boot of the installed system; `puppet`
 /// after each Puppet run, with `key=value` lines (`exit`, `changed`, `failed`, `total`,
-/// `seconds`, `bundle`, `os`) and `log=…` lines that become the machine's events.
+/// `seconds`, `bundle`, `os`, `packages`) and `log=…` lines that become the machine's events.
 pub(super) async fn report(
     State(app): State<App>,
     Path((mac, what)): Path<(String, String)>,
@@ -190,6 +190,7 @@ pub(crate) fn parse_run(body: &str) -> (ConfigRun, Vec<String>) {
             }
             "bundle" => run.bundle = digest(v),
             "os" => run.os = digest(v),
+            "packages" => run.packages = digest(v),
             "log" => log.push(
                 v.chars()
                     .filter(|c| !c.is_control())

@@ -159,6 +159,28 @@ pub(crate) fn state_reject(mac: MacAddr, e: crate::state::StateError) -> Reject 
     }
 }
 
+/// The inventory and the record of a machine that is listed or was seen; 404 otherwise.
+fn known(
+    app: &App,
+    mac: MacAddr,
+) -> Result<
+    (
+        Arc<crate::inventory::Inventory>,
+        Option<crate::state::Record>,
+    ),
+    Reject,
+> {
+    let inv = app.inventory.get();
+    let record = app.store.record(&mac);
+    if inv.machine(&mac).is_none() && record.is_none() {
+        return Err(Reject(
+            StatusCode::NOT_FOUND,
+            format!("{mac} is neither in the inventory nor seen\n"),
+        ));
+    }
+    Ok((inv, record))
+}
+
 fn parse_mac(s: &str) -> Result<MacAddr, Reject> {
     s.parse::<MacAddr>()
         .map_err(|e| Reject(StatusCode::BAD_REQUEST, format!("{e}\n")))

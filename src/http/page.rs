@@ -136,6 +136,7 @@ struct Row {
     last_seen: String,
     last_seen_ms: u64,
     last_event: String,
+    converged: String,
 }
 
 struct Count {
@@ -172,14 +173,87 @@ pub(crate) struct Filters {
     q: Option<String>,
 }
 
-const STATES: [Lifecycle; 6] = [
+/// The states counted on the fleet page, in the order a machine goes through them.
+const STATES: [Lifecycle; 10] = [
     Lifecycle::Pending,
     Lifecycle::Installing,
     Lifecycle::Installed,
+    Lifecycle::Booted,
+    Lifecycle::Configured,
+    Lifecycle::ConfigFailed,
+    Lifecycle::Stalled,
     Lifecycle::Failed,
     Lifecycle::Discovered,
     Lifecycle::Unknown,
 ];
+
+/// "3m ago, 2 changed" for the fleet page's Puppet column.
+fn converged(v: &MachineView) -> String {
+    match &v.last_run {
+        None => String::new(),
+        Some(r) => {
+            let what = if r.failed > 0 || !r.succeeded() {
+                format!("{} failed", r.failed.max(1))
+            } else if r.changed > 0 {
+                format!("{} changed", r.changed)
+            } else {
+                "no changes".to_string()
+            };
+            format!("{}, {what}", ago(r.at))
+        }
+    }
+}
+
+/// One segment of an install's timeline: label, seconds, share of the whole (percent).
+pub(crate) struct Segment {
+    label: &'static str,
+    secs: f64,
+    pct: f64,
+    /// Still running (no end yet).
+    open: bool,
+}
+
+/// Pure: the phases of the last install as timeline segments. A phase ends where the next
+/// one begins; the last one begun and not ended runs until `now` and is marked open.
+pub(crate) fn timeline(p: &crate::state::Phases, now: u64, state: Lifecycle) -> Vec<Segment> {
+    let marks = [
+        ("stem cell boot", p.netboot),
+        ("partition", p.stemcell),
+        ("image + setup", p.image),
+        ("first boot", p.installed),
+        ("Puppet", p.booted),
+        ("", p.configured),
+    ];
+    let mut out = Vec::new();
+    for (i, (label, start)) in marks.iter().enumerate().take(5) {
+        let Some(start) = start else { continue };
+        let end = marks[i + 1..].iter().find_map(|(_, t)| *t);
+        let running = matches!(
+            state,
+            Lifecycle::Installing | Lifecycle::Installed | Lifecycle::Booted | Lifecycle::Pending
+        );
+        let (end, open) = match end {
+            Some(e) => (e, false),
+            None if running => (now, true),
+            None => continue,
+        };
+        out.push(Segment {
+            label,
+            secs: end.saturating_sub(*start) as f64 / 1000.0,
+            pct: 0.0,
+            open,
+        });
+    }
+    let total: f64 = out.iter().map(|s| s.secs).sum();
+    for s in &mut out {
+        s.pct = if total > 0.0 {
+            (s.secs / total * 100.0).max(0.5)
+        } else {
+            100.0 / 5.0
+        };
+    }
+    out
+}
 
 fn row(v: &MachineView) -> Row {
     Row {
@@ -198,6 +272,7 @@ fn row(v: &MachineView) -> Row {
             .as_ref()
             .map(|e| format!("{}: {}", e.kind, e.message))
             .unwrap_or_default(),
+        converged: converged(v),
     }
 }
 
@@ -284,9 +359,11 @@ struct MachinePage {
     role: String,
     ip: String,
     state: &'static str,
-    drifted: bool,
+    drift: Vec<String>,
     reason: Option<String>,
     listed: bool,
+    timeline: Vec<Segment>,
+    last_run: Option<String>,
     facts: Vec<(String, String)>,
     yaml_snippet: Option<String>,
     events: Vec<(String, String, String)>,
@@ -309,14 +386,10 @@ pub(crate) async fn machine(
     let Ok(mac) = mac.parse::<MacAddr>() else {
         return text(StatusCode::BAD_REQUEST, "not a MAC address\n");
     };
-    let inv = app.inventory.get();
-    let record = app.store.record(&mac);
-    if inv.machine(&mac).is_none() && record.is_none() {
-        return text(
-            StatusCode::NOT_FOUND,
-            format!("{mac} is neither in the inventory nor seen\n"),
-        );
-    }
+    let (inv, record) = match super::known(&app, mac) {
+        Ok(x) => x,
+        Err(r) => return r.into_response(),
+    };
     let v = view(&app, &inv, mac, record.as_ref(), &mut Current::default());
     let token = record.as_ref().and_then(|r| r.token.clone());
     let (boot_script, install_script) = scripts_shown(&app, &inv, mac, record.as_ref());
@@ -336,9 +409,21 @@ pub(crate) async fn machine(
         role: v.role.clone().unwrap_or_default(),
         ip: v.ip.clone().unwrap_or_default(),
         state: v.state.as_str(),
-        drifted: v.drifted,
+        drift: v.drift.clone(),
         reason: v.reason.clone(),
         listed: v.listed,
+        timeline: timeline(&v.phases, crate::state::now_ms(), v.state),
+        last_run: v.last_run.as_ref().map(|r| {
+            format!(
+                "{} UTC: exit {}, {} changed, {} failed of {} resources, {:.1} s",
+                fmt_time(r.at),
+                r.exit,
+                r.changed,
+                r.failed,
+                r.total,
+                r.millis as f64 / 1000.0
+            )
+        }),
         facts,
         yaml_snippet,
         events: recent_events(&app, mac, token.as_deref()),
@@ -589,6 +674,33 @@ pub(crate) async fn events(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_timeline_has_one_segment_per_phase_and_the_running_one_is_open() {
+        let p = crate::state::Phases {
+            netboot: Some(0),
+            stemcell: Some(10_000),
+            image: Some(12_000),
+            installed: Some(52_000),
+            booted: None,
+            configured: None,
+        };
+        let t = timeline(&p, 60_000, Lifecycle::Installed);
+        let got: Vec<(&str, f64, bool)> = t.iter().map(|s| (s.label, s.secs, s.open)).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("stem cell boot", 10.0, false),
+                ("partition", 2.0, false),
+                ("image + setup", 40.0, false),
+                ("first boot", 8.0, true),
+            ]
+        );
+        assert!((t.iter().map(|s| s.pct).sum::<f64>() - 100.0).abs() < 1.0);
+        // A failed install shows what it did, with nothing left running.
+        assert_eq!(timeline(&p, 60_000, Lifecycle::Failed).len(), 3);
+        assert!(timeline(&crate::state::Phases::default(), 1, Lifecycle::Pending).is_empty());
+    }
 
     #[test]
     fn civil_time() {
