@@ -95,7 +95,7 @@ fn s(v: &Value) -> String {
 pub(crate) fn machines(base: &str) -> anyhow::Result<String> {
     let v = json(request("GET", base, "/api/v1/machines", None)?, "machines")?;
     let mut out = format!(
-        "{:<17}  {:<20}  {:<12}  {:<10}  {:<15}  {}\n",
+        "{:<17}  {:<20}  {:<12}  {:<14}  {:<15}  {}\n",
         "MAC", "HOSTNAME", "ROLE", "STATE", "IP", "LAST EVENT"
     );
     for m in v.as_array().into_iter().flatten() {
@@ -109,7 +109,7 @@ pub(crate) fn machines(base: &str) -> anyhow::Result<String> {
             s(&m["state"])
         };
         out.push_str(&format!(
-            "{:<17}  {:<20}  {:<12}  {:<10}  {:<15}  {}\n",
+            "{:<17}  {:<20}  {:<12}  {:<14}  {:<15}  {}\n",
             s(&m["mac"]),
             s(&m["hostname"]),
             s(&m["role"]),
@@ -132,6 +132,20 @@ pub(crate) fn machine(base: &str, mac: &str) -> anyhow::Result<String> {
     ] {
         out.push_str(&format!("{k:<9} {}\n", s(&m[k])));
     }
+    for d in m["drift"].as_array().into_iter().flatten() {
+        out.push_str(&format!("drift     {}\n", s(d)));
+    }
+    if let Some(r) = m["last_run"].as_object() {
+        out.push_str(&format!(
+            "puppet    exit {}, {} changed, {} failed of {} resources, {:.1} s\n",
+            s(&r["exit"]),
+            s(&r["changed"]),
+            s(&r["failed"]),
+            s(&r["total"]),
+            r["millis"].as_f64().unwrap_or(0.0) / 1000.0
+        ));
+    }
+    out.push_str(&phases(&m["phases"]));
     if let Some(f) = m["facts"].as_object() {
         for (k, v) in f {
             out.push_str(&format!("{k:<9} {}\n", s(v)));
@@ -147,6 +161,35 @@ pub(crate) fn machine(base: &str, mac: &str) -> anyhow::Result<String> {
         ));
     }
     Ok(out)
+}
+
+/// "install   stem cell boot 9.8 s, partition 2.1 s, …" from a machine's phases.
+fn phases(p: &Value) -> String {
+    let marks = [
+        ("stem cell boot", "netboot"),
+        ("partition", "stemcell"),
+        ("image + setup", "image"),
+        ("first boot", "installed"),
+        ("Puppet", "booted"),
+        ("", "configured"),
+    ];
+    let at = |k: &str| p.get(k).and_then(Value::as_u64);
+    let mut parts = Vec::new();
+    for (i, (label, key)) in marks.iter().enumerate().take(5) {
+        let (Some(start), Some(end)) = (at(key), marks[i + 1..].iter().find_map(|(_, k)| at(k)))
+        else {
+            continue;
+        };
+        parts.push(format!(
+            "{label} {:.1} s",
+            end.saturating_sub(start) as f64 / 1000.0
+        ));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("install   {}\n", parts.join(", "))
+    }
 }
 
 pub(crate) fn reinstall(base: &str, mac: &str, token: &str) -> anyhow::Result<String> {
@@ -165,4 +208,19 @@ pub(crate) fn reinstall(base: &str, mac: &str, token: &str) -> anyhow::Result<St
         s(&m["hostname"]),
         s(&m["state"])
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_become_durations_and_missing_ends_are_left_out() {
+        let p = serde_json::json!({"netboot": 1000, "stemcell": 11000, "image": 13500, "installed": 60000});
+        assert_eq!(
+            phases(&p),
+            "install   stem cell boot 10.0 s, partition 2.5 s, image + setup 46.5 s\n"
+        );
+        assert_eq!(phases(&serde_json::json!({})), "");
+    }
 }
