@@ -21,10 +21,11 @@ fn mac_for_ip(leases: Option<&Arc<dyn LeaseStore>>, ip: std::net::IpAddr) -> Opt
     };
     if let Some(l) = leases {
         let now = state::now_ms() / 1000;
+        // One lookup by address: listing every lease here took the lock DHCP needs, for
+        // every transfer.
         if let Some(lease) = l
-            .leases(now)
-            .into_iter()
-            .find(|l| l.ip == v4 && l.state == leases::LeaseState::Bound)
+            .lease_at(v4, now)
+            .filter(|l| l.state == leases::LeaseState::Bound)
         {
             return Some(lease.mac);
         }

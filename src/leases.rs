@@ -643,7 +643,6 @@ impl Allocator {
     }
 
     /// The state of one address.
-    #[cfg(test)]
     pub(crate) fn lease_at(&self, ip: Ipv4Addr, now: UnixTime) -> Option<Lease> {
         let n = u32::from(ip);
         self.entries
@@ -747,6 +746,9 @@ pub(crate) trait LeaseStore: Send + Sync {
 
     /// Every address with state, sorted by address.
     fn leases(&self, now: UnixTime) -> Vec<Lease>;
+
+    /// The state of one address (a map lookup: TFTP asks it for every transfer).
+    fn lease_at(&self, ip: Ipv4Addr, now: UnixTime) -> Option<Lease>;
 
     /// Resolves once everything written so far is durable (shutdown).
     fn flush(&self) -> Durable;
@@ -933,6 +935,10 @@ impl LeaseStore for JournalStore {
 
     fn lease_of(&self, mac: MacAddr, now: UnixTime) -> Option<Lease> {
         self.lock().alloc.lease_of(mac, now)
+    }
+
+    fn lease_at(&self, ip: Ipv4Addr, now: UnixTime) -> Option<Lease> {
+        self.lock().alloc.lease_at(ip, now)
     }
 
     fn flush(&self) -> Durable {

@@ -174,7 +174,9 @@ pub(crate) async fn prepare(config_path: &Path) -> Result<Prepared, Fatal> {
             http::files::Cached::new(config.stemcell.initrd.clone()),
         ]),
         bundles: Arc::new(crate::puppet::Bundles::new(config.puppet.clone())),
+        dhcp_counters: None,
     };
+    let mut app = app;
 
     // TFTP: on the server's address, on the configured interface only.
     let tftp = match &config.tftp {
@@ -201,6 +203,7 @@ pub(crate) async fn prepare(config_path: &Path) -> Result<Prepared, Fatal> {
             });
             let server = dhcp::DhcpServer::new(settings, directory, observer, leases)
                 .map_err(Fatal::config)?;
+            app.dhcp_counters = Some(server.shared_counters());
             Some((Arc::new(server), sockets))
         }
         None => None,

@@ -169,6 +169,10 @@ pub(crate) struct Record {
     /// The install token while armed; `None` once installed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) token: Option<String>,
+    /// The last install's token after `done` or `failed`: it authorises nothing, but a
+    /// repeat of the same final callback (its answer was lost) is answered again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) spent_token: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) reason: Option<String>,
     #[serde(default)]
@@ -206,6 +210,7 @@ impl Record {
             mac,
             state,
             token: None,
+            spent_token: None,
             reason: None,
             first_seen: now,
             last_seen: now,
@@ -554,6 +559,7 @@ impl Store {
             }
             let t = new_token();
             r.token = Some(t.clone());
+            r.spent_token = None;
             r.machine_key = Some(new_token());
             r.phases = Phases {
                 netboot: Some(now),
@@ -714,17 +720,27 @@ impl Store {
         Ok(r)
     }
 
-    /// The install finished: from now on the machine boots from its disk.
-    pub(crate) async fn done(&self, mac: MacAddr, token: &str) -> Result<Record, StateError> {
+    /// The install finished: from now on the machine boots from its disk. A repeat with the
+    /// same token (its first answer was lost) is answered again and changes nothing.
+    /// Returns the record and whether this call changed it (false for a repeat).
+    pub(crate) async fn done(
+        &self,
+        mac: MacAddr,
+        token: &str,
+    ) -> Result<(Record, bool), StateError> {
+        if let Some(r) = self.repeated(&mac, token, |s| s.on_disk()) {
+            return Ok((r, false));
+        }
         self.transition(mac, Some(token), |r, now| {
             r.state = Lifecycle::Installed;
-            r.token = None;
+            r.spent_token = r.token.take();
             r.installed_at = Some(now);
             r.phases.installed = Some(now);
             r.last_run = None;
             r.reason = None;
         })
         .await
+        .map(|r| (r, true))
     }
 
     /// The install failed (reported by the machine, or its template did not render).
@@ -733,12 +749,33 @@ impl Store {
         mac: MacAddr,
         token: Option<&str>,
         reason: String,
-    ) -> Result<Record, StateError> {
+    ) -> Result<(Record, bool), StateError> {
+        if let Some(r) = token.and_then(|t| self.repeated(&mac, t, |s| s == Lifecycle::Failed)) {
+            return Ok((r, false));
+        }
         self.transition(mac, token, |r, _| {
             r.state = Lifecycle::Failed;
             r.reason = Some(reason);
+            // The token dies: a failed install cannot later report itself installed.
+            if let Some(t) = r.token.take() {
+                r.spent_token = Some(t);
+            }
         })
         .await
+        .map(|r| (r, true))
+    }
+
+    /// The record, when `token` is the install's spent token and the machine is already in
+    /// the state the repeated callback would put it in.
+    fn repeated(
+        &self,
+        mac: &MacAddr,
+        token: &str,
+        already: impl Fn(Lifecycle) -> bool,
+    ) -> Option<Record> {
+        let r = self.record(mac)?;
+        let spent = r.spent_token.as_deref()?;
+        (already(r.state) && constant_time_eq(spent.as_bytes(), token.as_bytes())).then_some(r)
     }
 
     /// Cancel an armed install: installed again if it ever was, otherwise failed (held
@@ -767,6 +804,7 @@ impl Store {
         self.transition(mac, None, |r, _| {
             r.state = Lifecycle::Pending;
             r.token = Some(new_token());
+            r.spent_token = None;
             // The old system's key dies: whatever still runs on the disk cannot report.
             r.machine_key = Some(new_token());
             r.phases = Phases::default();
@@ -839,7 +877,19 @@ mod tests {
         s.event(mac(), "log", "partitioning");
         s.done(mac(), &t).await.unwrap();
         assert!(!s.check_token(&mac(), &t), "the token dies with done");
-        assert!(matches!(s.done(mac(), &t).await, Err(StateError::BadToken)));
+        let (again, changed) = s
+            .done(mac(), &t)
+            .await
+            .expect("a repeated done is answered again");
+        assert_eq!((again.state, changed), (Lifecycle::Installed, false));
+        assert!(matches!(
+            s.failed(mac(), Some(&t), "late".into()).await,
+            Err(StateError::BadToken)
+        ));
+        assert!(matches!(
+            s.done(mac(), "wrong-token").await,
+            Err(StateError::BadToken)
+        ));
         drop(s);
         let s = Store::open(dir.path()).unwrap();
         assert_eq!(
@@ -911,6 +961,22 @@ mod tests {
             Err(StateError::BadKey)
         ));
         assert!(!s.check_key(&mac(), &key));
+    }
+
+    #[tokio::test]
+    async fn a_failed_install_cannot_be_marked_installed_with_its_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let t = s.arm(mac()).await.unwrap();
+        s.install_started(mac(), &t, "web".into(), None)
+            .await
+            .unwrap();
+        s.failed(mac(), Some(&t), "disk".into()).await.unwrap();
+        // Regression: the token outlived `failed`, so `done` could still mark it installed.
+        assert!(matches!(s.done(mac(), &t).await, Err(StateError::BadToken)));
+        assert_eq!(s.record(&mac()).unwrap().state, Lifecycle::Failed);
+        // The same failure reported twice (its answer lost) is fine.
+        s.failed(mac(), Some(&t), "disk".into()).await.unwrap();
     }
 
     #[test]

@@ -145,6 +145,25 @@ fn an_installed_system_reports_booted_then_its_puppet_runs() {
         &s.url(&format!("/install/{MAC}/done?token={token}")),
     );
     assert_eq!(done.status, 200);
+    // The stem cell retries a done whose answer it lost: answered again, recorded once.
+    let again = curl(
+        &["-X", "POST"],
+        &s.url(&format!("/install/{MAC}/done?token={token}")),
+    );
+    assert_eq!((again.status, again.text().trim()), (200, "installed"));
+    let dones = machine(&s)["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "done")
+        .count();
+    assert_eq!(dones, 1);
+    // The spent token opens nothing else.
+    let late = curl(
+        &["-X", "POST", "--data-binary", "too late"],
+        &s.url(&format!("/install/{MAC}/failed?token={token}")),
+    );
+    assert_eq!(late.status, 403);
     assert_eq!(report(&s, &token, "booted", "").status, 403);
     assert_eq!(report(&s, "", "booted", "").status, 403);
     let r = report(&s, &key, "booted", "boot_id=x\n");

@@ -113,7 +113,7 @@ pub(crate) struct DhcpServer {
     leases: Arc<dyn LeaseStore>,
     /// The subnet of the server's own address (non-relayed clients), if any.
     local: Option<usize>,
-    counters: Counters,
+    counters: Arc<Counters>,
 }
 
 fn nonzero(a: Ipv4Addr) -> Option<Ipv4Addr> {
@@ -147,7 +147,7 @@ impl DhcpServer {
             observer,
             leases,
             local,
-            counters: Counters::default(),
+            counters: Arc::default(),
         })
     }
 
@@ -157,6 +157,11 @@ impl DhcpServer {
 
     pub(crate) fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// The counters, to read from elsewhere (metrics).
+    pub(crate) fn shared_counters(&self) -> Arc<Counters> {
+        self.counters.clone()
     }
 
     pub(crate) fn observer(&self) -> &dyn DhcpObserver {

@@ -83,6 +83,19 @@ impl Counters {
     pub(crate) fn bump(c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
     }
+
+    /// Each counter with its metric label, for `/metrics`.
+    pub(crate) fn snapshot(&self) -> [(&'static str, u64); 6] {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            ("received", g(&self.received)),
+            ("malformed", g(&self.malformed)),
+            ("ignored", g(&self.ignored)),
+            ("sent", g(&self.sent)),
+            ("send_error", g(&self.send_errors)),
+            ("journal_error", g(&self.journal_errors)),
+        ]
+    }
 }
 
 /// What the DHCP service does.

@@ -369,6 +369,11 @@ pub(super) async fn metrics(State(app): State<App>) -> Response {
             m.set("stemcell_dhcp_leases_active", &[("subnet", &net)], n as f64);
         }
     }
+    if let Some(c) = &app.dhcp_counters {
+        for (what, n) in c.snapshot() {
+            m.set("stemcell_dhcp_datagrams_total", &[("what", what)], n as f64);
+        }
+    }
     m.clear("stemcell_machines");
     for (s, n) in by_state {
         m.set("stemcell_machines", &[("state", s)], n as f64);

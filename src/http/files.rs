@@ -87,6 +87,20 @@ fn not_found() -> Response {
 
 /// Serve one file (already jailed) for GET or HEAD, streamed from disk.
 pub(crate) async fn serve(path: &Path, headers: &HeaderMap) -> Response {
+    // What kind of file it is, before opening it: opening a FIFO blocks until a writer
+    // comes (forever), and a device is nothing to serve.
+    match tokio::fs::metadata(path).await {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => {
+            tracing::warn!(path = %path.display(), "refused: not a regular file");
+            return not_found();
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return not_found(),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read file");
+            return (StatusCode::FORBIDDEN, "cannot read file\n").into_response();
+        }
+    }
     let file = match tokio::fs::File::open(path).await {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return not_found(),
@@ -303,6 +317,24 @@ mod tests {
         assert_eq!(parse_range("bytes=0-1,5-6", 1000), RangeReq::Whole);
         assert_eq!(parse_range("items=0-1", 1000), RangeReq::Whole);
         assert_eq!(parse_range("bytes=x-1", 1000), RangeReq::Whole);
+    }
+
+    #[tokio::test]
+    async fn a_fifo_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let st = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let r = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            serve(&fifo, &HeaderMap::new()),
+        )
+        .await
+        .expect("serving a FIFO must not block");
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
     }
 
     #[test]

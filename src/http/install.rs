@@ -135,10 +135,13 @@ pub(super) async fn install_callback(
         Ok(m) => m,
         Err(r) => return r.into_response(),
     };
-    let Some(token) = q.token.filter(|t| app.store.check_token(&mac, t)) else {
-        tracing::warn!(mac = %mac, action = %action, "install callback refused: wrong or missing token");
+    // done and failed check the token themselves: a repeat with the spent token (its first
+    // answer was lost) is answered again; log needs the live token.
+    let token = q.token.unwrap_or_default();
+    if action == "log" && !app.store.check_token(&mac, &token) {
+        tracing::warn!(mac = %mac, "install log refused: wrong or missing token");
         return text(StatusCode::FORBIDDEN, "wrong or missing install token\n");
-    };
+    }
     match action.as_str() {
         "log" => {
             let mut n = 0;
@@ -150,7 +153,8 @@ pub(super) async fn install_callback(
             text(StatusCode::OK, format!("{n} lines\n"))
         }
         "done" => match app.store.done(mac, &token).await {
-            Ok(r) => {
+            Ok((_, false)) => text(StatusCode::OK, "installed\n"),
+            Ok((r, true)) => {
                 record_install_outcome(&app, "done", &r);
                 app.store.event(
                     mac,
@@ -160,7 +164,10 @@ pub(super) async fn install_callback(
                 tracing::info!(mac = %mac, "install done");
                 text(StatusCode::OK, "installed\n")
             }
-            Err(e) => state_error(mac, e),
+            Err(e) => {
+                tracing::warn!(mac = %mac, error = %e, "install done refused");
+                state_error(mac, e)
+            }
         },
         "failed" => {
             let reason: String = body.trim().chars().take(LOG_LINE_MAX).collect();
@@ -170,7 +177,8 @@ pub(super) async fn install_callback(
                 reason
             };
             match app.store.failed(mac, Some(&token), reason.clone()).await {
-                Ok(r) => {
+                Ok((_, false)) => text(StatusCode::OK, "recorded as failed\n"),
+                Ok((r, true)) => {
                     record_install_outcome(&app, "failed", &r);
                     app.store
                         .event(mac, "failed", format!("install failed: {reason}"));

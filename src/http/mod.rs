@@ -48,6 +48,8 @@ pub(crate) struct App {
     pub(crate) stemcell_files: Arc<[files::Cached; 2]>,
     /// The site's Puppet code as a bundle.
     pub(crate) bundles: Arc<crate::puppet::Bundles>,
+    /// The DHCP service's own counters (malformed packets, send and journal errors…).
+    pub(crate) dhcp_counters: Option<Arc<crate::dhcp::Counters>>,
 }
 
 pub(crate) fn router(app: App) -> Router {
