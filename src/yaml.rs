@@ -126,6 +126,37 @@ struct Builder<'f> {
     stack: Vec<Open>,
     anchors: HashMap<usize, Node>,
     root: Option<Node>,
+    /// Nodes written out in the file, and nodes copied in by aliases: aliases may copy at
+    /// most [`ALIAS_BUDGET`] nodes or as many as the file itself holds, whichever is more,
+    /// so nested aliases ("billion laughs") are an error, not an exhausted memory.
+    written: usize,
+    aliased: usize,
+}
+
+/// Nodes aliases may copy in, at least.
+const ALIAS_BUDGET: usize = 100_000;
+
+/// Nodes in `node`'s tree, counting no further than `limit`.
+fn tree_size(node: &Node, limit: usize) -> usize {
+    let mut n = 0;
+    let mut todo = vec![node];
+    while let Some(x) = todo.pop() {
+        n += 1;
+        if n > limit {
+            break;
+        }
+        match &x.kind {
+            Kind::Seq(items) => todo.extend(items.iter()),
+            Kind::Map(entries) => {
+                for (k, v) in entries {
+                    todo.push(k);
+                    todo.push(v);
+                }
+            }
+            _ => {}
+        }
+    }
+    n
 }
 
 impl Builder<'_> {
@@ -256,6 +287,8 @@ pub(crate) fn parse(file: &Path, text: &str) -> Result<Node, Problems> {
         stack: Vec::new(),
         anchors: HashMap::new(),
         root: None,
+        written: 0,
+        aliased: 0,
     };
     let mut documents = 0usize;
     let mut parser = Parser::new_from_str(text);
@@ -280,6 +313,7 @@ pub(crate) fn parse(file: &Path, text: &str) -> Result<Node, Problems> {
                 }
             }
             Event::Scalar(value, style, anchor, tag) => {
+                b.written += 1;
                 let quoted = !matches!(style, ScalarStyle::Plain) || tag.is_some();
                 let kind = if !quoted && is_null(&value) {
                     Kind::Null
@@ -297,22 +331,36 @@ pub(crate) fn parse(file: &Path, text: &str) -> Result<Node, Problems> {
                 let Some(node) = b.anchors.get(&id) else {
                     return Err(b.problem(pos, "alias to an unknown anchor".into()));
                 };
+                let budget = ALIAS_BUDGET.max(b.written);
+                b.aliased += tree_size(node, budget);
+                if b.aliased > budget {
+                    return Err(b.problem(
+                        pos,
+                        format!("aliases expand to more than {budget} nodes (nested aliases, a \"billion laughs\"?); write the values out or use fewer levels of aliases"),
+                    ));
+                }
                 let mut node = node.clone();
                 node.pos = pos;
                 b.attach(node)?;
             }
-            Event::SequenceStart(anchor, _) => b.stack.push(Open::Seq {
-                pos,
-                items: Vec::new(),
-                anchor,
-            }),
-            Event::MappingStart(anchor, _) => b.stack.push(Open::Map {
-                pos,
-                entries: Vec::new(),
-                pending: None,
-                anchor,
-                seen: HashMap::new(),
-            }),
+            Event::SequenceStart(anchor, _) => {
+                b.written += 1;
+                b.stack.push(Open::Seq {
+                    pos,
+                    items: Vec::new(),
+                    anchor,
+                })
+            }
+            Event::MappingStart(anchor, _) => {
+                b.written += 1;
+                b.stack.push(Open::Map {
+                    pos,
+                    entries: Vec::new(),
+                    pending: None,
+                    anchor,
+                    seen: HashMap::new(),
+                })
+            }
             Event::SequenceEnd | Event::MappingEnd => b.close(pos)?,
             Event::StreamEnd => break,
             _ => {}
@@ -615,6 +663,28 @@ mod tests {
         let e = r.finish(()).unwrap_err();
         assert!(e.to_string().contains("did you mean \"hostname\""), "{e}");
         assert!(e.to_string().starts_with("t.yaml:1:1:"), "{e}");
+    }
+
+    #[test]
+    fn nested_aliases_are_an_error_not_an_exhausted_memory() {
+        // Regression: this aborted `check` (and a hot reload took the server down).
+        let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..10 {
+            let refs = vec![format!("*a{}", i - 1); 10].join(", ");
+            text.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
+        }
+        let t0 = std::time::Instant::now();
+        let e = p(&text).unwrap_err().to_string();
+        assert!(e.contains("aliases expand to more than"), "{e}");
+        assert!(e.starts_with("t.yaml:"), "with its position: {e}");
+        assert!(t0.elapsed() < std::time::Duration::from_secs(2));
+        // Ordinary use of aliases is fine.
+        let n = p("d: &d {disk: /dev/vda, console: ttyS0}\nm1: *d\nm2: *d\n").unwrap();
+        assert_eq!(
+            tree_size(&n, usize::MAX),
+            19,
+            "a root, three keys, three maps of two pairs"
+        );
     }
 
     #[test]

@@ -178,3 +178,24 @@ fn render_shows_what_a_machine_would_get_without_changing_anything() {
     );
     assert!(s.contains("step: create-data-volume"), "{s}");
 }
+
+/// Regression: nested YAML aliases made `check` abort on a failed allocation.
+#[test]
+fn a_billion_laughs_inventory_is_refused_with_its_position() {
+    let dir = copy_with(|inv| {
+        let mut bomb = String::from("x0: &x0 [l, l, l, l, l, l, l, l, l, l]\n");
+        for i in 1..10 {
+            bomb.push_str(&format!(
+                "x{i}: &x{i} [{}]\n",
+                vec![format!("*x{}", i - 1); 10].join(", ")
+            ));
+        }
+        format!("{bomb}{inv}")
+    });
+    let t0 = std::time::Instant::now();
+    let (code, out) = check(&dir.path().join("examples/lab/stemcell.yaml"));
+    assert_eq!(code, 64, "{out}");
+    assert!(out.contains("inventory.yaml:"), "{out}");
+    assert!(out.contains("aliases expand to more than"), "{out}");
+    assert!(t0.elapsed() < std::time::Duration::from_secs(10));
+}
