@@ -143,6 +143,7 @@ if want tftp || want http; then
     LAB_IFACE=lo LAB_SERVER_IP=127.0.0.1 LAB_LISTEN=127.0.0.1:8080 LAB_TFTP_ROOT=tftp write_config "$L" off
     mkdir -p "$L/tftp" "$L/www/stemcell" "$L/www/boot" "$L/nginx/tmp"
     head -c 50000000 /dev/urandom >"$L/tftp/big.bin"
+    cp /usr/lib/ipxe/undionly.kpxe /usr/lib/ipxe/snponly.efi "$L/tftp/" # the boot files must exist
     head -c 10000000 /dev/urandom >"$L/stemcell/vmlinuz"
     head -c 1000000 /dev/urandom >"$L/stemcell/initrd.img"
     ln "$L/stemcell/vmlinuz" "$L/www/stemcell/vmlinuz" # the same bytes for both servers

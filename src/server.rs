@@ -81,7 +81,72 @@ fn load(config_path: &Path) -> Result<(Config, Inventory), Fatal> {
     let config = Config::load(config_path).map_err(Fatal::config)?;
     let inv =
         Inventory::load(&config.inventory, &inventory_context(&config)).map_err(Fatal::config)?;
+    let missing = missing_files(&config, &inv);
+    if !missing.is_empty() {
+        return Err(Fatal::config(anyhow::anyhow!(missing.join("\n"))));
+    }
     Ok((config, inv))
+}
+
+/// Files the config and inventory name that are not there: the TFTP root and the boot
+/// files in it (through the same jail TFTP uses, so a symlink out counts as missing), and
+/// the roles' kernels and initrds in the assets folder. Each says where it was named.
+fn missing_files(config: &Config, inv: &Inventory) -> Vec<String> {
+    let mut out = Vec::new();
+    let cfg = config.file.display();
+    if let Some(t) = &config.tftp {
+        match t.root.canonicalize() {
+            Err(e) => out.push(format!(
+                "{cfg}: tftp.root {} cannot be served: {e}",
+                t.root.display()
+            )),
+            Ok(root) => {
+                let b = &config.dhcp.boot_files;
+                let files = [
+                    ("bios", Some(&b.bios)),
+                    ("uefi_x64", Some(&b.uefi_x64)),
+                    ("uefi_http", Some(&b.uefi_http)),
+                    ("uefi_ia32", b.uefi_ia32.as_ref()),
+                    ("arm64", b.arm64.as_ref()),
+                ];
+                for (key, file) in files {
+                    let Some(file) = file else { continue };
+                    if let Err(e) = crate::jail::resolve(&root, file) {
+                        out.push(format!(
+                            "{cfg}: dhcp.boot_files.{key}: {file} cannot be served from {}: {e}",
+                            root.display()
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    for role in inv.roles.values() {
+        for (key, value) in [("kernel", &role.kernel), ("initrd", &role.initrd)] {
+            let Some(v) = value else { continue };
+            if v.starts_with("http://") || v.starts_with("https://") {
+                continue;
+            }
+            let found = config
+                .assets
+                .as_ref()
+                .and_then(|a| http::files::jail(a, v))
+                .is_some_and(|p| p.is_file());
+            if !found {
+                out.push(format!(
+                    "{}: role {}: {key} {v} is not a file in the assets folder ({})",
+                    inv.file.display(),
+                    role.name,
+                    config
+                        .assets
+                        .as_ref()
+                        .map(|a| a.display().to_string())
+                        .unwrap_or_else(|| "none is configured".into())
+                ));
+            }
+        }
+    }
+    out
 }
 
 fn read_admin_token(config: &Config) -> Result<Option<Arc<String>>, Fatal> {

@@ -199,3 +199,51 @@ fn a_billion_laughs_inventory_is_refused_with_its_position() {
     assert!(out.contains("aliases expand to more than"), "{out}");
     assert!(t0.elapsed() < std::time::Duration::from_secs(10));
 }
+
+/// Regression: `check` accepted a TFTP root that does not exist, boot files that are not
+/// there, and role kernels missing from the assets folder.
+#[test]
+fn files_the_config_names_must_exist_and_say_where_they_were_named() {
+    let dir = copy_with(|inv| {
+        inv.replace(
+            "  web:\n    template: base.sh.j2\n",
+            "  web:\n    template: base.sh.j2\n    kernel: installers/linux\n",
+        )
+    });
+    let cfg = dir.path().join("examples/lab/stemcell.yaml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace("root: /usr/lib/ipxe", "root: /nonexistent/tftp") + "assets: assets\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("examples/lab/assets")).unwrap();
+    let (code, out) = check(&cfg);
+    assert_eq!(code, 64, "{out}");
+    assert!(
+        out.contains("tftp.root /nonexistent/tftp cannot be served"),
+        "{out}"
+    );
+    assert!(
+        out.contains("role web: kernel installers/linux is not a file in the assets folder"),
+        "{out}"
+    );
+    // With the root back, a boot file that is not in it is named with its key.
+    let dir = copy_with(str::to_string);
+    let cfg = dir.path().join("examples/lab/stemcell.yaml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace(
+            "      lease_time: 1h\n",
+            "      lease_time: 1h\n  boot_files: { bios: no-such.kpxe }\n",
+        ),
+    )
+    .unwrap();
+    let (code, out) = check(&cfg);
+    assert_eq!(code, 64, "{out}");
+    assert!(
+        out.contains("dhcp.boot_files.bios: no-such.kpxe cannot be served"),
+        "{out}"
+    );
+}

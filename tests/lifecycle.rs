@@ -57,6 +57,10 @@ fn a_dead_service_socket_stops_the_server_with_its_error() {
     let dir = tempfile::tempdir().unwrap();
     lab(dir.path(), INVENTORY);
     std::fs::create_dir_all(dir.path().join("tftproot")).unwrap();
+    // The boot files the config names (the defaults) must be there, or it does not start.
+    for f in ["undionly.kpxe", "snponly.efi"] {
+        std::fs::write(dir.path().join("tftproot").join(f), b"boot file").unwrap();
+    }
     std::fs::write(
         dir.path().join("stemcell.yaml"),
         "interface: sc0\nserver_ip: 198.18.77.1\ndhcp:\n  mode: off\ntftp:\n  root: tftproot\nhttp:\n  listen: 127.0.0.1:0\ninventory: inventory.yaml\nkickstarts: kickstarts\nstate_dir: state\n",
