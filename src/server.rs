@@ -175,9 +175,24 @@ pub(crate) struct Prepared {
     dhcp: Option<(Arc<dhcp::DhcpServer>, dhcp::Sockets)>,
 }
 
+/// Raise the open-file soft limit to the hard limit: every HTTP connection, TFTP transfer
+/// and journal is a descriptor, and the usual soft limit of 1,024 is what a few hundred
+/// booting machines plus a slow client reach first.
+fn raise_open_files() {
+    match rlimit::Resource::NOFILE.get() {
+        Ok((soft, hard)) if soft < hard => match rlimit::Resource::NOFILE.set(hard, hard) {
+            Ok(()) => tracing::info!(from = soft, to = hard, "open-file limit raised"),
+            Err(e) => tracing::warn!(soft, hard, error = %e, "cannot raise the open-file limit"),
+        },
+        Ok((soft, _)) => tracing::info!(limit = soft, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
+    }
+}
+
 /// Load and validate, open the stores, bind every socket. Call inside a tokio runtime.
 pub(crate) async fn prepare(config_path: &Path) -> Result<Prepared, Fatal> {
     let (config, inv) = load(config_path)?;
+    raise_open_files();
     let server_ip = config.resolve_server_ip().map_err(Fatal::config)?;
     let admin_token = read_admin_token(&config)?;
     // Settings are validated before anything is opened or bound.

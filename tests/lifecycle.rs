@@ -147,3 +147,38 @@ fn sigterm_leaves_every_acknowledged_journal_line_on_disk() {
         missing.first()
     );
 }
+
+/// The open-file soft limit is raised to the hard limit at start, and logged.
+#[test]
+fn the_open_file_limit_is_raised_and_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    lab(dir.path(), INVENTORY);
+    // Start with a low soft limit under a higher hard one, as a login shell gives.
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!(
+            "ulimit -S -n 256 && ulimit -H -n 4096 && exec {BIN} serve --config {}",
+            dir.path().join("stemcell.yaml").display()
+        ))
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut seen = String::new();
+    use std::io::BufRead;
+    for line in std::io::BufReader::new(stderr)
+        .lines()
+        .map_while(Result::ok)
+    {
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains(READY) {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        seen.contains("open-file limit raised from=256 to=4096"),
+        "{seen}"
+    );
+}
