@@ -15,6 +15,7 @@ pub mod journal;
 pub mod leases;
 pub mod mac;
 pub mod metrics;
+pub mod os;
 pub mod render;
 pub mod server;
 pub mod state;

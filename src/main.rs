@@ -41,6 +41,11 @@ enum Command {
         #[command(subcommand)]
         command: stemcell::image::ImageCommand,
     },
+    /// Build operating system images from os/NAME.yaml (mmdebstrap).
+    Os {
+        #[command(subcommand)]
+        command: stemcell::os::OsCommand,
+    },
     /// List machines and their states (over the API of a running server).
     Machines {
         #[command(flatten)]
@@ -165,6 +170,13 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("stemcell: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Os { command } => match stemcell::os::run_command(&command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("stemcell: {e}");
                 ExitCode::FAILURE
             }
         },
