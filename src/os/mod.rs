@@ -46,7 +46,7 @@ pub const DEFAULT_ZSTD_LEVEL: u32 = 9;
 
 /// The build recipe's revision: part of the cache key, so a change to how images are
 /// made (hooks, options) rebuilds them even when spec and package lists are unchanged.
-const RECIPE: u32 = 2;
+const RECIPE: u32 = 3;
 
 /// zstd workers: fixed, so the output does not depend on the building machine's cores.
 const ZSTD_WORKERS: u32 = 2;
@@ -344,7 +344,7 @@ fn build_in(
     let lists_digest = if built_lists.is_empty() {
         lists.digest.clone()
     } else {
-        hex(&Sha256::digest(&built_lists))
+        packages_digest(&String::from_utf8_lossy(&built_lists), &spec.architecture)
     };
     if lists_digest != lists.digest {
         notes.push("the archive changed during the build: recorded the lists it used".into());
@@ -693,23 +693,46 @@ fn fetch_lists(state: &Path, sources: &[String], arch: &str) -> Result<Lists, Os
             detail: "no Release files fetched".into(),
         });
     }
-    let mut all = Vec::new();
+    let mut all = String::new();
     let mut newest = 0;
     for f in &files {
         let data = fs::read(f).map_err(io(f))?;
-        if let Some(d) = String::from_utf8_lossy(&data)
+        let text = String::from_utf8_lossy(&data);
+        if let Some(d) = text
             .lines()
             .find_map(|l| l.strip_prefix("Date:"))
             .and_then(|d| parse_rfc2822(d.trim()))
         {
             newest = newest.max(d);
         }
-        all.extend_from_slice(&data);
+        all.push_str(&text);
+        all.push('\n');
     }
     Ok(Lists {
-        digest: hex(&Sha256::digest(&all)),
+        digest: packages_digest(&all, arch),
         newest_date: newest,
     })
+}
+
+/// The digest of what the Release files say about the `Packages` indexes of `arch`: their
+/// SHA256 lines. Archives re-sign their Release files often (a new `Date:`, a new
+/// signature) without any package changing; only a changed package index rebuilds an image.
+pub fn packages_digest(release_text: &str, arch: &str) -> String {
+    let needle = format!("/binary-{arch}/Packages");
+    let mut lines = Vec::new();
+    let mut in_sha256 = false;
+    for line in release_text.lines() {
+        if !line.starts_with(' ') {
+            in_sha256 = line.trim_end() == "SHA256:";
+            continue;
+        }
+        if in_sha256 && line.contains(&needle) {
+            lines.push(line.trim());
+        }
+    }
+    lines.sort_unstable();
+    lines.dedup();
+    hex(&Sha256::digest(lines.join("\n").as_bytes()))
 }
 
 /// `Sat, 10 May 2025 09:13:14 UTC` (the Release files' `Date:`) as Unix seconds.
@@ -907,6 +930,28 @@ mod tests {
             ]
         );
         assert!(s[1].lines_for("bookworm", &comps).is_empty());
+    }
+
+    #[test]
+    fn only_the_package_indexes_count() {
+        let release = |date: &str, sum: &str| {
+            format!(
+                "Origin: Debian\nDate: {date}\nMD5Sum:\n 0123 100 main/binary-amd64/Packages\nSHA256:\n {sum} 100 main/binary-amd64/Packages\n 9999 50 main/binary-arm64/Packages\n 7777 10 main/i18n/Translation-en\n-----BEGIN PGP SIGNATURE-----\nxyz{date}\n"
+            )
+        };
+        let a = packages_digest(&release("Sat, 10 May 2025 09:13:14 UTC", "aaaa"), "amd64");
+        let resigned = packages_digest(&release("Sun, 11 May 2025 09:13:14 UTC", "aaaa"), "amd64");
+        let changed = packages_digest(&release("Sat, 10 May 2025 09:13:14 UTC", "bbbb"), "amd64");
+        assert_eq!(a, resigned);
+        assert_ne!(a, changed);
+        // Another architecture's index is not ours.
+        assert_eq!(
+            a,
+            packages_digest(
+                &release("Sat, 10 May 2025 09:13:14 UTC", "aaaa").replace(" 9999 ", " 8888 "),
+                "amd64"
+            )
+        );
     }
 
     #[test]
