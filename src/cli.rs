@@ -41,6 +41,11 @@ enum Command {
         #[command(subcommand)]
         command: crate::image::ImageCommand,
     },
+    /// Build operating system images from os/NAME.yaml (mmdebstrap).
+    Os {
+        #[command(subcommand)]
+        command: crate::os::OsCommand,
+    },
     /// List machines and their states (over the API of a running server).
     Machines {
         #[command(flatten)]
@@ -198,6 +203,13 @@ pub fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("stemcell: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Os { command } => match crate::os::run_command(&command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("stemcell: {e}");
                 ExitCode::FAILURE
             }
         },

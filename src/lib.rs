@@ -21,6 +21,7 @@ mod journal;
 mod leases;
 mod mac;
 mod metrics;
+mod os;
 mod puppet;
 mod render;
 mod server;

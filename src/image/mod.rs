@@ -10,18 +10,21 @@
 //!   takes an installed kernel; `--kernel-version` picks one when there are several).
 //! * **Initrd**: a newc cpio archive written here (no root, no loop mounts, no `cpio`
 //!   binary), gzip-compressed. It holds busybox (Debian's busybox-static), the stem cell's
-//!   init (`image/init`, compiled into this binary; `--init FILE` overrides it), the boot
-//!   loaders that install templates put on disks (extlinux and its `mbr.bin` from Debian's
-//!   extlinux package, plus the shared libraries extlinux needs, copied from the building
-//!   host as `ldd` lists them; systemd-boot's `systemd-bootx64.efi` from systemd-boot-efi),
+//!   init (`image/init`, compiled into this binary; `--init FILE` overrides it), the tools
+//!   an install of a real OS needs (sfdisk and blkid from fdisk and util-linux, mke2fs and
+//!   Debian's `mke2fs.conf` from e2fsprogs, mkfs.fat, zstd, GNU tar; see `TOOLS`), the boot
+//!   loaders the `base` template puts on disks (extlinux and its `mbr.bin`,
+//!   systemd-boot's `systemd-bootx64.efi`), the shared libraries the dynamically linked
+//!   ones need — their `DT_NEEDED` entries resolved, transitively, within the unpacked
+//!   library packages they depend on (libc6 included), never from the build host —
 //!   and the kernel modules in [`DEFAULT_MODULES`] (`--module NAME` adds one) together with
 //!   every module they depend on. Dependencies come from the `depends=` field the kernel
 //!   build writes into each module's `.modinfo` section (Debian's package ships no
 //!   `modules.dep`: depmod runs at install time). `modules.dep`, `modules.alias` and
 //!   `modules.softdep` are written for just the included modules, in depmod's format, so
 //!   busybox `modprobe` loads them by name and by modalias.
-//! * **Inputs fetched** when not given: `linux-image-*-amd64`, `busybox-static`, `extlinux`,
-//!   `systemd-boot-efi`, as `.deb` files in `--cache` (default `$XDG_CACHE_HOME/stemcell`,
+//! * **Inputs fetched** when not given: `linux-image-*-amd64`, [`TOOL_PACKAGES`] and the
+//!   library packages they depend on, as `.deb` files in `--cache` (default `$XDG_CACHE_HOME/stemcell`,
 //!   else `~/.cache/stemcell`), reused when the candidate version is already there, and the
 //!   newest cached file is used when apt has no package lists (offline). It needs
 //!   `apt-get update` to have run once; it waits while another apt-get or dpkg runs.
@@ -32,8 +35,7 @@
 //! every entry has uid and gid 0, a fixed mode, the mtime `SOURCE_DATE_EPOCH` (or 0) and an
 //! inode number from its position; gzip is written with mtime 0, no file name and a fixed
 //! level. Nothing of the build host's files (mtimes, owners, directory order, umask, the
-//! paths of the inputs) reaches the archive; the only host input is the shared libraries of
-//! extlinux (`ldd`). The unit tests below build twice from the same inputs laid out
+//! paths of the inputs) reaches the archive. The unit tests below build twice from the same inputs laid out
 //! differently and compare bytes; `tests/stemcell_qemu.sh` does it with the real inputs.
 //!
 //! No `build.sh` is needed: the downloads are plain `apt-get download` and `dpkg-deb -x`
@@ -48,6 +50,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+
+mod elf;
 
 /// Kernel modules the stem cell carries (their dependencies are added). Names as `modprobe`
 /// takes them (`-` and `_` are the same). Built-in ones (e.g. `af_packet` in Debian's
@@ -89,6 +93,8 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "crc32c_intel",
     // raw sockets for udhcpc
     "af_packet",
+    // UEFI variables: an installed OS's boot entry (grub-install, efibootmgr)
+    "efivarfs",
     // a keyboard on a real server's console, for the rescue shell
     "xhci_pci",
     "ehci_pci",
@@ -97,43 +103,141 @@ pub const DEFAULT_MODULES: &[&str] = &[
 ];
 
 /// The stem cell's init, compiled in (`--init FILE` replaces it).
-pub const INIT: &str = include_str!("../image/init");
+pub const INIT: &str = include_str!("../../image/init");
 
-/// Debian packages the tools come from when no `--tools-dir` is given.
-pub const TOOL_PACKAGES: &[&str] = &["busybox-static", "extlinux", "systemd-boot-efi"];
+/// Debian packages the tools come from when no `--tools-dir` is given. Their shared
+/// libraries come from the library packages they depend on ([`library_packages`]), never
+/// from the build host.
+pub const TOOL_PACKAGES: &[&str] = &[
+    "busybox-static",
+    "extlinux",
+    "systemd-boot-efi",
+    "fdisk",
+    "util-linux",
+    "e2fsprogs",
+    "dosfstools",
+    "zstd",
+    "tar",
+];
 
-/// A file taken from the tools trees: its path there is its path in the initrd.
+/// Dependencies that are libraries without the `lib` prefix.
+const LIBRARY_PACKAGES_WITHOUT_LIB_PREFIX: &[&str] = &["zlib1g"];
+
+/// Where shared libraries live in Debian's packages (amd64), searched in order.
+const LIBRARY_DIRS: &[&str] = &[
+    "lib/x86_64-linux-gnu",
+    "usr/lib/x86_64-linux-gnu",
+    "lib64",
+    "lib",
+    "usr/lib",
+];
+
+/// Where the stem cell keeps them: a directory Debian's dynamic loader searches without an
+/// `ld.so.cache`.
+const INITRD_LIBRARY_DIR: &str = "lib/x86_64-linux-gnu";
+
+/// A file taken from the tools trees (the first of `from` found) into `to` in the initrd.
 struct Tool {
-    path: &'static str,
+    from: &'static [&'static str],
+    to: &'static str,
     mode: u32,
     required: bool,
     purpose: &'static str,
+    /// Other names for it (symlinks beside it): `mkfs.ext4` for `mke2fs`.
+    links: &'static [&'static str],
 }
 
+// GNU and util-linux tools go to /usr/sbin and /usr/bin: the init's PATH looks there
+// before busybox's /sbin and /bin links, and `busybox --install` leaves existing names.
 const TOOLS: &[Tool] = &[
     Tool {
-        path: "bin/busybox",
+        from: &["bin/busybox"],
+        to: "bin/busybox",
         mode: 0o755,
         required: true,
         purpose: "the stem cell's userland",
+        links: &[],
     },
     Tool {
-        path: "usr/bin/extlinux",
+        from: &["usr/bin/extlinux"],
+        to: "usr/bin/extlinux",
         mode: 0o755,
         required: false,
         purpose: "BIOS installs (extlinux)",
+        links: &[],
     },
     Tool {
-        path: "usr/lib/EXTLINUX/mbr.bin",
+        from: &["usr/lib/EXTLINUX/mbr.bin"],
+        to: "usr/lib/EXTLINUX/mbr.bin",
         mode: 0o644,
         required: false,
         purpose: "BIOS installs (MBR boot code)",
+        links: &[],
     },
     Tool {
-        path: "usr/lib/systemd/boot/efi/systemd-bootx64.efi",
+        from: &["usr/lib/systemd/boot/efi/systemd-bootx64.efi"],
+        to: "usr/lib/systemd/boot/efi/systemd-bootx64.efi",
         mode: 0o644,
         required: false,
         purpose: "UEFI installs (systemd-boot)",
+        links: &[],
+    },
+    Tool {
+        from: &["sbin/sfdisk", "usr/sbin/sfdisk"],
+        to: "usr/sbin/sfdisk",
+        mode: 0o755,
+        required: false,
+        purpose: "GPT partitioning (sfdisk)",
+        links: &[],
+    },
+    Tool {
+        from: &["sbin/blkid", "usr/sbin/blkid"],
+        to: "usr/sbin/blkid",
+        mode: 0o755,
+        required: false,
+        purpose: "file system UUIDs (blkid)",
+        links: &[],
+    },
+    Tool {
+        from: &["sbin/mke2fs", "usr/sbin/mke2fs"],
+        to: "usr/sbin/mke2fs",
+        mode: 0o755,
+        required: false,
+        purpose: "ext4 file systems (mke2fs)",
+        links: &["mkfs.ext4"],
+    },
+    Tool {
+        // Debian's defaults (features GRUB can read), not the ones compiled into mke2fs.
+        from: &["etc/mke2fs.conf"],
+        to: "etc/mke2fs.conf",
+        mode: 0o644,
+        required: false,
+        purpose: "Debian's mke2fs defaults",
+        links: &[],
+    },
+    Tool {
+        from: &["sbin/mkfs.fat", "usr/sbin/mkfs.fat"],
+        to: "usr/sbin/mkfs.fat",
+        mode: 0o755,
+        required: false,
+        purpose: "EFI system partitions (mkfs.fat)",
+        links: &["mkfs.vfat"],
+    },
+    Tool {
+        from: &["usr/bin/zstd", "bin/zstd"],
+        to: "usr/bin/zstd",
+        mode: 0o755,
+        required: false,
+        purpose: "OS image streams (zstd)",
+        links: &[],
+    },
+    Tool {
+        from: &["bin/tar", "usr/bin/tar"],
+        to: "usr/bin/tar",
+        mode: 0o755,
+        required: false,
+        purpose: "OS image extraction with xattrs and numeric owners (GNU tar)",
+        links: &[],
     },
 ];
 
@@ -297,8 +401,10 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
 
     let tool_roots = if opts.tools.is_empty() {
         let mut roots = Vec::new();
-        for pkg in TOOL_PACKAGES {
-            let deb = fetch_deb(pkg, &opts.cache, &mut notes)?;
+        let libs = library_packages(TOOL_PACKAGES)?;
+        let all = TOOL_PACKAGES.iter().map(|p| p.to_string()).chain(libs);
+        for pkg in all {
+            let deb = fetch_deb(&pkg, &opts.cache, &mut notes)?;
             packages.push(file_name(&deb));
             roots.push(unpack(&deb, &opts.cache)?);
         }
@@ -533,15 +639,15 @@ fn base_layout(ar: &mut Archive) -> Result<()> {
 
 fn add_tools(ar: &mut Archive, roots: &[PathBuf], notes: &mut Vec<String>) -> Result<()> {
     for tool in TOOLS {
-        let Some(src) = roots
+        let Some(src) = tool
+            .from
             .iter()
-            .map(|r| r.join(tool.path))
-            .find(|p| p.is_file())
+            .find_map(|rel| roots.iter().find_map(|r| resolve_in_tree(r, rel)))
         else {
             if tool.required {
                 bail!(
                     "{} ({}) is in none of: {}",
-                    tool.path,
+                    tool.to,
                     tool.purpose,
                     roots
                         .iter()
@@ -552,91 +658,135 @@ fn add_tools(ar: &mut Archive, roots: &[PathBuf], notes: &mut Vec<String>) -> Re
             }
             notes.push(format!(
                 "left out {} (not in the tools trees): no {}",
-                tool.path, tool.purpose
+                tool.to, tool.purpose
             ));
             continue;
         };
         let data = fs::read(&src).with_context(|| format!("reading {}", src.display()))?;
-        if tool.path == "bin/busybox" && elf_interpreter(&data) {
+        if tool.to == "bin/busybox" && elf::is_dynamic_program(&data) {
             bail!(
                 "{} is dynamically linked: the stem cell needs busybox-static's",
                 src.display()
             );
         }
-        if tool.mode & 0o111 != 0 && elf_interpreter(&data) {
-            for lib in shared_libraries(&src)? {
-                let rel = lib.to_string_lossy().trim_start_matches('/').to_string();
-                if ar.entries.contains_key(&rel) {
-                    continue;
-                }
-                let bytes = fs::read(&lib).with_context(|| format!("reading {}", lib.display()))?;
-                ar.file(&rel, bytes, 0o755)?;
-            }
+        if tool.mode & 0o111 != 0 && elf::is_dynamic_program(&data) {
+            add_libraries(ar, roots, tool.to, &data)?;
         }
-        ar.file(tool.path, data, tool.mode)?;
+        ar.file(tool.to, data, tool.mode)?;
+        let name = tool.to.rsplit('/').next().unwrap_or(tool.to);
+        let dir = tool.to.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+        for link in tool.links {
+            ar.symlink(&format!("{dir}/{link}"), name)?;
+        }
     }
     Ok(())
 }
 
-fn le16(d: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(d.get(at..at + 2)?.try_into().ok()?))
-}
-fn le32(d: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(d.get(at..at + 4)?.try_into().ok()?))
-}
-fn le64(d: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(d.get(at..at + 8)?.try_into().ok()?))
-}
-
-fn is_elf64le(d: &[u8]) -> bool {
-    d.len() >= 64 && d[..4] == *b"\x7fELF" && d[4] == 2 && d[5] == 1
-}
-
-/// Whether an ELF file asks for a dynamic loader (PT_INTERP), i.e. needs shared libraries.
-fn elf_interpreter(d: &[u8]) -> bool {
-    if !is_elf64le(d) {
-        return false;
-    }
-    let (Some(phoff), Some(phentsize), Some(phnum)) = (le64(d, 0x20), le16(d, 0x36), le16(d, 0x38))
-    else {
-        return false;
-    };
-    (0..phnum as usize).any(|i| {
-        let at = phoff as usize + i * phentsize as usize;
-        le32(d, at) == Some(3)
-    })
-}
-
-/// The shared libraries (and loader) of a dynamically linked program, as `ldd` finds them
-/// on this host.
-fn shared_libraries(program: &Path) -> Result<Vec<PathBuf>> {
-    let out = Command::new("ldd")
-        .arg(program)
-        .output()
-        .context("running ldd (Debian's libc-bin)")?;
-    if !out.status.success() {
-        bail!(
-            "ldd {}: {}",
-            program.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let mut libs = Vec::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let line = line.trim();
-        if line.contains("not found") {
-            bail!("{}: library {line}", program.display());
+/// `rel` inside `root`, following symlinks inside the tree (an absolute link target means
+/// the tree's root, as it would once installed): the file it names, if any.
+fn resolve_in_tree(root: &Path, rel: &str) -> Option<PathBuf> {
+    let mut p = root.join(rel.trim_start_matches('/'));
+    for _ in 0..16 {
+        let meta = fs::symlink_metadata(&p).ok()?;
+        if meta.file_type().is_symlink() {
+            let target = fs::read_link(&p).ok()?;
+            p = if target.is_absolute() {
+                root.join(target.strip_prefix("/").ok()?)
+            } else {
+                p.parent()?.join(target)
+            };
+        } else if meta.is_file() {
+            return Some(p);
+        } else {
+            return None;
         }
-        let path = match line.split_once("=>") {
-            Some((_, rhs)) => rhs.split_whitespace().next(),
-            None => line.split_whitespace().next(),
-        };
-        if let Some(p) = path.filter(|p| p.starts_with('/')) {
-            libs.push(PathBuf::from(p));
+    }
+    None
+}
+
+/// The dynamic loader and every shared library `program` needs, transitively (DT_NEEDED),
+/// taken from the unpacked packages in `roots` and put where the loader looks.
+fn add_libraries(ar: &mut Archive, roots: &[PathBuf], program: &str, data: &[u8]) -> Result<()> {
+    let find = |rels: &[String]| {
+        rels.iter()
+            .find_map(|rel| roots.iter().find_map(|r| resolve_in_tree(r, rel)))
+    };
+    if let Some(interp) = elf::interpreter(data) {
+        let rel = interp.trim_start_matches('/').to_string();
+        if !ar.entries.contains_key(&rel) {
+            let src = find(std::slice::from_ref(&rel)).ok_or_else(|| {
+                anyhow!("{program} asks for the loader {interp}, which no package has (libc6?)")
+            })?;
+            let bytes = fs::read(&src).with_context(|| format!("reading {}", src.display()))?;
+            ar.file(&rel, bytes, 0o755)?;
+        }
+    }
+    let mut queue: Vec<(String, String)> = elf::needed(data)
+        .ok_or_else(|| anyhow!("{program}: cannot read its dynamic section"))?
+        .into_iter()
+        .map(|n| (n, program.to_string()))
+        .collect();
+    while let Some((soname, by)) = queue.pop() {
+        if soname.contains('/') {
+            bail!("{by} needs the library {soname:?} by path; only plain sonames are resolved");
+        }
+        let dest = format!("{INITRD_LIBRARY_DIR}/{soname}");
+        if ar.entries.contains_key(&dest) {
+            continue;
+        }
+        let candidates: Vec<String> = LIBRARY_DIRS
+            .iter()
+            .map(|d| format!("{d}/{soname}"))
+            .collect();
+        let src = find(&candidates).ok_or_else(|| {
+            anyhow!(
+                "{by} needs {soname}, which none of the unpacked packages has ({}): add its package to LIBRARY_PACKAGES_WITHOUT_LIB_PREFIX or pass it with --tools-dir",
+                roots
+                    .iter()
+                    .map(|r| file_name(r))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })?;
+        let bytes = fs::read(&src).with_context(|| format!("reading {}", src.display()))?;
+        let more = elf::needed(&bytes)
+            .ok_or_else(|| anyhow!("{}: not a shared library", src.display()))?;
+        queue.extend(more.into_iter().map(|n| (n, soname.clone())));
+        ar.file(&dest, bytes, 0o755)?;
+    }
+    Ok(())
+}
+
+/// The library packages `packages` depend on (Depends and Pre-Depends, the first of each
+/// set of alternatives), transitively: every package named `lib…` (and
+/// [`LIBRARY_PACKAGES_WITHOUT_LIB_PREFIX`]). Programs' own dependencies (`dpkg`,
+/// `readline-common`) are not followed: the stem cell needs their libraries, not them.
+fn library_packages(packages: &[&str]) -> Result<Vec<String>> {
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    let mut queue: Vec<String> = packages.iter().map(|p| p.to_string()).collect();
+    let mut libs = Vec::new();
+    while let Some(p) = queue.pop() {
+        let fields = apt_show(&p)?;
+        for field in ["Pre-Depends", "Depends"] {
+            let Some(deps) = fields.get(field) else {
+                continue;
+            };
+            for dep in deps.split(',') {
+                let first = dep.split('|').next().unwrap_or("");
+                let Some(name) = first.split_whitespace().next() else {
+                    continue;
+                };
+                let name = name.split(':').next().unwrap_or(name).to_string();
+                let is_lib = name.starts_with("lib")
+                    || LIBRARY_PACKAGES_WITHOUT_LIB_PREFIX.contains(&name.as_str());
+                if is_lib && seen.insert(name.clone()) {
+                    libs.push(name.clone());
+                    queue.push(name);
+                }
+            }
         }
     }
     libs.sort();
-    libs.dedup();
     Ok(libs)
 }
 
@@ -698,7 +848,7 @@ fn module_name(s: &str) -> String {
 
 /// The fields of a module's `.modinfo` section, in order.
 fn modinfo(elf: &[u8]) -> Option<Vec<(String, String)>> {
-    let sec = elf_section(elf, ".modinfo")?;
+    let sec = elf::section(elf, ".modinfo")?;
     Some(
         sec.split(|b| *b == 0)
             .filter(|s| !s.is_empty())
@@ -709,37 +859,6 @@ fn modinfo(elf: &[u8]) -> Option<Vec<(String, String)>> {
             })
             .collect(),
     )
-}
-
-/// The contents of the named section of a 64-bit little-endian ELF file.
-fn elf_section<'a>(d: &'a [u8], name: &str) -> Option<&'a [u8]> {
-    if !is_elf64le(d) {
-        return None;
-    }
-    let shoff = le64(d, 0x28)? as usize;
-    let shentsize = le16(d, 0x3a)? as usize;
-    let shnum = le16(d, 0x3c)? as usize;
-    let shstrndx = le16(d, 0x3e)? as usize;
-    let header = |i: usize| -> Option<(u32, usize, usize)> {
-        let at = shoff.checked_add(i.checked_mul(shentsize)?)?;
-        Some((
-            le32(d, at)?,
-            le64(d, at + 0x18)? as usize,
-            le64(d, at + 0x20)? as usize,
-        ))
-    };
-    let (_, stroff, strsize) = header(shstrndx)?;
-    let names = d.get(stroff..stroff.checked_add(strsize)?)?;
-    (0..shnum).find_map(|i| {
-        let (n, off, size) = header(i)?;
-        let rest = names.get(n as usize..)?;
-        let end = rest.iter().position(|b| *b == 0)?;
-        if &rest[..end] == name.as_bytes() {
-            d.get(off..off.checked_add(size)?)
-        } else {
-            None
-        }
-    })
 }
 
 struct Module {
@@ -1049,14 +1168,23 @@ fn fetch_deb(pkg: &str, cache: &Path, notes: &mut Vec<String>) -> Result<PathBuf
     Ok(path)
 }
 
-/// Wait (up to 15 minutes) while apt-get, apt or dpkg runs: never run apt beside another.
+/// Wait (up to 15 minutes) while the host's apt-get, apt or dpkg runs: never run apt
+/// beside another.
 fn wait_for_apt() -> Result<()> {
     let start = Instant::now();
     let mut told = false;
     loop {
-        let busy = Command::new("pgrep")
-            .args(["-x", "apt-get|apt|dpkg"])
+        // The host's apt and dpkg hold these lock files open while they run; apt-get and
+        // dpkg inside a chroot (mmdebstrap building an OS image) use their own and do not
+        // make us wait. (fuser is psmisc's; without it we do not wait.)
+        let busy = Command::new("fuser")
+            .args([
+                "-s",
+                "/var/lib/dpkg/lock-frontend",
+                "/var/lib/apt/lists/lock",
+            ])
             .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
             .status()
             .map(|s| s.success())
             .unwrap_or(false);
@@ -1515,6 +1643,89 @@ mod tests {
     }
 
     #[test]
+    fn shared_libraries_come_from_the_packages_with_their_dependencies() {
+        let t = tempfile::tempdir().unwrap();
+        let (k, tools) = fake_inputs(t.path(), false, 5);
+        let interp = Some("/lib64/ld-linux-x86-64.so.2");
+        fs::create_dir_all(tools.join("usr/bin")).unwrap();
+        fs::create_dir_all(tools.join("sbin")).unwrap();
+        fs::write(
+            tools.join("usr/bin/zstd"),
+            elf::fake_program(interp, &["libzstd.so.1", "libc.so.6"]),
+        )
+        .unwrap();
+        fs::write(
+            tools.join("sbin/mke2fs"),
+            elf::fake_program(interp, &["libext2fs.so.2"]),
+        )
+        .unwrap();
+        // A library package tree as dpkg-deb -x leaves it: symlinks, absolute and relative.
+        let libs = t.path().join("libs");
+        let multi = libs.join("lib/x86_64-linux-gnu");
+        fs::create_dir_all(&multi).unwrap();
+        fs::create_dir_all(libs.join("lib64")).unwrap();
+        fs::create_dir_all(libs.join("usr/lib/x86_64-linux-gnu")).unwrap();
+        fs::write(multi.join("ld-linux-x86-64.so.2"), b"the loader").unwrap();
+        std::os::unix::fs::symlink(
+            "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+            libs.join("lib64/ld-linux-x86-64.so.2"),
+        )
+        .unwrap();
+        fs::write(multi.join("libc.so.6"), elf::fake_program(None, &[])).unwrap();
+        fs::write(
+            libs.join("usr/lib/x86_64-linux-gnu/libzstd.so.1.5.4"),
+            elf::fake_program(None, &["libc.so.6"]),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(
+            "libzstd.so.1.5.4",
+            libs.join("usr/lib/x86_64-linux-gnu/libzstd.so.1"),
+        )
+        .unwrap();
+        let mut o = options(t.path(), k, tools, 0);
+        o.tools.push(libs.clone());
+        // libext2fs is in none of the trees: the error names it and who needs it.
+        let e = build(&o).unwrap_err().to_string();
+        assert!(e.contains("usr/sbin/mke2fs needs libext2fs.so.2"), "{e}");
+        fs::write(
+            multi.join("libext2fs.so.2"),
+            elf::fake_program(None, &["libcom_err.so.2"]),
+        )
+        .unwrap();
+        let e = build(&o).unwrap_err().to_string();
+        assert!(e.contains("libext2fs.so.2 needs libcom_err.so.2"), "{e}");
+        fs::write(multi.join("libcom_err.so.2"), elf::fake_program(None, &[])).unwrap();
+        let r = build(&o).unwrap();
+        let entries = unpacked(&r);
+        let get = |n: &str| {
+            entries
+                .iter()
+                .find(|e| e.0 == n)
+                .unwrap_or_else(|| panic!("no {n}"))
+        };
+        assert_eq!(get("lib64/ld-linux-x86-64.so.2").4, b"the loader");
+        assert_eq!(get("lib64/ld-linux-x86-64.so.2").1, 0o100755);
+        for l in [
+            "libc.so.6",
+            "libzstd.so.1",
+            "libext2fs.so.2",
+            "libcom_err.so.2",
+        ] {
+            assert_eq!(get(&format!("lib/x86_64-linux-gnu/{l}")).1, 0o100755, "{l}");
+        }
+        assert_eq!(get("usr/bin/zstd").1, 0o100755);
+        assert_eq!(get("usr/sbin/mkfs.ext4").4, b"mke2fs");
+        assert_eq!(get("usr/sbin/mkfs.ext4").1, 0o120777);
+        // Only what is needed: nothing of the library trees beyond the closure.
+        let libs_in: Vec<&str> = entries
+            .iter()
+            .map(|e| e.0.as_str())
+            .filter(|n| n.starts_with("lib/x86_64-linux-gnu/"))
+            .collect();
+        assert_eq!(libs_in.len(), 4, "{libs_in:?}");
+    }
+
+    #[test]
     fn modinfo_and_names() {
         let ko = fake_ko(&["license=GPL", "depends=a,b-c", "name=x"]);
         let info = modinfo(&ko).unwrap();
@@ -1525,6 +1736,6 @@ mod tests {
             "nls_iso8859_1"
         );
         assert_eq!(module_name("crc32c-intel"), "crc32c_intel");
-        assert!(!elf_interpreter(&ko));
+        assert!(!elf::is_dynamic_program(&ko));
     }
 }
