@@ -16,6 +16,7 @@ pub(crate) struct BuiltOs {
     /// The archive's size in bytes.
     pub(crate) size: u64,
     /// The archive's file name inside `images/NAME/`.
+    #[serde(rename = "archive")]
     pub(crate) file: String,
 }
 
@@ -80,8 +81,9 @@ mod tests {
         ));
         std::fs::create_dir_all(images.join("debian-12")).unwrap();
         let sha = "ab".repeat(32);
-        let record =
-            format!(r#"{{"name":"debian-12","sha256":"{sha}","size":3,"file":"{sha}.tar.zst"}}"#);
+        let record = format!(
+            r#"{{"name":"debian-12","sha256":"{sha}","size":3,"archive":"{sha}.tar.zst"}}"#
+        );
         std::fs::write(images.join("debian-12/current.json"), &record).unwrap();
         let e = current(images, "debian-12").unwrap_err().to_string();
         assert!(e.contains("missing"), "{e}");
@@ -90,7 +92,7 @@ mod tests {
         assert_eq!((os.size, os.sha256.as_str()), (3, sha.as_str()));
         std::fs::write(
             images.join("debian-12/current.json"),
-            record.replace(&format!("{sha}.tar.zst"), "../x"),
+            record.replace(&format!("\"{sha}.tar.zst\""), "\"../x\""),
         )
         .unwrap();
         assert!(matches!(

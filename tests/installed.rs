@@ -47,7 +47,7 @@ fn publish(dir: &std::path::Path, bytes: &[u8]) -> String {
     std::fs::write(
         d.join("current.json"),
         format!(
-            r#"{{"name":"debian-12","sha256":"{sha}","size":{},"file":"{sha}.tar.zst"}}"#,
+            r#"{{"name":"debian-12","sha256":"{sha}","size":{},"archive":"{sha}.tar.zst"}}"#,
             bytes.len()
         ),
     )

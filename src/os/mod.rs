@@ -810,8 +810,8 @@ pub enum OsCommand {
 pub struct OsBuildArgs {
     /// The OS: os/NAME.yaml beside the config file (optional with --spec).
     pub name: Option<String>,
-    /// stemcell.yaml: the spec is os/NAME.yaml beside it; images go to ASSETS/os (served at
-    /// /assets/os/) when the config has an assets folder, else to images/ beside it.
+    /// stemcell.yaml: the spec is NAME.yaml in its `os` folder, and the build goes to its
+    /// `images` folder (served at /os/).
     #[arg(long, short)]
     pub config: Option<PathBuf>,
     /// The spec file, instead of os/NAME.yaml beside the config.
@@ -836,13 +836,9 @@ impl OsBuildArgs {
             }
             None => None,
         };
-        let site = self
-            .config
-            .as_ref()
-            .map(|c| c.parent().unwrap_or(Path::new(".")).to_path_buf());
-        let spec_path = match (&self.spec, &self.name, &site) {
+        let spec_path = match (&self.spec, &self.name, &config) {
             (Some(s), _, _) => s.clone(),
-            (None, Some(n), Some(site)) => site.join("os").join(format!("{n}.yaml")),
+            (None, Some(n), Some(c)) => c.os_specs.join(format!("{n}.yaml")),
             _ => {
                 return Err(OsError::Invalid(
                     "name the OS and its site (NAME --config stemcell.yaml), or give --spec FILE --out DIR".into(),
@@ -853,12 +849,9 @@ impl OsBuildArgs {
         if let Some(n) = &self.name {
             spec.name = n.clone();
         }
-        let images = match (&self.out, &config, &site) {
-            (Some(o), _, _) => o.clone(),
-            (None, Some(c), Some(site)) => match &c.assets {
-                Some(a) => a.join("os"),
-                None => site.join("images"),
-            },
+        let images = match (&self.out, &config) {
+            (Some(o), _) => o.clone(),
+            (None, Some(c)) => c.os_images.clone(),
             _ => {
                 return Err(OsError::Invalid(
                     "--out DIR is needed without --config".into(),
