@@ -223,6 +223,17 @@ phase install $((AT - STEM))
 DONE=$AT
 pass "install done ($AT s after power-on; $((AT - STEM)) s in the stem cell)"
 if lab_wait 30 "" state_is installed; then pass "state installed"; else fail "state is $(lab_state "$NS" "$MAC"), not installed"; fi
+if [ "$FW" != bios ]; then
+	# An NVRAM entry exists, and the network stays first: stemcell decides every boot.
+	nv=$(grep -a '^install: NVRAM: ' "$SERIAL" | tr -d '\r' | tail -n 1)
+	entry=$(echo "$nv" | sed -n 's/^install: NVRAM: Boot\([0-9A-Fa-f]\{4\}\) debian;.*/\1/p')
+	order=$(echo "$nv" | sed -n 's/.*BootOrder \([0-9A-Fa-f,]*\).*/\1/p')
+	if [ -n "$entry" ] && [ "${order##*,}" = "$entry" ] && [ "${order%%,*}" != "$entry" ]; then
+		pass "UEFI: NVRAM entry Boot$entry (debian), last in BootOrder $order"
+	else
+		fail "UEFI: no NVRAM entry last in the boot order: '${nv:-no NVRAM line}'"
+	fi
+fi
 
 # ---- the reboot: Debian from the disk ------------------------------------------------------------
 if seen "^$HOST login:" 900; then
