@@ -13,7 +13,7 @@ mod client;
 mod config;
 mod dhcp;
 mod http;
-pub mod image;
+mod image;
 mod images;
 mod inventory;
 mod jail;

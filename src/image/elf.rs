@@ -19,7 +19,7 @@ fn le64(d: &[u8], at: usize) -> Option<u64> {
     ))
 }
 
-pub fn is_elf64le(d: &[u8]) -> bool {
+pub(crate) fn is_elf64le(d: &[u8]) -> bool {
     d.len() >= 64 && d[..4] == *b"\x7fELF" && d[4] == 2 && d[5] == 1
 }
 
@@ -58,19 +58,19 @@ fn c_string(d: &[u8], at: usize) -> Option<String> {
 }
 
 /// The dynamic loader a program asks for (`/lib64/ld-linux-x86-64.so.2`), if any.
-pub fn interpreter(d: &[u8]) -> Option<String> {
+pub(crate) fn interpreter(d: &[u8]) -> Option<String> {
     let (_, off, _, _) = program_headers(d)?.into_iter().find(|p| p.0 == PT_INTERP)?;
     c_string(d, off)
 }
 
 /// Whether the file is ELF and asks for a dynamic loader.
-pub fn is_dynamic_program(d: &[u8]) -> bool {
+pub(crate) fn is_dynamic_program(d: &[u8]) -> bool {
     interpreter(d).is_some()
 }
 
 /// The `DT_NEEDED` entries (sonames) of a program or shared library, in order; empty for
 /// a static one; `None` if it is not ELF or its dynamic section cannot be read.
-pub fn needed(d: &[u8]) -> Option<Vec<String>> {
+pub(crate) fn needed(d: &[u8]) -> Option<Vec<String>> {
     let phdrs = program_headers(d)?;
     let Some(&(_, dyn_off, _, dyn_size)) = phdrs.iter().find(|p| p.0 == PT_DYNAMIC) else {
         return Some(Vec::new());
@@ -102,7 +102,7 @@ pub fn needed(d: &[u8]) -> Option<Vec<String>> {
 }
 
 /// The contents of the named section.
-pub fn section<'a>(d: &'a [u8], name: &str) -> Option<&'a [u8]> {
+pub(crate) fn section<'a>(d: &'a [u8], name: &str) -> Option<&'a [u8]> {
     if !is_elf64le(d) {
         return None;
     }
@@ -135,7 +135,7 @@ pub fn section<'a>(d: &'a [u8], name: &str) -> Option<&'a [u8]> {
 /// A minimal dynamically linked ELF64 file (for tests): one PT_LOAD over the whole file,
 /// PT_INTERP (when given) and PT_DYNAMIC with DT_NEEDED entries and DT_STRTAB.
 #[cfg(test)]
-pub fn fake_program(interp: Option<&str>, needed: &[&str]) -> Vec<u8> {
+pub(crate) fn fake_program(interp: Option<&str>, needed: &[&str]) -> Vec<u8> {
     const BASE: u64 = 0x40_0000;
     let nph = if interp.is_some() { 3 } else { 2 };
     let mut d = vec![0u8; 64 + 56 * nph];

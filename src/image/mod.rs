@@ -56,7 +56,7 @@ mod elf;
 /// Kernel modules the stem cell carries (their dependencies are added). Names as `modprobe`
 /// takes them (`-` and `_` are the same). Built-in ones (e.g. `af_packet` in Debian's
 /// kernel) are fine and reported as such; unknown ones are an error.
-pub const DEFAULT_MODULES: &[&str] = &[
+pub(crate) const DEFAULT_MODULES: &[&str] = &[
     // virtual machines
     "virtio_pci",
     "virtio_net",
@@ -103,12 +103,12 @@ pub const DEFAULT_MODULES: &[&str] = &[
 ];
 
 /// The stem cell's init, compiled in (`--init FILE` replaces it).
-pub const INIT: &str = include_str!("../../image/init");
+pub(crate) const INIT: &str = include_str!("../../image/init");
 
 /// Debian packages the tools come from when no `--tools-dir` is given. Their shared
 /// libraries come from the library packages they depend on ([`library_packages`]), never
 /// from the build host.
-pub const TOOL_PACKAGES: &[&str] = &[
+pub(crate) const TOOL_PACKAGES: &[&str] = &[
     "busybox-static",
     "extlinux",
     "systemd-boot-efi",
@@ -243,7 +243,7 @@ const TOOLS: &[Tool] = &[
 
 /// Where the kernel comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum KernelSource {
+pub(crate) enum KernelSource {
     /// Debian's current kernel: the package `linux-image-amd64` depends on, via apt-get.
     Apt,
     /// A kernel package file (`linux-image-*.deb`).
@@ -254,29 +254,29 @@ pub enum KernelSource {
 
 /// Everything a build needs; [`BuildOptions::new`] gives the defaults.
 #[derive(Clone, Debug)]
-pub struct BuildOptions {
+pub(crate) struct BuildOptions {
     /// Folder that receives `vmlinuz` and `initrd.img` (created if missing).
-    pub out: PathBuf,
-    pub kernel: KernelSource,
+    pub(crate) out: PathBuf,
+    pub(crate) kernel: KernelSource,
     /// Which kernel when the tree holds several.
-    pub kernel_version: Option<String>,
+    pub(crate) kernel_version: Option<String>,
     /// Unpacked trees to take busybox and the boot loaders from, searched in order; empty:
     /// fetch [`TOOL_PACKAGES`] with apt-get into `cache`.
-    pub tools: Vec<PathBuf>,
+    pub(crate) tools: Vec<PathBuf>,
     /// Downloaded packages and their unpacked trees.
-    pub cache: PathBuf,
+    pub(crate) cache: PathBuf,
     /// The init script's text.
-    pub init: String,
+    pub(crate) init: String,
     /// Modules to include (with their dependencies).
-    pub modules: Vec<String>,
+    pub(crate) modules: Vec<String>,
     /// The mtime of every archive entry.
-    pub source_date_epoch: u64,
+    pub(crate) source_date_epoch: u64,
 }
 
 impl BuildOptions {
     /// Defaults: Debian's kernel and tools via apt-get, the default cache, the built-in
     /// init, [`DEFAULT_MODULES`], and `SOURCE_DATE_EPOCH` from the environment (else 0).
-    pub fn new(out: impl Into<PathBuf>) -> Result<BuildOptions> {
+    pub(crate) fn new(out: impl Into<PathBuf>) -> Result<BuildOptions> {
         Ok(BuildOptions {
             out: out.into(),
             kernel: KernelSource::Apt,
@@ -291,7 +291,7 @@ impl BuildOptions {
 }
 
 /// `SOURCE_DATE_EPOCH` (seconds), or 0 when unset or empty.
-pub fn source_date_epoch_from_env() -> Result<u64> {
+pub(crate) fn source_date_epoch_from_env() -> Result<u64> {
     match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(s) if !s.trim().is_empty() => s
             .trim()
@@ -302,7 +302,7 @@ pub fn source_date_epoch_from_env() -> Result<u64> {
 }
 
 /// `$XDG_CACHE_HOME/stemcell`, else `$HOME/.cache/stemcell`, else `target/stemcell-cache`.
-pub fn default_cache() -> PathBuf {
+pub(crate) fn default_cache() -> PathBuf {
     let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
     if let Some(x) = var("XDG_CACHE_HOME") {
         PathBuf::from(x).join("stemcell")
@@ -315,25 +315,25 @@ pub fn default_cache() -> PathBuf {
 
 /// What a build produced.
 #[derive(Clone, Debug)]
-pub struct BuildReport {
-    pub kernel_version: String,
-    pub vmlinuz: PathBuf,
-    pub initrd: PathBuf,
-    pub vmlinuz_bytes: u64,
-    pub initrd_bytes: u64,
+pub(crate) struct BuildReport {
+    pub(crate) kernel_version: String,
+    pub(crate) vmlinuz: PathBuf,
+    pub(crate) initrd: PathBuf,
+    pub(crate) vmlinuz_bytes: u64,
+    pub(crate) initrd_bytes: u64,
     /// The cpio archive before compression.
-    pub initrd_unpacked_bytes: u64,
+    pub(crate) initrd_unpacked_bytes: u64,
     /// Entries in the archive (files, directories, links, device nodes).
-    pub entries: usize,
+    pub(crate) entries: usize,
     /// Modules included, dependencies too (sorted).
-    pub modules: Vec<String>,
+    pub(crate) modules: Vec<String>,
     /// Requested modules that are built into the kernel.
-    pub builtin: Vec<String>,
+    pub(crate) builtin: Vec<String>,
     /// Package files used (names only).
-    pub packages: Vec<String>,
+    pub(crate) packages: Vec<String>,
     /// Things worth knowing (tools left out, offline fallbacks).
-    pub notes: Vec<String>,
-    pub source_date_epoch: u64,
+    pub(crate) notes: Vec<String>,
+    pub(crate) source_date_epoch: u64,
 }
 
 fn mb(n: u64) -> String {
@@ -380,7 +380,7 @@ impl fmt::Display for BuildReport {
 }
 
 /// Build the stem cell's kernel and initrd into `opts.out`.
-pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
+pub(crate) fn build(opts: &BuildOptions) -> Result<BuildReport> {
     let mut notes = Vec::new();
     let mut packages = Vec::new();
 
@@ -1248,45 +1248,45 @@ fn unpack(deb: &Path, cache: &Path) -> Result<PathBuf> {
 
 /// `stemcell image ...`
 #[derive(clap::Subcommand, Clone, Debug)]
-pub enum ImageCommand {
+pub(crate) enum ImageCommand {
     /// Build the stem cell's kernel and initrd (Debian's kernel and busybox, stemcell's init).
     Build(ImageArgs),
 }
 
 /// `stemcell image build` options.
 #[derive(clap::Args, Clone, Debug)]
-pub struct ImageArgs {
+pub(crate) struct ImageArgs {
     /// Folder to write vmlinuz and initrd.img into.
     #[arg(long, value_name = "DIR")]
-    pub out: PathBuf,
+    pub(crate) out: PathBuf,
     /// A kernel package file (linux-image-*.deb) instead of fetching Debian's current one.
     #[arg(long, value_name = "FILE", conflicts_with = "kernel_dir")]
-    pub kernel_deb: Option<PathBuf>,
+    pub(crate) kernel_deb: Option<PathBuf>,
     /// An unpacked kernel: DIR/boot/vmlinuz-VERSION and DIR/lib/modules/VERSION (/ works).
     #[arg(long, value_name = "DIR")]
-    pub kernel_dir: Option<PathBuf>,
+    pub(crate) kernel_dir: Option<PathBuf>,
     /// Which kernel version, when the tree holds several.
     #[arg(long, value_name = "VERSION")]
-    pub kernel_version: Option<String>,
+    pub(crate) kernel_version: Option<String>,
     /// Folder for downloaded and unpacked packages [default: $XDG_CACHE_HOME/stemcell or
     /// ~/.cache/stemcell].
     #[arg(long, value_name = "DIR")]
-    pub cache: Option<PathBuf>,
+    pub(crate) cache: Option<PathBuf>,
     /// Take busybox and the boot loaders from this unpacked tree instead of fetching
     /// busybox-static, extlinux and systemd-boot-efi (repeatable; / uses installed ones).
     #[arg(long = "tools-dir", value_name = "DIR")]
-    pub tools_dir: Vec<PathBuf>,
+    pub(crate) tools_dir: Vec<PathBuf>,
     /// An init script to use instead of the built-in image/init.
     #[arg(long, value_name = "FILE")]
-    pub init: Option<PathBuf>,
+    pub(crate) init: Option<PathBuf>,
     /// Add a kernel module (and what it depends on) to the default set (repeatable).
     #[arg(long = "module", value_name = "NAME")]
-    pub modules: Vec<String>,
+    pub(crate) modules: Vec<String>,
 }
 
 impl ImageArgs {
     /// The build these arguments ask for (`SOURCE_DATE_EPOCH` is read from the environment).
-    pub fn options(&self) -> Result<BuildOptions> {
+    pub(crate) fn options(&self) -> Result<BuildOptions> {
         let mut o = BuildOptions::new(&self.out)?;
         if let Some(d) = &self.kernel_deb {
             o.kernel = KernelSource::Deb(d.clone());
@@ -1307,7 +1307,7 @@ impl ImageArgs {
 }
 
 /// Run an `image` subcommand, printing what it built.
-pub fn run(cmd: &ImageCommand) -> Result<()> {
+pub(crate) fn run(cmd: &ImageCommand) -> Result<()> {
     match cmd {
         ImageCommand::Build(args) => {
             let report = build(&args.options()?)?;

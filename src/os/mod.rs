@@ -25,7 +25,7 @@
 //! **Sources**: the spec's `mirror`, else the build host's apt sources for the spec's suite
 //! (`bookworm`, `bookworm-updates`, `bookworm-security`, …), never a built-in host name.
 
-pub mod spec;
+pub(crate) mod spec;
 
 use std::fs;
 use std::io::Read;
@@ -38,11 +38,11 @@ use sha2::{Digest, Sha256};
 use tracing::info;
 
 use spec::hex;
-pub use spec::OsSpec;
+pub(crate) use spec::OsSpec;
 
 /// The default zstd level: see README ("Operating system images") for the measurements
 /// behind it.
-pub const DEFAULT_ZSTD_LEVEL: u32 = 9;
+pub(crate) const DEFAULT_ZSTD_LEVEL: u32 = 9;
 
 /// The build recipe's revision: part of the cache key, so a change to how images are
 /// made (hooks, options) rebuilds them even when spec and package lists are unchanged.
@@ -52,7 +52,7 @@ const RECIPE: u32 = 3;
 const ZSTD_WORKERS: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
-pub enum OsError {
+pub(crate) enum OsError {
     #[error("{0}")]
     Spec(#[from] crate::yaml::Problems),
     #[error("{}: {source}", path.display())]
@@ -75,51 +75,51 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> OsError + '_ {
 
 /// `current.json`: what the newest build of an OS is.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Current {
-    pub name: String,
-    pub sha256: String,
-    pub size: u64,
+pub(crate) struct Current {
+    pub(crate) name: String,
+    pub(crate) sha256: String,
+    pub(crate) size: u64,
     /// The archive's file name, beside this file.
-    pub archive: String,
+    pub(crate) archive: String,
     /// The package manifest's file name (`PACKAGE<TAB>VERSION<TAB>ARCH` lines).
-    pub manifest: String,
-    pub packages: usize,
+    pub(crate) manifest: String,
+    pub(crate) packages: usize,
     /// `SOURCE_DATE_EPOCH` of the build (seconds), and the same as UTC text.
-    pub source_date_epoch: u64,
-    pub built_at: String,
-    pub spec_digest: String,
+    pub(crate) source_date_epoch: u64,
+    pub(crate) built_at: String,
+    pub(crate) spec_digest: String,
     /// sha256 of the package lists' index files apt used.
-    pub lists_digest: String,
+    pub(crate) lists_digest: String,
     /// The cache key: spec, lists, epoch, zstd level.
-    pub key: String,
-    pub zstd_level: u32,
-    pub uncompressed_size: u64,
+    pub(crate) key: String,
+    pub(crate) zstd_level: u32,
+    pub(crate) uncompressed_size: u64,
 }
 
 /// What one build needs.
 #[derive(Clone, Debug)]
-pub struct BuildOptions {
-    pub spec: OsSpec,
+pub(crate) struct BuildOptions {
+    pub(crate) spec: OsSpec,
     /// Images folder: the build goes to `images/NAME/`.
-    pub images: PathBuf,
+    pub(crate) images: PathBuf,
     /// `SOURCE_DATE_EPOCH`; `None`: the newest `Date:` of the package lists.
-    pub source_date_epoch: Option<u64>,
-    pub zstd_level: u32,
+    pub(crate) source_date_epoch: Option<u64>,
+    pub(crate) zstd_level: u32,
     /// Build even when the cache key is unchanged.
-    pub force: bool,
+    pub(crate) force: bool,
 }
 
 /// What a build did.
 #[derive(Clone, Debug)]
-pub struct BuildReport {
-    pub current: Current,
-    pub dir: PathBuf,
+pub(crate) struct BuildReport {
+    pub(crate) current: Current,
+    pub(crate) dir: PathBuf,
     /// True when the cached archive was reused.
-    pub cached: bool,
-    pub notes: Vec<String>,
-    pub seconds: f64,
+    pub(crate) cached: bool,
+    pub(crate) notes: Vec<String>,
+    pub(crate) seconds: f64,
     /// mmdebstrap's and zstd's seconds (a real build).
-    pub phases: Vec<(String, f64)>,
+    pub(crate) phases: Vec<(String, f64)>,
 }
 
 impl std::fmt::Display for BuildReport {
@@ -167,7 +167,7 @@ impl std::fmt::Display for BuildReport {
 }
 
 /// Build (or reuse) the image `opts.spec` describes.
-pub fn build(opts: &BuildOptions) -> Result<BuildReport, OsError> {
+pub(crate) fn build(opts: &BuildOptions) -> Result<BuildReport, OsError> {
     let start = Instant::now();
     let spec = &opts.spec;
     if !(1..=19).contains(&opts.zstd_level) {
@@ -492,7 +492,7 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<(), OsError> {
 /// `sources.list.d/*.list` and deb822 `*.sources`): every entry whose suite is `suite` or
 /// one of its companions (`suite-updates`, `suite-security`, `suite/updates`), with the
 /// spec's components.
-pub fn host_sources(suite: &str, components: &[String]) -> Result<Vec<String>, OsError> {
+pub(crate) fn host_sources(suite: &str, components: &[String]) -> Result<Vec<String>, OsError> {
     let mut texts = Vec::new();
     let main = Path::new("/etc/apt/sources.list");
     if let Ok(t) = fs::read_to_string(main) {
@@ -533,10 +533,10 @@ pub fn host_sources(suite: &str, components: &[String]) -> Result<Vec<String>, O
 
 /// A `deb` source: URIs, suites, signed-by.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Source {
-    pub uris: Vec<String>,
-    pub suites: Vec<String>,
-    pub signed_by: Option<String>,
+pub(crate) struct Source {
+    pub(crate) uris: Vec<String>,
+    pub(crate) suites: Vec<String>,
+    pub(crate) signed_by: Option<String>,
 }
 
 impl Source {
@@ -561,7 +561,7 @@ impl Source {
 }
 
 /// `deb` entries of a one-line (`deb [opts] URI SUITE COMP...`) or deb822 sources file.
-pub fn parse_sources(text: &str, deb822: bool) -> Vec<Source> {
+pub(crate) fn parse_sources(text: &str, deb822: bool) -> Vec<Source> {
     let mut out = Vec::new();
     if deb822 {
         for stanza in text.split("\n\n") {
@@ -717,7 +717,7 @@ fn fetch_lists(state: &Path, sources: &[String], arch: &str) -> Result<Lists, Os
 /// The digest of what the Release files say about the `Packages` indexes of `arch`: their
 /// SHA256 lines. Archives re-sign their Release files often (a new `Date:`, a new
 /// signature) without any package changing; only a changed package index rebuilds an image.
-pub fn packages_digest(release_text: &str, arch: &str) -> String {
+pub(crate) fn packages_digest(release_text: &str, arch: &str) -> String {
     let needle = format!("/binary-{arch}/Packages");
     let mut lines = Vec::new();
     let mut in_sha256 = false;
@@ -736,7 +736,7 @@ pub fn packages_digest(release_text: &str, arch: &str) -> String {
 }
 
 /// `Sat, 10 May 2025 09:13:14 UTC` (the Release files' `Date:`) as Unix seconds.
-pub fn parse_rfc2822(s: &str) -> Option<u64> {
+pub(crate) fn parse_rfc2822(s: &str) -> Option<u64> {
     let w: Vec<&str> = s.split_whitespace().collect();
     let w = if w.first()?.ends_with(',') {
         &w[1..]
@@ -775,7 +775,7 @@ fn days_from_civil(y: i64, m: u64, d: u64) -> i64 {
 }
 
 /// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ`.
-pub fn utc(t: u64) -> String {
+pub(crate) fn utc(t: u64) -> String {
     let days = (t / 86400) as i64;
     let s = t % 86400;
     let z = days + 719468;
@@ -800,36 +800,36 @@ pub fn utc(t: u64) -> String {
 
 /// `stemcell os ...`
 #[derive(clap::Subcommand, Clone, Debug)]
-pub enum OsCommand {
+pub(crate) enum OsCommand {
     /// Build an OS image from os/NAME.yaml with mmdebstrap (cached by spec and package lists).
     Build(OsBuildArgs),
 }
 
 /// `stemcell os build` options.
 #[derive(clap::Args, Clone, Debug)]
-pub struct OsBuildArgs {
+pub(crate) struct OsBuildArgs {
     /// The OS: os/NAME.yaml beside the config file (optional with --spec).
-    pub name: Option<String>,
+    pub(crate) name: Option<String>,
     /// stemcell.yaml: the spec is NAME.yaml in its `os` folder, and the build goes to its
     /// `images` folder (served at /os/).
     #[arg(long, short)]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// The spec file, instead of os/NAME.yaml beside the config.
     #[arg(long, value_name = "FILE")]
-    pub spec: Option<PathBuf>,
+    pub(crate) spec: Option<PathBuf>,
     /// The images folder (the build goes to DIR/NAME/).
     #[arg(long, value_name = "DIR")]
-    pub out: Option<PathBuf>,
+    pub(crate) out: Option<PathBuf>,
     /// zstd level (1-19).
     #[arg(long, default_value_t = DEFAULT_ZSTD_LEVEL)]
-    pub zstd_level: u32,
+    pub(crate) zstd_level: u32,
     /// Build even when the spec and the package lists are unchanged.
     #[arg(long)]
-    pub force: bool,
+    pub(crate) force: bool,
 }
 
 impl OsBuildArgs {
-    pub fn options(&self) -> Result<BuildOptions, OsError> {
+    pub(crate) fn options(&self) -> Result<BuildOptions, OsError> {
         let config = match &self.config {
             Some(c) => {
                 Some(crate::config::Config::load(c).map_err(|e| OsError::Invalid(e.to_string()))?)
@@ -876,7 +876,7 @@ impl OsBuildArgs {
     }
 }
 
-pub fn run_command(cmd: &OsCommand) -> Result<(), OsError> {
+pub(crate) fn run_command(cmd: &OsCommand) -> Result<(), OsError> {
     match cmd {
         OsCommand::Build(args) => {
             let report = build(&args.options()?)?;

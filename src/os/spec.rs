@@ -14,7 +14,7 @@ use crate::yaml::{self, Kind, Node, Problems, Report};
 
 /// mmdebstrap variants that make a bootable base (the others are for special uses:
 /// `extract` and `custom` do not configure packages, `buildd` is for build chroots).
-pub const VARIANTS: &[&str] = &[
+pub(crate) const VARIANTS: &[&str] = &[
     "essential",
     "apt",
     "required",
@@ -36,27 +36,27 @@ const KEYS: &[&str] = &[
 
 /// An OS as `os/NAME.yaml` declares it. Field order is the digest's order: do not reorder.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct OsSpec {
+pub(crate) struct OsSpec {
     /// The file's stem (`debian-12` for `os/debian-12.yaml`).
-    pub name: String,
-    pub suite: String,
+    pub(crate) name: String,
+    pub(crate) suite: String,
     /// A Debian mirror URL; `None`: the build host's apt sources for `suite`.
-    pub mirror: Option<String>,
-    pub components: Vec<String>,
-    pub variant: String,
-    pub architecture: String,
-    pub packages: Vec<String>,
+    pub(crate) mirror: Option<String>,
+    pub(crate) components: Vec<String>,
+    pub(crate) variant: String,
+    pub(crate) architecture: String,
+    pub(crate) packages: Vec<String>,
     /// Paths or globs (relative to the root) left out of the image; a directory takes
     /// everything under it.
-    pub trim: Vec<String>,
+    pub(crate) trim: Vec<String>,
     /// The installed system's `/etc/apt/sources.list`, one line each; `None`: what the
     /// build used.
-    pub apt_sources: Option<Vec<String>>,
+    pub(crate) apt_sources: Option<Vec<String>>,
 }
 
 impl OsSpec {
     /// Read and validate `path`; the OS's name is the file's stem.
-    pub fn load(path: &Path) -> Result<OsSpec, Problems> {
+    pub(crate) fn load(path: &Path) -> Result<OsSpec, Problems> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             Problems(vec![yaml::Problem {
                 file: path.to_path_buf(),
@@ -71,7 +71,7 @@ impl OsSpec {
         OsSpec::parse(path, &name, &text)
     }
 
-    pub fn parse(path: &Path, name: &str, text: &str) -> Result<OsSpec, Problems> {
+    pub(crate) fn parse(path: &Path, name: &str, text: &str) -> Result<OsSpec, Problems> {
         let root = yaml::parse(path, text)?;
         let mut r = Report::new(path);
         if !valid_name(name) {
@@ -205,7 +205,7 @@ impl OsSpec {
 
     /// sha256 of the spec's meaning (its canonical JSON, not its text: comments and
     /// formatting do not change an image).
-    pub fn digest(&self) -> String {
+    pub(crate) fn digest(&self) -> String {
         let json = serde_json::to_vec(self).unwrap_or_default();
         hex(&Sha256::digest(&json))
     }
@@ -260,7 +260,7 @@ fn words(
     out
 }
 
-pub fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
