@@ -8,6 +8,7 @@
 
 mod adapters;
 mod boot;
+mod civil;
 pub mod cli;
 mod client;
 mod config;

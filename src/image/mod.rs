@@ -36,7 +36,7 @@
 //! inode number from its position; gzip is written with mtime 0, no file name and a fixed
 //! level. Nothing of the build host's files (mtimes, owners, directory order, umask, the
 //! paths of the inputs) reaches the archive. The unit tests below build twice from the same inputs laid out
-//! differently and compare bytes; `tests/stemcell_qemu.sh` does it with the real inputs.
+//! differently and compare bytes; `tests/pxe_boot.rs` does it with the real inputs.
 //!
 //! No `build.sh` is needed: the downloads are plain `apt-get download` and `dpkg-deb -x`
 //! calls made from here.

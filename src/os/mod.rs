@@ -757,42 +757,16 @@ pub(crate) fn parse_rfc2822(s: &str) -> Option<u64> {
     if !matches!(w.get(4).copied(), Some("UTC" | "GMT" | "+0000") | None) {
         return None;
     }
-    let days = days_from_civil(year, month, day);
+    let days = crate::civil::days_from_civil(year, month, day);
     u64::try_from(days)
         .ok()
         .map(|d| d * 86400 + h * 3600 + m * 60 + sec)
 }
 
-/// Days since 1970-01-01 (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: u64, d: u64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let m = m as i64;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d as i64 - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146097 + doe - 719468
-}
-
 /// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ`.
 pub(crate) fn utc(t: u64) -> String {
-    let days = (t / 86400) as i64;
-    let s = t % 86400;
-    let z = days + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        s / 3600,
-        s / 60 % 60,
-        s % 60
-    )
+    let (date, time) = crate::civil::date_time(t);
+    format!("{date}T{time}Z")
 }
 
 // ---------------------------------------------------------------------------------------
