@@ -31,6 +31,7 @@ pub(crate) struct HttpConfig {
     pub(crate) listen: SocketAddr,
     /// What machines are told; `None` means `http://SERVER_IP:PORT`.
     pub(crate) url: Option<String>,
+    pub(crate) limits: crate::http::listen::Limits,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -408,6 +409,7 @@ fn read_http(r: &mut Report, node: Option<&Node>) -> HttpConfig {
     let mut http = HttpConfig {
         listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
         url: None,
+        limits: crate::http::listen::Limits::default(),
     };
     let Some(mut m) = node.and_then(|n| r.map(n, "http")) else {
         return http;
@@ -435,7 +437,45 @@ fn read_http(r: &mut Report, node: Option<&Node>) -> HttpConfig {
             }
         }
     }
-    m.deny_unknown(r, "http", &["listen", "url"]);
+    if let Some(n) = m.get("header_timeout") {
+        match r
+            .string(n, "http.header_timeout")
+            .map(|s| (parse_duration(&s), s))
+        {
+            Some((Some(d), _)) if d.as_secs() >= 1 => http.limits.header_timeout = d,
+            Some((_, s)) => r.add(
+                n.pos,
+                format!("http.header_timeout: {s:?} is not a duration of at least 1s, such as 10s"),
+            ),
+            None => {}
+        }
+    }
+    for (key, slot) in [
+        ("max_connections", &mut http.limits.max_connections),
+        (
+            "max_connections_per_client",
+            &mut http.limits.max_connections_per_client,
+        ),
+    ] {
+        if let Some(n) = m.get(key) {
+            match r.parsed::<usize>(n, &format!("http.{key}"), "a whole number from 1") {
+                Some(0) => r.add(n.pos, format!("http.{key} must be at least 1")),
+                Some(v) => *slot = v,
+                None => {}
+            }
+        }
+    }
+    m.deny_unknown(
+        r,
+        "http",
+        &[
+            "listen",
+            "url",
+            "header_timeout",
+            "max_connections",
+            "max_connections_per_client",
+        ],
+    );
     http
 }
 

@@ -114,7 +114,7 @@ fn check_reports_every_problem_with_its_position() {
 fn check_renders_every_template_and_fails_on_a_broken_one() {
     let dir = copy_with(|inv| inv.to_string());
     std::fs::write(
-        dir.path().join("kickstarts/base.sh.j2"),
+        dir.path().join("kickstarts/debian.sh.j2"),
         "echo {{ vars.nope }}\n",
     )
     .unwrap();
@@ -122,7 +122,7 @@ fn check_renders_every_template_and_fails_on_a_broken_one() {
     assert_eq!(code, 64, "{out}");
     assert!(
         out.contains(
-            "machine 52:54:00:12:34:56 (web01): base.sh.j2: line 1 in `echo {{ vars.nope }}`"
+            "machine 52:54:00:12:34:56 (web01): debian.sh.j2: line 1 in `echo {{ vars.nope }}`"
         ),
         "{out}"
     );
@@ -176,7 +176,14 @@ fn render_shows_what_a_machine_would_get_without_changing_anything() {
         s.contains("DISK=\"/dev/sda\""),
         "machine vars override defaults: {s}"
     );
-    assert!(s.contains("step: create-data-volume"), "{s}");
+    assert!(
+        s.contains("MANIFEST=\"manifests/db.pp\""),
+        "the role's Puppet manifest: {s}"
+    );
+    assert!(
+        s.contains("OS_URL=\"http://198.18.0.1:8080/os/debian-12/"),
+        "{s}"
+    );
 }
 
 /// Regression: nested YAML aliases made `check` abort on a failed allocation.
@@ -206,8 +213,8 @@ fn a_billion_laughs_inventory_is_refused_with_its_position() {
 fn files_the_config_names_must_exist_and_say_where_they_were_named() {
     let dir = copy_with(|inv| {
         inv.replace(
-            "  web:\n    template: base.sh.j2\n",
-            "  web:\n    template: base.sh.j2\n    kernel: installers/linux\n",
+            "    template: debian.sh.j2\n    os: debian-12\n  db:",
+            "    template: debian.sh.j2\n    os: debian-12\n    kernel: installers/linux\n  db:",
         )
     });
     let cfg = dir.path().join("examples/lab/stemcell.yaml");

@@ -14,12 +14,13 @@ mod api;
 pub(crate) mod files;
 mod install;
 mod installed;
+pub(crate) mod listen;
 mod netboot;
 pub(crate) mod page;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::extract::DefaultBodyLimit;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -59,11 +60,21 @@ pub(crate) fn router(app: App) -> Router {
         .route("/assets/{*path}", get(netboot::asset))
         .route("/tftp/{*path}", get(netboot::tftp_over_http))
         .route("/install/{mac}", get(install::install_script))
-        .route("/install/{mac}/{action}", post(install::install_callback))
-        .route("/discover/{mac}", post(install::discover))
+        // Bodies are bounded per route: a log batch, a hardware report, a Puppet report.
+        .route(
+            "/install/{mac}/{action}",
+            post(install::install_callback).layer(DefaultBodyLimit::max(1 << 20)),
+        )
+        .route(
+            "/discover/{mac}",
+            post(install::discover).layer(DefaultBodyLimit::max(64 << 10)),
+        )
         .route("/os/{name}/{file}", get(installed::os_image))
         .route("/puppet/bundle.tar.gz", get(installed::puppet_bundle))
-        .route("/report/{mac}/{what}", post(installed::report))
+        .route(
+            "/report/{mac}/{what}",
+            post(installed::report).layer(DefaultBodyLimit::max(256 << 10)),
+        )
         .route("/api/v1/machines", get(api::api_machines))
         .route("/api/v1/machines/{mac}", get(api::api_machine))
         .route("/api/v1/machines/{mac}/reinstall", post(api::api_reinstall))
@@ -78,6 +89,8 @@ pub(crate) fn router(app: App) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(api::metrics))
         .route("/api/v1/openapi.json", get(api::openapi))
+        // Everything else (forms, API actions) carries little or nothing.
+        .layer(DefaultBodyLimit::max(16 << 10))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
             count_requests,
@@ -112,12 +125,8 @@ pub(crate) async fn serve(
     app: App,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router(app).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-    .await
+    let limits = app.config.http.limits;
+    listen::serve(listener, router(app), limits, shutdown).await
 }
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response {

@@ -1,0 +1,191 @@
+//! The HTTP accept loop, with the limits a server on an open network needs.
+//!
+//! `axum::serve` keeps a connection that sends half a request open forever and retries a
+//! dead listening socket forever. Here every connection is HTTP/1.1 (firmware, iPXE, curl
+//! and browsers all speak it) with:
+//! - a header read time-out, which is also the idle keep-alive time-out (hyper starts it
+//!   whenever it waits for a request head);
+//! - a cap on the request head: a larger one is answered 431 and closed;
+//! - a bound on connections in all and per client address: a connection over either is
+//!   closed at once, so one host holding as many half-open connections as it can cannot
+//!   starve a boot storm (each machine is its own address).
+//!
+//! Accept errors that concern one connection or a passing shortage (EMFILE, ENOBUFS…) are
+//! logged and waited out; any other means the listening socket is gone, and `serve`
+//! returns it, which stops the server (see `server::run`).
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+/// The limits; see the module comment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Limits {
+    pub(crate) header_timeout: Duration,
+    /// The largest request head, in bytes (hyper's minimum is 8,192).
+    pub(crate) max_header_bytes: usize,
+    pub(crate) max_connections: usize,
+    pub(crate) max_connections_per_client: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            header_timeout: Duration::from_secs(10),
+            max_header_bytes: 16 * 1024,
+            max_connections: 10_000,
+            max_connections_per_client: 64,
+        }
+    }
+}
+
+/// Connections per client address, released when a connection ends.
+#[derive(Default)]
+struct PerClient(Mutex<HashMap<IpAddr, usize>>);
+
+struct ClientSlot {
+    table: Arc<PerClient>,
+    ip: IpAddr,
+}
+
+impl PerClient {
+    fn take(table: &Arc<PerClient>, ip: IpAddr, max: usize) -> Option<ClientSlot> {
+        let mut m = table.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(ip).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot {
+            table: table.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut m = self.table.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// An accept error that says nothing about the listening socket itself.
+fn passing(e: &io::Error) -> bool {
+    use io::ErrorKind as K;
+    matches!(
+        e.kind(),
+        K::ConnectionAborted | K::ConnectionReset | K::Interrupted | K::WouldBlock | K::TimedOut
+    ) || matches!(
+        e.raw_os_error(),
+        // EMFILE, ENFILE, ENOBUFS, ENOMEM, EPROTO, EPERM (a firewall refused it)
+        Some(24 | 23 | 105 | 12 | 71 | 1)
+    )
+}
+
+/// Serve `router` on `listener` until `shutdown`, then give open connections 10 s.
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    limits: Limits,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    let total = Arc::new(Semaphore::new(limits.max_connections));
+    let per_client = Arc::new(PerClient::default());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .keep_alive(true);
+    let mut refused_total = 0u64;
+    let result = loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break Ok(()),
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) if passing(&e) => {
+                tracing::warn!(error = %e, "HTTP accept failed; waiting a moment");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            Err(e) => break Err(e),
+        };
+        let Ok(permit) = total.clone().try_acquire_owned() else {
+            refused_total += 1;
+            if refused_total.is_power_of_two() {
+                tracing::warn!(peer = %peer, refused = refused_total, limit = limits.max_connections, "HTTP connection refused: too many connections");
+            }
+            continue;
+        };
+        let Some(slot) = PerClient::take(&per_client, peer.ip(), limits.max_connections_per_client)
+        else {
+            tracing::debug!(peer = %peer, limit = limits.max_connections_per_client, "HTTP connection refused: too many from this address");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
+            req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+            router.clone().oneshot(req.map(axum::body::Body::new))
+        });
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(peer = %peer, error = %e, "HTTP connection ended with an error");
+            }
+            drop((permit, slot));
+        });
+    };
+    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::debug!("HTTP connections still open after 10 s (event streams); closing");
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_client_slots_are_bounded_and_released() {
+        let t = Arc::new(PerClient::default());
+        let ip: IpAddr = "198.18.0.7".parse().unwrap();
+        let a = PerClient::take(&t, ip, 2).unwrap();
+        let _b = PerClient::take(&t, ip, 2).unwrap();
+        assert!(PerClient::take(&t, ip, 2).is_none());
+        assert!(PerClient::take(&t, "198.18.0.8".parse().unwrap(), 2).is_some());
+        drop(a);
+        assert!(PerClient::take(&t, ip, 2).is_some());
+    }
+
+    #[test]
+    fn only_a_dead_listener_is_fatal() {
+        assert!(passing(&io::Error::from_raw_os_error(24)), "EMFILE waits");
+        assert!(passing(&io::Error::from(io::ErrorKind::ConnectionAborted)));
+        assert!(
+            !passing(&io::Error::from_raw_os_error(22)),
+            "EINVAL: destroyed"
+        );
+        assert!(!passing(&io::Error::from_raw_os_error(9)), "EBADF");
+    }
+}
