@@ -182,3 +182,29 @@ fn the_open_file_limit_is_raised_and_logged() {
         "{seen}"
     );
 }
+
+/// The HTTP listener destroyed under the server (`ss -K`): the accept loop reports it and
+/// the whole server stops with exit code 70, instead of retrying a dead socket forever.
+#[test]
+fn a_dead_http_listener_stops_the_server() {
+    if !require("root (ss -K needs CAP_NET_ADMIN)", is_root()) {
+        return;
+    }
+    let Some(ns) = Netns::new("lifeh") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    lab(dir.path(), INVENTORY);
+    let mut s = Server::start_in(Some(&ns), dir.path());
+    let port = s.addr.rsplit(':').next().unwrap().to_string();
+    let out = ns.exec(&["ss", "-K", "-t", "-l", &format!("sport = :{port}")]);
+    assert!(
+        out.status.success(),
+        "ss -K: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let code = wait_exit(&mut s, Duration::from_secs(15));
+    let log = s.log_text();
+    assert_eq!(code, Some(70), "log:\n{log}");
+    assert!(log.contains("the HTTP service failed"), "log:\n{log}");
+}
