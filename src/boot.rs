@@ -164,7 +164,12 @@ pub(crate) fn boot_script_text(
             role: "discover",
             kernel_url: &format!("{url}/stemcell/vmlinuz?mac={mac_s}"),
             initrd_url: &format!("{url}/stemcell/initrd.img?mac={mac_s}"),
-            cmdline: &stemcell_cmdline(&mac, url, None, &config.stemcell.cmdline),
+            cmdline: &stemcell_cmdline(
+                &mac,
+                url,
+                StemcellMode::Discover(token.ok_or(BootError::NoToken)?),
+                &config.stemcell.cmdline,
+            ),
             script_url: &script_url,
         }
         .render()?,
@@ -204,7 +209,12 @@ fn installer(
         None => Ok((
             format!("{url}/stemcell/vmlinuz?mac={mac}"),
             format!("{url}/stemcell/initrd.img?mac={mac}"),
-            stemcell_cmdline(&mac, url, Some(token), &config.stemcell.cmdline),
+            stemcell_cmdline(
+                &mac,
+                url,
+                StemcellMode::Install(token),
+                &config.stemcell.cmdline,
+            ),
         )),
     }
 }
@@ -248,11 +258,20 @@ pub(crate) fn fingerprint_with(
     format!("{}:{h:016x}", m.role)
 }
 
+/// What the stem cell is booted for, with the token its reports must carry.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum StemcellMode<'a> {
+    /// Install, with the machine's install token.
+    Install(&'a str),
+    /// Report the hardware, with the machine's discovery token.
+    Discover(&'a str),
+}
+
 /// The stem cell's own command line: which NIC, where the server is, the token.
 pub(crate) fn stemcell_cmdline(
     mac: &MacAddr,
     server_url: &str,
-    token: Option<&str>,
+    mode: StemcellMode<'_>,
     extra: &str,
 ) -> String {
     let mut s = format!(
@@ -261,9 +280,11 @@ pub(crate) fn stemcell_cmdline(
         server_url,
         mac
     );
-    match token {
-        Some(t) => s.push_str(&format!(" stemcell.token={t}")),
-        None => s.push_str(" stemcell.mode=discover"),
+    match mode {
+        StemcellMode::Install(t) => s.push_str(&format!(" stemcell.token={t}")),
+        StemcellMode::Discover(t) => {
+            s.push_str(&format!(" stemcell.mode=discover stemcell.token={t}"))
+        }
     }
     if !extra.is_empty() {
         s.push(' ');
@@ -334,7 +355,17 @@ mod tests {
     #[test]
     fn the_stem_cells_command_line() {
         let mac: MacAddr = "52:54:00:00:00:07".parse().unwrap();
-        let s = stemcell_cmdline(&mac, "http://s", Some("t0k"), "console=ttyS0");
+        let s = stemcell_cmdline(
+            &mac,
+            "http://s",
+            StemcellMode::Install("t0k"),
+            "console=ttyS0",
+        );
         assert_eq!(s, "BOOTIF=01-52-54-00-00-00-07 stemcell.url=http://s stemcell.mac=52:54:00:00:00:07 stemcell.token=t0k console=ttyS0");
+        let s = stemcell_cmdline(&mac, "http://s", StemcellMode::Discover("d1"), "");
+        assert!(
+            s.ends_with("stemcell.mode=discover stemcell.token=d1"),
+            "{s}"
+        );
     }
 }

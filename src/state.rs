@@ -231,8 +231,20 @@ impl Record {
 #[serde(rename_all = "lowercase")]
 enum Line {
     Record(Box<Record>),
-    Event { mac: MacAddr, event: Event },
+    Event {
+        mac: MacAddr,
+        event: Event,
+    },
+    /// An unlisted machine's record and events were dropped to keep within the bound.
+    Forget {
+        mac: MacAddr,
+    },
 }
+
+/// Unlisted machines remembered at most (records, or events of machines with no record):
+/// a flood of invented MACs must not grow memory and the journal without bound. The
+/// oldest-remembered unlisted machine is forgotten first; listed machines never are.
+pub(crate) const UNLISTED_KEPT: usize = 10_000;
 
 struct Entry {
     record: Option<Record>,
@@ -241,6 +253,8 @@ struct Entry {
 
 struct Inner {
     machines: HashMap<MacAddr, Entry>,
+    /// Entries created for unlisted machines, oldest first (see [`UNLISTED_KEPT`]).
+    unlisted: VecDeque<MacAddr>,
     lines_since_compact: usize,
     /// Live lines (records + kept events) when last counted; counting walks every machine,
     /// so it is redone only when the journal has outgrown this estimate.
@@ -267,6 +281,9 @@ pub(crate) struct Change {
 }
 
 pub(crate) struct Store {
+    /// Keys discovery tokens: a discovering stem cell's report must carry the token its
+    /// boot script named, so nobody can invent machines with a POST.
+    discovery_key: [u8; 32],
     inner: Mutex<Inner>,
     journal: Journal,
     changes: tokio::sync::broadcast::Sender<Change>,
@@ -321,10 +338,47 @@ fn replay(lines: &[String]) -> (HashMap<MacAddr, Entry>, usize) {
                 }
                 e.events.push_back(event);
             }
+            Ok(Line::Forget { mac }) => {
+                machines.remove(&mac);
+            }
             Err(_) => bad += 1,
         }
     }
     (machines, bad)
+}
+
+/// The state directory's discovery key, made on first use (owner-only), so tokens stay
+/// valid across restarts.
+fn discovery_key(state_dir: &Path) -> std::io::Result<[u8; 32]> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = state_dir.join("discovery.key");
+    match std::fs::read(&path) {
+        Ok(b) if b.len() == 32 => {
+            let mut k = [0u8; 32];
+            k.copy_from_slice(&b);
+            return Ok(k);
+        }
+        Ok(_) => {
+            tracing::warn!(path = %path.display(), "discovery key is damaged; making a new one");
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let mut k = [0u8; 32];
+    getrandom::fill(&mut k).map_err(|e| std::io::Error::other(e.to_string()))?;
+    std::fs::create_dir_all(state_dir)?;
+    let tmp = state_dir.join("discovery.key.tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(&k)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(k)
 }
 
 /// The records in a state directory, read without taking it over (for `render` beside a
@@ -351,9 +405,23 @@ impl Store {
         if bad > 0 {
             tracing::warn!(path = %journal.path().display(), lines = bad, "skipped unreadable state journal lines");
         }
+        // The bound on unlisted machines holds across restarts: the remembered ones queue
+        // up again, oldest seen first.
+        let mut seen: Vec<(u64, MacAddr)> = machines
+            .iter()
+            .filter(|(_, e)| {
+                e.record
+                    .as_ref()
+                    .is_none_or(|r| matches!(r.state, Lifecycle::Discovered | Lifecycle::Unknown))
+            })
+            .map(|(m, e)| (e.record.as_ref().map_or(0, |r| r.last_seen), *m))
+            .collect();
+        seen.sort_unstable();
         let store = Store {
+            discovery_key: discovery_key(state_dir)?,
             inner: Mutex::new(Inner {
                 machines,
+                unlisted: seen.into_iter().map(|(_, m)| m).collect(),
                 lines_since_compact: lines.len(),
                 live_estimate: 0,
             }),
@@ -362,6 +430,22 @@ impl Store {
         };
         store.maybe_compact(&mut store.lock(), true);
         Ok(store)
+    }
+
+    /// The token a discovering stem cell for `mac` must show (stateless: a keyed hash).
+    pub(crate) fn discovery_token(&self, mac: &MacAddr) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(self.discovery_key);
+        h.update(mac.0);
+        h.finalize()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    pub(crate) fn check_discovery_token(&self, mac: &MacAddr, token: &str) -> bool {
+        constant_time_eq(self.discovery_token(mac).as_bytes(), token.as_bytes())
     }
 
     /// Wait until every line written so far (events too) is on disk (shutdown).
@@ -475,6 +559,9 @@ impl Store {
         })
         .unwrap_or_default();
         let mut inner = self.lock();
+        if !inner.machines.contains_key(&mac) {
+            self.remember_unlisted(&mut inner, mac);
+        }
         let e = inner.machines.entry(mac).or_insert_with(|| Entry {
             record: None,
             events: VecDeque::new(),
@@ -490,11 +577,39 @@ impl Store {
         let _ = self.changes.send(Change { mac });
     }
 
+    /// A new entry for a machine that may be unlisted: queue it, and forget the oldest
+    /// unlisted machine beyond the bound (one with an install history is kept).
+    fn remember_unlisted(&self, inner: &mut Inner, mac: MacAddr) {
+        inner.unlisted.push_back(mac);
+        while inner.unlisted.len() > UNLISTED_KEPT {
+            let Some(old) = inner.unlisted.pop_front() else {
+                break;
+            };
+            let forgettable = inner.machines.get(&old).is_some_and(|e| match &e.record {
+                None => true,
+                Some(r) => {
+                    matches!(r.state, Lifecycle::Discovered | Lifecycle::Unknown)
+                        && r.installed_at.is_none()
+                        && r.token.is_none()
+                }
+            });
+            if forgettable {
+                inner.machines.remove(&old);
+                let line = serde_json::to_string(&Line::Forget { mac: old }).unwrap_or_default();
+                inner.lines_since_compact += 1;
+                self.journal.append(&line, false);
+            }
+        }
+    }
+
     /// Remember what a machine's packets said, and when it was last seen. Unlisted
     /// machines become `discovered`.
     pub(crate) fn observe(&self, mac: MacAddr, listed: bool, facts: Facts) {
         let now = now_ms();
         let mut inner = self.lock();
+        if !listed && !inner.machines.contains_key(&mac) {
+            self.remember_unlisted(&mut inner, mac);
+        }
         let mut r = inner
             .machines
             .get(&mac)
@@ -997,6 +1112,29 @@ mod tests {
             effective_at(Some(&r), true, 1_000 + 61_000, after),
             Lifecycle::Booted
         );
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_invented_macs_is_bounded_and_listed_machines_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let listed = mac();
+        let t = s.arm(listed).await.unwrap();
+        for i in 0..(UNLISTED_KEPT as u64 + 500) {
+            let b = (0x0200_0000_0000u64 + i).to_be_bytes();
+            let m = MacAddr([b[2], b[3], b[4], b[5], b[6], b[7]]);
+            s.observe(m, false, Facts::default());
+            s.event(m, "dhcp", "DHCPDISCOVER: no answer");
+        }
+        let n = s.lock().machines.len();
+        assert!(n <= UNLISTED_KEPT + 1, "{n} machines remembered");
+        assert!(s.check_token(&listed, &t), "the listed machine is kept");
+        // The newest unlisted ones are the ones remembered; a restart agrees.
+        s.flush().await.unwrap();
+        drop(s);
+        let s = Store::open(dir.path()).unwrap();
+        assert!(s.lock().machines.len() <= UNLISTED_KEPT + 1);
+        assert!(s.check_token(&listed, &t));
     }
 
     #[test]

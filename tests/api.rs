@@ -101,11 +101,13 @@ fn real_responses_match_the_openapi_document() {
         curl(&[], &s.url(&format!("/install/{WEB}?token={token}"))).status,
         200
     );
-    curl(&[], &s.url("/boot/aa:bb:cc:dd:ee:01.ipxe"));
-    curl(
+    let d = curl(&[], &s.url("/boot/aa:bb:cc:dd:ee:01.ipxe")).text();
+    let dtoken = cmdline_value(&d, "stemcell.token").expect("a discovery token");
+    let r = curl(
         &["--data-binary", "cpus=2\nvendor=QEMU\n"],
-        &s.url("/discover/aa:bb:cc:dd:ee:01"),
+        &s.url(&format!("/discover/aa:bb:cc:dd:ee:01?token={dtoken}")),
     );
+    assert_eq!(r.status, 200, "{}", r.text());
 
     let mut problems = Vec::new();
     let mut checked = 0;
@@ -218,14 +220,16 @@ fn the_page_escapes_what_came_from_the_network_and_guards_its_actions() {
     lab(dir.path(), INVENTORY);
     let s = Server::start(dir.path());
     let evil = "aa:bb:cc:dd:ee:02";
-    curl(&[], &s.url(&format!("/boot/{evil}.ipxe")));
-    curl(
+    let d = curl(&[], &s.url(&format!("/boot/{evil}.ipxe"))).text();
+    let dtoken = cmdline_value(&d, "stemcell.token").expect("a discovery token");
+    let r = curl(
         &[
             "--data-binary",
             "vendor=<script>alert(1)</script>\nhostname=\"><img src=x onerror=alert(2)>\n",
         ],
-        &s.url(&format!("/discover/{evil}")),
+        &s.url(&format!("/discover/{evil}?token={dtoken}")),
     );
+    assert_eq!(r.status, 200, "{}", r.text());
 
     for page in ["/".to_string(), format!("/machines/{evil}")] {
         let r = curl(&[], &s.url(&page));

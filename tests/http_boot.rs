@@ -215,6 +215,15 @@ fn unknown_machines_follow_the_inventory_policy() {
         403
     );
 
+    // Under `unknown: ignore` nobody reports hardware.
+    assert_eq!(
+        curl(
+            &["--data-binary", "cpus=2\n"],
+            &s.url("/discover/aa:bb:cc:dd:ee:ff?token=x")
+        )
+        .status,
+        403
+    );
     // Switch the policy to discover while serving.
     std::fs::write(
         dir.path().join("inventory.yaml"),
@@ -230,7 +239,23 @@ fn unknown_machines_follow_the_inventory_policy() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(script.contains("stemcell.mode=discover"), "{script}");
-    assert!(!script.contains("stemcell.token"), "{script}");
+    // Its report must carry the discovery token its boot script named: nobody else can
+    // invent machines with a POST.
+    let dtoken = cmdline_value(&script, "stemcell.token").expect("a discovery token");
+    let facts = ["--data-binary", "cpus=2\n"];
+    let url = |t: &str| s.url(&format!("/discover/aa:bb:cc:dd:ee:ff{t}"));
+    assert_eq!(curl(&facts, &url("")).status, 403);
+    assert_eq!(curl(&facts, &url("?token=0000")).status, 403);
+    assert_eq!(
+        curl(
+            &facts,
+            &s.url(&format!("/discover/aa:bb:cc:dd:ee:fe?token={dtoken}"))
+        )
+        .status,
+        403,
+        "a token is for its own MAC only"
+    );
+    assert_eq!(curl(&facts, &url(&format!("?token={dtoken}"))).status, 200);
     let list = json(&curl(&[], &s.url("/api/v1/machines")));
     let row = list
         .as_array()

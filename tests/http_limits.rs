@@ -130,7 +130,8 @@ fn an_oversized_request_head_gets_431_and_bodies_are_bounded_per_route() {
         "a 200 kB header must be answered 431, got: {:?}",
         reply.lines().next()
     );
-    // A hardware report is small; 100 kB is refused without being read into memory.
+    // A hardware report is small; 100 kB is refused without being read into memory (the
+    // body limit is checked before anything else, the token included).
     let r = curl(
         &["-X", "POST", "--data-binary", &"k=v\n".repeat(25_000)],
         &s.url("/discover/52:54:00:00:00:09"),

@@ -234,13 +234,34 @@ pub(crate) fn parse_facts(body: &str) -> std::collections::BTreeMap<String, Stri
 pub(super) async fn discover(
     State(app): State<App>,
     Path(mac): Path<String>,
+    Query(q): Query<TokenQuery>,
     body: String,
 ) -> Response {
     let mac = match parse_mac(&mac) {
         Ok(m) => m,
         Err(r) => return r.into_response(),
     };
-    let listed = app.inventory.get().machine(&mac).is_some();
+    let inv = app.inventory.get();
+    // Only machines this server booted into discovery may report: the policy must be
+    // `discover`, the machine unlisted, and the token the one its boot script named.
+    if inv.defaults.unknown != crate::inventory::UnknownPolicy::Discover {
+        return text(
+            StatusCode::FORBIDDEN,
+            "discovery is off (the inventory's unknown policy is ignore)\n",
+        );
+    }
+    let listed = inv.machine(&mac).is_some();
+    if listed {
+        return text(
+            StatusCode::CONFLICT,
+            format!("{mac} is in the inventory: it installs, it is not discovered\n"),
+        );
+    }
+    let token = q.token.unwrap_or_default();
+    if !app.store.check_discovery_token(&mac, &token) {
+        tracing::warn!(mac = %mac, "discovery report refused: wrong or missing token");
+        return text(StatusCode::FORBIDDEN, "wrong or missing discovery token\n");
+    }
     let hardware = parse_facts(&body);
     let n = hardware.len();
     app.store.observe(

@@ -70,6 +70,7 @@ pub(crate) async fn boot_script_for(
         .observe(mac, machine.is_some(), state::Facts::default());
     let token = match choice {
         Choice::Install => Some(app.store.arm(mac).await?),
+        Choice::Discover => Some(app.store.discovery_token(&mac)),
         _ => None,
     };
     let message = match (&choice, machine) {
