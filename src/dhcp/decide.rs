@@ -114,6 +114,7 @@ pub(crate) struct DhcpServer {
     /// The subnet of the server's own address (non-relayed clients), if any.
     local: Option<usize>,
     counters: Arc<Counters>,
+    limiter: std::sync::Mutex<super::limit::Limiter>,
 }
 
 fn nonzero(a: Ipv4Addr) -> Option<Ipv4Addr> {
@@ -148,6 +149,7 @@ impl DhcpServer {
             leases,
             local,
             counters: Arc::default(),
+            limiter: Default::default(),
         })
     }
 
@@ -196,6 +198,18 @@ impl DhcpServer {
         let Some(msg) = p.options.message_type() else {
             return Outcome::ignore("BOOTP request without DHCP message type");
         };
+        let limited = self
+            .limiter
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .check(mac, nonzero(p.giaddr), now);
+        if let Err(l) = limited {
+            Counters::bump(&self.counters.rate_limited);
+            return Outcome::ignore(match l {
+                super::limit::Limited::Client => "over the per-client rate limit",
+                super::limit::Limited::Relay => "over the per-relay rate limit",
+            });
+        }
         let class = classify(&p.options);
         match (self.settings.mode, port) {
             (Mode::Off, _) => Outcome::ignore("DHCP is off"),
@@ -976,6 +990,25 @@ mod tests {
         assert_eq!(out.to, SocketAddrV4::new(p.giaddr, 67));
         assert_eq!(out.reply.giaddr, p.giaddr);
         assert_eq!(out.reply.get(82), Some(&[1u8, 3, b'a', b'b', b'c'][..]));
+    }
+
+    #[test]
+    fn a_client_over_its_rate_limit_is_dropped_and_counted() {
+        let s = server(Mode::Authoritative);
+        for i in 0..super::super::limit::PER_CLIENT {
+            assert!(discover(&s, &[], T0).reply.is_some(), "request {i}");
+        }
+        let o = discover(&s, &[], T0);
+        assert!(o.reply.is_none());
+        assert_eq!(o.ignored, Some("over the per-client rate limit"));
+        assert_eq!(
+            s.counters()
+                .rate_limited
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        let next = T0 + super::super::limit::WINDOW_SECS;
+        assert!(discover(&s, &[], next).reply.is_some(), "a new window");
     }
 
     // ---- authoritative mode -------------------------------------------------------------

@@ -37,6 +37,7 @@
 
 pub(crate) mod classify;
 pub(crate) mod decide;
+pub(crate) mod limit;
 pub(crate) mod serve;
 pub(crate) mod wire;
 
@@ -77,6 +78,8 @@ pub(crate) struct Counters {
     pub(crate) send_errors: AtomicU64,
     /// ACKs dropped because their lease could not be made durable.
     pub(crate) journal_errors: AtomicU64,
+    /// Requests dropped by the per-client or per-relay rate limit.
+    pub(crate) rate_limited: AtomicU64,
 }
 
 impl Counters {
@@ -85,7 +88,7 @@ impl Counters {
     }
 
     /// Each counter with its metric label, for `/metrics`.
-    pub(crate) fn snapshot(&self) -> [(&'static str, u64); 6] {
+    pub(crate) fn snapshot(&self) -> [(&'static str, u64); 7] {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("received", g(&self.received)),
@@ -94,6 +97,7 @@ impl Counters {
             ("sent", g(&self.sent)),
             ("send_error", g(&self.send_errors)),
             ("journal_error", g(&self.journal_errors)),
+            ("rate_limited", g(&self.rate_limited)),
         ]
     }
 }
