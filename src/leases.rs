@@ -191,6 +191,10 @@ pub(crate) struct Allocator {
     pools: Vec<Pool>,
     entries: HashMap<u32, Entry>,
     by_mac: HashMap<(usize, MacAddr), u32>,
+    /// Addresses offered (not bound) to clients the inventory does not list: when a pool
+    /// runs out, a listed machine may take one of these, so a flood of invented MACs that
+    /// never complete DORA cannot keep the machines stemcell installs from an address.
+    lowly: HashSet<u32>,
     /// (deadline, ip) for offered, bound and declined entries.
     expiry: BTreeSet<(UnixTime, u32)>,
     seq: u64,
@@ -231,6 +235,7 @@ impl Allocator {
             pools,
             entries: HashMap::new(),
             by_mac: HashMap::new(),
+            lowly: HashSet::new(),
             expiry: BTreeSet::new(),
             seq: 0,
             offer_hold: OFFER_HOLD_SECS,
@@ -269,6 +274,7 @@ impl Allocator {
 
     /// Take `ip` out of the expiry index and the free set (its state is about to change).
     fn unindex(&mut self, ip: u32, e: &Entry) {
+        self.lowly.remove(&ip);
         if let Some(t) = e.state.deadline() {
             self.expiry.remove(&(t, ip));
         }
@@ -387,6 +393,43 @@ impl Allocator {
         requested: Option<Ipv4Addr>,
         now: UnixTime,
     ) -> Result<Ipv4Addr, AllocError> {
+        self.offer_as(net, mac, reserved, requested, now, false)
+    }
+
+    /// [`Allocator::offer`], for a client the inventory lists (`listed`) or not. An
+    /// unlisted client's offer may be taken over by a listed machine when the pool is out
+    /// of addresses.
+    pub(crate) fn offer_as(
+        &mut self,
+        net: Ipv4Network,
+        mac: MacAddr,
+        reserved: Option<Ipv4Addr>,
+        requested: Option<Ipv4Addr>,
+        now: UnixTime,
+        listed: bool,
+    ) -> Result<Ipv4Addr, AllocError> {
+        let ip = self.choose(net, mac, reserved, requested, now, listed)?;
+        let n = u32::from(ip);
+        if !listed
+            && matches!(
+                self.entries.get(&n).map(|e| e.state),
+                Some(State::Offered { .. })
+            )
+        {
+            self.lowly.insert(n);
+        }
+        Ok(ip)
+    }
+
+    fn choose(
+        &mut self,
+        net: Ipv4Network,
+        mac: MacAddr,
+        reserved: Option<Ipv4Addr>,
+        requested: Option<Ipv4Addr>,
+        now: UnixTime,
+        listed: bool,
+    ) -> Result<Ipv4Addr, AllocError> {
         self.reclaim(now);
         let p = self.pool_of_net(net).ok_or(AllocError::NoSuchSubnet(net))?;
         if let Some(r) = reserved.filter(|r| net.contains(*r)) {
@@ -426,6 +469,17 @@ impl Allocator {
         }
         if let Some((_, ip)) = self.pools[p].free.first().copied() {
             return Ok(self.hold(ip, mac, p, now));
+        }
+        if listed {
+            // Out of addresses: take the offer of an unlisted client (it can ask again).
+            let taken = self
+                .lowly
+                .iter()
+                .copied()
+                .find(|ip| self.entries.get(ip).is_some_and(|e| e.pool == p));
+            if let Some(ip) = taken {
+                return Ok(self.hold(ip, mac, p, now));
+            }
         }
         Err(AllocError::PoolExhausted(self.pools[p].range.net))
     }
@@ -712,7 +766,7 @@ impl std::fmt::Debug for Durable {
 /// What DHCP needs from a lease store. Calls are synchronous and quick (an in-memory
 /// decision); durability comes back as a [`Durable`] to await outside any lock.
 pub(crate) trait LeaseStore: Send + Sync {
-    /// An address to offer `mac` in `net` (see [`Allocator::offer`]).
+    /// An address to offer `mac` in `net` (see [`Allocator::offer_as`]).
     fn offer(
         &self,
         net: Ipv4Network,
@@ -720,6 +774,7 @@ pub(crate) trait LeaseStore: Send + Sync {
         reserved: Option<Ipv4Addr>,
         requested: Option<Ipv4Addr>,
         now: UnixTime,
+        listed: bool,
     ) -> Result<Ipv4Addr, AllocError>;
 
     /// Bind `ip` to `mac`; the ACK may leave once the returned [`Durable`] resolves.
@@ -891,9 +946,10 @@ impl LeaseStore for JournalStore {
         reserved: Option<Ipv4Addr>,
         requested: Option<Ipv4Addr>,
         now: UnixTime,
+        listed: bool,
     ) -> Result<Ipv4Addr, AllocError> {
         let mut g = self.lock();
-        let r = g.alloc.offer(net, mac, reserved, requested, now);
+        let r = g.alloc.offer_as(net, mac, reserved, requested, now, listed);
         if g.alloc.has_records() {
             // Moving a client off an old lease is durable, but nothing waits on it.
             let _ = persist(&mut g, false);
@@ -980,6 +1036,35 @@ mod tests {
     }
 
     const T0: UnixTime = 1_700_000_000;
+
+    #[test]
+    fn a_flood_of_unlisted_offers_cannot_keep_a_listed_machine_out() {
+        let mut a = Allocator::new(vec![range(100, 103)]);
+        for i in 0..4 {
+            a.offer_as(net(), mac(i), None, None, T0, false).unwrap();
+        }
+        assert!(
+            a.offer_as(net(), mac(50), None, None, T0, false).is_err(),
+            "exhausted"
+        );
+        let got = a
+            .offer_as(net(), mac(99), None, None, T0 + 1, true)
+            .expect("a listed machine takes an unlisted client's offer");
+        let l = a.lease_of(mac(99), T0 + 1).unwrap();
+        assert_eq!((l.ip, l.state), (got, LeaseState::Offered));
+        // Its offer is no longer up for grabs, and bound leases never are.
+        let b = a.bind(mac(99), got, None, 3600, T0 + 2).unwrap();
+        assert_eq!(b.ip, got);
+        let mut taken = 0;
+        for i in 100..110 {
+            if let Ok(ip) = a.offer_as(net(), mac(i), None, None, T0 + 3, true) {
+                assert_ne!(ip, got, "a bound lease is never taken");
+                a.bind(mac(i), ip, None, 3600, T0 + 3).unwrap();
+                taken += 1;
+            }
+        }
+        assert_eq!(taken, 3, "only the three unlisted offers were taken");
+    }
 
     #[test]
     fn offers_fresh_addresses_in_order_then_exhausts() {
@@ -1239,7 +1324,7 @@ mod tests {
         {
             let s = JournalStore::open(&path, vec![range(100, 120)]).unwrap();
             for i in 0..=20 {
-                let x = s.offer(net(), mac(i), None, None, T0).unwrap();
+                let x = s.offer(net(), mac(i), None, None, T0, false).unwrap();
                 let (_, d) = s.bind(mac(i), x, None, 3600, T0).unwrap();
                 d.wait().await.unwrap();
             }
@@ -1258,9 +1343,11 @@ mod tests {
         assert_eq!(s.lease_at_for_test(ip(104), T0).state, LeaseState::Declined);
         assert_eq!(s.lease_of(mac(5), T0).unwrap().expires, T0 + 3601);
         // A new client does not get any of the replayed addresses.
-        let x = s.offer(net(), mac(1000), None, None, T0 + 10).unwrap();
+        let x = s
+            .offer(net(), mac(1000), None, None, T0 + 10, false)
+            .unwrap();
         assert_eq!(x, ip(103), "the only free address is the released one");
-        let y = s.offer(net(), mac(1001), None, None, T0 + 10);
+        let y = s.offer(net(), mac(1001), None, None, T0 + 10, false);
         assert_eq!(y, Err(AllocError::PoolExhausted(net())));
     }
 

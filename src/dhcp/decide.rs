@@ -543,10 +543,14 @@ impl DhcpServer {
         let (p, mac, subnet) = (c.p, c.mac, c.subnet);
         let (boot, boot_refusal) = self.boot_decision(&ev.class, mac, ev.known);
         let requested = p.options.ipv4(code::REQUESTED_IP);
-        let ip = match self
-            .leases
-            .offer(subnet.net, mac, c.reserved, requested, c.now)
-        {
+        let ip = match self.leases.offer(
+            subnet.net,
+            mac,
+            c.reserved,
+            requested,
+            c.now,
+            c.host.is_some(),
+        ) {
             Ok(ip) => ip,
             Err(e) => {
                 ev.refusal = Some(match &e {
