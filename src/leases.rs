@@ -385,6 +385,7 @@ impl Allocator {
     /// Choose an address to offer `mac` in subnet `net`: its reservation; else the address
     /// it has or had; else the one it asks for (option 50) if free; else a never-used one;
     /// else the one free the longest.
+    #[cfg(test)]
     pub(crate) fn offer(
         &mut self,
         net: Ipv4Network,
