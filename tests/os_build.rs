@@ -7,28 +7,17 @@
 //! Skips (loudly, never as a pass) only when mmdebstrap, root or the apt sources are truly
 //! missing; under `CI=true` that is a failure naming what is missing.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
-const STEMCELL: &str = env!("CARGO_BIN_EXE_stemcell");
+const STEMCELL: &str = common::BIN;
 
+/// Skip (recorded and listed by tests/run.sh; a failure under CI) because `what` is missing.
 fn missing(what: &str) -> bool {
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("os_build: {what} (CI=true: a missing prerequisite is a failure)");
-    }
-    eprintln!("!!!!!!!! SKIP os_build: {what} !!!!!!!!");
+    common::skip(what);
     true
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
 }
 
 fn build(spec: &Path, out: &Path) -> String {
@@ -65,7 +54,7 @@ fn two_builds_from_the_same_packages_and_epoch_are_identical() {
     {
         return;
     }
-    if !is_root() && missing("not root (mmdebstrap's root mode)") {
+    if !common::is_root() && missing("not root (mmdebstrap's root mode)") {
         return;
     }
     let t = tempfile::tempdir().unwrap();
