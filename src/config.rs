@@ -31,7 +31,29 @@ pub(crate) struct HttpConfig {
     pub(crate) listen: SocketAddr,
     /// What machines are told; `None` means `http://SERVER_IP:PORT`.
     pub(crate) url: Option<String>,
-    pub(crate) limits: crate::http::listen::Limits,
+    pub(crate) limits: HttpLimits,
+}
+
+/// HTTP's limits (see `http::listen`): a header time-out that is also the idle keep-alive
+/// time-out, the largest request head, and bounds on connections in all and per client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct HttpLimits {
+    pub(crate) header_timeout: Duration,
+    /// The largest request head, in bytes (hyper's minimum is 8,192).
+    pub(crate) max_header_bytes: usize,
+    pub(crate) max_connections: usize,
+    pub(crate) max_connections_per_client: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> HttpLimits {
+        HttpLimits {
+            header_timeout: Duration::from_secs(10),
+            max_header_bytes: 16 * 1024,
+            max_connections: 10_000,
+            max_connections_per_client: 64,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -409,7 +431,7 @@ fn read_http(r: &mut Report, node: Option<&Node>) -> HttpConfig {
     let mut http = HttpConfig {
         listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
         url: None,
-        limits: crate::http::listen::Limits::default(),
+        limits: HttpLimits::default(),
     };
     let Some(mut m) = node.and_then(|n| r.map(n, "http")) else {
         return http;

@@ -27,26 +27,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-/// The limits; see the module comment.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Limits {
-    pub(crate) header_timeout: Duration,
-    /// The largest request head, in bytes (hyper's minimum is 8,192).
-    pub(crate) max_header_bytes: usize,
-    pub(crate) max_connections: usize,
-    pub(crate) max_connections_per_client: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Limits {
-        Limits {
-            header_timeout: Duration::from_secs(10),
-            max_header_bytes: 16 * 1024,
-            max_connections: 10_000,
-            max_connections_per_client: 64,
-        }
-    }
-}
+pub(crate) use crate::config::HttpLimits as Limits;
 
 /// Connections per client address, released when a connection ends.
 #[derive(Default)]
