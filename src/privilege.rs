@@ -164,9 +164,17 @@ pub(crate) fn prepare_state_dir(dir: &Path, target: Option<&Target>) -> io::Resu
         tracing::info!(path = %dir.display(), from = format!("{:o}", mode & 0o7777), to = "700", "state directory made owner-only");
     }
     let Some(t) = target else { return Ok(()) };
-    // The directory itself as configured (it may be a link an operator made on purpose).
-    std::os::unix::fs::chown(dir, Some(t.uid.as_raw()), Some(t.gid.as_raw()))?;
+    let md = std::fs::metadata(dir)?;
+    if md.uid() == t.uid.as_raw() && md.gid() == t.gid.as_raw() {
+        // Handed over before: what is inside is the user's doing. (Root under the unit's
+        // bounding set has no CAP_DAC_READ_SEARCH and could not even list it.)
+        return Ok(());
+    }
+    // Contents first, then the directory itself (as configured: it may be a link an
+    // operator made on purpose); the other way round, root without CAP_DAC_OVERRIDE could
+    // no longer list what it has just given away.
     let changed = hand_over(dir, t, 0)?;
+    std::os::unix::fs::chown(dir, Some(t.uid.as_raw()), Some(t.gid.as_raw()))?;
     if changed > 0 {
         tracing::info!(path = %dir.display(), files = changed, user = %t.user, "state directory's files handed to the service user");
     }

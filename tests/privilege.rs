@@ -40,6 +40,19 @@ fn readable_lab(dir: &Path) {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
+/// The capabilities contrib/stemcell.service's bounding set allows, e.g. `CAP_NET_RAW`.
+fn unit_capabilities() -> Vec<String> {
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/stemcell.service"),
+    )
+    .unwrap();
+    let line = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .expect("the unit sets CapabilityBoundingSet=");
+    line.split_whitespace().map(str::to_string).collect()
+}
+
 /// A field of /proc/PID/status, e.g. `Uid`.
 fn proc_status(pid: u32, field: &str) -> String {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -64,6 +77,7 @@ fn wait_exit(child: &mut std::process::Child, timeout: Duration) -> Option<i32> 
 #[test]
 fn started_as_root_it_serves_dhcp_tftp_and_http_as_the_user_with_no_capabilities() {
     if !(require("root (ports 67, 69 and 80, switching users)", is_root())
+        && require("setpriv (util-linux)", have_tool("setpriv"))
         && require("dhclient (isc-dhcp-client)", have_tool("dhclient"))
         && require("tftp (Debian's tftp-hpa)", have_tool("tftp"))
         && require("curl", have_tool("curl")))
@@ -137,7 +151,26 @@ admin_token_file: admin.token
     )
     .unwrap();
 
-    let mut s = Server::start_in(Some(&srv), dir);
+    // Root, but with only the capabilities contrib/stemcell.service leaves it, and no new
+    // privileges: what the unit allows is enough to bind and switch.
+    let bounding = unit_capabilities()
+        .iter()
+        .map(|c| format!(",+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect::<String>();
+    let bounding = format!("--bounding-set=-all{bounding}");
+    let wrapper = ["setpriv", &bounding, "--inh-caps=-all", "--no-new-privs"];
+    let mut s = Server::start_via(Some(&srv), &wrapper, dir);
+    assert!(
+        s.wait_log(READY, Duration::from_secs(5)),
+        "log:\n{}",
+        s.log_text()
+    );
+    let bnd = u64::from_str_radix(&proc_status(s.child.id(), "CapBnd"), 16).unwrap();
+    assert_eq!(
+        bnd.count_ones() as usize,
+        unit_capabilities().len(),
+        "CapBnd {bnd:x}"
+    );
     let pid = s.child.id();
     assert_eq!(
         std::fs::read_to_string(format!("/proc/{pid}/comm"))
@@ -145,7 +178,6 @@ admin_token_file: admin.token
             .trim(),
         "stemcell"
     );
-    assert!(s.wait_log(READY, Duration::from_secs(5)));
     let log = s.log_text();
     assert!(log.contains("dropped root after binding"), "log:\n{log}");
     // The switch comes before the readiness line, so before any request is served.
@@ -286,6 +318,33 @@ admin_token_file: admin.token
     let code = wait_exit(&mut s.child, Duration::from_secs(15));
     assert_eq!(code, Some(0), "log:\n{}", s.log_text());
     assert!(s.log_text().contains("journals flushed"));
+
+    // A restart finds the state directory already the user's, and the lease and the
+    // install token still held.
+    let s = Server::start_via(Some(&srv), &wrapper, dir);
+    assert!(s.log_text().contains("dropped root after binding"));
+    let (code, _) = http(&format!("/install/{MAC}?token={token}"));
+    assert_eq!(code, "200", "log:\n{}", s.log_text());
+    let out = cli.exec(&[
+        "timeout",
+        "30",
+        "dhclient",
+        "-4",
+        "-1",
+        "-lf",
+        lease_file.to_str().unwrap(),
+        "-pf",
+        w.join("pid2").to_str().unwrap(),
+        "-sf",
+        "/bin/true",
+        "sc1",
+    ]);
+    assert!(out.status.success(), "dhclient again: {out:?}");
+    let again = std::fs::read_to_string(&lease_file).unwrap();
+    assert!(
+        again.matches(&format!("fixed-address {addr};")).count() >= 2,
+        "the same address again: {again}"
+    );
 }
 
 /// Run `serve` on `dir`'s config, optionally as another uid (setpriv), and return its exit
