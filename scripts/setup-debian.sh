@@ -8,6 +8,7 @@ PACKAGES=(
   qemu-system-x86 ipxe ipxe-qemu ovmf busybox-static cpio zstd xz-utils
   chromium chromium-driver fonts-dejavu-core
   shellcheck mmdebstrap uidmap
+  systemd util-linux openssl
 )
 
 missing=()

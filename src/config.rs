@@ -86,6 +86,18 @@ pub(crate) struct Config {
     pub(crate) puppet: PathBuf,
     /// An installed machine that has not phoned home after this long is `stalled`.
     pub(crate) stall_after: Duration,
+    /// `user:` (and `group:`): whom `serve` becomes once every socket is bound.
+    pub(crate) run_as: Option<RunAs>,
+}
+
+/// The account `serve` switches to after binding, as written, with where it was written
+/// (it is resolved and checked at `serve` time, so `check` works on another host).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct RunAs {
+    pub(crate) user: String,
+    pub(crate) user_pos: yaml::Pos,
+    /// `group:`; `None` means the user's primary group.
+    pub(crate) group: Option<(String, yaml::Pos)>,
 }
 
 /// Why the config could not be used.
@@ -121,6 +133,8 @@ const TOP_KEYS: &[&str] = &[
     "images",
     "puppet",
     "stall_after",
+    "user",
+    "group",
 ];
 
 impl Config {
@@ -179,6 +193,7 @@ impl Config {
                 .unwrap_or(DEFAULT_STALL_AFTER),
             None => DEFAULT_STALL_AFTER,
         };
+        let run_as = read_run_as(&mut r, top.get("user"), top.get("group"));
         top.deny_unknown(&mut r, "the config file", TOP_KEYS);
 
         let needs_interface = dhcp.mode != DhcpMode::Off || tftp.is_some();
@@ -208,6 +223,7 @@ impl Config {
             os_images,
             puppet,
             stall_after,
+            run_as,
         })
     }
 
@@ -283,6 +299,41 @@ fn relative_to(dir: &Path, p: String) -> PathBuf {
     } else {
         dir.join(p)
     }
+}
+
+/// `user:` and `group:`: account names (letters, digits, `_ . -`, as useradd allows).
+fn read_run_as(r: &mut Report, user: Option<&Node>, group: Option<&Node>) -> Option<RunAs> {
+    let name = |r: &mut Report, n: &Node, key: &str| {
+        let s = r.string(n, key)?;
+        let ok = !s.is_empty()
+            && s.len() <= 32
+            && !s.starts_with('-')
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        if !ok {
+            r.add(
+                n.pos,
+                format!("{key}: {s:?} is not an account name (letters, digits, _ . -)"),
+            );
+        }
+        ok.then_some((s, n.pos))
+    };
+    let group = group.and_then(|n| {
+        let g = name(r, n, "group");
+        if user.is_none() {
+            r.add(
+                n.pos,
+                "group: needs user: (the account serve switches to after binding)",
+            );
+        }
+        g
+    });
+    let (user, user_pos) = name(r, user?, "user")?;
+    Some(RunAs {
+        user,
+        user_pos,
+        group,
+    })
 }
 
 fn read_interface(r: &mut Report, n: &Node) -> Option<String> {

@@ -23,6 +23,7 @@ mod leases;
 mod mac;
 mod metrics;
 mod os;
+mod privilege;
 mod puppet;
 mod render;
 mod server;

@@ -189,9 +189,15 @@ fn raise_open_files() {
     }
 }
 
-/// Load and validate, open the stores, bind every socket. Call inside a tokio runtime.
+/// Load and validate, bind every socket, drop root (with `user:`), open the stores. Call
+/// inside a tokio runtime.
+///
+/// Sockets come before the stores so that, when started as root with `user:`, the switch
+/// happens between them: privileged ports and devices are bound as root, and the journals
+/// are opened by the account that owns them (crate::privilege says why).
 pub(crate) async fn prepare(config_path: &Path) -> Result<Prepared, Fatal> {
     let (config, inv) = load(config_path)?;
+    let run_as = crate::privilege::resolve(&config).map_err(Fatal::config)?;
     raise_open_files();
     let server_ip = config.resolve_server_ip().map_err(Fatal::config)?;
     let admin_token = read_admin_token(&config)?;
@@ -201,12 +207,44 @@ pub(crate) async fn prepare(config_path: &Path) -> Result<Prepared, Fatal> {
         .transpose()
         .map_err(Fatal::config)?;
 
-    let store = Arc::new(Store::open(&config.state_dir).map_err(|e| {
+    let listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("cannot listen for HTTP on {}", config.http.listen))
+        .map_err(Fatal::bind)?;
+    let addr = listener.local_addr().map_err(Fatal::bind)?;
+    // With `listen: …:0` (tests) machines must be told the port actually bound.
+    let mut server_url = config.server_url(server_ip);
+    if config.http.url.is_none() && config.http.listen.port() == 0 {
+        server_url = format!("http://{}:{}", server_ip, addr.port());
+    }
+    // TFTP: on the server's address, on the configured interface only.
+    let tftp = match &config.tftp {
+        Some(t) => Some((
+            bind_tftp(config.interface.as_deref(), server_ip).map_err(Fatal::bind)?,
+            t.clone(),
+        )),
+        None => None,
+    };
+    // DHCP: only on the one configured interface, bound before anything is announced.
+    let dhcp_sockets = match &dhcp_settings {
+        Some(settings) => Some(dhcp::Sockets::bind(settings).map_err(Fatal::bind)?),
+        None => None,
+    };
+
+    let state_dir_error = |e: std::io::Error| {
         Fatal::bind(anyhow::anyhow!(
             "{}: cannot open the state directory: {e}",
             config.state_dir.display()
         ))
-    })?);
+    };
+    crate::privilege::prepare_state_dir(&config.state_dir, run_as.as_ref())
+        .map_err(state_dir_error)?;
+    if let Some(target) = &run_as {
+        crate::privilege::switch(target).map_err(Fatal::bind)?;
+        crate::privilege::check_readable(&config, target).map_err(Fatal::bind)?;
+    }
+
+    let store = Arc::new(Store::open(&config.state_dir).map_err(state_dir_error)?);
     let leases: Option<Arc<dyn LeaseStore>> = match &dhcp_settings {
         Some(s) if s.mode == dhcp::Mode::Authoritative => {
             let path = config.state_dir.join("leases.journal");
@@ -220,17 +258,6 @@ pub(crate) async fn prepare(config_path: &Path) -> Result<Prepared, Fatal> {
         }
         _ => None,
     };
-
-    let listener = tokio::net::TcpListener::bind(config.http.listen)
-        .await
-        .with_context(|| format!("cannot listen for HTTP on {}", config.http.listen))
-        .map_err(Fatal::bind)?;
-    let addr = listener.local_addr().map_err(Fatal::bind)?;
-    // With `listen: …:0` (tests) machines must be told the port actually bound.
-    let mut server_url = config.server_url(server_ip);
-    if config.http.url.is_none() && config.http.listen.port() == 0 {
-        server_url = format!("http://{}:{}", server_ip, addr.port());
-    }
 
     tracing::info!(
         file = %inv.file.display(),
@@ -258,24 +285,13 @@ pub(crate) async fn prepare(config_path: &Path) -> Result<Prepared, Fatal> {
     };
     let mut app = app;
 
-    // TFTP: on the server's address, on the configured interface only.
-    let tftp = match &config.tftp {
-        Some(t) => Some((
-            bind_tftp(config.interface.as_deref(), server_ip).map_err(Fatal::bind)?,
-            t.clone(),
-        )),
-        None => None,
-    };
-
-    // DHCP: only on the one configured interface, bound before anything is announced.
-    let dhcp = match dhcp_settings {
-        Some(mut settings) => {
+    let dhcp = match (dhcp_settings, dhcp_sockets) {
+        (Some(mut settings), Some(sockets)) => {
             settings.http_url = server_url.clone();
             let leases = app
                 .leases
                 .clone()
                 .unwrap_or_else(|| Arc::new(leases::JournalStore::in_memory(vec![])));
-            let sockets = dhcp::Sockets::bind(&settings).map_err(Fatal::bind)?;
             let directory = Arc::new(InventoryDirectory(live.clone()));
             let observer = Arc::new(Recorder {
                 store: store.clone(),
@@ -286,7 +302,7 @@ pub(crate) async fn prepare(config_path: &Path) -> Result<Prepared, Fatal> {
             app.dhcp_counters = Some(server.shared_counters());
             Some((Arc::new(server), sockets))
         }
-        None => None,
+        _ => None,
     };
     Ok(Prepared {
         app,

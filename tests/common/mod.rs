@@ -257,14 +257,20 @@ impl Server {
 
     /// Start the real binary, inside `ns` when given.
     pub fn start_in(ns: Option<&Netns>, dir: &Path) -> Server {
-        let mut cmd = match ns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", &ns.name, BIN]);
-                c
-            }
-            None => Command::new(BIN),
-        };
+        Server::start_via(ns, &[], dir)
+    }
+
+    /// Start the real binary through `wrapper` (a program and its arguments that runs the
+    /// rest of its command line, such as `setpriv …`), inside `ns` when given.
+    pub fn start_via(ns: Option<&Netns>, wrapper: &[&str], dir: &Path) -> Server {
+        let mut argv: Vec<&str> = Vec::new();
+        if let Some(ns) = ns {
+            argv.extend(["ip", "netns", "exec", &ns.name]);
+        }
+        argv.extend(wrapper);
+        argv.push(BIN);
+        let mut cmd = Command::new(argv[0]);
+        cmd.args(&argv[1..]);
         let mut child = cmd
             .args(["serve", "--config"])
             .arg(dir.join("stemcell.yaml"))
