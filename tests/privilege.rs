@@ -360,13 +360,22 @@ fn serve_once(dir: &Path, as_nobody: bool) -> (i32, String) {
     } else {
         Command::new(&bin)
     };
-    let mut child = cmd
-        .args(["serve", "--config"])
+    cmd.args(["serve", "--config"])
         .arg(dir.join("stemcell.yaml"))
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::piped());
+    // The copy was just written: a process forked by another test thread meanwhile may
+    // still hold it open for writing (ETXTBSY) until it execs; that passes at once.
+    let mut tries = 0;
+    let mut child = loop {
+        match cmd.spawn() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => break other.unwrap(),
+        }
+    };
     let code = wait_exit(&mut child, Duration::from_secs(20));
     if code.is_none() {
         let _ = child.kill();
