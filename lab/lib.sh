@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # lab/lib.sh: the one shell library for namespaces, bridges, veths, taps, stemcell's config,
 # starting stemcell and waiting for it, and cleaning up. Used by lab/demo.sh,
-# tests/netns/dhcp.sh, tests/netns/pxe.sh and bench/run.sh. Source it from bash; it defines
+# tests/netns/dhcp.sh, tests/netns/pxe.sh, tests/netns/debian.sh and bench/run.sh. Source it from bash; it defines
 # functions and runs nothing.
 #
 # Everything that speaks DHCP or TFTP (stemcell, dnsmasq, clients, QEMU machines) runs inside
@@ -283,7 +283,7 @@ lab_api() {
 }
 
 lab_state() {
-	lab_api "$1" "/api/v1/machines/$2" | grep -o '"state":"[a-z]*"' | head -n 1 | cut -d'"' -f4
+	lab_api "$1" "/api/v1/machines/$2" | grep -o '"state":"[a-z-]*"' | head -n 1 | cut -d'"' -f4
 }
 
 # The API's JSON, read without a JSON tool: the events array holds
