@@ -290,6 +290,6 @@ lab_state() {
 # {"at":N,"kind":"...","message":"..."} objects (serde keeps the field order).
 lab_events() {
 	lab_api "$1" "/api/v1/machines/$2" | sed 's/.*"events":\[//' |
-		grep -oE '"kind":"[a-z_]*","message":"([^"\\]|\\.)*"' |
-		sed -E 's/^"kind":"([a-z_]*)","message":"(.*)"$/\1\t\2/; s/\\"/"/g; s/\\\\/\\/g'
+		grep -oE '"kind":"[a-z_-]*","message":"([^"\\]|\\.)*"' |
+		sed -E 's/^"kind":"([a-z_-]*)","message":"(.*)"$/\1\t\2/; s/\\"/"/g; s/\\\\/\\/g'
 }
