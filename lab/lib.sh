@@ -1,8 +1,8 @@
 # shellcheck shell=bash
 # lab/lib.sh: the one shell library for namespaces, bridges, veths, taps, stemcell's config,
 # starting stemcell and waiting for it, and cleaning up. Used by lab/demo.sh,
-# tests/netns/dhcp.sh, tests/netns/pxe.sh, tests/netns/debian.sh and bench/run.sh. Source it from bash; it defines
-# functions and runs nothing.
+# tests/netns/dhcp.sh, tests/netns/pxe.sh, tests/netns/debian.sh and bench/run.sh. Source
+# it from bash; it defines functions and runs nothing.
 #
 # Everything that speaks DHCP or TFTP (stemcell, dnsmasq, clients, QEMU machines) runs inside
 # network namespaces made here, on 198.18.0.0/15 (or a namespace's own loopback), and
