@@ -1,20 +1,26 @@
 #!/bin/bash
-# The stemcell lab demo: one machine, from power-on to its installed system.
+# The stemcell lab demo: one machine, from power-on to Debian 12 with its role applied.
 #
-#   1. builds stemcell (cargo build --release) and the stem cell, the small kernel and
-#      initrd every machine netboots (stemcell image build, into target/stemcell);
+#   1. builds stemcell (cargo build --release), the stem cell, the small kernel and initrd
+#      every machine netboots (stemcell image build, into target/stemcell), and the lab's
+#      Debian 12 image from Debian's packages (stemcell os build debian-12, with mmdebstrap,
+#      into target/os-images; cached: rebuilt only when its spec or Debian's package lists
+#      change, about 2 minutes when they do);
 #   2. makes a private network namespace with a bridge (br0, 198.18.0.1/24) and a tap
 #      device, the lab's network: nothing here touches the host's own network;
 #   3. starts stemcell there with the example lab (examples/lab: authoritative DHCP, TFTP,
-#      HTTP; its state in a scratch folder);
+#      HTTP, the OS image, the Puppet code in examples/lab/puppet; its state in a scratch
+#      folder);
 #   4. powers on web01 (52:54:00:12:34:56), a QEMU machine with SeaBIOS, an e1000 NIC with
-#      its iPXE ROM and an empty disk, network first; it netboots the stem cell, which
-#      installs it, reboots, and boots its own disk;
-#   5. prints what to watch meanwhile: the machine's events as stemcell records them, and
-#      the key lines of its serial console.
+#      its iPXE ROM and an empty disk, network first: it netboots the stem cell, which
+#      streams Debian 12 onto the disk and reboots; Debian boots to a login prompt, phones
+#      home and applies its role with Puppet (nginx serving a page);
+#   5. prints what to watch meanwhile (the machine's events and the key lines of its serial
+#      console), then fetches web01's page from outside the machine and how long each
+#      phase took: firmware, stem cell, image stream, first boot, Puppet.
 # Everything it makes is removed at the end, also on Ctrl-C or failure; KEEP=1 keeps the
-# work folder (serial console, server log). Run as root on Debian 12. Takes a few minutes
-# (QEMU emulates the machine: KVM is not used).
+# work folder (serial console, server log). Run as root on Debian 12. Takes about 10
+# minutes (QEMU emulates the machine: KVM is not used).
 set -u
 cd "$(dirname "$0")/.." || exit 1
 ROOT=$PWD
@@ -56,6 +62,10 @@ TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=$TARGET/release/stemcell
 # Debian's kernel package is downloaded once into the cache.
 "$BIN" image build --out "$TARGET/stemcell" --cache "$TARGET/stemcell-cache" || die "stemcell image build failed"
+# A fixed epoch: the image's cache key holds from run to run (same spec, same package lists).
+SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-1735689600} \
+	"$BIN" os build debian-12 --config examples/lab/stemcell.yaml --out "$TARGET/os-images" ||
+	die "stemcell os build debian-12 failed"
 
 # ---------------------------------------------------------------------------------------
 step "the lab's network: namespace $NS, bridge br0 at 198.18.0.1/24, tap0 on it for the machine"
@@ -69,6 +79,9 @@ sed -e "s#^state_dir: .*#state_dir: $D/state#" \
 	-e "s#^inventory: .*#inventory: $ROOT/examples/lab/inventory.yaml#" \
 	-e "s#^kickstarts: .*#kickstarts: $ROOT/kickstarts#" \
 	-e "s#^admin_token_file: .*#admin_token_file: $ROOT/examples/lab/admin.token#" \
+	-e "s#^os: [^ ]*#os: $ROOT/examples/lab/os#" \
+	-e "s#^images: [^ ]*#images: $TARGET/os-images#" \
+	-e "s#^puppet: [^ ]*#puppet: $ROOT/examples/lab/puppet#" \
 	-e "s#^  kernel: .*#  kernel: $TARGET/stemcell/vmlinuz#" \
 	-e "s#^  initrd: .*#  initrd: $TARGET/stemcell/initrd.img#" \
 	examples/lab/stemcell.yaml >"$D/stemcell.yaml"
@@ -78,25 +91,27 @@ sed -n 's/.*INFO //p' "$D/server.log" | sed 's/^/    /'
 echo "    the inventory page, from inside the lab: ip netns exec $NS curl -s $LAB_URL/"
 
 # ---------------------------------------------------------------------------------------
-step "power on web01 ($MAC): SeaBIOS, e1000 + iPXE ROM, an empty 1 GB disk, network first"
+step "power on web01 ($MAC): SeaBIOS, e1000 + iPXE ROM, 2 GiB, an empty 4 GB disk, network first"
 DISK=$W/web01.img
-truncate -s 1G "$DISK"
+truncate -s 4G "$DISK"
 SERIAL=$W/web01-console.log
-LAB_DISK_BUS=virtio lab_qemu "$NS" bios tap0 "$MAC" "$DISK" "$SERIAL" || die "QEMU did not start"
+ON=$SECONDS
+ON_MS=$(date +%s%3N)
+LAB_DISK_BUS=virtio lab_qemu "$NS" bios tap0 "$MAC" "$DISK" "$SERIAL" -m 2048 -smp 2 || die "QEMU did not start"
 QEMU=$LAB_PID
 cat <<EOF
     What to watch (each line: seconds since power-on, then who speaks):
-      console  the machine's serial console: firmware, iPXE, the stem cell, the installed system
+      console  the machine's serial console: firmware, iPXE, the stem cell, the install,
+               Debian booting, its login prompt
       event    what stemcell recorded for it (GET /api/v1/machines/$MAC): DHCP, boot script,
-               kernel and initrd, install script, the install's log lines, done, the next boot
-    The machine installs, reboots by itself, is told to boot its own disk, and prints
-    "stemcell-installed: host=web01 role=web". Its whole console is in $SERIAL.
+               kernel and initrd, install script, the install's log lines, done, the next
+               boot, then the installed system's reports: booted, Puppet's run, configured
+    Its whole console is in $SERIAL.
 
 EOF
 
 # Console lines worth showing; the rest (kernel messages, menus) stays in the file.
-KEY='SeaBIOS \(version|iPXE initialising|^Configuring \(net0.*ok|^Filename:|^http://[^ ]*\.\.\. ok|^stemcell|^Booting from'
-ON=$SECONDS
+KEY='SeaBIOS \(version|iPXE initialising|^Configuring \(net0.*ok|^Filename:|^http://[^ ]*\.\.\. ok|^stemcell|^install: (partitioning|streaming|image ok|GRUB for|.* installed:)|^Booting from|^Welcome to |login:|stemcell-converge:'
 shown_events=0 shown_lines=0
 show_new() {
 	local n
@@ -105,7 +120,7 @@ show_new() {
 	if [ "$n" -gt "$shown_events" ]; then
 		tail -n +$((shown_events + 1)) "$W/events.txt" | head -n $((n - shown_events)) |
 			while IFS=$'\t' read -r kind msg; do
-				printf '%4ds  event    %-8s %s\n' $((SECONDS - ON)) "$kind" "$msg"
+				printf '%4ds  event    %-8s %s\n' $((SECONDS - ON)) "$kind" "${msg:0:150}"
 			done
 		shown_events=$n
 	fi
@@ -119,23 +134,44 @@ show_new() {
 		shown_lines=$n
 	fi
 }
-until lab_seen "$SERIAL" "^stemcell-installed:"; do
+# Until Puppet has reported: the machine's state says configured (or config-failed).
+state=
+until [ "$state" = configured ] || [ "$state" = config-failed ] || [ "$state" = failed ]; do
 	kill -0 "$QEMU" 2>/dev/null || die "the machine (QEMU) stopped" "$SERIAL.qemu"
-	[ $((SECONDS - ON)) -lt 900 ] || die "no installed system after 15 minutes" "$SERIAL"
+	[ $((SECONDS - ON)) -lt 1800 ] || die "web01 did not reach configured in 30 minutes (state ${state:-none})" "$SERIAL"
 	show_new
 	sleep 1
+	state=$(lab_state "$NS" "$MAC")
 done
 show_new
+[ "$state" = configured ] || die "web01 ended $state" "$W/events.txt"
 
 # ---------------------------------------------------------------------------------------
-step "web01 runs its installed system ($((SECONDS - ON)) s from power-on)"
-echo "    state: $(lab_state "$NS" "$MAC")"
-echo "    console: $(grep -a '^stemcell-installed:' "$SERIAL" | tr -d '\r')"
+step "web01 runs Debian 12, configured by Puppet ($((SECONDS - ON)) s from power-on)"
+API=$(lab_api "$NS" "/api/v1/machines/$MAC")
+IP=$(jq -r '.ip // empty' <<<"$API")
+echo "    console: $(grep -a 'login:' "$SERIAL" | tail -n 1 | tr -d '\r' | sed 's/login:.*/login:/')"
+echo "    state:   $state; Puppet: $(jq -r '.last_run | "exit \(.exit), \(.changed) changed, \(.failed) failed of \(.total) resources"' <<<"$API")"
+echo "    OS:      image $(jq -r '.os_image[0:16]' <<<"$API")…, Puppet bundle $(jq -r '.last_run.bundle[0:16]' <<<"$API")…"
+page=$(ip netns exec "$NS" curl -sf --max-time 10 "http://$IP/") || die "web01's page at http://$IP/ does not answer"
+echo "    from outside the machine: curl http://$IP/ -> $page"
+
+step "how long each phase took"
+# The API's timestamps (ms) of each phase's start; power-on is this script's clock.
+read -r nb im in bo co < <(jq -r '.phases | [.netboot, .image, .installed, .booted, .configured] | map(. // 0) | @tsv' <<<"$API")
+phase() { awk -v a="$2" -v b="$3" -v what="$1" -v why="$4" 'BEGIN { printf "    %-13s %6.1f s   %s\n", what, (b - a) / 1000, why }'; }
+phase firmware "$ON_MS" "$nb" "power-on, SeaBIOS, iPXE, DHCP, until stemcell's boot script"
+phase "stem cell" "$nb" "$im" "kernel and initrd, the stem cell boots, DHCP, install script, partitions"
+phase "image stream" "$im" "$in" "$(grep -a '^install: image ok' "$SERIAL" | tr -d '\r' | sed -n 's/.*unpacked \([0-9]*\) MiB in \([0-9.]*\) s.*/\1 MiB streamed, checked and unpacked in \2 s; then GRUB/p')"
+phase "first boot" "$in" "$bo" "reboot, GRUB, Debian up, its network, phoning home"
+phase Puppet "$bo" "$co" "the bundle fetched, Puppet applies role web ($(jq -r '.last_run.millis / 1000' <<<"$API") s of Puppet's own)"
+phase total "$ON_MS" "$co" "power-on to configured"
 cat <<EOF
-    From here the machine boots its own disk on every power-on (stemcell's boot script
-    says so) until an operator re-arms it:
-      curl -X POST -H "Authorization: Bearer \$(cat examples/lab/admin.token)" \\
-           $LAB_URL/api/v1/machines/$MAC/reinstall
-    tests/netns/pxe.sh checks all of that (and UEFI, proxy mode, a failing install).
+
+    From here web01 boots its own disk on every power-on, and Puppet keeps it converged
+    (at every boot and every 30 minutes), until an operator re-arms it:
+      stemcell reinstall $MAC --config examples/lab/stemcell.yaml
+    tests/netns/debian.sh checks all of that (and UEFI, a failing role, a replacement
+    machine that comes back as the same host, a corrupt and a truncated image).
 EOF
 echo "    demo took $((SECONDS - T0)) s"

@@ -1,8 +1,8 @@
 # shellcheck shell=bash
 # lab/lib.sh: the one shell library for namespaces, bridges, veths, taps, stemcell's config,
 # starting stemcell and waiting for it, and cleaning up. Used by lab/demo.sh,
-# tests/netns/dhcp.sh, tests/netns/pxe.sh and bench/run.sh. Source it from bash; it defines
-# functions and runs nothing.
+# tests/netns/dhcp.sh, tests/netns/pxe.sh, tests/netns/debian.sh and bench/run.sh. Source
+# it from bash; it defines functions and runs nothing.
 #
 # Everything that speaks DHCP or TFTP (stemcell, dnsmasq, clients, QEMU machines) runs inside
 # network namespaces made here, on 198.18.0.0/15 (or a namespace's own loopback), and
@@ -283,13 +283,13 @@ lab_api() {
 }
 
 lab_state() {
-	lab_api "$1" "/api/v1/machines/$2" | grep -o '"state":"[a-z]*"' | head -n 1 | cut -d'"' -f4
+	lab_api "$1" "/api/v1/machines/$2" | grep -o '"state":"[a-z-]*"' | head -n 1 | cut -d'"' -f4
 }
 
 # The API's JSON, read without a JSON tool: the events array holds
 # {"at":N,"kind":"...","message":"..."} objects (serde keeps the field order).
 lab_events() {
 	lab_api "$1" "/api/v1/machines/$2" | sed 's/.*"events":\[//' |
-		grep -oE '"kind":"[a-z_]*","message":"([^"\\]|\\.)*"' |
-		sed -E 's/^"kind":"([a-z_]*)","message":"(.*)"$/\1\t\2/; s/\\"/"/g; s/\\\\/\\/g'
+		grep -oE '"kind":"[a-z_-]*","message":"([^"\\]|\\.)*"' |
+		sed -E 's/^"kind":"([a-z_-]*)","message":"(.*)"$/\1\t\2/; s/\\"/"/g; s/\\\\/\\/g'
 }

@@ -667,7 +667,15 @@ impl Store {
                 .and_then(|e| e.record.clone())
                 .unwrap_or_else(|| Record::new(mac, Lifecycle::Pending, now));
             if let (Some(t), Lifecycle::Pending | Lifecycle::Installing) = (&r.token, r.state) {
-                return Ok(t.clone());
+                let t = t.clone();
+                // A re-armed machine already has its token: its first netboot since still
+                // starts the timeline (the re-arm cleared it), or the page and the API
+                // would show the reinstall without its firmware phase.
+                if r.state == Lifecycle::Pending && r.phases.netboot.is_none() {
+                    r.phases.netboot = Some(now);
+                    self.put(&mut inner, r, false);
+                }
+                return Ok(t);
             }
             if matches!(r.state, Lifecycle::Unknown | Lifecycle::Discovered) {
                 r.state = Lifecycle::Pending;
@@ -1016,6 +1024,25 @@ mod tests {
         assert_eq!(r.state, Lifecycle::Pending);
         assert!(s.check_token(&mac(), r.token.as_deref().unwrap()));
         assert_ne!(r.token.as_deref(), Some(t.as_str()));
+        assert_eq!(
+            r.phases,
+            Phases::default(),
+            "a re-arm starts a new timeline"
+        );
+        // Regression: the netboot after a re-arm kept the re-arm's token and never started
+        // the timeline, so the reinstall had no firmware phase.
+        assert_eq!(s.arm(mac()).await.unwrap(), r.token.clone().unwrap());
+        let first = s.record(&mac()).unwrap().phases.netboot;
+        assert!(
+            first.is_some(),
+            "the netboot after a re-arm starts the timeline"
+        );
+        s.arm(mac()).await.unwrap();
+        assert_eq!(
+            s.record(&mac()).unwrap().phases.netboot,
+            first,
+            "a second netboot keeps it"
+        );
     }
 
     #[tokio::test]

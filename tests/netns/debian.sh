@@ -1,24 +1,38 @@
 #!/bin/bash
-# End to end through real firmware: a QEMU machine with an empty disk netboots through
-# stemcell into the stem cell, which installs Debian 12 from the image `stemcell os build`
-# made (kickstarts/debian.sh.j2); the machine reboots by itself and boots Debian from its
-# own disk to a login prompt that shows its hostname on the serial console.
+# shellcheck disable=SC2317 # functions run through traps and lab_wait
+# End to end through real firmware, the whole promise: a QEMU machine with an empty disk
+# netboots through stemcell into the stem cell, which installs Debian 12 from the image
+# `stemcell os build` made (the role's `os: debian-12`, served from the config's `images:`
+# folder at /os/); it reboots by itself into Debian, which phones home and applies its role
+# with Puppet (the config's `puppet:` folder, a copy of examples/lab/puppet: nginx serving
+# "HOST: role web, configured by Puppet"), and the page is fetched from outside the machine.
 #
 #   tests/netns/debian.sh SCENARIO [STEMCELL]     # as root; STEMCELL: the binary
 #
 # SCENARIO:
-#   bios     SeaBIOS, e1000 with its iPXE ROM, virtio disk; GPT with a BIOS boot partition
-#   uefi     OVMF, virtio-net with its iPXE EFI ROM, virtio disk; GPT with an EFI system
-#            partition, GRUB on the removable path
-#   corrupt  as bios, but the role names a wrong sha256: the install must end failed, with
-#            the mismatch in the machine's events, and never be reported done
+#   bios     SeaBIOS, e1000 with its iPXE ROM, virtio disk. Install, login prompt, Puppet
+#            (`configured`, failed 0, changed > 0), nginx from outside; power off and on:
+#            it stays on its disk (boot script local, a new `booted`, still configured);
+#            then the promise: the machine is thrown away, a NEW machine (new MAC, empty
+#            disk) takes its inventory entry (inventory.yaml edited while stemcell runs)
+#            and comes back configured as the same host: same OS image, package list,
+#            bundle and Puppet numbers, same hostname on its console and in its page;
+#            finally the replacement is re-armed (`stemcell reinstall`) and reinstalls.
+#   uefi     OVMF, virtio-net with its iPXE EFI ROM, virtio disk. The role's Puppet code
+#            fails at first (an exec of /bin/false): `config-failed` with Puppet's error in
+#            the events; the test fixes the manifest in the puppet folder and the machine's
+#            timer (puppet_interval 1min) converges it: `configured`, nginx answers.
+#   corrupt  as bios, but the served archive has 16 bytes changed (current.json keeps the
+#            real sha256): the install fails with "sha256 mismatch", never done; then a
+#            second machine gets an archive cut in half: it fails as "truncated".
 #
-# Each check prints PASS: or FAIL: with the seconds since the start, and the phases'
-# durations (firmware to stem cell, image stream, install, first boot to login) are printed
-# as "PHASE name seconds" lines. Exit 1 if any check failed; 77 (with the reason, loudly)
-# when this machine cannot run it (not root, no QEMU, OVMF, iPXE or mmdebstrap). Every
-# namespace, process and the work folder are removed on exit, also on failure and on
-# INT/TERM/HUP; KEEP=1 keeps the work folder (serial console, server log, events).
+# Each check prints PASS: or FAIL: with the seconds since the start; the phases of each
+# install are printed as "PHASE scenario machine name seconds" lines (firmware, stem cell,
+# image stream, first boot, Puppet; from the API's phases and the console). Exit 1 if any
+# check failed; 77 (with the reason, loudly) when this machine cannot run it (not root, no
+# QEMU, OVMF, iPXE, mmdebstrap or jq); under CI=true that is exit 1 instead. DEB_PREFLIGHT=1
+# only checks that. Every namespace, process and the work folder are removed on exit, also
+# on failure and on INT/TERM/HUP; KEEP=1 keeps the work folder (consoles, server log).
 #
 # Environment:
 #   STEMCELL_IMAGE  a folder with the stem cell's vmlinuz and initrd.img; without it
@@ -26,8 +40,11 @@
 #                   <target>/stemcell-cache)
 #   OS_CACHE        the images folder for `stemcell os build` (default <target>/os-cache):
 #                   the Debian image is built once and reused while its spec and Debian's
-#                   package lists are unchanged
+#                   package lists are unchanged (builds are serialised with flock)
+#   OS_BUILT=1      OS_CACHE already holds the current build (tests/debian.rs built it)
 #   OS_SPEC         the OS spec (default examples/lab/os/debian-12.yaml)
+#   DEB_MEM, DEB_SMP  each machine's memory (MiB, default 2048: Puppet needs it) and vCPUs
+#                   (default 1: TCG keeps one host core busy per vCPU)
 set -u
 export PATH="$PATH:/usr/sbin:/sbin"
 unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY no_proxy NO_PROXY
@@ -39,14 +56,14 @@ SCENARIO=${1:-}
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 STEMCELL=${2:-${STEMCELL:-$TARGET/debug/stemcell}}
 case "$SCENARIO" in
-bios | corrupt) FW=bios MAC=52:54:00:de:b1:01 ;;
-uefi) FW=uefi-ipxe MAC=52:54:00:de:b1:02 ;;
+bios) FW=bios MAC=52:54:00:de:b1:01 MAC2=52:54:00:de:b1:11 ;;
+uefi) FW=uefi-ipxe MAC=52:54:00:de:b1:02 MAC2= ;;
+corrupt) FW=bios MAC=52:54:00:de:b1:03 MAC2=52:54:00:de:b1:13 ;;
 *)
 	echo "usage: $0 bios|uefi|corrupt [STEMCELL]" >&2
 	exit 2
 	;;
 esac
-[ "$SCENARIO" = corrupt ] && MAC=52:54:00:de:b1:03
 
 skip() {
 	if [ "${CI:-}" = true ]; then
@@ -59,24 +76,26 @@ skip() {
 [ "$(id -u)" = 0 ] || skip "not root (network namespaces, tap devices and mmdebstrap need root)"
 command -v qemu-system-x86_64 >/dev/null || skip "no qemu-system-x86_64 (Debian's qemu-system-x86)"
 command -v mmdebstrap >/dev/null || skip "no mmdebstrap (scripts/setup-debian.sh installs it)"
+command -v jq >/dev/null || skip "no jq (scripts/setup-debian.sh installs it)"
+command -v flock >/dev/null || skip "no flock (util-linux)"
 for f in /usr/lib/ipxe/undionly.kpxe /usr/lib/ipxe/snponly.efi /usr/lib/ipxe/qemu/efi-e1000.rom /usr/lib/ipxe/qemu/efi-virtio.rom; do
 	[ -r $f ] || skip "no $f (Debian's ipxe, ipxe-qemu)"
 done
 [ "$FW" = bios ] || [ -r /usr/share/ovmf/OVMF.fd ] || skip "no /usr/share/ovmf/OVMF.fd (Debian's ovmf)"
 [ -c /dev/net/tun ] || skip "no /dev/net/tun"
+[ "${DEB_PREFLIGHT:-}" = 1 ] && exit 0
 [ -x "$STEMCELL" ] || {
 	echo "FAIL: no stemcell binary at $STEMCELL"
 	exit 1
 }
 
 T0=$SECONDS
-NS=scdeb-$$
-W=$(mktemp -d "/tmp/$NS-$SCENARIO.XXXXXX")
+NS=scdeb-$SCENARIO-$$
+W=$(mktemp -d "/tmp/scdeb-$$-$SCENARIO.XXXXXX")
 chmod 755 "$W"
 D=$W/srv
 HOST=deb-$SCENARIO
-DISK=$W/disk.img
-FAILS=0 PASSES=0 QEMU_PID='' SERIAL=$W/console.log
+FAILS=0 PASSES=0 QEMU_PID='' SERIAL=''
 
 cleanup() {
 	trap '' PIPE INT TERM HUP
@@ -96,24 +115,31 @@ fail() {
 	echo "FAIL: $(t) $SCENARIO: $*" >&3
 	FAILS=$((FAILS + 1))
 }
-phase() { echo "PHASE $SCENARIO $1 $2" >&3; }
 show() {
 	[ -f "$1" ] || return 0
 	echo "    ---- last lines of ${1#"$W"/}" >&3
 	tail -n "${2:-30}" "$1" | tr -d '\r' | sed 's/\x1b\[[0-9;?=]*[A-Za-z]//g' | tr -c '\11\12\40-\176' '?' | cut -c1-200 | sed 's/^/    | /' >&3
+}
+finish() {
+	echo "== $SCENARIO: $PASSES passed, $FAILS failed, $((SECONDS - T0)) s" >&3
+	[ "$FAILS" = 0 ]
+	exit
 }
 die() {
 	fail "$1"
 	shift
 	local f
 	for f in "$@"; do show "$f"; done
-	echo "== $SCENARIO: $PASSES passed, $((FAILS)) failed, $((SECONDS - T0)) s" >&3
-	exit 1
+	finish
 }
-events() { lab_events "$NS" "$MAC" >"$W/events.txt"; }
-state_is() { [ "$(lab_state "$NS" "$MAC")" = "$1" ]; }
-# seen REGEX SECONDS: wait for REGEX on the console (QEMU exiting ends the wait); sets AT
-# to the seconds since power-on.
+# The machine's API view (JSON) and one jq expression of it.
+machine_json() { lab_api "$NS" "/api/v1/machines/$1"; }
+jqm() { machine_json "$1" | jq -r "$2" 2>/dev/null; }
+events() { lab_events "$NS" "$1" >"$W/events-$1.txt"; }
+state_is() { [ "$(lab_state "$NS" "$1")" = "$2" ]; }
+count_events() { lab_events "$NS" "$1" | grep -c "^$2	"; }
+# seen REGEX SECONDS: wait for REGEX on the current machine's console ($SERIAL; QEMU
+# exiting ends the wait); sets AT to the seconds since its power-on.
 seen() {
 	local re=$1
 	# A failure the stem cell prints ends the wait early (unless it is what we wait for).
@@ -124,6 +150,46 @@ seen() {
 	fi
 	return 1
 }
+# power_on NAME MAC TAP DISK: a QEMU machine, network first; its console is
+# $W/NAME-N.console (N counts its power-ons). Sets QEMU_PID, SERIAL, ON and ON_MS.
+declare -A POWER_ONS
+power_on() {
+	local n=$((${POWER_ONS[$1]:-0} + 1))
+	POWER_ONS[$1]=$n
+	SERIAL=$W/$1-$n.console
+	ON=$SECONDS
+	ON_MS=$(date +%s%3N)
+	LAB_DISK_BUS=virtio lab_qemu "$NS" "$FW" "$3" "$2" "$4" "$SERIAL" \
+		-m "${DEB_MEM:-2048}" -smp "${DEB_SMP:-1}" || die "QEMU did not start for $1"
+	QEMU_PID=$LAB_PID
+}
+power_off() { lab_stop "$QEMU_PID"; }
+# phases NAME MAC ON_MS CONSOLE: the install's phases as PHASE lines (the API's
+# timestamps, ms), with the console's own numbers where it has them; "?" for a phase not
+# (yet) reached.
+phases() {
+	local name=$1 mac=$2 on=$3 nb sc im in bo co ms stream
+	read -r nb sc im in bo co < <(jqm "$mac" '.phases | [.netboot, .stemcell, .image, .installed, .booted, .configured] | map(. // 0) | @tsv')
+	ms=$(jqm "$mac" '.last_run.millis // 0')
+	stream=$(grep -a '^install: image ok' "$4" 2>/dev/null | sed -n 's/.* in \([0-9.]*\) s.*/\1/p' | tail -n 1)
+	sec() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0 && b > 0) printf "%.1f", (b - a) / 1000; else printf "?" }'; }
+	echo "PHASE $SCENARIO $name firmware $(sec "$on" "$nb") (power-on to the boot script: firmware and iPXE)" >&3
+	echo "PHASE $SCENARIO $name stem_cell $(sec "$nb" "$im") (kernel and initrd, the stem cell's boot, DHCP, install script, disk)" >&3
+	echo "PHASE $SCENARIO $name image_stream $(sec "$im" "$in") (the image streamed and checked in ${stream:-?} s, then GRUB and the system's identity)" >&3
+	echo "PHASE $SCENARIO $name first_boot $(sec "$in" "$bo") (reboot, GRUB, Debian up, the network, phoning home)" >&3
+	echo "PHASE $SCENARIO $name puppet $(sec "$bo" "$co") (the bundle fetched and applied; Puppet's own run $(awk -v m="$ms" 'BEGIN { printf "%.1f", m / 1000 }') s)" >&3
+	echo "PHASE $SCENARIO $name total $(sec "$on" "$co") (power-on to configured)" >&3
+	: "$sc"
+}
+# nginx_page MAC: the machine's page, fetched from the server's namespace (outside it) at
+# the address its lease says.
+nginx_page() {
+	local ip
+	ip=$(jqm "$1" '.ip // empty')
+	[ -n "$ip" ] || return 1
+	ip netns exec "$NS" curl -sf --max-time 10 "http://$ip/"
+}
+page_is() { [ "$(nginx_page "$1")" = "$2" ]; }
 
 # ---- the stem cell and the OS image ----------------------------------------------------------
 IMAGE=${STEMCELL_IMAGE:-}
@@ -134,143 +200,360 @@ if [ -z "$IMAGE" ]; then
 	pass "stem cell built: $(sed -n 's/^ *\(.*initrd.img.*\)/\1/p' "$W/image-build.txt" | head -n 1)"
 fi
 OS_CACHE=${OS_CACHE:-$TARGET/os-cache}
-# A fixed epoch: the image is rebuilt only when its spec or Debian's package lists change.
-export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-1735689600}
-t1=$SECONDS
-"$STEMCELL" os build --spec "${OS_SPEC:-$ROOT/examples/lab/os/debian-12.yaml}" --out "$OS_CACHE" \
-	>"$W/os-build.txt" 2>&1 || die "stemcell os build failed" "$W/os-build.txt"
-pass "OS image: $(grep -a '^os ' "$W/os-build.txt" | cut -c1-60) ($((SECONDS - t1)) s)"
+SPEC=${OS_SPEC:-$ROOT/examples/lab/os/debian-12.yaml}
+if [ "${OS_BUILT:-}" != 1 ]; then
+	# A fixed epoch: the image is rebuilt only when its spec or Debian's package lists
+	# change. The lock: scenarios run side by side and share the cache.
+	export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-1735689600}
+	mkdir -p "$OS_CACHE"
+	t1=$SECONDS
+	flock "$OS_CACHE/.build.lock" "$STEMCELL" os build --spec "$SPEC" --out "$OS_CACHE" \
+		>"$W/os-build.txt" 2>&1 || die "stemcell os build failed" "$W/os-build.txt"
+	pass "OS image: $(grep -a '^os ' "$W/os-build.txt" | cut -c1-60) ($((SECONDS - t1)) s)"
+fi
 CUR=$OS_CACHE/debian-12/current.json
-SHA=$(sed -n 's/.*"sha256": "\([0-9a-f]*\)".*/\1/p' "$CUR")
-SIZE=$(sed -n 's/.*"size": \([0-9]*\).*/\1/p' "$CUR")
-[ ${#SHA} = 64 ] || die "no sha256 in $CUR"
+SHA=$(jq -r .sha256 "$CUR" 2>/dev/null)
+SIZE=$(jq -r .size "$CUR" 2>/dev/null)
+ARCHIVE=$(jq -r '.archive // .file' "$CUR" 2>/dev/null)
+if [ ${#SHA} != 64 ] || [ ! -f "$OS_CACHE/debian-12/$ARCHIVE" ]; then die "no built image in $CUR"; fi
 echo "    image sha256 $SHA, $SIZE bytes" >&3
 
-# ---- stemcell, with the image under /assets/ -----------------------------------------------------
-lab_config "$D" authoritative "$IMAGE"
+# ---- stemcell: the site folder, first class ------------------------------------------------
+LAB_HTTP_URL=$LAB_URL lab_config "$D" authoritative "$IMAGE"
 cp "$ROOT/kickstarts/debian.sh.j2" "$D/kickstarts/"
-mkdir -p "$D/assets/os/debian-12"
-ln "$OS_CACHE/debian-12/$SHA.tar.zst" "$D/assets/os/debian-12/" 2>/dev/null ||
-	cp "$OS_CACHE/debian-12/$SHA.tar.zst" "$D/assets/os/debian-12/"
-echo "assets: assets" >>"$D/stemcell.yaml"
-WANT_SHA=$SHA
+cp -r "$ROOT/kickstarts/snippets" "$D/kickstarts/"
+mkdir -p "$D/os"
+cp "$SPEC" "$D/os/debian-12.yaml"
+# The site's Puppet code: a copy, so that a scenario can break and fix it.
+cp -r "$ROOT/examples/lab/puppet" "$D/puppet"
+IMAGES=$OS_CACHE
 if [ "$SCENARIO" = corrupt ]; then
-	# One digit off: the stream itself is fine, so only the check can catch it.
-	case "$SHA" in *0) WANT_SHA=${SHA%?}1 ;; *) WANT_SHA=${SHA%?}0 ;; esac
+	# What the server serves: the same current.json (the real sha256 and size), with an
+	# archive whose bytes are wrong (debian-12) or cut in half (debian-12-cut).
+	IMAGES=$D/images
+	mkdir -p "$IMAGES/debian-12" "$IMAGES/debian-12-cut"
+	cp "$CUR" "$IMAGES/debian-12/"
+	cp "$OS_CACHE/debian-12/$ARCHIVE" "$IMAGES/debian-12/"
+	printf 'stemcell-corrupt' | dd of="$IMAGES/debian-12/$ARCHIVE" bs=1 seek=$((SIZE / 2)) conv=notrunc status=none
+	jq '.name = "debian-12-cut"' "$CUR" >"$IMAGES/debian-12-cut/current.json"
+	head -c $((SIZE / 2)) "$OS_CACHE/debian-12/$ARCHIVE" >"$IMAGES/debian-12-cut/$ARCHIVE"
+	cp "$SPEC" "$D/os/debian-12-cut.yaml"
+	cmp -s "$IMAGES/debian-12/$ARCHIVE" "$OS_CACHE/debian-12/$ARCHIVE" && die "the corrupt copy is not corrupt"
 fi
-cat >"$D/inventory.yaml" <<EOF
+cat >>"$D/stemcell.yaml" <<EOF
+os: os
+images: $IMAGES
+puppet: puppet
+EOF
+case "$SCENARIO" in
+uefi) INTERVAL=1min ;;
+*) INTERVAL=30min ;;
+esac
+# inventory MAC [MAC2 ROLE2 HOST2]: the fleet, written atomically (the server watches it).
+inventory() {
+	cat >"$D/inventory.yaml.new" <<EOF
 defaults:
   unknown: ignore
 roles:
-  debian:
+  web:
     template: debian.sh.j2
+    os: debian-12
     vars:
-      os_url: /assets/os/debian-12/$SHA.tar.zst
-      os_sha256: "$WANT_SHA"
-      os_size: "$SIZE"
       console: ttyS0,115200
+      puppet_interval: $INTERVAL
       ssh_keys:
         - ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHN0ZW1jZWxsLWxhYi10ZXN0LWtleS1ub3QtcmVhbA lab@stemcell
+  cut:
+    template: debian.sh.j2
+    os: debian-12-cut
 machines:
-  "$MAC":
+  "$1":
     hostname: $HOST
-    role: debian
+    role: web
     vars: { disk: /dev/vda }
 EOF
-lab_netns "$NS" && lab_bridge "$NS" && lab_tap "$NS" tap0 || die "cannot set up namespace $NS"
-lab_serve "$NS" "$STEMCELL" "$D" || die "stemcell did not come up" "$D/check.txt" "$D/server.log"
-pass "stemcell serves (authoritative DHCP, TFTP, HTTP with /assets/ in $NS)"
-code=$(lab_api "$NS" "/assets/os/debian-12/$SHA.tar.zst" -o /dev/null -I -w '%{http_code}')
-[ "$code" = 200 ] || die "the image is not served at /assets/os/debian-12/ (HTTP $code)" "$D/server.log"
-
-# ---- power on: install ------------------------------------------------------------------------
-truncate -s 4G "$DISK"
-ON=$SECONDS
-LAB_DISK_BUS=virtio lab_qemu "$NS" "$FW" tap0 "$MAC" "$DISK" "$SERIAL" -m 1536 -smp 2 || die "QEMU did not start"
-QEMU_PID=$LAB_PID
-echo "== power-on: $FW, empty 4 GiB disk, network first" >&3
-
-seen "^stemcell: stem cell starting" 300 || die "no stem cell within 300 s" "$SERIAL"
-phase firmware_to_stemcell "$AT"
-STEM=$AT
-pass "the stem cell starts ($AT s after power-on)"
-
-if [ "$SCENARIO" = corrupt ]; then
-	seen "^stemcell: install failed" 1200 || die "the install did not fail" "$SERIAL" "$D/server.log"
-	pass "the install fails ($AT s after power-on): $(grep -a '^stemcell: install failed' "$SERIAL" | tr -d '\r' | cut -c1-160)"
-	if lab_wait 30 "" state_is failed; then pass "state failed"; else fail "state is $(lab_state "$NS" "$MAC"), not failed"; fi
-	events
-	if grep -qE $'^failed\t.*sha256 mismatch: got [0-9a-f]{64}, want '"$WANT_SHA" "$W/events.txt"; then
-		pass "the failed event names the reason: $(grep -a $'^failed\t' "$W/events.txt" | cut -f2 | cut -c1-140)"
-	else
-		fail "no 'sha256 mismatch' in a failed event"
-		show "$W/events.txt" 20
+	if [ -n "${2:-}" ]; then
+		printf '  "%s":\n    hostname: %s\n    role: %s\n    vars: { disk: /dev/vda }\n' "$2" "$4" "$3" >>"$D/inventory.yaml.new"
 	fi
-	n=$(grep -c $'^done\t' "$W/events.txt")
-	if [ "$n" = 0 ]; then pass "never reported done"; else fail "$n done events"; fi
-	echo "== $SCENARIO: $PASSES passed, $FAILS failed, $((SECONDS - T0)) s" >&3
-	[ "$FAILS" = 0 ]
-	exit
-fi
-
-seen "^install: streaming the image" 600 || die "the install did not reach the image" "$SERIAL"
-S0=$AT
-seen "^install: image ok" 1500 || die "the image did not unpack" "$SERIAL" "$D/server.log"
-phase image_stream $((AT - S0))
-pass "image streamed and checked ($((AT - S0)) s): $(grep -a '^install: image ok' "$SERIAL" | tr -d '\r' | cut -c1-120)"
-seen "^stemcell: install done" 900 || die "the install did not finish" "$SERIAL" "$D/server.log"
-phase install $((AT - STEM))
-DONE=$AT
-pass "install done ($AT s after power-on; $((AT - STEM)) s in the stem cell)"
-if lab_wait 30 "" state_is installed; then pass "state installed"; else fail "state is $(lab_state "$NS" "$MAC"), not installed"; fi
-if [ "$FW" != bios ]; then
-	# An NVRAM entry exists, and the network stays first: stemcell decides every boot.
-	nv=$(grep -a '^install: NVRAM: ' "$SERIAL" | tr -d '\r' | tail -n 1)
-	entry=$(echo "$nv" | sed -n 's/^install: NVRAM: Boot\([0-9A-Fa-f]\{4\}\) debian;.*/\1/p')
-	order=$(echo "$nv" | sed -n 's/.*BootOrder \([0-9A-Fa-f,]*\).*/\1/p')
-	if [ -n "$entry" ] && [ "${order##*,}" = "$entry" ] && [ "${order%%,*}" != "$entry" ]; then
-		pass "UEFI: NVRAM entry Boot$entry (debian), last in BootOrder $order"
-	else
-		fail "UEFI: no NVRAM entry last in the boot order: '${nv:-no NVRAM line}'"
-	fi
-fi
-
-# ---- the reboot: Debian from the disk ------------------------------------------------------------
-if seen "^$HOST login:" 900; then
-	phase first_boot_to_login $((AT - DONE))
-	pass "Debian boots from its disk to a login prompt ($((AT - DONE)) s after the install; $AT s after power-on): $(grep -a "$HOST login:" "$SERIAL" | tail -n 1 | tr -d '\r' | cut -c1-80)"
-else
-	die "no '$HOST login:' on the serial console within 900 s of the install" "$SERIAL"
-fi
-if lab_seen "$SERIAL" "Debian GNU/Linux 12 $HOST ttyS0"; then
-	pass "the console's banner: $(grep -a "Debian GNU/Linux 12 $HOST" "$SERIAL" | tail -n 1 | tr -d '\r' | cut -c1-80)"
-else
-	fail "no 'Debian GNU/Linux 12 $HOST ttyS0' banner"
-fi
-if [ "$(lab_count "$SERIAL" '^stemcell: stem cell starting')" = 1 ]; then
-	pass "the second boot did not start the stem cell again"
-else
-	fail "the stem cell started $(lab_count "$SERIAL" '^stemcell: stem cell starting') times"
-fi
-events
-if grep -q $'^boot\t.*installed, boot from local disk' "$W/events.txt"; then
-	pass "the reboot was told to boot from the local disk"
-else
-	fail "no 'boot from local disk' boot script after the install"
-fi
-# Debian asks DHCP for its own address on the boot NIC (systemd-networkd, matched by MAC):
-# after the install's `done`, a DHCPACK with no boot file (firmware and iPXE get one).
-debian_lease() {
-	events
-	sed '1,/^done	/d' "$W/events.txt" | grep -E $'^dhcp	.*DHCPACK' | grep -qv 'boot file'
+	[ "$SCENARIO" = corrupt ] || sed -i '/^  cut:$/,/^    os: debian-12-cut$/d' "$D/inventory.yaml.new"
+	mv "$D/inventory.yaml.new" "$D/inventory.yaml"
 }
-if lab_wait 120 "" debian_lease; then
-	pass "the installed Debian took a DHCP lease on its boot NIC (systemd-networkd): $(sed '1,/^done	/d' "$W/events.txt" | grep -E $'^dhcp	.*DHCPACK' | grep -v 'boot file' | tail -n 1 | cut -f2)"
-else
-	fail "no DHCP lease from the installed Debian within 120 s"
-	show "$W/events.txt" 15
+if [ "$SCENARIO" = corrupt ]; then inventory "$MAC" "$MAC2" cut deb-truncated; else inventory "$MAC"; fi
+
+if [ "$SCENARIO" = uefi ]; then
+	# The role's code fails at first: one resource Puppet cannot apply.
+	cat >>"$D/puppet/manifests/web.pp" <<'EOF'
+# stemcell's uefi test: a resource that fails (the test removes it again)
+exec { 'stemcell-test-fails':
+  command => '/bin/false',
+}
+EOF
 fi
-lab_stop "$QEMU_PID"
-if [ "${KEEP:-}" = 1 ]; then cp "$DISK" "$W/disk-after.img" 2>/dev/null || true; fi
-echo "== $SCENARIO: $PASSES passed, $FAILS failed, $((SECONDS - T0)) s" >&3
-[ "$FAILS" = 0 ]
+lab_check "$STEMCELL" "$D" || die "stemcell check failed" "$D/check.txt"
+{ lab_netns "$NS" && lab_bridge "$NS" && lab_tap "$NS" tap0 && lab_tap "$NS" tap1; } ||
+	die "cannot set up namespace $NS"
+lab_serve "$NS" "$STEMCELL" "$D" || die "stemcell did not come up" "$D/check.txt" "$D/server.log"
+pass "stemcell serves $NS: authoritative DHCP, TFTP, HTTP; images $IMAGES, os/, puppet/ (a copy)"
+code=$(lab_api "$NS" "/os/debian-12/$ARCHIVE" -o /dev/null -I -w '%{http_code}')
+[ "$code" = 200 ] || die "the image is not served at /os/debian-12/ (HTTP $code)" "$D/server.log"
+BUNDLE0=$(lab_api "$NS" /puppet/bundle.tar.gz -o /dev/null -D - | tr -d '\r' | sed -n 's/^[Xx]-[Bb]undle-[Ss]ha256: //p')
+[ ${#BUNDLE0} = 64 ] || die "no Puppet bundle served at /puppet/bundle.tar.gz" "$D/server.log"
+
+# ---- corrupt: wrong bytes, then a truncated archive -----------------------------------------------
+if [ "$SCENARIO" = corrupt ]; then
+	# check_failed NAME MAC REGEX WHAT
+	check_failed() {
+		seen "^stemcell: stem cell starting" 300 || die "$1: no stem cell within 300 s" "$SERIAL"
+		seen "^stemcell: install failed" 1200 || die "$1: the install did not fail" "$SERIAL" "$D/server.log"
+		pass "$1: the install fails ($AT s after power-on): $(grep -a '^stemcell: install failed' "$SERIAL" | tr -d '\r' | cut -c1-160)"
+		if lab_wait 30 "" state_is "$2" failed; then pass "$1: state failed"; else fail "$1: state is $(lab_state "$NS" "$2"), not failed"; fi
+		events "$2"
+		if grep -qE $'^failed\t.*'"$3" "$W/events-$2.txt"; then
+			pass "$1: the failed event says $4: $(grep -a $'^failed\t' "$W/events-$2.txt" | cut -f2 | grep -oE 'install: FAILED: .*' | cut -c1-200)"
+		else
+			fail "$1: no '$4' in a failed event"
+			show "$W/events-$2.txt" 20
+		fi
+		local n
+		n=$(grep -c $'^done\t' "$W/events-$2.txt")
+		if [ "$n" = 0 ]; then pass "$1: never reported done"; else fail "$1: $n done events"; fi
+		power_off
+	}
+	truncate -s 4G "$W/corrupt.img" "$W/truncated.img"
+	power_on corrupt "$MAC" tap0 "$W/corrupt.img"
+	echo "== power-on: $FW, the served archive has 16 bytes changed at offset $((SIZE / 2))" >&3
+	check_failed corrupt "$MAC" "sha256 mismatch: got [0-9a-f]{64}, want $SHA \\($SIZE bytes" "sha256 mismatch (all $SIZE bytes arrived)"
+	power_on truncated "$MAC2" tap1 "$W/truncated.img"
+	echo "== power-on: $FW, the served archive is cut to $((SIZE / 2)) of $SIZE bytes" >&3
+	check_failed truncated "$MAC2" "the image is truncated: $((SIZE / 2)) of $SIZE bytes arrived" "truncated, with the byte counts"
+	finish
+fi
+
+# ---- power on: install, first boot, Puppet -------------------------------------------------
+# install_and_converge NAME MAC TAP DISK EXPECT: power on with an empty disk; the install,
+# the login prompt and the first Puppet run; EXPECT: configured or config-failed.
+install_and_converge() {
+	local name=$1 mac=$2 tap=$3 disk=$4 expect=$5 done_at
+	truncate -s 4G "$disk"
+	power_on "$name" "$mac" "$tap" "$disk"
+	echo "== $name ($mac): power-on, $FW, empty 4 GiB disk, network first, ${DEB_MEM:-2048} MiB" >&3
+	seen "^stemcell: stem cell starting" 300 || die "$name: no stem cell within 300 s" "$SERIAL"
+	pass "$name: the stem cell starts ($AT s after power-on)"
+	seen "^install: image ok" 1500 || die "$name: the image did not unpack" "$SERIAL" "$D/server.log"
+	pass "$name: image streamed and checked: $(grep -a '^install: image ok' "$SERIAL" | tr -d '\r' | cut -c1-120)"
+	seen "^stemcell: install done" 900 || die "$name: the install did not finish" "$SERIAL" "$D/server.log"
+	done_at=$AT
+	pass "$name: install done ($AT s after power-on)"
+	if seen "^$HOST login:" 900; then
+		pass "$name: Debian boots from its disk to '$HOST login:' ($((AT - done_at)) s after the install; $AT s after power-on)"
+	else
+		die "$name: no '$HOST login:' on the serial console within 900 s of the install" "$SERIAL"
+	fi
+	if lab_seen "$SERIAL" "Debian GNU/Linux 12 $HOST ttyS0"; then
+		pass "$name: the console's banner: $(grep -a "Debian GNU/Linux 12 $HOST" "$SERIAL" | tail -n 1 | tr -d '\r' | cut -c1-80)"
+	else
+		fail "$name: no 'Debian GNU/Linux 12 $HOST ttyS0' banner"
+	fi
+	if [ "$FW" != bios ]; then
+		nv=$(grep -a '^install: NVRAM: ' "$SERIAL" | tr -d '\r' | tail -n 1)
+		entry=$(echo "$nv" | sed -n 's/^install: NVRAM: Boot\([0-9A-Fa-f]\{4\}\) debian;.*/\1/p')
+		order=$(echo "$nv" | sed -n 's/.*BootOrder \([0-9A-Fa-f,]*\).*/\1/p')
+		if [ -n "$entry" ] && [ "${order##*,}" = "$entry" ] && [ "${order%%,*}" != "$entry" ]; then
+			pass "$name: UEFI NVRAM entry Boot$entry (debian), last in BootOrder $order"
+		else
+			fail "$name: UEFI: no NVRAM entry last in the boot order: '${nv:-no NVRAM line}'"
+		fi
+	fi
+	# Puppet under TCG: the first run (facter, the catalog, nginx) takes minutes.
+	reported() { state_is "$mac" configured || state_is "$mac" config-failed; }
+	if ! lab_wait 1200 "$QEMU_PID" reported; then
+		die "$name: no Puppet report within 1200 s of the login prompt (state $(lab_state "$NS" "$mac"))" "$SERIAL" "$D/server.log"
+	fi
+	local st
+	st=$(lab_state "$NS" "$mac")
+	[ "$st" = "$expect" ] || {
+		events "$mac"
+		die "$name: state $st after the first Puppet run, want $expect" "$W/events-$mac.txt" "$SERIAL"
+	}
+	pass "$name: state $st after the first Puppet run ($((SECONDS - ON)) s after power-on): $(jqm "$mac" '.last_run | "exit \(.exit), changed \(.changed), failed \(.failed), total \(.total), \(.millis) ms"')"
+}
+
+# check_role NAME MAC [MIN_CHANGED]: Puppet's numbers (failed 0, at least MIN_CHANGED
+# changed, default 1: a first run changes the machine) and the role's effect, from outside.
+check_role() {
+	local name=$1 mac=$2 min=${3:-1} want="$HOST: role web, configured by Puppet" got
+	if [ "$(jqm "$mac" '.last_run.failed')" = 0 ] && [ "$(jqm "$mac" '.last_run.changed')" -ge "$min" ] 2>/dev/null; then
+		pass "$name: Puppet's numbers: $(jqm "$mac" '.last_run | "\(.changed) changed, \(.failed) failed of \(.total)"')"
+	else
+		fail "$name: Puppet's numbers are not failed 0, changed >= $min: $(jqm "$mac" '.last_run | tostring')"
+	fi
+	if lab_wait 60 "" page_is "$mac" "$want"; then
+		pass "$name: from the server's namespace, curl http://$(jqm "$mac" .ip)/ says '$(nginx_page "$mac")'"
+	else
+		got=$(nginx_page "$mac")
+		fail "$name: http://$(jqm "$mac" .ip)/ says '${got:-nothing}', want '$want'"
+	fi
+}
+
+if [ "$SCENARIO" = uefi ]; then
+	install_and_converge uefi "$MAC" tap0 "$W/uefi.img" config-failed
+	phases uefi "$MAC" "$ON_MS" "$SERIAL"
+	if [ "$(jqm "$MAC" '.last_run.failed')" -gt 0 ] 2>/dev/null; then
+		pass "Puppet's numbers say it: $(jqm "$MAC" '.last_run | "exit \(.exit), \(.failed) failed of \(.total)"')"
+	else
+		fail "config-failed, but Puppet's numbers say no failure: $(jqm "$MAC" '.last_run')"
+	fi
+	events "$MAC"
+	if grep -qE $'^puppet\t.*Error:.*stemcell-test-fails' "$W/events-$MAC.txt" &&
+		grep -q $'^config-failed\t' "$W/events-$MAC.txt"; then
+		pass "Puppet's error is in the events: $(grep -aE $'^puppet\t.*Error:.*stemcell-test-fails' "$W/events-$MAC.txt" | head -n 1 | cut -f2 | cut -c1-160)"
+	else
+		fail "no Puppet error about stemcell-test-fails in the events"
+		show "$W/events-$MAC.txt" 20
+	fi
+	# The fix: the operator removes the failing resource from the site's Puppet code. The
+	# next timer run (puppet_interval 1min after the last run ended) takes the new bundle.
+	runs=$(count_events "$MAC" puppet)
+	sed -i '/^# stemcell.s uefi test/,$d' "$D/puppet/manifests/web.pp"
+	BUNDLE1=$(lab_api "$NS" /puppet/bundle.tar.gz -o /dev/null -D - | tr -d '\r' | sed -n 's/^[Xx]-[Bb]undle-[Ss]ha256: //p')
+	{ [ "$BUNDLE1" != "$BUNDLE0" ] && [ ${#BUNDLE1} = 64 ]; } ||
+		fail "the bundle's digest did not change with the manifest ($BUNDLE0 -> $BUNDLE1)"
+	fixed=$SECONDS
+	if lab_wait 900 "$QEMU_PID" state_is "$MAC" configured; then
+		pass "the timer's next run converges it: configured $((SECONDS - fixed)) s after the fix: $(jqm "$MAC" '.last_run | "exit \(.exit), changed \(.changed), failed \(.failed), total \(.total), \(.millis) ms"')"
+	else
+		events "$MAC"
+		die "not configured within 900 s of the fix (state $(lab_state "$NS" "$MAC"))" "$W/events-$MAC.txt" "$SERIAL"
+	fi
+	if [ "$(jqm "$MAC" '.last_run.bundle')" = "$BUNDLE1" ]; then
+		pass "the run applied the fixed bundle ${BUNDLE1:0:12}…"
+	else
+		fail "the run's bundle is $(jqm "$MAC" '.last_run.bundle'), want the fixed $BUNDLE1"
+	fi
+	if [ "$(count_events "$MAC" booted)" = 1 ] && [ "$(count_events "$MAC" puppet)" -gt "$runs" ]; then
+		pass "no reboot: the timer ran Puppet again (one booted event)"
+	else
+		fail "booted $(count_events "$MAC" booted) times; puppet events $runs -> $(count_events "$MAC" puppet)"
+	fi
+	# The failing run already applied the rest of the role (nginx's page): the fixed run
+	# may change nothing, it must fail nothing.
+	check_role uefi "$MAC" 0
+	if [ "$(lab_count "$SERIAL" '^stemcell: stem cell starting')" = 1 ]; then
+		pass "the stem cell ran once"
+	else
+		fail "the stem cell started $(lab_count "$SERIAL" '^stemcell: stem cell starting') times"
+	fi
+	power_off
+	finish
+fi
+
+# ---- bios: the first machine ------------------------------------------------------------------
+install_and_converge old "$MAC" tap0 "$W/old.img" configured
+OLD_ON_MS=$ON_MS
+check_role old "$MAC"
+phases old "$MAC" "$OLD_ON_MS" "$SERIAL"
+OLD=$(machine_json "$MAC")
+echo "$OLD" >"$W/old.json"
+
+# ---- power off and on: it stays on its disk --------------------------------------------------------
+booted=$(count_events "$MAC" booted)
+runs=$(count_events "$MAC" configured)
+boots=$(count_events "$MAC" boot)
+power_off
+power_on old "$MAC" tap0 "$W/old.img"
+echo "== old: powered off and on again" >&3
+if seen "^$HOST login:" 600; then
+	pass "old: back at '$HOST login:' $AT s after power-on"
+else
+	die "old: no login prompt within 600 s of the second power-on" "$SERIAL"
+fi
+if lab_seen "$SERIAL" '^stemcell: stem cell starting'; then
+	fail "old: the stem cell started again"
+else
+	pass "old: no stem cell on the second power-on"
+fi
+events "$MAC"
+if tail -n +$((boots + 1)) <(grep $'^boot\t' "$W/events-$MAC.txt") | grep -q 'installed, boot from local disk'; then
+	pass "old: the boot script said: boot from local disk"
+else
+	fail "old: no 'boot from local disk' boot script on the second power-on"
+fi
+more_runs() { [ "$(count_events "$MAC" configured)" -gt "$runs" ]; }
+lab_wait 900 "$QEMU_PID" more_runs
+if [ "$(count_events "$MAC" booted)" -gt "$booted" ]; then
+	pass "old: a new booted event ($booted -> $(count_events "$MAC" booted))"
+else
+	fail "old: no new booted event"
+fi
+if state_is "$MAC" configured && [ "$(count_events "$MAC" configured)" -gt "$runs" ]; then
+	pass "old: still configured after Puppet's run at boot: $(jqm "$MAC" '.last_run | "changed \(.changed), failed \(.failed)"')"
+else
+	fail "old: state $(lab_state "$NS" "$MAC") after the second boot (configured runs $runs -> $(count_events "$MAC" configured))"
+fi
+
+# ---- the promise: thrown away, replaced, back as the same host ---------------------------------
+power_off
+echo "== old: thrown away. The operator moves $HOST to a new machine's MAC $MAC2 in inventory.yaml" >&3
+inventory "$MAC2"
+moved() { [ "$(jqm "$MAC2" .hostname)" = "$HOST" ] && [ "$(jqm "$MAC2" .listed)" = true ]; }
+if lab_wait 10 "" moved; then
+	pass "the running server took the edit: $MAC2 is $HOST ($(jqm "$MAC2" .state))"
+else
+	die "the inventory edit did not take: $(machine_json "$MAC2")" "$D/server.log"
+fi
+install_and_converge new "$MAC2" tap1 "$W/new.img" configured
+check_role new "$MAC2"
+phases new "$MAC2" "$ON_MS" "$SERIAL"
+NEW=$(machine_json "$MAC2")
+echo "$NEW" >"$W/new.json"
+same() {
+	local a b
+	a=$(jq -r "$1" <<<"$OLD")
+	b=$(jq -r "$1" <<<"$NEW")
+	if [ -n "$a" ] && [ "$a" != null ] && [ "$a" = "$b" ]; then
+		pass "old and new: the same $2: ${a:0:64}"
+	else
+		fail "old and new differ in $2: '$a' vs '$b'"
+	fi
+}
+same .os_image "OS image (sha256)"
+same .last_run.packages "package list (digest of dpkg-query -W)"
+same .last_run.bundle "Puppet bundle"
+same '.last_run | "changed \(.changed), failed \(.failed), total \(.total)"' "Puppet result"
+same .hostname "hostname in the inventory"
+if [ "$(jq -r .os_image <<<"$NEW")" = "$SHA" ]; then pass "the OS image is the one built: ${SHA:0:12}…"; else fail "os_image is not $SHA"; fi
+if lab_seen "$SERIAL" "^$HOST login:" && lab_seen "$W/old-1.console" "^$HOST login:"; then
+	pass "both consoles say '$HOST login:'"
+else
+	fail "the consoles do not both say '$HOST login:'"
+fi
+
+# ---- re-arm the replacement: it reinstalls -------------------------------------------------------
+if ip netns exec "$NS" "$STEMCELL" reinstall --config "$D/stemcell.yaml" "$MAC2" >"$W/reinstall.txt" 2>&1; then
+	pass "stemcell reinstall $MAC2: $(head -n 1 "$W/reinstall.txt" | cut -c1-100)"
+else
+	die "stemcell reinstall failed" "$W/reinstall.txt"
+fi
+if state_is "$MAC2" pending; then pass "re-armed: state pending"; else fail "state $(lab_state "$NS" "$MAC2") after the re-arm, not pending"; fi
+power_off
+power_on new "$MAC2" tap1 "$W/new.img"
+echo "== new: re-armed, powered on" >&3
+seen "^stemcell: stem cell starting" 300 || die "new: no stem cell after the re-arm" "$SERIAL"
+pass "new: the stem cell starts again ($AT s after power-on)"
+seen "^stemcell: install done" 1500 || die "new: the reinstall did not finish" "$SERIAL" "$D/server.log"
+pass "new: reinstalled ($AT s after power-on)"
+if lab_wait 30 "" state_is "$MAC2" installed || state_is "$MAC2" booted || state_is "$MAC2" configured; then
+	pass "new: state $(lab_state "$NS" "$MAC2") after the reinstall"
+else
+	fail "new: state $(lab_state "$NS" "$MAC2") after the reinstall"
+fi
+# The re-arm started a new timeline, and the netboot after it opened it (its firmware phase).
+nb=$(jqm "$MAC2" '.phases.netboot // 0')
+if [ "$nb" -gt "$ON_MS" ] 2>/dev/null; then
+	pass "new: the reinstall's timeline starts at its netboot, $(((nb - ON_MS) / 1000)) s after power-on"
+else
+	fail "new: the reinstall's timeline has no netboot after this power-on: $(jqm "$MAC2" .phases)"
+fi
+phases reinstall "$MAC2" "$ON_MS" "$SERIAL"
+power_off
+finish
