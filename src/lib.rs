@@ -12,6 +12,8 @@ pub mod cli;
 mod client;
 mod config;
 mod dhcp;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod http;
 pub mod image;
 mod images;
