@@ -13,6 +13,8 @@ pub mod cli;
 mod client;
 mod config;
 mod dhcp;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod http;
 mod image;
 mod images;

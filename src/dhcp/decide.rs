@@ -408,7 +408,7 @@ impl DhcpServer {
         }
         r.set_ip(code::SERVER_ID, self.settings.server_ip);
         r.set(code::VENDOR_CLASS, boot.vendor_class.as_bytes().to_vec());
-        if let Some(uuid) = p.options.get(code::CLIENT_UUID) {
+        if let Some(uuid) = client_uuid(p) {
             r.set(code::CLIENT_UUID, uuid.to_vec());
         }
         if boot.pxe_options {
@@ -469,7 +469,7 @@ impl DhcpServer {
             if b.vendor_class == "HTTPClient" {
                 r.set(code::VENDOR_CLASS, b"HTTPClient".to_vec());
             }
-            if let Some(uuid) = p.options.get(code::CLIENT_UUID) {
+            if let Some(uuid) = client_uuid(p) {
                 r.set(code::CLIENT_UUID, uuid.to_vec());
             }
         }
@@ -651,6 +651,16 @@ impl DhcpServer {
         ev.refusal = boot_refusal;
         Outcome::reply(r, Self::destination(p, false), Durable::done(), c.mac, ev)
     }
+}
+
+/// The client's option 97 if it is what RFC 4578 §2.3 defines (type 0, then a 16-byte
+/// UUID): only that is echoed. A malformed one could be empty (encoders such as dhcproto's
+/// then drop it) or, joined from several instances (RFC 3396), hundreds of bytes that push
+/// the reply past the 576 bytes a client must accept (RFC 2131 §2). Found by fuzzing.
+fn client_uuid(p: &Packet) -> Option<&[u8]> {
+    p.options
+        .get(code::CLIENT_UUID)
+        .filter(|u| u.len() == 17 && u[0] == 0)
 }
 
 /// One authoritative-mode client request, with what was looked up for it.
@@ -878,6 +888,45 @@ mod tests {
             Some(&b"snponly.efi"[..])
         );
         assert_eq!(m.opts().msg_type(), Some(dhcproto::v4::MessageType::Offer));
+    }
+
+    /// Found by fuzzing: option 97 was echoed whatever it held, so a client sending a long
+    /// one (several instances joined, RFC 3396) got a reply over the 576 bytes it must
+    /// accept, and an empty one came back as an option that dhcproto's encoder drops.
+    #[test]
+    fn malformed_or_oversized_option_97_is_not_echoed() {
+        let long = vec![0u8; 600];
+        let uuid: Vec<u8> = std::iter::once(0).chain(1..=16).collect();
+        for mode in [Mode::Proxy, Mode::Authoritative] {
+            let s = server(mode);
+            let bad: [&[(u8, &[u8])]; 3] = [
+                &[
+                    (97, &long[..255]),
+                    (97, &long[255..510]),
+                    (97, &long[510..]),
+                ],
+                &[(97, &[])],
+                &[(97, &uuid[1..])],
+            ];
+            for opts in bad {
+                let mut opts = opts.to_vec();
+                opts.extend([(60, PXE_X64), (93, &[0, 7][..])]);
+                let o = handle(&s, &pkt(1, &opts), T0);
+                let r = reply(&o);
+                assert!(r.get(code::CLIENT_UUID).is_none(), "{mode:?}");
+                assert!(r.encode().len() <= 576, "{mode:?}");
+            }
+            let o = handle(
+                &s,
+                &pkt(1, &[(97, &uuid), (60, PXE_X64), (93, &[0, 7])]),
+                T0,
+            );
+            assert_eq!(
+                reply(&o).get(code::CLIENT_UUID),
+                Some(&uuid[..]),
+                "{mode:?}"
+            );
+        }
     }
 
     #[test]

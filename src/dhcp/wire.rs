@@ -135,6 +135,12 @@ impl Options {
         }
     }
 
+    /// Every option in the order first seen (the fuzz targets compare decoders with it).
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u8, &[u8])> {
+        self.0.iter().map(|(c, v)| (*c, v.as_slice()))
+    }
+
     fn append(&mut self, code: u8, data: &[u8]) {
         match self.0.iter_mut().find(|(c, _)| *c == code) {
             Some((_, v)) => v.extend_from_slice(data),
