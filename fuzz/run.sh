@@ -40,6 +40,11 @@ for f in examples/lab/*.yaml examples/lab/os/*.yaml; do
 	cp "$f" "$cfg_seeds/$(echo "$f" | tr / _)"
 done
 
+# The targets' scratch files (path_jail's directory tree) go to a folder of this run's own.
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+export TMPDIR=$scratch
+
 logs=fuzz/target/logs
 mkdir -p "$logs"
 failed=()
