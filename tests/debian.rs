@@ -22,10 +22,10 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Condvar, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::Instant;
 
-use common::{skip, target_dir, BIN as STEMCELL, SKIP_EXIT};
+use common::{skip, target_dir, Slot, BIN as STEMCELL, SKIP_EXIT};
 
 /// SeaBIOS: install, login, Puppet, nginx from outside, a second power-on stays on the disk,
 /// the replacement comes back as the same host, and a re-arm reinstalls.
@@ -85,7 +85,7 @@ fn scenario(name: &str) {
     let image = stem_cell().unwrap_or_else(|e| panic!("the stem-cell image build failed:\n{e}"));
     let os_cache = os_image().unwrap_or_else(|e| panic!("the OS image build failed:\n{e}"));
 
-    let _slot = Slot::take();
+    let _slot = Slot::take("DEB_PARALLEL");
     let started = Instant::now();
     let out = Command::new("bash")
         .arg(script())
@@ -196,34 +196,4 @@ fn os_image() -> Result<PathBuf, String> {
         Ok(out)
     })
     .clone()
-}
-
-/// One of `DEB_PARALLEL` (default 2) places for a QEMU machine: with TCG every vCPU keeps a
-/// host core busy, and a starved machine's timeouts fire.
-struct Slot;
-
-static BUSY: Mutex<usize> = Mutex::new(0);
-static FREED: Condvar = Condvar::new();
-
-impl Slot {
-    fn take() -> Slot {
-        let max = std::env::var("DEB_PARALLEL")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .unwrap_or(2)
-            .max(1);
-        let mut busy = BUSY.lock().unwrap_or_else(|e| e.into_inner());
-        while *busy >= max {
-            busy = FREED.wait(busy).unwrap_or_else(|e| e.into_inner());
-        }
-        *busy += 1;
-        Slot
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        *BUSY.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
-        FREED.notify_one();
-    }
 }

@@ -22,10 +22,10 @@ mod browser;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Condvar, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::Instant;
 
-use common::{helper, skip, target_dir, BIN as STEMCELL, SKIP_EXIT};
+use common::{helper, skip, target_dir, Slot, BIN as STEMCELL, SKIP_EXIT};
 
 /// The BIOS machine is also watched on the inventory page in headless Chromium: its row
 /// must move to installing and installed with no reload (examples/browser_watch.rs).
@@ -120,7 +120,7 @@ fn scenario_watched(name: &str, watched: bool) {
         Err(e) => panic!("the stem-cell image build failed:\n{e}"),
     };
 
-    let _slot = Slot::take();
+    let _slot = Slot::take("PXE_PARALLEL");
     let started = Instant::now();
     let mut cmd = Command::new("bash");
     cmd.arg(script())
@@ -195,36 +195,6 @@ fn build_image(out_dir: &Path) -> Result<String, String> {
         return Err(format!("{} ({}):\n{text}", out_dir.display(), out.status));
     }
     Ok(text)
-}
-
-/// One of `PXE_PARALLEL` (default 2) places for a QEMU machine: with TCG every machine
-/// keeps a core busy, and firmware timeouts do not wait for a starved one.
-struct Slot;
-
-static BUSY: Mutex<usize> = Mutex::new(0);
-static FREED: Condvar = Condvar::new();
-
-impl Slot {
-    fn take() -> Slot {
-        let max = std::env::var("PXE_PARALLEL")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .unwrap_or(2)
-            .max(1);
-        let mut busy = BUSY.lock().unwrap_or_else(|e| e.into_inner());
-        while *busy >= max {
-            busy = FREED.wait(busy).unwrap_or_else(|e| e.into_inner());
-        }
-        *busy += 1;
-        Slot
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        *BUSY.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
-        FREED.notify_one();
-    }
 }
 
 /// Honest skips, proved on a real PXE test: with QEMU missing from PATH, the UEFI PXE test

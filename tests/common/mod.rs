@@ -411,3 +411,34 @@ pub fn has_event(machine: &serde_json::Value, field: &str, want: &str) -> bool {
         .as_array()
         .is_some_and(|ev| ev.iter().any(|e| e[field] == want))
 }
+
+/// One of `$VAR` (default 2) places for a QEMU machine: with TCG every vCPU keeps a host
+/// core busy, and firmware and install timeouts do not wait for a starved machine. Each
+/// test binary has its own count.
+pub struct Slot;
+
+static SLOTS_BUSY: std::sync::Mutex<usize> = std::sync::Mutex::new(0);
+static SLOT_FREED: std::sync::Condvar = std::sync::Condvar::new();
+
+impl Slot {
+    pub fn take(var: &str) -> Slot {
+        let max = std::env::var(var)
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(2)
+            .max(1);
+        let mut busy = SLOTS_BUSY.lock().unwrap_or_else(|e| e.into_inner());
+        while *busy >= max {
+            busy = SLOT_FREED.wait(busy).unwrap_or_else(|e| e.into_inner());
+        }
+        *busy += 1;
+        Slot
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        *SLOTS_BUSY.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+        SLOT_FREED.notify_one();
+    }
+}
