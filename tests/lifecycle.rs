@@ -4,7 +4,7 @@
 mod common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -20,18 +20,6 @@ machines:
     hostname: web01
     role: web
 ";
-
-/// Wait for the child to exit; its exit code, or `None` if it is still running.
-fn wait_exit(s: &mut Server, timeout: Duration) -> Option<i32> {
-    let t0 = Instant::now();
-    while t0.elapsed() < timeout {
-        if let Some(st) = s.child.try_wait().expect("wait for stemcell") {
-            return Some(st.code().unwrap_or(-1));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
-}
 
 /// A socket loop that dies must not leave a half-running server: the kernel destroys
 /// TFTP's socket (`ss -K`, as an administrator or a failing NIC driver would), its
@@ -68,7 +56,7 @@ fn a_dead_service_socket_stops_the_server_with_its_error() {
     .unwrap();
     let mut s = Server::start_in(Some(&ns), dir.path());
     assert_eq!(
-        wait_exit(&mut s, Duration::from_millis(300)),
+        wait_exit(&mut s.child, Duration::from_millis(300)),
         None,
         "the server must run until something stops it"
     );
@@ -78,7 +66,7 @@ fn a_dead_service_socket_stops_the_server_with_its_error() {
         "ss -K: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let code = wait_exit(&mut s, Duration::from_secs(15));
+    let code = wait_exit(&mut s.child, Duration::from_secs(15));
     let log = s.log_text();
     assert_eq!(
         code,
@@ -127,7 +115,7 @@ fn sigterm_leaves_every_acknowledged_journal_line_on_disk() {
         .status()
         .unwrap()
         .success());
-    let code = wait_exit(&mut s, Duration::from_secs(15));
+    let code = wait_exit(&mut s.child, Duration::from_secs(15));
     assert_eq!(
         code,
         Some(0),
@@ -203,7 +191,7 @@ fn a_dead_http_listener_stops_the_server() {
         "ss -K: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let code = wait_exit(&mut s, Duration::from_secs(15));
+    let code = wait_exit(&mut s.child, Duration::from_secs(15));
     let log = s.log_text();
     assert_eq!(code, Some(70), "log:\n{log}");
     assert!(log.contains("the HTTP service failed"), "log:\n{log}");

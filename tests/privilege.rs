@@ -8,7 +8,7 @@ mod common;
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -61,17 +61,6 @@ fn proc_status(pid: u32, field: &str) -> String {
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .map(|v| v.trim().to_string())
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
-}
-
-fn wait_exit(child: &mut std::process::Child, timeout: Duration) -> Option<i32> {
-    let t0 = Instant::now();
-    while t0.elapsed() < timeout {
-        if let Some(st) = child.try_wait().unwrap() {
-            return Some(st.code().unwrap_or(-1));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
 }
 
 #[test]

@@ -442,3 +442,16 @@ impl Drop for Slot {
         SLOT_FREED.notify_one();
     }
 }
+
+/// Wait for `child` to exit: its exit code (-1 for a signal), or `None` if it is still
+/// running after `timeout`.
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<i32> {
+    let t0 = Instant::now();
+    while t0.elapsed() < timeout {
+        if let Some(st) = child.try_wait().expect("wait for the child") {
+            return Some(st.code().unwrap_or(-1));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
