@@ -9,6 +9,7 @@ PACKAGES=(
   chromium chromium-driver fonts-dejavu-core
   shellcheck mmdebstrap uidmap jq
   systemd util-linux openssl
+  vagrant vagrant-libvirt
 )
 
 missing=()

@@ -143,6 +143,10 @@ fn a_wrong_expectation_fails() {
     .unwrap();
     let r = std::panic::catch_unwind(|| follow(&doc, dir.path()));
     assert!(r.is_err(), "lines out of order were accepted");
-    std::fs::write(&doc, "```sh\necho one; echo two\n```\n\n```text\none\ntwo\n```\n").unwrap();
+    std::fs::write(
+        &doc,
+        "```sh\necho one; echo two\n```\n\n```text\none\ntwo\n```\n",
+    )
+    .unwrap();
     assert_eq!(follow(&doc, dir.path()), 2);
 }
