@@ -86,6 +86,10 @@ pub(crate) struct Config {
     pub(crate) puppet: PathBuf,
     /// An installed machine that has not phoned home after this long is `stalled`.
     pub(crate) stall_after: Duration,
+    /// How many times an armed machine may boot its installer without reporting `done` or
+    /// `failed`; the next boot stops the install (an installer that never calls back must
+    /// not reinstall forever).
+    pub(crate) installer_boots: u32,
     /// `user:` (and `group:`): whom `serve` becomes once every socket is bound.
     pub(crate) run_as: Option<RunAs>,
 }
@@ -116,6 +120,8 @@ pub(crate) enum ConfigError {
 
 /// How long an installed machine may take to phone home before it shows as stalled.
 const DEFAULT_STALL_AFTER: Duration = Duration::from_secs(30 * 60);
+/// Boots into the installer an armed machine gets before its install is stopped.
+const DEFAULT_INSTALLER_BOOTS: u32 = 3;
 
 const TOP_KEYS: &[&str] = &[
     "interface",
@@ -133,6 +139,7 @@ const TOP_KEYS: &[&str] = &[
     "images",
     "puppet",
     "stall_after",
+    "installer_boots",
     "user",
     "group",
 ];
@@ -193,6 +200,20 @@ impl Config {
                 .unwrap_or(DEFAULT_STALL_AFTER),
             None => DEFAULT_STALL_AFTER,
         };
+        let installer_boots = match top.get("installer_boots") {
+            Some(n) => match r.parsed::<u32>(n, "installer_boots", "a whole number from 1") {
+                Some(0) => {
+                    r.add(
+                        n.pos,
+                        "installer_boots must be at least 1 (the first boot is one)",
+                    );
+                    DEFAULT_INSTALLER_BOOTS
+                }
+                Some(v) => v,
+                None => DEFAULT_INSTALLER_BOOTS,
+            },
+            None => DEFAULT_INSTALLER_BOOTS,
+        };
         let run_as = read_run_as(&mut r, top.get("user"), top.get("group"));
         top.deny_unknown(&mut r, "the config file", TOP_KEYS);
 
@@ -223,6 +244,7 @@ impl Config {
             os_images,
             puppet,
             stall_after,
+            installer_boots,
             run_as,
         })
     }
@@ -723,6 +745,24 @@ kickstarts: kickstarts
 state_dir: /var/lib/stemcell
 admin_token_file: admin.token
 ";
+
+    #[test]
+    fn installer_boots_defaults_to_three_and_refuses_zero() {
+        assert_eq!(parse(FULL).unwrap().installer_boots, 3);
+        assert_eq!(
+            parse(&format!("{FULL}installer_boots: 5\n"))
+                .unwrap()
+                .installer_boots,
+            5
+        );
+        let e = parse(&format!("{FULL}installer_boots: 0\n")).unwrap_err();
+        assert!(
+            e.to_string().contains(":23:18: installer_boots must be at least 1"),
+            "{e}"
+        );
+        let e = parse(&format!("{FULL}installer_boots: many\n")).unwrap_err();
+        assert!(e.to_string().contains("installer_boots"), "{e}");
+    }
 
     #[test]
     fn the_documented_example_parses() {

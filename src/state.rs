@@ -195,6 +195,10 @@ pub(crate) struct Record {
     pub(crate) machine_key: Option<String>,
     #[serde(default)]
     pub(crate) phases: Phases,
+    /// Boots into the installer (its kernel fetched) since the machine was armed, without
+    /// `done` or `failed`: past `installer_boots` the install is stopped.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub(crate) installer_boots: u32,
     /// The last configuration run, and the last successful one (for drift).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) last_run: Option<ConfigRun>,
@@ -220,6 +224,7 @@ impl Record {
             os_image: None,
             machine_key: None,
             phases: Phases::default(),
+            installer_boots: 0,
             last_run: None,
             last_good_run: None,
             facts: Facts::default(),
@@ -287,6 +292,10 @@ pub(crate) struct Store {
     inner: Mutex<Inner>,
     journal: Journal,
     changes: tokio::sync::broadcast::Sender<Change>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -684,6 +693,7 @@ impl Store {
             r.token = Some(t.clone());
             r.spent_token = None;
             r.machine_key = Some(new_token());
+            r.installer_boots = 0;
             r.phases = Phases {
                 netboot: Some(now),
                 ..Phases::default()
@@ -693,6 +703,48 @@ impl Store {
         };
         commit.wait().await?;
         Ok(token)
+    }
+
+    /// An armed machine fetched its installer's kernel (a whole-file GET): one more boot into
+    /// the installer. Within `limit` boots this says `true` (serve it). The boot after
+    /// `limit` without `done` or `failed` stops the install: the machine is failed with the
+    /// reason (durably), its token dies, and its boot script waits for a re-arm; `false`.
+    /// A machine that is not armed (discovery, installed) is not counted.
+    pub(crate) async fn installer_booted(
+        &self,
+        mac: MacAddr,
+        limit: u32,
+    ) -> Result<bool, StateError> {
+        let (allowed, commit) = {
+            let mut inner = self.lock();
+            let Some(mut r) = inner.machines.get(&mac).and_then(|e| e.record.clone()) else {
+                return Ok(true);
+            };
+            if r.token.is_none() || !matches!(r.state, Lifecycle::Pending | Lifecycle::Installing) {
+                return Ok(true);
+            }
+            r.installer_boots = r.installer_boots.saturating_add(1);
+            if r.installer_boots <= limit {
+                self.put(&mut inner, r, false);
+                return Ok(true);
+            }
+            let reason = format!(
+                "the installer was booted {limit} times since the machine was armed and never \
+                 reported done or failed: stopped, so that it cannot reinstall forever (does \
+                 its recipe post done_url at its end?); re-arm it to try again"
+            );
+            r.state = Lifecycle::Failed;
+            r.reason = Some(reason.clone());
+            if let Some(t) = r.token.take() {
+                r.spent_token = Some(t);
+            }
+            let c = self.put(&mut inner, r, true);
+            drop(inner);
+            self.event(mac, "failed", reason);
+            (false, c)
+        };
+        commit.wait().await?;
+        Ok(allowed)
     }
 
     /// Whether `token` is this machine's current install token.
@@ -856,6 +908,7 @@ impl Store {
         }
         self.transition(mac, Some(token), |r, now| {
             r.state = Lifecycle::Installed;
+            r.installer_boots = 0;
             r.spent_token = r.token.take();
             r.installed_at = Some(now);
             r.phases.installed = Some(now);
@@ -932,6 +985,7 @@ impl Store {
             r.machine_key = Some(new_token());
             r.phases = Phases::default();
             r.reason = None;
+            r.installer_boots = 0;
         })
         .await
     }

@@ -459,3 +459,92 @@ fn inventory_edits_while_serving() {
     assert!(st["inventory"]["error"].is_null(), "{st}");
     assert_eq!(st["inventory"]["machines"], 3);
 }
+
+#[test]
+fn an_installer_that_never_calls_back_stops_after_installer_boots() {
+    // A recipe that never posts done (a distribution's installer that reboots into the
+    // network again) must not reinstall forever: after `installer_boots` boots of its
+    // installer kernel without done or failed, the install stops with the reason, and the
+    // machine waits for a re-arm. Both for the stem cell and for a role's own kernel.
+    let dir = tempfile::tempdir().unwrap();
+    lab(
+        dir.path(),
+        &format!(
+            "{INVENTORY}  \"52:54:00:00:00:03\":\n    hostname: di01\n    role: installer\n"
+        )
+        .replace(
+            "roles:\n",
+            "roles:\n  installer:\n    template: web.sh.j2\n    kernel: sub/linux\n    initrd: sub/initrd.gz\n    cmdline: auto=true url={{ install_url }}\n",
+        ),
+    );
+    std::fs::write(dir.path().join("assets/sub/linux"), b"d-i kernel").unwrap();
+    std::fs::write(dir.path().join("assets/sub/initrd.gz"), b"d-i initrd").unwrap();
+    let cfg = dir.path().join("stemcell.yaml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text + "installer_boots: 2\n").unwrap();
+    let s = Server::start(dir.path());
+    let admin = "Authorization: Bearer test-admin-token-0123456789";
+
+    for (mac, kernel) in [
+        (WEB, format!("/stemcell/vmlinuz?mac={WEB}")),
+        (
+            "52:54:00:00:00:03",
+            "/assets/sub/linux?mac=52:54:00:00:00:03".to_string(),
+        ),
+    ] {
+        for n in 1..=2 {
+            let script = boot(&s, mac);
+            assert!(script.contains(&kernel), "boot {n} of {mac}:\n{script}");
+            // A HEAD or a resumed range is not a boot; a whole GET is.
+            assert_eq!(curl(&["-I"], &s.url(&kernel)).status, 200);
+            assert_eq!(curl(&["-r", "0-3"], &s.url(&kernel)).status, 206);
+            let k = curl(&[], &s.url(&kernel));
+            assert_eq!(k.status, 200, "boot {n} of {mac}: {}", k.text());
+            let m = json(&curl(&[], &s.url(&format!("/api/v1/machines/{mac}"))));
+            assert_eq!(m["state"], "pending", "{m}");
+        }
+        // The third boot of the installer: refused, and the install is stopped.
+        let script = boot(&s, mac);
+        assert!(script.contains(&kernel), "{script}");
+        let k = curl(&[], &s.url(&kernel));
+        assert_eq!(k.status, 409, "{}", k.text());
+        assert!(k.text().contains("re-arm"), "{}", k.text());
+        let m = json(&curl(&[], &s.url(&format!("/api/v1/machines/{mac}"))));
+        assert_eq!(m["state"], "failed", "{m}");
+        assert_eq!(m["reason"], m["last_event"]["message"], "{m}");
+        assert!(
+            m["reason"].as_str().unwrap().contains(
+                "booted 2 times since the machine was armed and never reported done or failed"
+            ),
+            "{m}"
+        );
+        // Its boot script now waits instead of installing (iPXE retries into this).
+        let waiting = boot(&s, mac);
+        assert!(!waiting.contains(&kernel), "{waiting}");
+        // A re-arm starts the count again.
+        let r = curl(
+            &["-X", "POST", "-H", admin],
+            &s.url(&format!("/api/v1/machines/{mac}/reinstall")),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(boot(&s, mac).contains(&kernel));
+        assert_eq!(curl(&[], &s.url(&kernel)).status, 200);
+    }
+    // A machine that reports done is never counted: WEB, re-armed above, installs and then
+    // boots from its disk whatever fetches its kernel.
+    let script = boot(&s, WEB);
+    let token = cmdline_value(&script, "stemcell.token").unwrap();
+    let done = curl(
+        &["-X", "POST"],
+        &s.url(&format!("/install/{WEB}/done?token={token}")),
+    );
+    assert_eq!(done.status, 200, "{}", done.text());
+    for _ in 0..3 {
+        assert_eq!(
+            curl(&[], &s.url(&format!("/stemcell/vmlinuz?mac={WEB}"))).status,
+            200
+        );
+    }
+    let m = json(&curl(&[], &s.url(&format!("/api/v1/machines/{WEB}"))));
+    assert_eq!(m["state"], "installed", "{m}");
+}

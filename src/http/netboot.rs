@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
@@ -106,10 +106,46 @@ fn file_event(app: &App, q: &MacQuery, headers: &HeaderMap, what: &str) {
     }
 }
 
+/// A whole-file GET of an armed machine's installer kernel is one boot into the installer:
+/// counted, and refused (409) once the machine has booted it `installer_boots` times
+/// without `done` or `failed` — the install is then stopped (failed, with the reason) and
+/// its next boot script waits for a re-arm.
+async fn installer_kernel(
+    app: &App,
+    q: &MacQuery,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Option<Response> {
+    let mac = q.mac.as_deref().and_then(|m| m.parse::<MacAddr>().ok())?;
+    if method != Method::GET || headers.get(header::RANGE).is_some() {
+        return None;
+    }
+    match app
+        .store
+        .installer_booted(mac, app.config.installer_boots)
+        .await
+    {
+        Ok(true) => None,
+        Ok(false) => Some(text(
+            StatusCode::CONFLICT,
+            "this machine's install was stopped: its installer booted too often without \
+             reporting done or failed; re-arm it\n",
+        )),
+        Err(e) => {
+            tracing::error!(mac = %mac, error = %e, "cannot record the installer boot");
+            Some(text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cannot record this boot; see the server log\n",
+            ))
+        }
+    }
+}
+
 pub(super) async fn stemcell_file(
     State(app): State<App>,
     Path(file): Path<String>,
     Query(q): Query<MacQuery>,
+    method: Method,
     headers: HeaderMap,
 ) -> Response {
     let cached = match file.as_str() {
@@ -122,6 +158,11 @@ pub(super) async fn stemcell_file(
             )
         }
     };
+    if file == "vmlinuz" {
+        if let Some(refused) = installer_kernel(&app, &q, &method, &headers).await {
+            return refused;
+        }
+    }
     file_event(&app, &q, &headers, &format!("stem-cell {file}"));
     cached.serve(&headers).await
 }
@@ -130,6 +171,7 @@ pub(super) async fn asset(
     State(app): State<App>,
     Path(rel): Path<String>,
     Query(q): Query<MacQuery>,
+    method: Method,
     headers: HeaderMap,
 ) -> Response {
     let Some(root) = &app.config.assets else {
@@ -139,6 +181,22 @@ pub(super) async fn asset(
         tracing::warn!(path = %rel, "asset request refused or not found");
         return text(StatusCode::NOT_FOUND, "not found\n");
     };
+    // The machine's role boots a distribution's installer: its kernel is counted as the
+    // stem cell's is.
+    let role_kernel = q
+        .mac
+        .as_deref()
+        .and_then(|m| m.parse::<MacAddr>().ok())
+        .and_then(|mac| {
+            let inv = app.inventory.get();
+            let m = inv.machine(&mac)?;
+            inv.role_of(m)?.kernel.clone()
+        });
+    if role_kernel.as_deref() == Some(rel.as_str()) {
+        if let Some(refused) = installer_kernel(&app, &q, &method, &headers).await {
+            return refused;
+        }
+    }
     file_event(&app, &q, &headers, &format!("asset {rel}"));
     files::serve(&path, &headers).await
 }
