@@ -9,7 +9,7 @@ PACKAGES=(
   chromium chromium-driver fonts-dejavu-core
   shellcheck mmdebstrap uidmap jq
   systemd util-linux openssl
-  vagrant vagrant-libvirt
+  vagrant vagrant-libvirt debconf-utils debian-installer-12-netboot-amd64
 )
 
 missing=()

@@ -757,7 +757,8 @@ admin_token_file: admin.token
         );
         let e = parse(&format!("{FULL}installer_boots: 0\n")).unwrap_err();
         assert!(
-            e.to_string().contains(":23:18: installer_boots must be at least 1"),
+            e.to_string()
+                .contains(":23:18: installer_boots must be at least 1"),
             "{e}"
         );
         let e = parse(&format!("{FULL}installer_boots: many\n")).unwrap_err();
