@@ -26,7 +26,7 @@ use std::sync::{Mutex, MutexGuard};
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 
-use crate::journal::{Commit, Journal};
+use crate::journal::{Commit, Journal, JournalStats};
 use crate::mac::MacAddr;
 
 /// Seconds since the Unix epoch. Injected everywhere so decisions are testable.
@@ -808,6 +808,9 @@ pub(crate) trait LeaseStore: Send + Sync {
 
     /// Resolves once everything written so far is durable (shutdown).
     fn flush(&self) -> Durable;
+
+    /// The journal's write errors and backlog, if the store has a journal (`/metrics`).
+    fn journal_stats(&self) -> Option<JournalStats>;
 }
 
 struct Inner {
@@ -828,39 +831,35 @@ pub(crate) struct JournalStore {
 
 impl JournalStore {
     /// Open (or create) the journal at `path` and replay it into a fresh allocator.
-    /// Unreadable lines and leases outside every configured subnet are skipped with a
-    /// warning. Compacts at once if the journal is already over the threshold.
+    /// A damaged last record is set aside with a warning; a damaged record with good ones
+    /// after it is an error naming the file and offset (see [`Journal::open`]). Leases
+    /// outside every configured subnet are dropped with a warning. Compacts at once if the
+    /// journal is already over the threshold.
     pub(crate) fn open(path: &Path, pools: Vec<PoolRange>) -> io::Result<JournalStore> {
         Self::open_with(path, Allocator::new(pools))
     }
 
     /// As [`JournalStore::open`], with an allocator configured by the caller.
     pub(crate) fn open_with(path: &Path, mut alloc: Allocator) -> io::Result<JournalStore> {
-        let (journal, lines) = Journal::open(path)?;
-        let (mut bad, mut dropped) = (0usize, 0usize);
-        for line in &lines {
-            match serde_json::from_str::<Record>(line) {
-                Ok(r) => {
-                    if !alloc.apply(&r) {
-                        dropped += 1;
-                    }
-                }
-                Err(_) => bad += 1,
+        let (journal, records) = Journal::open(path, |line| {
+            serde_json::from_str::<Record>(line).map_err(|e| format!("not a lease record: {e}"))
+        })?;
+        let mut dropped = 0usize;
+        for r in &records {
+            if !alloc.apply(r) {
+                dropped += 1;
             }
-        }
-        if bad > 0 {
-            tracing::warn!(path = %path.display(), lines = bad, "lease journal lines unreadable; skipped");
         }
         if dropped > 0 {
             tracing::warn!(path = %path.display(), leases = dropped, "leases outside every configured subnet; dropped");
         }
-        tracing::info!(path = %path.display(), lines = lines.len(), addresses = alloc.len(), "lease journal replayed");
+        tracing::info!(path = %path.display(), lines = records.len(), addresses = alloc.len(), "lease journal replayed");
         let mut inner = Inner {
             alloc,
             journal: Some(journal),
-            lines: lines.len(),
+            lines: records.len(),
         };
-        maybe_compact(&mut inner, bad + dropped > 0);
+        maybe_compact(&mut inner, dropped > 0);
         Ok(JournalStore {
             inner: Mutex::new(inner),
         })
@@ -910,7 +909,9 @@ fn persist(inner: &mut Inner, durable: bool) -> Durable {
         }
     }
     inner.lines += n;
-    maybe_compact(inner, false);
+    // Lines the journal had to drop (a long full disk) are superseded by a snapshot.
+    let lost = journal.take_lost();
+    maybe_compact(inner, lost);
     out
 }
 
@@ -1007,6 +1008,10 @@ impl LeaseStore for JournalStore {
 
     fn leases(&self, now: UnixTime) -> Vec<Lease> {
         self.lock().alloc.leases(now)
+    }
+
+    fn journal_stats(&self) -> Option<JournalStats> {
+        self.lock().journal.as_ref().map(Journal::stats)
     }
 }
 
@@ -1378,33 +1383,71 @@ mod tests {
         assert_eq!(s.lease_of(mac(2), last).unwrap().expires, last + 3600);
     }
 
+    const GOOD1: &str = "{\"ip\":\"198.18.0.100\",\"mac\":\"52:54:00:00:00:01\",\"state\":\"bound\",\"expires\":1800000000}\n";
+    const FOREIGN: &str = "{\"ip\":\"10.1.2.3\",\"mac\":\"52:54:00:00:00:02\",\"state\":\"bound\",\"expires\":1800000000}\n";
+
     #[test]
-    fn replay_skips_garbage_and_foreign_subnets() {
+    fn replay_recovers_a_damaged_tail_and_drops_foreign_subnets() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("leases.journal");
-        std::fs::write(
-            &path,
-            concat!(
-                "{\"ip\":\"198.18.0.100\",\"mac\":\"52:54:00:00:00:01\",\"state\":\"bound\",\"expires\":1800000000}\n",
-                "not json\n",
-                "{\"ip\":\"10.1.2.3\",\"mac\":\"52:54:00:00:00:02\",\"state\":\"bound\",\"expires\":1800000000}\n",
-            ),
-        )
-        .unwrap();
+        // The last record was cut short by a crash.
+        std::fs::write(&path, format!("{GOOD1}{FOREIGN}{}", &GOOD1[..40])).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
         rt.block_on(async {
             let s = JournalStore::open(&path, vec![range(100, 120)]).unwrap();
             assert_eq!(s.leases(T0).len(), 1);
+            assert_eq!(s.lease_of_for_test(1).ip, ip(100));
             s.flush().wait().await.unwrap();
         });
-        // Rewritten without the bad lines.
+        // Rewritten without the foreign lease; the torn record was set aside.
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), 1);
+        let aside: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| {
+                let e = e.unwrap();
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("leases.journal.corrupt-")
+                    .then(|| std::fs::read_to_string(e.path()).unwrap())
+            })
+            .collect();
+        assert_eq!(aside, vec![GOOD1[..40].to_string()]);
+    }
+
+    #[test]
+    fn a_damaged_record_in_the_middle_refuses_to_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("leases.journal");
+        let text = format!("{GOOD1}not json\n{GOOD1}");
+        std::fs::write(&path, &text).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let e = rt
+            .block_on(async { JournalStore::open(&path, vec![range(100, 120)]) })
+            .err()
+            .expect("a damaged record before good ones must not be skipped");
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&format!("byte {} (line 2)", GOOD1.len())),
+            "{msg}"
+        );
+        assert!(msg.contains("not a lease record"), "{msg}");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            text,
+            "left as it was"
+        );
     }
 
     impl JournalStore {
+        fn lease_of_for_test(&self, n: u32) -> Lease {
+            self.lock().alloc.lease_of(mac(n), T0).unwrap()
+        }
+
         fn lease_at_for_test(&self, ip: Ipv4Addr, now: UnixTime) -> Lease {
             self.lock().alloc.lease_at(ip, now).unwrap()
         }
