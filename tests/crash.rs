@@ -254,8 +254,9 @@ fn machine_journal(text: &str) -> std::collections::HashMap<String, serde_json::
     m
 }
 
-/// udhcpc as `mac` on c0 (one try of three DISCOVERs): the address it was given, if any.
-fn udhcpc(p: &Pair, mac: &str) -> Option<String> {
+/// udhcpc as `mac` on c0 (one try of three DISCOVERs): the address it was given and for
+/// how long, if any.
+fn udhcpc(p: &Pair, mac: &str) -> Option<(String, u64)> {
     for c in [
         "ip link set c0 down".to_string(),
         format!("ip link set c0 address {mac}"),
@@ -270,7 +271,7 @@ fn udhcpc(p: &Pair, mac: &str) -> Option<String> {
     std::fs::write(
         &script,
         format!(
-            "#!/bin/sh\n[ \"$1\" = bound ] && echo \"$ip\" >>'{}'\nexit 0\n",
+            "#!/bin/sh\n[ \"$1\" = bound ] && echo \"$ip $lease\" >>'{}'\nexit 0\n",
             leased.display()
         ),
     )
@@ -283,7 +284,10 @@ fn udhcpc(p: &Pair, mac: &str) -> Option<String> {
     ]);
     let ip = std::fs::read_to_string(&leased).ok();
     match (out.status.success(), ip) {
-        (true, Some(ip)) => Some(ip.trim().to_string()),
+        (true, Some(got)) => {
+            let (ip, lease) = got.trim().split_once(' ').expect("ip and lease");
+            Some((ip.to_string(), lease.parse().expect("a lease time")))
+        }
         (false, None) => None,
         (ok, ip) => panic!(
             "udhcpc exit {ok} with address {ip:?}: {}",
@@ -303,7 +307,7 @@ fn metric(p: &Pair, line_start: &str) -> f64 {
 
 /// The state directory on a 256 kB tmpfs (in a mount namespace of the server's own) fills
 /// up: new leases get no ACK (logged, counted in /metrics), a renewal that cannot be
-/// written gets no ACK either while the lease stays, an install cannot be armed or finished
+/// written is ACKed with the lease end already on disk, an install cannot be finished
 /// (503) and its log lines wait in memory; once space returns every held line lands, leases
 /// are granted again, and a restart of the real binary on what was stored replays it all.
 #[test]
@@ -388,12 +392,28 @@ fn a_full_state_disk_refuses_new_leases_loses_nothing_and_recovers() {
     );
     let before_full = std::fs::read(view.join("leases.journal")).unwrap();
 
-    // A new client gets no lease; the existing one cannot renew, but keeps its lease.
+    // A new client gets no lease; the existing one is ACKed with no more than the lease
+    // end already on disk.
     assert_eq!(udhcpc(&p, mac_b), None, "no ACK without a durable lease");
-    assert_eq!(
-        udhcpc(&p, mac_a),
-        None,
-        "a renewal that cannot be written is not ACKed"
+    let asked = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let (ip, lease) = udhcpc(&p, mac_a).expect("a renewal is ACKed with the time on disk");
+    assert_eq!(ip, "198.18.1.10");
+    assert!(
+        lease <= now + 3600 - asked && lease + 60 > now + 3600 - asked,
+        "told {lease} s; on disk until {} s after the request",
+        now + 3600 - asked
+    );
+    assert!(s
+        .log_text()
+        .contains("ACK with the lease time already on disk"));
+    assert!(
+        metric(
+            &p,
+            "stemcell_dhcp_datagrams_total{what=\"ack_on_disk_time\"} "
+        ) >= 1.0
     );
     assert!(
         s.log_text().contains("lease not durable; ACK not sent"),
@@ -435,6 +455,10 @@ fn a_full_state_disk_refuses_new_leases_loses_nothing_and_recovers() {
     );
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("could not be saved"), "{body}");
+    // A machine whose install would need a new token is not armed either.
+    let m3 = listed_mac(3);
+    let (code, body) = ns_curl(&p.srv, &[], &format!("{URL}/boot/{m3}.ipxe"));
+    assert_eq!(code, 503, "{body}");
     assert!(metric(&p, "stemcell_journal_backlog_bytes{journal=\"machines\"} ") > 0.0);
 
     // Space returns: the backlog lands by itself, and everything works again.
@@ -454,9 +478,10 @@ fn a_full_state_disk_refuses_new_leases_loses_nothing_and_recovers() {
         &format!("{URL}/install/{m2}/done?token={t2}"),
     );
     assert_eq!(code, 200, "{body}");
-    let ip_b = udhcpc(&p, mac_b).expect("a lease once space is back");
-    let ip_a = udhcpc(&p, mac_a).expect("a renewal once space is back");
+    let (ip_b, lease_b) = udhcpc(&p, mac_b).expect("a lease once space is back");
+    let (ip_a, lease_a) = udhcpc(&p, mac_a).expect("a renewal once space is back");
     assert_eq!(ip_a, "198.18.1.10");
+    assert_eq!((lease_a, lease_b), (3600, 3600), "full leases again");
     assert_ne!(ip_b, ip_a);
     assert_eq!(
         metric(&p, "stemcell_journal_backlog_bytes{journal=\"leases\"} "),
