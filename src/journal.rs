@@ -23,6 +23,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
@@ -186,7 +187,8 @@ pub(crate) fn read<T>(
     match damage {
         Some(d) if d.after > 0 => Err(corrupt(path, d)),
         Some(d) => {
-            tracing::warn!(path = %path.display(), offset = d.offset, reason = %d.reason, "journal tail is damaged; reading the records before it");
+            // Beside a running server this is usually a line being written: not a warning.
+            tracing::debug!(path = %path.display(), offset = d.offset, reason = %d.reason, "journal tail is damaged or being written; reading the records before it");
             Ok(records)
         }
         None => Ok(records),
@@ -220,7 +222,13 @@ fn set_aside(path: &Path, bytes: &[u8]) -> io::Result<PathBuf> {
             format!("{name}.corrupt-{secs}.{n}")
         };
         let aside = path.with_file_name(suffix);
-        match OpenOptions::new().write(true).create_new(true).open(&aside) {
+        // Owner-only, as the journal is: a damaged record may still hold a token.
+        let opened = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&aside);
+        match opened {
             Ok(mut f) => {
                 f.write_all(bytes)?;
                 f.sync_all()?;
@@ -609,6 +617,12 @@ mod tests {
         assert_eq!(aside.len(), 1, "{aside:?}");
         assert!(aside[0].0.starts_with("j.log.corrupt-"), "{}", aside[0].0);
         assert_eq!(aside[0].1, b"r3");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(dir.path().join(&aside[0].0))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "owner-only: it may hold a token");
     }
 
     #[tokio::test]

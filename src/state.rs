@@ -458,8 +458,10 @@ impl Store {
     }
 
     fn maybe_compact(&self, inner: &mut Inner, force: bool) {
-        // Lines the journal had to drop (a long full disk) are superseded by a snapshot.
-        let force = force || self.journal.take_lost();
+        // Lines the journal had to drop (a long full disk) are superseded by a snapshot,
+        // whatever the sizes say.
+        let lost = self.journal.take_lost();
+        let force = force || lost;
         // Cheap test first: most events end here without touching the machine map.
         if !force && inner.lines_since_compact <= 4 * inner.live_estimate + 10_000 {
             return;
@@ -473,7 +475,7 @@ impl Store {
         if !force && inner.lines_since_compact <= 4 * live + 10_000 {
             return;
         }
-        if force && inner.lines_since_compact <= 2 * live + 1000 {
+        if force && !lost && inner.lines_since_compact <= 2 * live + 1000 {
             return;
         }
         let mut lines = Vec::with_capacity(live);
