@@ -201,10 +201,18 @@ fn pair(tag: &str, tools: &[&str]) -> Option<Pair> {
 
 /// curl inside a namespace: (status, body); status 0 when no answer came.
 fn ns_curl(ns: &Netns, args: &[&str], url: &str) -> (u16, String) {
-    let mut argv = vec!["curl", "-sS", "--max-time", "10", "-w", "\n%{http_code}"];
-    argv.extend(args);
-    argv.push(url);
-    let out = ns.exec(&argv);
+    curl_in(&ns.name, args, url)
+}
+
+/// [`ns_curl`] by the namespace's name (for a thread that does not own it).
+fn curl_in(ns: &str, args: &[&str], url: &str) -> (u16, String) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "curl", "-sS", "--max-time", "10"])
+        .args(["-w", "\n%{http_code}"])
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("ip netns exec curl");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
     (code.trim().parse().unwrap_or(0), body.to_string())
@@ -607,7 +615,7 @@ struct Told {
 /// and done, each retried until it gets a 2xx (the server is killed now and then). Every
 /// 2xx is recorded before the next step.
 fn installer(
-    srv: &Netns,
+    srv: &str,
     stop: &std::sync::atomic::AtomicBool,
     told: &std::sync::Mutex<std::collections::HashMap<String, Told>>,
 ) {
@@ -621,14 +629,14 @@ fn installer(
                     break 'machines;
                 }
                 let (code, body) = match stage {
-                    1 => ns_curl(srv, &[], &format!("{URL}/boot/{mac}.ipxe")),
-                    2 => ns_curl(srv, &[], &format!("{URL}/install/{mac}?token={token}")),
-                    3 => ns_curl(
+                    1 => curl_in(srv, &[], &format!("{URL}/boot/{mac}.ipxe")),
+                    2 => curl_in(srv, &[], &format!("{URL}/install/{mac}?token={token}")),
+                    3 => curl_in(
                         srv,
                         &["--data-binary", "a log line\nanother\n"],
                         &format!("{URL}/install/{mac}/log?token={token}"),
                     ),
-                    _ => ns_curl(
+                    _ => curl_in(
                         srv,
                         &["-X", "POST"],
                         &format!("{URL}/install/{mac}/done?token={token}"),
@@ -805,15 +813,8 @@ fn sigkill_under_dhcp_and_http_load_loses_nothing_acknowledged() {
     let stop = Arc::new(AtomicBool::new(false));
     let told = Arc::new(Mutex::new(std::collections::HashMap::new()));
     let worker = {
-        let (stop, told) = (stop.clone(), told.clone());
-        let srv = Netns {
-            name: p.srv.name.clone(),
-        };
-        std::thread::spawn(move || {
-            installer(&srv, &stop, &told);
-            // Not ours to delete: the test's own Netns does.
-            std::mem::forget(srv);
-        })
+        let (stop, told, srv) = (stop.clone(), told.clone(), p.srv.name.clone());
+        std::thread::spawn(move || installer(&srv, &stop, &told))
     };
     let mut seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
