@@ -310,6 +310,7 @@ impl Journal {
             stats: stats.clone(),
             failing_since: None,
             last_report: None,
+            last_attempt: None,
         };
         thread::Builder::new()
             .name("journal".into())
@@ -388,6 +389,7 @@ struct Writer {
     stats: Arc<Stats>,
     failing_since: Option<Instant>,
     last_report: Option<Instant>,
+    last_attempt: Option<Instant>,
 }
 
 type Ack = oneshot::Sender<Result<(), String>>;
@@ -410,13 +412,23 @@ impl Writer {
             };
             // Take everything already queued: one write and one sync for the whole batch.
             let mut next = first;
+            let before = self.pending.len();
             while let Some(op) = next.take() {
                 self.take(op, &mut acks);
-                if acks.len() >= 4096 || self.pending.len() >= 4 << 20 {
+                if acks.len() >= 4096 || self.pending.len().saturating_sub(before) >= 4 << 20 {
                     break;
                 }
                 next = rx.try_recv().ok();
             }
+            // While writes fail, lines nobody waits for are retried once a second, not with
+            // every line that arrives (each try may write megabytes only to cut them off).
+            if self.failing_since.is_some()
+                && acks.is_empty()
+                && self.last_attempt.is_some_and(|t| t.elapsed() < RETRY_EVERY)
+            {
+                continue;
+            }
+            self.last_attempt = Some(Instant::now());
             let sync = !acks.is_empty() || self.failing_since.is_some();
             let result = self.write(sync);
             self.report(&result);
@@ -701,6 +713,7 @@ mod tests {
             stats: Arc::new(Stats::default()),
             failing_since: None,
             last_report: None,
+            last_attempt: None,
         }
     }
 
