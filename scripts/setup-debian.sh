@@ -7,7 +7,7 @@ PACKAGES=(
   isc-dhcp-client udhcpc tftp-hpa atftp dnsmasq-base isc-dhcp-relay
   qemu-system-x86 ipxe ipxe-qemu ovmf busybox-static cpio zstd xz-utils
   chromium chromium-driver fonts-dejavu-core
-  shellcheck mmdebstrap uidmap jq
+  shellcheck mmdebstrap uidmap jq kea-admin tcpdump
   systemd util-linux openssl
   vagrant vagrant-libvirt debconf-utils debian-installer-12-netboot-amd64
 )

@@ -7,15 +7,53 @@
 //! snapshot through write-temp-then-rename, so a crash at any point leaves either the old
 //! journal or the new one, never a mix.
 //!
+//! Opening checks every record with the owner's parser. A damaged tail (a crash mid-write,
+//! or a disk that lost the last block) is copied aside to `<file>.corrupt-<time>` and cut
+//! off, with a warning naming the offset; a damaged record with good records after it is a
+//! hard error, because dropping it (or what follows) would lose acknowledged state.
+//!
+//! A write or sync that fails (a full disk) fails the commits waiting on it, so nothing
+//! is answered as durable that is not, but the lines are kept in memory, in order, and
+//! retried every second until they land: the file never gets a torn line in its middle
+//! (a failed write is cut back to the last good length), and nothing is lost while the
+//! backlog stays under [`BACKLOG_MAX`]. Beyond it new lines are dropped, counted, and the
+//! owner is told ([`Journal::take_lost`]) so it can write a full snapshot instead.
+//!
 //! It knows nothing of what the lines mean: replay hands them back to the owner.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::oneshot;
+
+/// Bytes of unwritten lines kept in memory while the disk refuses them.
+pub(crate) const BACKLOG_MAX: usize = 32 << 20;
+
+/// How often a failing journal retries its backlog.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+
+/// A journal that cannot be used as it is.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum JournalError {
+    #[error(
+        "{path}: record at byte {offset} (line {line}) is damaged ({reason}) and {after} good \
+         record(s) follow it; refusing to start rather than drop acknowledged state. Inspect \
+         the file, then repair or remove that line"
+    )]
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        line: usize,
+        reason: String,
+        after: usize,
+    },
+}
 
 enum Op {
     Append {
@@ -28,12 +66,32 @@ enum Op {
     Flush(oneshot::Sender<Result<(), String>>),
 }
 
+/// What a journal's writer has been through (for `/metrics`).
+#[derive(Debug, Default)]
+struct Stats {
+    write_errors: AtomicU64,
+    backlog_bytes: AtomicU64,
+    dropped_lines: AtomicU64,
+    lost: AtomicBool,
+}
+
+/// A copy of a journal's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct JournalStats {
+    /// Writes or syncs that failed (each retry counts).
+    pub(crate) write_errors: u64,
+    /// Bytes waiting in memory to be written.
+    pub(crate) backlog_bytes: u64,
+    /// Lines dropped because the backlog was full (the owner then writes a snapshot).
+    pub(crate) dropped_lines: u64,
+}
+
 /// Handle to a journal's writer thread. Cheap to clone; the thread ends when the last
 /// handle is dropped, after writing what it was given.
 #[derive(Clone)]
 pub(crate) struct Journal {
     tx: mpsc::Sender<Op>,
-    path: PathBuf,
+    stats: Arc<Stats>,
 }
 
 /// A pending commit: await it for durability.
@@ -54,37 +112,178 @@ impl Commit {
     }
 }
 
+/// The first damaged record of a scan.
+struct Damage {
+    offset: u64,
+    line: usize,
+    reason: String,
+    /// Good records after it.
+    after: usize,
+}
+
+/// Every record of `bytes` parsed, and the first damaged one if any.
+fn scan<T>(
+    bytes: &[u8],
+    mut parse: impl FnMut(&str) -> Result<T, String>,
+) -> (Vec<T>, Option<Damage>) {
+    let mut out = Vec::new();
+    let mut damage: Option<Damage> = None;
+    let mut offset = 0usize;
+    let mut line = 0usize;
+    while offset < bytes.len() {
+        line += 1;
+        let rest = &bytes[offset..];
+        let (body, len, reason) = match rest.iter().position(|&b| b == b'\n') {
+            Some(i) => (&rest[..i], i + 1, None),
+            None => (
+                rest,
+                rest.len(),
+                Some("torn record: no newline at the end of the file".to_string()),
+            ),
+        };
+        let reason = reason.or_else(|| match std::str::from_utf8(body) {
+            Err(e) => Some(format!("not UTF-8 at byte {} of the line", e.valid_up_to())),
+            Ok(s) if s.trim().is_empty() => None,
+            Ok(s) => match parse(s) {
+                Ok(t) => {
+                    if damage.is_none() {
+                        out.push(t);
+                    }
+                    None
+                }
+                Err(e) => Some(e),
+            },
+        });
+        let blank = body.iter().all(u8::is_ascii_whitespace) && len == body.len() + 1;
+        match (&mut damage, reason) {
+            (None, Some(reason)) => {
+                damage = Some(Damage {
+                    offset: offset as u64,
+                    line,
+                    reason,
+                    after: 0,
+                })
+            }
+            (Some(d), None) if !blank => d.after += 1,
+            _ => {}
+        }
+        offset += len;
+    }
+    (out, damage)
+}
+
+/// Read a journal without taking it over (`render` beside a running server): a damaged
+/// tail is ignored with a warning, damage in the middle is an error.
+pub(crate) fn read<T>(
+    path: &Path,
+    parse: impl FnMut(&str) -> Result<T, String>,
+) -> io::Result<Vec<T>> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let (records, damage) = scan(&bytes, parse);
+    match damage {
+        Some(d) if d.after > 0 => Err(corrupt(path, d)),
+        Some(d) => {
+            // Beside a running server this is usually a line being written: not a warning.
+            tracing::debug!(path = %path.display(), offset = d.offset, reason = %d.reason, "journal tail is damaged or being written; reading the records before it");
+            Ok(records)
+        }
+        None => Ok(records),
+    }
+}
+
+fn corrupt(path: &Path, d: Damage) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        JournalError::Corrupt {
+            path: path.to_path_buf(),
+            offset: d.offset,
+            line: d.line,
+            reason: d.reason,
+            after: d.after,
+        },
+    )
+}
+
+/// Copy `bytes` (a damaged tail) to a new `<path>.corrupt-<unix time>` file, synced.
+fn set_aside(path: &Path, bytes: &[u8]) -> io::Result<PathBuf> {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    for n in 0u32.. {
+        let suffix = if n == 0 {
+            format!("{name}.corrupt-{secs}")
+        } else {
+            format!("{name}.corrupt-{secs}.{n}")
+        };
+        let aside = path.with_file_name(suffix);
+        // Owner-only, as the journal is: a damaged record may still hold a token.
+        let opened = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&aside);
+        match opened {
+            Ok(mut f) => {
+                f.write_all(bytes)?;
+                f.sync_all()?;
+                sync_dir(path);
+                return Ok(aside);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    unreachable!("u32 names ran out")
+}
+
+fn sync_dir(path: &Path) {
+    if let Some(dir) = path.parent() {
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+}
+
 impl Journal {
-    /// Open (creating) the journal at `path`, returning the handle and every complete line
-    /// already in it. A torn last line (a crash mid-write) is dropped and truncated away.
-    pub(crate) fn open(path: &Path) -> io::Result<(Journal, Vec<String>)> {
+    /// Open (creating) the journal at `path`, returning the handle and every record in it,
+    /// parsed by `parse` (an `Err` is the reason the line is damaged). A damaged tail is
+    /// set aside and cut off with a warning; damage followed by good records is an
+    /// `InvalidData` error carrying a [`JournalError`] that names the file and offset.
+    pub(crate) fn open<T>(
+        path: &Path,
+        parse: impl FnMut(&str) -> Result<T, String>,
+    ) -> io::Result<(Journal, Vec<T>)> {
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir)?;
         }
-        let mut lines = Vec::new();
-        let mut good_len: u64 = 0;
-        if let Ok(f) = File::open(path) {
-            let mut r = BufReader::new(f);
-            let mut buf = Vec::new();
-            loop {
-                buf.clear();
-                let n = r.read_until(b'\n', &mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                if buf.last() != Some(&b'\n') {
-                    tracing::warn!(path = %path.display(), "journal ends in a torn line; dropping it");
-                    break;
-                }
-                good_len += n as u64;
-                match std::str::from_utf8(&buf[..n - 1]) {
-                    Ok(s) if !s.trim().is_empty() => lines.push(s.to_string()),
-                    Ok(_) => {}
-                    Err(_) => {
-                        tracing::warn!(path = %path.display(), "journal line is not UTF-8; skipping it")
-                    }
-                }
+        let bytes = match fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let (records, damage) = scan(&bytes, parse);
+        let mut good_len = bytes.len() as u64;
+        if let Some(d) = damage {
+            if d.after > 0 {
+                return Err(corrupt(path, d));
             }
+            let aside = set_aside(path, &bytes[d.offset as usize..])?;
+            tracing::warn!(
+                path = %path.display(),
+                offset = d.offset,
+                line = d.line,
+                reason = %d.reason,
+                bytes = bytes.len() as u64 - d.offset,
+                saved = %aside.display(),
+                "journal ends in a damaged record; recovered to the last good record and set the rest aside"
+            );
+            good_len = d.offset;
         }
         let file = OpenOptions::new()
             .create(true)
@@ -93,23 +292,45 @@ impl Journal {
             .open(path)?;
         if file.metadata()?.len() != good_len {
             file.set_len(good_len)?;
+            file.sync_all()?;
         }
-        let (tx, rx) = mpsc::channel();
-        let p = path.to_path_buf();
-        thread::Builder::new()
-            .name("journal".into())
-            .spawn(move || writer(p, file, rx))?;
-        Ok((
-            Journal {
-                tx,
-                path: path.to_path_buf(),
-            },
-            lines,
-        ))
+        Ok((Journal::spawn(path, file, good_len)?, records))
     }
 
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
+    /// Start the writer thread for `file`, whose first `good_len` bytes are good records.
+    fn spawn(path: &Path, file: File, good_len: u64) -> io::Result<Journal> {
+        let (tx, rx) = mpsc::channel();
+        let stats = Arc::new(Stats::default());
+        let w = Writer {
+            path: path.to_path_buf(),
+            file,
+            good_len,
+            pending: Vec::new(),
+            snapshot: None,
+            stats: stats.clone(),
+            failing_since: None,
+            last_report: None,
+            last_attempt: None,
+        };
+        thread::Builder::new()
+            .name("journal".into())
+            .spawn(move || w.run(rx))?;
+        Ok(Journal { tx, stats })
+    }
+
+    /// The writer's counters.
+    pub(crate) fn stats(&self) -> JournalStats {
+        JournalStats {
+            write_errors: self.stats.write_errors.load(Ordering::Relaxed),
+            backlog_bytes: self.stats.backlog_bytes.load(Ordering::Relaxed),
+            dropped_lines: self.stats.dropped_lines.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether lines were dropped since the last call (the backlog was full): the owner
+    /// must then [`Journal::compact`] with its whole state, which supersedes them.
+    pub(crate) fn take_lost(&self) -> bool {
+        self.stats.lost.swap(false, Ordering::Relaxed)
     }
 
     /// Append one line (without its newline). With `durable`, the returned commit resolves
@@ -156,104 +377,319 @@ impl Journal {
     }
 }
 
-fn writer(path: PathBuf, mut file: File, rx: mpsc::Receiver<Op>) {
-    let mut batch: Vec<u8> = Vec::with_capacity(64 * 1024);
-    let mut acks: Vec<oneshot::Sender<Result<(), String>>> = Vec::new();
-    while let Ok(first) = rx.recv() {
-        let mut next = Some(first);
-        let mut compact: Option<Vec<u8>> = None;
-        // Take everything already queued: one write and one sync for the whole batch.
-        while let Some(op) = next.take() {
-            match op {
-                Op::Append { line, ack } => {
-                    batch.extend_from_slice(&line);
-                    if let Some(a) = ack {
-                        acks.push(a);
-                    }
+struct Writer {
+    path: PathBuf,
+    file: File,
+    /// Length of the file's good, complete records: a failed write is cut back to it.
+    good_len: u64,
+    /// Lines not yet written (a full disk), in order, after `snapshot` if there is one.
+    pending: Vec<u8>,
+    /// A compaction not yet written.
+    snapshot: Option<Vec<u8>>,
+    stats: Arc<Stats>,
+    failing_since: Option<Instant>,
+    last_report: Option<Instant>,
+    last_attempt: Option<Instant>,
+}
+
+type Ack = oneshot::Sender<Result<(), String>>;
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<Op>) {
+        let mut acks: Vec<Ack> = Vec::new();
+        loop {
+            let first = if self.failing_since.is_some() {
+                match rx.recv_timeout(RETRY_EVERY) {
+                    Ok(op) => Some(op),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 }
-                Op::Flush(a) => acks.push(a),
-                Op::Compact { contents } => {
-                    // Everything before the snapshot is superseded by it.
-                    batch.clear();
-                    compact = Some(contents);
+            } else {
+                match rx.recv() {
+                    Ok(op) => Some(op),
+                    Err(_) => break,
                 }
+            };
+            // Take everything already queued: one write and one sync for the whole batch.
+            let mut next = first;
+            let before = self.pending.len();
+            while let Some(op) = next.take() {
+                self.take(op, &mut acks);
+                if acks.len() >= 4096 || self.pending.len().saturating_sub(before) >= 4 << 20 {
+                    break;
+                }
+                next = rx.try_recv().ok();
             }
-            if acks.len() >= 4096 || batch.len() >= 4 << 20 {
-                break;
+            // While writes fail, lines nobody waits for are retried once a second, not with
+            // every line that arrives (each try may write megabytes only to cut them off).
+            if self.failing_since.is_some()
+                && acks.is_empty()
+                && self.last_attempt.is_some_and(|t| t.elapsed() < RETRY_EVERY)
+            {
+                continue;
             }
-            next = rx.try_recv().ok();
+            self.last_attempt = Some(Instant::now());
+            let sync = !acks.is_empty() || self.failing_since.is_some();
+            let result = self.write(sync);
+            self.report(&result);
+            for a in acks.drain(..) {
+                let _ = a.send(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+            }
         }
-        let result = (|| -> io::Result<()> {
-            if let Some(contents) = compact.take() {
-                let tmp = path.with_extension("compact.tmp");
-                {
-                    let mut t = File::create(&tmp)?;
-                    t.write_all(&contents)?;
-                    t.sync_data()?;
-                }
-                fs::rename(&tmp, &path)?;
-                if let Some(dir) = path.parent() {
-                    if let Ok(d) = File::open(dir) {
-                        let _ = d.sync_all();
+        let result = self.write(true);
+        self.report(&result);
+    }
+
+    fn take(&mut self, op: Op, acks: &mut Vec<Ack>) {
+        match op {
+            Op::Append { line, ack } => {
+                let backlog = self.pending.len() + self.snapshot.as_ref().map_or(0, Vec::len);
+                if self.failing_since.is_some() && backlog + line.len() > BACKLOG_MAX {
+                    // The disk has refused writes for long enough to fill the backlog: drop
+                    // the line (its waiter hears so) and have the owner write a snapshot.
+                    self.stats.dropped_lines.fetch_add(1, Ordering::Relaxed);
+                    self.stats.lost.store(true, Ordering::Relaxed);
+                    if let Some(a) = ack {
+                        let _ = a.send(Err("journal backlog is full (disk full?)".into()));
                     }
+                    return;
                 }
-                file = OpenOptions::new().append(true).read(true).open(&path)?;
+                self.pending.extend_from_slice(&line);
+                if let Some(a) = ack {
+                    acks.push(a);
+                }
             }
-            if !batch.is_empty() {
-                file.write_all(&batch)?;
+            Op::Flush(a) => acks.push(a),
+            Op::Compact { contents } => {
+                // Everything before the snapshot is superseded by it.
+                self.pending.clear();
+                self.snapshot = Some(contents);
             }
-            if !acks.is_empty() {
-                file.sync_data()?;
+        }
+    }
+
+    /// Write the snapshot and the pending lines; sync if asked. On failure the file is cut
+    /// back to its last good length and everything stays pending.
+    fn write(&mut self, sync: bool) -> io::Result<()> {
+        let r = self.try_write(sync);
+        let backlog = self.pending.len() + self.snapshot.as_ref().map_or(0, Vec::len);
+        self.stats
+            .backlog_bytes
+            .store(backlog as u64, Ordering::Relaxed);
+        if r.is_err() {
+            self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn try_write(&mut self, sync: bool) -> io::Result<()> {
+        if let Some(contents) = &self.snapshot {
+            let tmp = self.path.with_extension("compact.tmp");
+            let written = (|| -> io::Result<()> {
+                let mut t = File::create(&tmp)?;
+                t.write_all(contents)?;
+                t.sync_data()
+            })();
+            if let Err(e) = written {
+                // Give the space back: a full disk needs every byte.
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+            fs::rename(&tmp, &self.path)?;
+            sync_dir(&self.path);
+            self.file = OpenOptions::new()
+                .append(true)
+                .read(true)
+                .open(&self.path)?;
+            self.good_len = contents.len() as u64;
+            self.snapshot = None;
+        }
+        if self.pending.is_empty() && !sync {
+            return Ok(());
+        }
+        let written = (|| -> io::Result<()> {
+            if !self.pending.is_empty() {
+                self.file.write_all(&self.pending)?;
+            }
+            if sync {
+                self.file.sync_data()?;
             }
             Ok(())
         })();
-        batch.clear();
-        if let Err(e) = &result {
-            tracing::error!(path = %path.display(), error = %e, "journal write failed");
-        }
-        for a in acks.drain(..) {
-            let _ = a.send(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+        match written {
+            Ok(()) => {
+                self.good_len += self.pending.len() as u64;
+                self.pending.clear();
+                Ok(())
+            }
+            Err(e) => {
+                // Cut off whatever part of the batch reached the file: the next attempt
+                // writes it again whole, so no torn line ends up in the middle.
+                if let Err(t) = self.file.set_len(self.good_len) {
+                    tracing::error!(path = %self.path.display(), error = %t, "cannot cut a failed journal write back");
+                }
+                Err(e)
+            }
         }
     }
-    let _ = file.sync_data();
+
+    /// Log the first failure, a reminder each minute while it lasts, and the recovery.
+    fn report(&mut self, result: &io::Result<()>) {
+        let backlog = self.stats.backlog_bytes.load(Ordering::Relaxed);
+        match (result, self.failing_since) {
+            (Err(e), None) => {
+                let now = Instant::now();
+                self.failing_since = Some(now);
+                self.last_report = Some(now);
+                tracing::error!(path = %self.path.display(), error = %e, backlog_bytes = backlog,
+                    "journal write failed; nothing waiting on it is acknowledged, the lines are kept in memory and retried every second");
+            }
+            (Err(e), Some(since)) => {
+                if self
+                    .last_report
+                    .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+                {
+                    self.last_report = Some(Instant::now());
+                    tracing::error!(path = %self.path.display(), error = %e, backlog_bytes = backlog,
+                        failing_secs = since.elapsed().as_secs(),
+                        dropped_lines = self.stats.dropped_lines.load(Ordering::Relaxed),
+                        "journal writes still fail");
+                }
+            }
+            (Ok(()), Some(since)) => {
+                self.failing_since = None;
+                tracing::warn!(path = %self.path.display(), failing_secs = since.elapsed().as_secs(),
+                    dropped_lines = self.stats.dropped_lines.load(Ordering::Relaxed),
+                    "journal writes work again; the backlog is on disk");
+            }
+            (Ok(()), None) => {}
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn any(s: &str) -> Result<String, String> {
+        Ok(s.to_string())
+    }
+
+    /// Records are `r<n>`; anything else is damaged.
+    fn strict(s: &str) -> Result<String, String> {
+        if s.starts_with('r') && s[1..].parse::<u32>().is_ok() {
+            Ok(s.to_string())
+        } else {
+            Err(format!("not a record: {s:?}"))
+        }
+    }
+
+    fn set_aside_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+        let mut v: Vec<(String, Vec<u8>)> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|e| e.file_name().to_string_lossy().contains(".corrupt-"))
+            .map(|e| {
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    fs::read(e.path()).unwrap(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
     #[tokio::test]
     async fn lines_survive_reopen_and_compaction() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("j.log");
-        let (j, lines) = Journal::open(&p).unwrap();
+        let (j, lines) = Journal::open(&p, any).unwrap();
         assert!(lines.is_empty());
         j.append("a", false);
         j.append("b", true).wait().await.unwrap();
         j.compact(["snap".to_string()]);
         j.append("c", true).wait().await.unwrap();
         drop(j);
-        let (_j, lines) = Journal::open(&p).unwrap();
+        let (_j, lines) = Journal::open(&p, any).unwrap();
         assert_eq!(lines, vec!["snap", "c"]);
     }
 
     #[tokio::test]
-    async fn torn_last_line_is_dropped_and_truncated() {
+    async fn torn_last_line_is_set_aside_and_cut_off() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("j.log");
-        fs::write(&p, b"one\ntwo\nthr").unwrap();
-        let (j, lines) = Journal::open(&p).unwrap();
-        assert_eq!(lines, vec!["one", "two"]);
-        j.append("three", true).wait().await.unwrap();
+        fs::write(&p, b"r1\nr2\nr3").unwrap();
+        let (j, lines) = Journal::open(&p, strict).unwrap();
+        assert_eq!(lines, vec!["r1", "r2"]);
+        j.append("r4", true).wait().await.unwrap();
         drop(j);
-        assert_eq!(fs::read_to_string(&p).unwrap(), "one\ntwo\nthree\n");
+        assert_eq!(fs::read_to_string(&p).unwrap(), "r1\nr2\nr4\n");
+        let aside = set_aside_files(dir.path());
+        assert_eq!(aside.len(), 1, "{aside:?}");
+        assert!(aside[0].0.starts_with("j.log.corrupt-"), "{}", aside[0].0);
+        assert_eq!(aside[0].1, b"r3");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(dir.path().join(&aside[0].0))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "owner-only: it may hold a token");
+    }
+
+    #[tokio::test]
+    async fn a_damaged_last_record_and_trailing_zeros_are_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("j.log");
+        // A complete but garbled last record, then the zeros a crash can leave in a block
+        // whose size was recorded before its data.
+        let mut bytes = b"r1\nr2\nr\xff3\n".to_vec();
+        bytes.extend_from_slice(&[0u8; 100]);
+        fs::write(&p, &bytes).unwrap();
+        let (j, lines) = Journal::open(&p, strict).unwrap();
+        assert_eq!(lines, vec!["r1", "r2"]);
+        drop(j);
+        assert_eq!(fs::read(&p).unwrap(), b"r1\nr2\n");
+        let aside = set_aside_files(dir.path());
+        assert_eq!(aside.len(), 1);
+        assert_eq!(aside[0].1, &bytes[6..], "the whole damaged tail is kept");
+        // A second recovery does not overwrite the first one's file.
+        fs::write(&p, b"r1\nxx\n").unwrap();
+        let (_j, lines) = Journal::open(&p, strict).unwrap();
+        assert_eq!(lines, vec!["r1"]);
+        let aside = set_aside_files(dir.path());
+        assert_eq!(aside.len(), 2, "{aside:?}");
+        assert!(aside.iter().any(|(_, b)| b == b"xx\n"));
+    }
+
+    #[test]
+    fn damage_with_good_records_after_it_refuses_to_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("j.log");
+        let bytes = b"r1\nr2\ngarbage\nr4\n\nr5\n";
+        fs::write(&p, bytes).unwrap();
+        let e = Journal::open(&p, strict).err().expect("must refuse");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        let msg = e.to_string();
+        assert!(msg.contains(&p.display().to_string()), "{msg}");
+        assert!(msg.contains("byte 6 (line 3)"), "{msg}");
+        assert!(msg.contains("not a record: \"garbage\""), "{msg}");
+        assert!(msg.contains("2 good record(s) follow"), "{msg}");
+        // Nothing was changed or set aside.
+        assert_eq!(fs::read(&p).unwrap(), bytes);
+        assert!(set_aside_files(dir.path()).is_empty());
+        // The read-only reader refuses too; a damaged tail it only skips.
+        assert!(read(&p, strict).is_err());
+        fs::write(&p, b"r1\nr2\ngarbage").unwrap();
+        assert_eq!(read(&p, strict).unwrap(), vec!["r1", "r2"]);
+        assert_eq!(fs::read(&p).unwrap(), b"r1\nr2\ngarbage");
     }
 
     #[tokio::test]
     async fn many_concurrent_durable_appends_all_land() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("j.log");
-        let (j, _) = Journal::open(&p).unwrap();
+        let (j, _) = Journal::open(&p, any).unwrap();
         let mut waits = Vec::new();
         for i in 0..2000 {
             waits.push(j.append(&format!("line {i}"), true));
@@ -262,8 +698,119 @@ mod tests {
             w.wait().await.unwrap();
         }
         drop(j);
-        let (_j, lines) = Journal::open(&p).unwrap();
+        let (_j, lines) = Journal::open(&p, any).unwrap();
         assert_eq!(lines.len(), 2000);
         assert_eq!(lines[1999], "line 1999");
+    }
+
+    fn writer_on(path: &Path, file: File, good_len: u64) -> Writer {
+        Writer {
+            path: path.to_path_buf(),
+            file,
+            good_len,
+            pending: Vec::new(),
+            snapshot: None,
+            stats: Arc::new(Stats::default()),
+            failing_since: None,
+            last_report: None,
+            last_attempt: None,
+        }
+    }
+
+    fn append(
+        w: &mut Writer,
+        line: &str,
+        acks: &mut Vec<Ack>,
+    ) -> oneshot::Receiver<Result<(), String>> {
+        let (tx, rx) = oneshot::channel();
+        w.take(
+            Op::Append {
+                line: format!("{line}\n").into_bytes(),
+                ack: Some(tx),
+            },
+            acks,
+        );
+        rx
+    }
+
+    /// A disk that refuses writes (`/dev/full` answers ENOSPC): the waiter is told, the
+    /// lines stay in memory in order, and once writes work they land whole.
+    #[test]
+    fn a_full_disk_fails_the_commit_keeps_the_lines_and_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("j.log");
+        fs::write(&p, b"r1\n").unwrap();
+        let full = OpenOptions::new().append(true).open("/dev/full").unwrap();
+        let mut w = writer_on(&p, full, 3);
+        let mut acks = Vec::new();
+        let mut rx1 = append(&mut w, "r2", &mut acks);
+        let r = w.write(true);
+        assert_eq!(r.as_ref().unwrap_err().raw_os_error(), Some(libc_enospc()));
+        w.report(&r);
+        assert!(w.failing_since.is_some());
+        for a in acks.drain(..) {
+            let _ = a.send(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+        }
+        assert!(
+            rx1.try_recv().unwrap().is_err(),
+            "no success for an unwritten line"
+        );
+        let mut rx2 = append(&mut w, "r3", &mut acks);
+        let r = w.write(true);
+        assert!(r.is_err());
+        assert_eq!(w.stats.write_errors.load(Ordering::Relaxed), 2);
+        assert_eq!(w.stats.backlog_bytes.load(Ordering::Relaxed), 6);
+        drop(acks.drain(..));
+        assert!(rx2.try_recv().is_err());
+        // Space is back.
+        w.file = OpenOptions::new().append(true).open(&p).unwrap();
+        let r = w.write(true);
+        r.unwrap();
+        w.report(&Ok(()));
+        assert!(w.failing_since.is_none());
+        assert_eq!(w.stats.backlog_bytes.load(Ordering::Relaxed), 0);
+        assert_eq!(fs::read_to_string(&p).unwrap(), "r1\nr2\nr3\n");
+        assert_eq!(w.good_len, 9);
+    }
+
+    /// A backlog past its bound drops new lines, says so, and asks the owner for a snapshot;
+    /// a snapshot supersedes the backlog.
+    #[test]
+    fn a_full_backlog_drops_lines_and_asks_for_a_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("j.log");
+        let full = OpenOptions::new().append(true).open("/dev/full").unwrap();
+        let mut w = writer_on(&p, full, 0);
+        let mut acks = Vec::new();
+        let big = "x".repeat(BACKLOG_MAX - 10);
+        let _rx = append(&mut w, &big, &mut acks);
+        let r = w.write(true);
+        w.report(&r);
+        let mut rx = append(&mut w, "r2 that does not fit", &mut acks);
+        assert!(rx
+            .try_recv()
+            .unwrap()
+            .unwrap_err()
+            .contains("backlog is full"));
+        assert_eq!(w.stats.dropped_lines.load(Ordering::Relaxed), 1);
+        assert!(w.stats.lost.load(Ordering::Relaxed));
+        w.take(
+            Op::Compact {
+                contents: b"snap\n".to_vec(),
+            },
+            &mut acks,
+        );
+        assert!(w.pending.is_empty());
+        w.file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&p)
+            .unwrap();
+        w.write(true).unwrap();
+        assert_eq!(fs::read_to_string(&p).unwrap(), "snap\n");
+    }
+
+    fn libc_enospc() -> i32 {
+        28
     }
 }

@@ -26,7 +26,7 @@ use std::sync::{Mutex, MutexGuard};
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 
-use crate::journal::{Commit, Journal};
+use crate::journal::{Commit, Journal, JournalStats};
 use crate::mac::MacAddr;
 
 /// Seconds since the Unix epoch. Injected everywhere so decisions are testable.
@@ -165,6 +165,9 @@ struct Entry {
     mac: MacAddr,
     pool: usize,
     state: State,
+    /// While bound to `mac` without a break: the lease end known to be on disk (replayed,
+    /// or its commit reported by [`Allocator::committed`]); 0 when none is known.
+    on_disk: UnixTime,
 }
 
 #[derive(Debug)]
@@ -284,7 +287,14 @@ impl Allocator {
     }
 
     fn set_state(&mut self, ip: u32, mac: MacAddr, pool: usize, state: State) {
+        let mut on_disk = 0;
         if let Some(old) = self.entries.get(&ip).copied() {
+            if old.mac == mac
+                && matches!(old.state, State::Bound { .. })
+                && matches!(state, State::Bound { .. })
+            {
+                on_disk = old.on_disk;
+            }
             self.unindex(ip, &old);
             if old.mac != mac && self.by_mac.get(&(old.pool, old.mac)) == Some(&ip) {
                 self.by_mac.remove(&(old.pool, old.mac));
@@ -293,7 +303,15 @@ impl Allocator {
         if let Some(t) = state.deadline() {
             self.expiry.insert((t, ip));
         }
-        self.entries.insert(ip, Entry { mac, pool, state });
+        self.entries.insert(
+            ip,
+            Entry {
+                mac,
+                pool,
+                state,
+                on_disk,
+            },
+        );
     }
 
     fn set_free(&mut self, ip: u32, mac: MacAddr, pool: usize, released: bool, since: UnixTime) {
@@ -315,7 +333,15 @@ impl Allocator {
             released,
             since,
         };
-        self.entries.insert(ip, Entry { mac, pool, state });
+        self.entries.insert(
+            ip,
+            Entry {
+                mac,
+                pool,
+                state,
+                on_disk: 0,
+            },
+        );
     }
 
     /// Whether `mac` may take `ip` now (call after `reclaim`).
@@ -599,6 +625,9 @@ impl Allocator {
         match r.state {
             RecordState::Bound => {
                 self.set_state(n, r.mac, p, State::Bound { expires: r.expires });
+                if let Some(e) = self.entries.get_mut(&n) {
+                    e.on_disk = r.expires;
+                }
                 self.by_mac.insert((p, r.mac), n);
             }
             RecordState::Declined => {
@@ -613,6 +642,28 @@ impl Allocator {
             }
         }
         true
+    }
+
+    /// The end of `mac`'s lease on `ip` that is known to be on disk, if it is still bound
+    /// to `mac` and that end is after `now`.
+    pub(crate) fn on_disk_until(
+        &self,
+        mac: MacAddr,
+        ip: Ipv4Addr,
+        now: UnixTime,
+    ) -> Option<UnixTime> {
+        let e = self.entries.get(&u32::from(ip))?;
+        (e.mac == mac && matches!(e.state, State::Bound { .. }) && e.on_disk > now)
+            .then_some(e.on_disk)
+    }
+
+    /// The binding of `ip` to `mac` until `expires` reached the disk.
+    pub(crate) fn committed(&mut self, mac: MacAddr, ip: Ipv4Addr, expires: UnixTime) {
+        if let Some(e) = self.entries.get_mut(&u32::from(ip)) {
+            if e.mac == mac && matches!(e.state, State::Bound { .. }) {
+                e.on_disk = e.on_disk.max(expires);
+            }
+        }
     }
 
     /// Durable changes made since the last call, in order.
@@ -728,7 +779,18 @@ fn rank(s: LeaseState) -> u8 {
 
 /// A pending durability promise: await it before sending the ACK that depends on it.
 #[must_use = "await the commit before answering"]
-pub(crate) struct Durable(DurableInner);
+pub(crate) struct Durable(DurableInner, Option<Binding>);
+
+/// The binding a [`Durable`] makes durable, and what of it was on disk before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Binding {
+    pub(crate) mac: MacAddr,
+    pub(crate) ip: Ipv4Addr,
+    pub(crate) expires: UnixTime,
+    /// The end of this client's lease on this address already on disk (a renewal), if
+    /// any: what an ACK may still promise when the extension cannot be written.
+    pub(crate) on_disk: Option<UnixTime>,
+}
 
 enum DurableInner {
     Done,
@@ -738,7 +800,12 @@ enum DurableInner {
 impl Durable {
     /// Nothing to wait for.
     pub(crate) fn done() -> Durable {
-        Durable(DurableInner::Done)
+        Durable(DurableInner::Done, None)
+    }
+
+    /// The binding being made durable, if this is a bind.
+    pub(crate) fn binding(&self) -> Option<Binding> {
+        self.1
     }
 
     /// Whether `wait` would return at once (so the reply can be sent inline).
@@ -808,6 +875,12 @@ pub(crate) trait LeaseStore: Send + Sync {
 
     /// Resolves once everything written so far is durable (shutdown).
     fn flush(&self) -> Durable;
+
+    /// A bind's commit succeeded: its lease end is on disk (see [`Binding::on_disk`]).
+    fn committed(&self, b: &Binding);
+
+    /// The journal's write errors and backlog, if the store has a journal (`/metrics`).
+    fn journal_stats(&self) -> Option<JournalStats>;
 }
 
 struct Inner {
@@ -828,39 +901,35 @@ pub(crate) struct JournalStore {
 
 impl JournalStore {
     /// Open (or create) the journal at `path` and replay it into a fresh allocator.
-    /// Unreadable lines and leases outside every configured subnet are skipped with a
-    /// warning. Compacts at once if the journal is already over the threshold.
+    /// A damaged last record is set aside with a warning; a damaged record with good ones
+    /// after it is an error naming the file and offset (see [`Journal::open`]). Leases
+    /// outside every configured subnet are dropped with a warning. Compacts at once if the
+    /// journal is already over the threshold.
     pub(crate) fn open(path: &Path, pools: Vec<PoolRange>) -> io::Result<JournalStore> {
         Self::open_with(path, Allocator::new(pools))
     }
 
     /// As [`JournalStore::open`], with an allocator configured by the caller.
     pub(crate) fn open_with(path: &Path, mut alloc: Allocator) -> io::Result<JournalStore> {
-        let (journal, lines) = Journal::open(path)?;
-        let (mut bad, mut dropped) = (0usize, 0usize);
-        for line in &lines {
-            match serde_json::from_str::<Record>(line) {
-                Ok(r) => {
-                    if !alloc.apply(&r) {
-                        dropped += 1;
-                    }
-                }
-                Err(_) => bad += 1,
+        let (journal, records) = Journal::open(path, |line| {
+            serde_json::from_str::<Record>(line).map_err(|e| format!("not a lease record: {e}"))
+        })?;
+        let mut dropped = 0usize;
+        for r in &records {
+            if !alloc.apply(r) {
+                dropped += 1;
             }
-        }
-        if bad > 0 {
-            tracing::warn!(path = %path.display(), lines = bad, "lease journal lines unreadable; skipped");
         }
         if dropped > 0 {
             tracing::warn!(path = %path.display(), leases = dropped, "leases outside every configured subnet; dropped");
         }
-        tracing::info!(path = %path.display(), lines = lines.len(), addresses = alloc.len(), "lease journal replayed");
+        tracing::info!(path = %path.display(), lines = records.len(), addresses = alloc.len(), "lease journal replayed");
         let mut inner = Inner {
             alloc,
             journal: Some(journal),
-            lines: lines.len(),
+            lines: records.len(),
         };
-        maybe_compact(&mut inner, bad + dropped > 0);
+        maybe_compact(&mut inner, dropped > 0);
         Ok(JournalStore {
             inner: Mutex::new(inner),
         })
@@ -906,11 +975,13 @@ fn persist(inner: &mut Inner, durable: bool) -> Durable {
         };
         let c = journal.append(&line, durable && i + 1 == n);
         if durable && i + 1 == n {
-            out = Durable(DurableInner::Journal(c));
+            out = Durable(DurableInner::Journal(c), None);
         }
     }
     inner.lines += n;
-    maybe_compact(inner, false);
+    // Lines the journal had to drop (a long full disk) are superseded by a snapshot.
+    let lost = journal.take_lost();
+    maybe_compact(inner, lost);
     out
 }
 
@@ -967,8 +1038,15 @@ impl LeaseStore for JournalStore {
         now: UnixTime,
     ) -> Result<(Lease, Durable), Refused> {
         let mut g = self.lock();
+        let on_disk = g.alloc.on_disk_until(mac, ip, now);
         let lease = g.alloc.bind(mac, ip, reserved, lease_secs, now)?;
-        let d = persist(&mut g, true);
+        let mut d = persist(&mut g, true);
+        d.1 = Some(Binding {
+            mac,
+            ip,
+            expires: lease.expires,
+            on_disk,
+        });
         Ok((lease, d))
     }
 
@@ -1000,13 +1078,21 @@ impl LeaseStore for JournalStore {
 
     fn flush(&self) -> Durable {
         match &self.lock().journal {
-            Some(j) => Durable(DurableInner::Journal(j.flush())),
+            Some(j) => Durable(DurableInner::Journal(j.flush()), None),
             None => Durable::done(),
         }
     }
 
     fn leases(&self, now: UnixTime) -> Vec<Lease> {
         self.lock().alloc.leases(now)
+    }
+
+    fn journal_stats(&self) -> Option<JournalStats> {
+        self.lock().journal.as_ref().map(Journal::stats)
+    }
+
+    fn committed(&self, b: &Binding) {
+        self.lock().alloc.committed(b.mac, b.ip, b.expires);
     }
 }
 
@@ -1378,33 +1464,110 @@ mod tests {
         assert_eq!(s.lease_of(mac(2), last).unwrap().expires, last + 3600);
     }
 
+    const GOOD1: &str = "{\"ip\":\"198.18.0.100\",\"mac\":\"52:54:00:00:00:01\",\"state\":\"bound\",\"expires\":1800000000}\n";
+    const FOREIGN: &str = "{\"ip\":\"10.1.2.3\",\"mac\":\"52:54:00:00:00:02\",\"state\":\"bound\",\"expires\":1800000000}\n";
+
     #[test]
-    fn replay_skips_garbage_and_foreign_subnets() {
+    fn replay_recovers_a_damaged_tail_and_drops_foreign_subnets() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("leases.journal");
-        std::fs::write(
-            &path,
-            concat!(
-                "{\"ip\":\"198.18.0.100\",\"mac\":\"52:54:00:00:00:01\",\"state\":\"bound\",\"expires\":1800000000}\n",
-                "not json\n",
-                "{\"ip\":\"10.1.2.3\",\"mac\":\"52:54:00:00:00:02\",\"state\":\"bound\",\"expires\":1800000000}\n",
-            ),
-        )
-        .unwrap();
+        // The last record was cut short by a crash.
+        std::fs::write(&path, format!("{GOOD1}{FOREIGN}{}", &GOOD1[..40])).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
         rt.block_on(async {
             let s = JournalStore::open(&path, vec![range(100, 120)]).unwrap();
             assert_eq!(s.leases(T0).len(), 1);
+            assert_eq!(s.lease_of_for_test(1).ip, ip(100));
             s.flush().wait().await.unwrap();
         });
-        // Rewritten without the bad lines.
+        // Rewritten without the foreign lease; the torn record was set aside.
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), 1);
+        let aside: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| {
+                let e = e.unwrap();
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("leases.journal.corrupt-")
+                    .then(|| std::fs::read_to_string(e.path()).unwrap())
+            })
+            .collect();
+        assert_eq!(aside, vec![GOOD1[..40].to_string()]);
+    }
+
+    #[test]
+    fn a_damaged_record_in_the_middle_refuses_to_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("leases.journal");
+        let text = format!("{GOOD1}not json\n{GOOD1}");
+        std::fs::write(&path, &text).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let e = rt
+            .block_on(async { JournalStore::open(&path, vec![range(100, 120)]) })
+            .err()
+            .expect("a damaged record before good ones must not be skipped");
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&format!("byte {} (line 2)", GOOD1.len())),
+            "{msg}"
+        );
+        assert!(msg.contains("not a lease record"), "{msg}");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            text,
+            "left as it was"
+        );
+    }
+
+    /// What of a lease is on disk: replayed leases are, a bind is once its commit is
+    /// reported, a renewal carries the end already on disk, and a release or a new holder
+    /// forgets it.
+    #[test]
+    fn the_lease_end_on_disk_is_tracked_per_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("leases.journal");
+        std::fs::write(&path, GOOD1).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let _g = rt.enter();
+        let s = JournalStore::open(&path, vec![range(100, 120)]).unwrap();
+        // Replayed: on disk until its recorded end.
+        let (_, d) = s.bind(mac(1), ip(100), None, 3600, T0).unwrap();
+        let b = d.binding().unwrap();
+        assert_eq!(b.on_disk, Some(1_800_000_000));
+        assert_eq!(b.expires, T0 + 3600);
+        // A new client: nothing on disk until its commit is reported.
+        let x = s.offer(net(), mac(2), None, None, T0, false).unwrap();
+        let (_, d) = s.bind(mac(2), x, None, 3600, T0).unwrap();
+        let b2 = d.binding().unwrap();
+        assert_eq!(b2.on_disk, None);
+        let (_, d) = s.bind(mac(2), x, None, 3600, T0 + 10).unwrap();
+        assert_eq!(d.binding().unwrap().on_disk, None, "not committed yet");
+        s.committed(&b2);
+        let (_, d) = s.bind(mac(2), x, None, 3600, T0 + 20).unwrap();
+        assert_eq!(d.binding().unwrap().on_disk, Some(T0 + 3600));
+        // Released: forgotten, also when the same client binds again.
+        s.committed(&b);
+        assert!(s.release(mac(1), ip(100), T0 + 30));
+        let (_, d) = s.bind(mac(1), ip(100), None, 3600, T0 + 40).unwrap();
+        assert_eq!(d.binding().unwrap().on_disk, None);
+        // Past its end, the end on disk promises nothing.
+        let (_, d) = s.bind(mac(2), x, None, 3600, T0 + 3600).unwrap();
+        assert_eq!(d.binding().unwrap().on_disk, None);
+        drop(d);
     }
 
     impl JournalStore {
+        fn lease_of_for_test(&self, n: u32) -> Lease {
+            self.lock().alloc.lease_of(mac(n), T0).unwrap()
+        }
+
         fn lease_at_for_test(&self, ip: Ipv4Addr, now: UnixTime) -> Lease {
             self.lock().alloc.lease_at(ip, now).unwrap()
         }

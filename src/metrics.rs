@@ -58,6 +58,11 @@ const CATALOG: &[(&str, Kind, &str)] = &[
         "DHCP packets by message type and outcome.",
     ),
     (
+        "stemcell_dhcp_datagrams_total",
+        Kind::Counter,
+        "DHCP datagrams by what became of them (received, malformed, ignored, sent, send_error, journal_error: an ACK withheld because its lease could not be written, rate_limited).",
+    ),
+    (
         "stemcell_dhcp_leases_active",
         Kind::Gauge,
         "Active DHCP leases by subnet.",
@@ -66,6 +71,21 @@ const CATALOG: &[(&str, Kind, &str)] = &[
         "stemcell_dhcp_pool_size",
         Kind::Gauge,
         "Addresses in each subnet's dynamic pool.",
+    ),
+    (
+        "stemcell_journal_write_errors_total",
+        Kind::Counter,
+        "Journal writes or syncs that failed (a full disk), by journal; each retry counts.",
+    ),
+    (
+        "stemcell_journal_backlog_bytes",
+        Kind::Gauge,
+        "Journal lines waiting in memory because the disk refused them, by journal.",
+    ),
+    (
+        "stemcell_journal_dropped_lines_total",
+        Kind::Counter,
+        "Journal lines dropped because the backlog was full (a snapshot replaces them).",
     ),
     (
         "stemcell_tftp_transfers_total",

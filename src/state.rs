@@ -320,13 +320,17 @@ pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Replay journal lines into entries; returns how many lines could not be read.
-fn replay(lines: &[String]) -> (HashMap<MacAddr, Entry>, usize) {
+/// One journal line, parsed (the reason is what [`crate::journal`] reports if it is not).
+fn parse_line(line: &str) -> Result<Line, String> {
+    serde_json::from_str::<Line>(line).map_err(|e| format!("not a machine record: {e}"))
+}
+
+/// Replay journal records into entries.
+fn replay(lines: Vec<Line>) -> HashMap<MacAddr, Entry> {
     let mut machines: HashMap<MacAddr, Entry> = HashMap::new();
-    let mut bad = 0usize;
     for l in lines {
-        match serde_json::from_str::<Line>(l) {
-            Ok(Line::Record(r)) => {
+        match l {
+            Line::Record(r) => {
                 let r = *r;
                 let mac = r.mac;
                 machines
@@ -337,7 +341,7 @@ fn replay(lines: &[String]) -> (HashMap<MacAddr, Entry>, usize) {
                     })
                     .record = Some(r);
             }
-            Ok(Line::Event { mac, event }) => {
+            Line::Event { mac, event } => {
                 let e = machines.entry(mac).or_insert_with(|| Entry {
                     record: None,
                     events: VecDeque::new(),
@@ -347,13 +351,12 @@ fn replay(lines: &[String]) -> (HashMap<MacAddr, Entry>, usize) {
                 }
                 e.events.push_back(event);
             }
-            Ok(Line::Forget { mac }) => {
+            Line::Forget { mac } => {
                 machines.remove(&mac);
             }
-            Err(_) => bad += 1,
         }
     }
-    (machines, bad)
+    machines
 }
 
 /// The state directory's discovery key, made on first use (owner-only), so tokens stay
@@ -394,14 +397,8 @@ fn discovery_key(state_dir: &Path) -> std::io::Result<[u8; 32]> {
 /// running server).
 pub(crate) fn read_records(state_dir: &Path) -> std::io::Result<HashMap<MacAddr, Record>> {
     let path = state_dir.join("machines.journal");
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(e),
-    };
-    let lines: Vec<String> = text.lines().map(str::to_string).collect();
-    Ok(replay(&lines)
-        .0
+    let lines = crate::journal::read(&path, parse_line)?;
+    Ok(replay(lines)
         .into_iter()
         .filter_map(|(m, e)| e.record.map(|r| (m, r)))
         .collect())
@@ -409,11 +406,9 @@ pub(crate) fn read_records(state_dir: &Path) -> std::io::Result<HashMap<MacAddr,
 
 impl Store {
     pub(crate) fn open(state_dir: &Path) -> std::io::Result<Store> {
-        let (journal, lines) = Journal::open(&state_dir.join("machines.journal"))?;
-        let (machines, bad) = replay(&lines);
-        if bad > 0 {
-            tracing::warn!(path = %journal.path().display(), lines = bad, "skipped unreadable state journal lines");
-        }
+        let (journal, lines) = Journal::open(&state_dir.join("machines.journal"), parse_line)?;
+        let n = lines.len();
+        let machines = replay(lines);
         // The bound on unlisted machines holds across restarts: the remembered ones queue
         // up again, oldest seen first.
         let mut seen: Vec<(u64, MacAddr)> = machines
@@ -431,7 +426,7 @@ impl Store {
             inner: Mutex::new(Inner {
                 machines,
                 unlisted: seen.into_iter().map(|(_, m)| m).collect(),
-                lines_since_compact: lines.len(),
+                lines_since_compact: n,
                 live_estimate: 0,
             }),
             journal,
@@ -462,11 +457,20 @@ impl Store {
         self.journal.flush().wait().await
     }
 
+    /// The journal's write errors and backlog (`/metrics`).
+    pub(crate) fn journal_stats(&self) -> crate::journal::JournalStats {
+        self.journal.stats()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn maybe_compact(&self, inner: &mut Inner, force: bool) {
+        // Lines the journal had to drop (a long full disk) are superseded by a snapshot,
+        // whatever the sizes say.
+        let lost = self.journal.take_lost();
+        let force = force || lost;
         // Cheap test first: most events end here without touching the machine map.
         if !force && inner.lines_since_compact <= 4 * inner.live_estimate + 10_000 {
             return;
@@ -480,7 +484,7 @@ impl Store {
         if !force && inner.lines_since_compact <= 4 * live + 10_000 {
             return;
         }
-        if force && inner.lines_since_compact <= 2 * live + 1000 {
+        if force && !lost && inner.lines_since_compact <= 2 * live + 1000 {
             return;
         }
         let mut lines = Vec::with_capacity(live);
@@ -667,7 +671,7 @@ impl Store {
     /// The install token of a listed machine that is due to install, creating (durably)
     /// one if it has none yet.
     pub(crate) async fn arm(&self, mac: MacAddr) -> Result<String, StateError> {
-        let (token, commit) = {
+        let (token, commit) = 'arm: {
             let mut inner = self.lock();
             let now = now_ms();
             let mut r = inner
@@ -684,7 +688,9 @@ impl Store {
                     r.phases.netboot = Some(now);
                     self.put(&mut inner, r, false);
                 }
-                return Ok(t);
+                // The token may still be on its way to disk (another request made it, or
+                // its write failed on a full disk): it is handed out only once durable.
+                break 'arm (t, self.journal.flush());
             }
             if matches!(r.state, Lifecycle::Unknown | Lifecycle::Discovered) {
                 r.state = Lifecycle::Pending;
@@ -904,6 +910,9 @@ impl Store {
         token: &str,
     ) -> Result<(Record, bool), StateError> {
         if let Some(r) = self.repeated(&mac, token, |s| s.on_disk()) {
+            // The first answer may have been a failed write that is still pending: repeat
+            // the success only once it is durable.
+            self.journal.flush().wait().await?;
             return Ok((r, false));
         }
         self.transition(mac, Some(token), |r, now| {
@@ -927,6 +936,7 @@ impl Store {
         reason: String,
     ) -> Result<(Record, bool), StateError> {
         if let Some(r) = token.and_then(|t| self.repeated(&mac, t, |s| s == Lifecycle::Failed)) {
+            self.journal.flush().wait().await?;
             return Ok((r, false));
         }
         self.transition(mac, token, |r, _| {

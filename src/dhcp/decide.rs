@@ -170,7 +170,6 @@ impl DhcpServer {
         &*self.observer
     }
 
-    #[cfg(test)]
     pub(crate) fn leases(&self) -> &Arc<dyn LeaseStore> {
         &self.leases
     }
@@ -436,10 +435,7 @@ impl DhcpServer {
     fn put_subnet_options(&self, r: &mut Reply, s: &Subnet, lease_secs: Option<u64>) {
         r.set_ip(code::SERVER_ID, self.settings.server_ip);
         if let Some(l) = lease_secs {
-            let l = u32::try_from(l).unwrap_or(u32::MAX - 1);
-            r.set_u32(code::LEASE_TIME, l);
-            r.set_u32(code::RENEWAL_TIME, l / 2);
-            r.set_u32(code::REBINDING_TIME, (u64::from(l) * 7 / 8) as u32);
+            r.set_lease_time(l);
         }
         r.set_ip(code::SUBNET_MASK, s.net.mask());
         if let Some(router) = s.router {

@@ -76,8 +76,11 @@ pub(crate) struct Counters {
     pub(crate) sent: AtomicU64,
     /// Replies the kernel refused to send.
     pub(crate) send_errors: AtomicU64,
-    /// ACKs dropped because their lease could not be made durable.
+    /// Binds whose lease could not be made durable (no ACK, or one with the time on disk).
     pub(crate) journal_errors: AtomicU64,
+    /// Renewals whose extension could not be written, ACKed with the lease end already on
+    /// disk.
+    pub(crate) acked_on_disk: AtomicU64,
     /// Requests dropped by the per-client or per-relay rate limit.
     pub(crate) rate_limited: AtomicU64,
 }
@@ -88,7 +91,7 @@ impl Counters {
     }
 
     /// Each counter with its metric label, for `/metrics`.
-    pub(crate) fn snapshot(&self) -> [(&'static str, u64); 7] {
+    pub(crate) fn snapshot(&self) -> [(&'static str, u64); 8] {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("received", g(&self.received)),
@@ -97,6 +100,7 @@ impl Counters {
             ("sent", g(&self.sent)),
             ("send_error", g(&self.send_errors)),
             ("journal_error", g(&self.journal_errors)),
+            ("ack_on_disk_time", g(&self.acked_on_disk)),
             ("rate_limited", g(&self.rate_limited)),
         ]
     }

@@ -194,8 +194,12 @@ async fn recv_loop(
         } else {
             let (server, sock) = (server.clone(), sock.clone());
             tracker.spawn(async move {
+                let binding = durable.binding();
                 match durable.wait().await {
                     Ok(()) => {
+                        if let Some(b) = &binding {
+                            server.leases().committed(b);
+                        }
                         send(&server, &sock, &bytes, out.to).await;
                         if let Some((mac, ev)) = event {
                             server.observer().event(mac, ev);
@@ -203,7 +207,24 @@ async fn recv_loop(
                     }
                     Err(e) => {
                         Counters::bump(&server.counters().journal_errors);
-                        tracing::error!(error = %e, to = %out.to, "lease not durable; ACK not sent");
+                        let now = now_unix();
+                        // A renewal whose extension cannot be written: the lease already
+                        // on disk still runs, so the client may be told that much (and
+                        // no more); it keeps its address and asks again at T1.
+                        match binding.and_then(|b| b.on_disk.filter(|&t| t > now).map(|t| (b, t))) {
+                            Some((b, until)) => {
+                                let mut reply = out.reply;
+                                reply.set_lease_time(until - now);
+                                Counters::bump(&server.counters().acked_on_disk);
+                                tracing::warn!(error = %e, mac = %b.mac, ip = %b.ip, lease_secs = until - now,
+                                    "lease extension not durable; ACK with the lease time already on disk");
+                                send(&server, &sock, &reply.encode(), out.to).await;
+                                if let Some((mac, ev)) = event {
+                                    server.observer().event(mac, ev);
+                                }
+                            }
+                            None => tracing::error!(error = %e, to = %out.to, "lease not durable; ACK not sent"),
+                        }
                     }
                 }
             });

@@ -301,6 +301,15 @@ impl Reply {
         self.set(code, v.to_be_bytes().to_vec());
     }
 
+    /// The lease time (option 51) with the renewal and rebinding times (58, 59) that go
+    /// with it: half and seven eighths of it (RFC 2131 §4.4.5).
+    pub(crate) fn set_lease_time(&mut self, secs: u64) {
+        let l = u32::try_from(secs).unwrap_or(u32::MAX - 1);
+        self.set_u32(code::LEASE_TIME, l);
+        self.set_u32(code::RENEWAL_TIME, l / 2);
+        self.set_u32(code::REBINDING_TIME, (u64::from(l) * 7 / 8) as u32);
+    }
+
     #[cfg(test)]
     pub(crate) fn get(&self, code: u8) -> Option<&[u8]> {
         self.options

@@ -374,6 +374,24 @@ pub(super) async fn metrics(State(app): State<App>) -> Response {
             m.set("stemcell_dhcp_datagrams_total", &[("what", what)], n as f64);
         }
     }
+    let mut journals = vec![("machines", app.store.journal_stats())];
+    if let Some(s) = app.leases.as_ref().and_then(|l| l.journal_stats()) {
+        journals.push(("leases", s));
+    }
+    for (name, s) in journals {
+        let l = [("journal", name)];
+        m.set(
+            "stemcell_journal_write_errors_total",
+            &l,
+            s.write_errors as f64,
+        );
+        m.set("stemcell_journal_backlog_bytes", &l, s.backlog_bytes as f64);
+        m.set(
+            "stemcell_journal_dropped_lines_total",
+            &l,
+            s.dropped_lines as f64,
+        );
+    }
     m.clear("stemcell_machines");
     for (s, n) in by_state {
         m.set("stemcell_machines", &[("state", s)], n as f64);

@@ -39,6 +39,13 @@ pub(super) async fn boot_script(
             tracing::warn!(mac = %mac, error = %e, "boot script failed");
             app.store
                 .event(mac, "error", format!("boot script failed: {e}"));
+            if matches!(e, ScriptError::State(crate::state::StateError::Io(_))) {
+                // The install token could not be written (a full disk): nothing was armed.
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "state could not be saved; try again\n",
+                );
+            }
             text(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "boot script failed; see the server log\n",
