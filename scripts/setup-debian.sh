@@ -9,7 +9,7 @@ PACKAGES=(
   chromium chromium-driver fonts-dejavu-core
   shellcheck mmdebstrap uidmap jq kea-admin tcpdump
   systemd util-linux openssl
-  vagrant vagrant-libvirt debconf-utils debian-installer-12-netboot-amd64
+  vagrant vagrant-libvirt debconf-utils debian-installer-12-netboot-amd64 python3-venv
 )
 
 missing=()
@@ -32,4 +32,13 @@ if ! command -v cargo >/dev/null 2>&1; then
     echo "setup: installing the Rust toolchain with rustup"
     curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c clippy,rustfmt
   }
+fi
+
+# Python tools the tests run, from PyPI, in a venv of their own (Debian's python3 refuses
+# system-wide pip installs): pykickstart's ksvalidator for the Rocky recipe.
+VENV=/opt/stemcell-test-venv
+if [ ! -x "$VENV/bin/ksvalidator" ]; then
+  echo "setup: installing pykickstart into $VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check pykickstart
 fi

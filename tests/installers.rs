@@ -117,6 +117,34 @@ fn the_debian_preseed_is_served_per_machine_and_passes_debconf() {
     let m = json(&curl(&[], &s.url(&format!("/api/v1/machines/{DI}"))));
     assert_eq!(m["state"], "installing", "{m}");
 
+    // One setting a line: a template that glues two lines together ("boolean trued-i …")
+    // still parses for debconf, so every line's shape is checked here.
+    for line in text
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+    {
+        let f: Vec<&str> = line.splitn(4, ' ').collect();
+        assert!(
+            f.len() >= 3
+                && ["d-i", "tasksel", "popularity-contest"].contains(&f[0])
+                && [
+                    "string",
+                    "boolean",
+                    "select",
+                    "multiselect",
+                    "password",
+                    "note"
+                ]
+                .contains(&f[2]),
+            "not one preseed setting: {line:?}"
+        );
+        if f[2] == "boolean" {
+            assert!(
+                matches!(f.get(3), Some(&"true") | Some(&"false")),
+                "{line:?}"
+            );
+        }
+    }
     // Debian's own validator accepts it…
     let file = dir.path().join("di01.preseed");
     std::fs::write(&file, &text).unwrap();
@@ -145,4 +173,115 @@ fn the_debian_preseed_is_served_per_machine_and_passes_debconf() {
     assert!(curl(&[], &s.url(&format!("/boot/{DI}.ipxe")))
         .text()
         .contains("sanboot"));
+}
+
+/// pykickstart's validator: the test venv scripts/setup-debian.sh makes, or one on PATH.
+fn ksvalidator() -> Option<String> {
+    let venv = "/opt/stemcell-test-venv/bin/ksvalidator";
+    if Path::new(venv).exists() {
+        return Some(venv.into());
+    }
+    have_tool("ksvalidator").then(|| "ksvalidator".into())
+}
+
+const ROCKY: &str = "52:54:00:d1:00:02";
+
+#[test]
+fn the_rocky_kickstart_is_served_per_machine_and_passes_ksvalidator() {
+    let ks = ksvalidator();
+    if !require("ksvalidator (pykickstart, from PyPI)", ks.is_some()) {
+        return;
+    }
+    let ks = ks.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    lab(
+        dir.path(),
+        &format!(
+            "defaults:\n  unknown: ignore\nroles:\n  rocky:\n    template: rocky.ks.j2\n    kernel: rocky-9/vmlinuz\n    initrd: rocky-9/initrd.img\n    cmdline: inst.ks={{{{ install_url }}}} inst.repo={{{{ vars.repo }}}} ip=dhcp inst.text\n    vars:\n      repo: http://198.18.0.1/rocky/9/BaseOS/x86_64/os\n      puppet_repo: http://198.18.0.1/puppet7/el/9/x86_64\n      ntp_server: 198.18.0.1\n      disk: /dev/vda\n      packages: [nginx]\n      ssh_keys:\n        - ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHN0ZW1jZWxsLWxhYi10ZXN0LWtleS1ub3QtcmVhbA lab@stemcell\nmachines:\n  \"{ROCKY}\":\n    hostname: rocky01\n    role: rocky\n"
+        ),
+    );
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("kickstarts/rocky.ks.j2"),
+        dir.path().join("kickstarts/rocky.ks.j2"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("assets/rocky-9")).unwrap();
+    std::fs::write(dir.path().join("assets/rocky-9/vmlinuz"), b"kernel").unwrap();
+    std::fs::write(dir.path().join("assets/rocky-9/initrd.img"), b"initrd").unwrap();
+    let s = Server::start(dir.path());
+
+    let script = curl(&[], &s.url(&format!("/boot/{ROCKY}.ipxe"))).text();
+    assert!(
+        script.contains(&s.url(&format!("/assets/rocky-9/vmlinuz?mac={ROCKY}"))),
+        "{script}"
+    );
+    assert_eq!(
+        cmdline_value(&script, "inst.repo").as_deref(),
+        Some("http://198.18.0.1/rocky/9/BaseOS/x86_64/os")
+    );
+    let url = cmdline_value(&script, "inst.ks").expect("inst.ks= on the command line");
+    assert!(
+        url.starts_with(&s.url(&format!("/install/{ROCKY}?token="))),
+        "{url}"
+    );
+    let token = url.split("token=").nth(1).unwrap().to_string();
+
+    let r = curl(&[], &url);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let text = r.text();
+    for want in [
+        format!("network --bootproto=dhcp --device={ROCKY} --hostname=rocky01 --activate"),
+        "ignoredisk --only-use=vda".into(),
+        "clearpart --all --initlabel --drives=vda".into(),
+        "repo --name=puppet --baseurl=http://198.18.0.1/puppet7/el/9/x86_64".into(),
+        "timesource --ntp-server=198.18.0.1".into(),
+        "rootpw --lock".into(),
+        "sshkey --username=root \"ssh-ed25519 ".into(),
+        "\npuppet-agent\nnginx\n%end".into(),
+        format!(
+            "--data-binary ok \"{}\"",
+            s.url(&format!("/install/{ROCKY}/done?token={token}"))
+        ),
+        format!(
+            "\"{}\"",
+            s.url(&format!("/install/{ROCKY}/failed?token={token}"))
+        ),
+    ] {
+        assert!(text.contains(&want), "{want:?} not in\n{text}");
+    }
+
+    // One command a line (a glued line can still be valid kickstart).
+    for want in [
+        "\nurl --url=http://198.18.0.1/rocky/9/BaseOS/x86_64/os\n",
+        "\nrootpw --lock\n",
+        "\nlang en_US.UTF-8\n",
+    ] {
+        assert!(text.contains(want), "{want:?} not a line of\n{text}");
+    }
+    // pykickstart's own validator, for RHEL 9 syntax, accepts it…
+    let file = dir.path().join("rocky01.ks");
+    std::fs::write(&file, &text).unwrap();
+    let out = Command::new(&ks)
+        .args(["-v", "RHEL9"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ksvalidator refused the kickstart:\n{}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // …and refuses a broken one (the check can fail).
+    std::fs::write(
+        &file,
+        text.replace("autopart --type=plain", "autopart --type=nonsense"),
+    )
+    .unwrap();
+    let out = Command::new(&ks)
+        .args(["-v", "RHEL9"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a wrong autopart type passed");
 }

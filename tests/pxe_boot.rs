@@ -76,6 +76,11 @@ fn pxe_failing_install_does_not_loop() {
     scenario("failing");
 }
 
+#[test]
+fn pxe_debian_installer_fetches_its_preseed() {
+    scenario("debian-installer");
+}
+
 /// Whether the script can run here; `false` after a skip (exit 77; a failure under CI).
 fn preflight(name: &str, what: &str) -> bool {
     let pre = Command::new("bash")

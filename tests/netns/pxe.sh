@@ -13,6 +13,14 @@
 #              The firmware probes snponly.efi's size over TFTP, aborts that transfer with
 #              error 8, then fetches it; snponly.efi is iPXE, which asks for the boot script.
 #   failing    SeaBIOS as in bios; the machine's role template exits 3
+#   debian-installer
+#              SeaBIOS as in bios; the machine's role boots Debian's own netboot installer
+#              (debian-installer-12-netboot-amd64's linux and initrd.gz, from the assets
+#              folder) with kickstarts/debian-installer.preseed.j2 as its preseed: the
+#              installer fetches its kernel and initrd, gets its address from stemcell,
+#              fetches the preseed from its install URL (with the token) and runs the
+#              preseed's first command, which posts a line to the machine's events. (A full
+#              install needs a Debian mirror; the test stops there.)
 # bios, uefi-ipxe, uefi-pxe: power-on 1 installs (state installed; events: DHCP, TFTP
 # where the firmware uses it, boot script, kernel, initrd, install script, log lines,
 # done), the machine reboots by itself and its second boot is told to boot from its disk,
@@ -56,11 +64,11 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 SCENARIO=${1:-}
 STEMCELL=${2:-${STEMCELL:-${CARGO_TARGET_DIR:-$ROOT/target}/debug/stemcell}}
 case "$SCENARIO" in
-bios | failing) FW=bios MODE=authoritative ;;
+bios | failing | debian-installer) FW=bios MODE=authoritative ;;
 uefi-ipxe) FW=uefi-ipxe MODE=proxy ;;
 uefi-pxe) FW=uefi-pxe MODE=authoritative ;;
 *)
-	echo "usage: $0 bios|uefi-ipxe|uefi-pxe|failing [STEMCELL]" >&2
+	echo "usage: $0 bios|uefi-ipxe|uefi-pxe|failing|debian-installer [STEMCELL]" >&2
 	exit 2
 	;;
 esac
@@ -80,6 +88,12 @@ bios) rom=efi-e1000.rom ;;
 esac
 [ -r /usr/lib/ipxe/qemu/$rom ] || skip "no /usr/lib/ipxe/qemu/$rom (Debian's ipxe-qemu)"
 case "$FW" in uefi-*) [ -r /usr/share/ovmf/OVMF.fd ] || skip "no /usr/share/ovmf/OVMF.fd (Debian's ovmf)" ;; esac
+DI=/usr/lib/debian-installer/images/12/amd64/text
+if [ "$SCENARIO" = debian-installer ]; then
+	for f in "$DI/debian-installer/amd64/linux" "$DI/debian-installer/amd64/initrd.gz"; do
+		[ -r "$f" ] || skip "no $f (Debian's debian-installer-12-netboot-amd64)"
+	done
+fi
 [ "$MODE" = proxy ] && { command -v dnsmasq >/dev/null || skip "no dnsmasq (Debian's dnsmasq-base)"; }
 for t in curl ip; do command -v $t >/dev/null || skip "no $t"; done
 [ -c /dev/net/tun ] || skip "no /dev/net/tun"
@@ -100,12 +114,15 @@ bios) MAC=52:54:00:5e:00:01 ;;
 uefi-ipxe) MAC=52:54:00:5e:00:02 ;;
 uefi-pxe) MAC=52:54:00:5e:00:03 ;;
 failing) MAC=52:54:00:5e:00:04 ;;
+debian-installer) MAC=52:54:00:5e:00:05 ;;
 esac
 HOST=pxe-$SCENARIO
 ROLE=base
 [ "$SCENARIO" = failing ] && ROLE=broken
+[ "$SCENARIO" = debian-installer ] && ROLE=debian-di
 DISK=$W/disk.img
 FAILS=0 PASSES=0 QEMU_PID='' WATCH_PID='' SERIAL=''
+QEMU_MORE=()
 
 cleanup() {
 	trap '' PIPE INT TERM HUP # finish the cleanup whatever happens to our stdout
@@ -174,7 +191,7 @@ events_in_order() {
 power_on() {
 	ON=$SECONDS
 	SERIAL=$W/power-on-$1.log
-	lab_qemu "$SRV" "$FW" tap0 "$MAC" "$DISK" "$SERIAL" || die "QEMU did not start"
+	lab_qemu "$SRV" "$FW" tap0 "$MAC" "$DISK" "$SERIAL" "${QEMU_MORE[@]}" || die "QEMU did not start"
 	QEMU_PID=$LAB_PID
 }
 power_off() {
@@ -228,7 +245,17 @@ if [ "$MODE" = proxy ]; then
 fi
 
 # ---- stemcell ----------------------------------------------------------------------------
-lab_config "$D" "$MODE" "$IMAGE"
+if [ "$SCENARIO" = debian-installer ]; then
+	# Debian's installer asks for name servers when DHCP names none (and waits there).
+	LAB_SUBNETS='    - subnet: 198.18.0.0/24
+      pool: [198.18.0.100, 198.18.0.199]
+      router: 198.18.0.1
+      dns: [198.18.0.1]
+      domain: lab.example
+      lease_time: 1h' lab_config "$D" "$MODE" "$IMAGE"
+else
+	lab_config "$D" "$MODE" "$IMAGE"
+fi
 cat >"$D/kickstarts/broken.sh.j2" <<'EOF'
 #!/bin/sh
 echo "broken: {{ hostname }} looks for its disk"
@@ -245,12 +272,21 @@ roles:
     vars: { puppet_server: puppet.lab.example }
   broken:
     template: broken.sh.j2
+  debian-di:
+    template: debian-installer.preseed.j2
+    kernel: debian-installer/amd64/linux
+    initrd: debian-installer/amd64/initrd.gz
+    cmdline: auto=true priority=critical url={{ install_url }} interface=auto hostname={{ hostname }} domain=lab.example console=ttyS0,115200
 machines:
   "$MAC":
     hostname: $HOST
     role: $ROLE
     vars: { disk: $VDISK }
 EOF
+if [ "$SCENARIO" = debian-installer ]; then
+	cp "$ROOT/kickstarts/debian-installer.preseed.j2" "$D/kickstarts/"
+	echo "assets: $DI" >>"$D/stemcell.yaml"
+fi
 lab_check "$STEMCELL" "$D" || die "stemcell check failed" "$D/check.txt"
 lab_serve "$SRV" "$STEMCELL" "$D" || die "stemcell did not come up" "$D/server.log"
 pass "stemcell serves ($MODE DHCP, TFTP and HTTP on br0 in $SRV)"
@@ -264,7 +300,31 @@ fi
 truncate -s 1G "$DISK"
 
 # ---- power-on 1: the install, the reboot, the installed system ---------------------------
-if [ "$SCENARIO" != failing ]; then
+has_events() { events && [ "$(count_events "$1" "$2")" -gt 0 ]; }
+if [ "$SCENARIO" = debian-installer ]; then
+	# ---- Debian's installer, preseeded by stemcell ---------------------------------------------
+	echo "== power-on 1: $FW, role debian-di: Debian's netboot installer" >&3
+	QEMU_MORE=(-m 1024)
+	power_on 1
+	if lab_wait 900 "$QEMU_PID" has_events log "debian-installer: the preseed for $HOST arrived"; then
+		pass "the installer ran its preseed's first command ($((SECONDS - ON)) s after power-on)"
+	else
+		fail "no 'preseed arrived' line from the installer within 900 s"
+		show "$SERIAL" 40
+	fi
+	events_in_order "the events: DHCP, boot script, the installer's kernel and initrd from the assets, DHCP again (the installer's own), the preseed served, its first command's line" \
+		dhcp:"DHCPACK 198\.18\.0\.1[0-9][0-9], boot file http://[^ ]*/boot/$MAC\.ipxe" \
+		boot:"^boot script: install as role debian-di" \
+		file:"^fetched asset debian-installer/amd64/linux" \
+		file:"^fetched asset debian-installer/amd64/initrd\.gz" \
+		dhcp:"DHCPACK 198\.18\.0\.1[0-9][0-9]" \
+		install:"^install script served" \
+		log:"^debian-installer: the preseed for $HOST arrived"
+	check_state installing 5
+	check "the installer's kernel was told where its preseed is: url=…/install/$MAC?token=… on its command line" \
+		lab_seen "$SERIAL" "url=http://[^ ]*/install/$MAC\?token=[0-9a-f]+"
+	power_off
+elif [ "$SCENARIO" != failing ]; then
 	echo "== power-on 1: $FW, empty disk, network first" >&3
 	power_on 1
 	serial "^stemcell: install done" 900 "power-on 1 installs"
