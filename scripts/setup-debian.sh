@@ -9,6 +9,7 @@ PACKAGES=(
   chromium chromium-driver fonts-dejavu-core
   shellcheck mmdebstrap uidmap jq
   systemd util-linux openssl
+  openipmi ipmitool python3-venv
 )
 
 missing=()
@@ -31,4 +32,12 @@ if ! command -v cargo >/dev/null 2>&1; then
     echo "setup: installing the Rust toolchain with rustup"
     curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c clippy,rustfmt
   }
+fi
+
+# sushy-tools' Redfish emulator for tests/power.rs, from PyPI in its own venv (Debian 12's
+# python3 refuses system-wide pip installs, PEP 668).
+if [ ! -x /opt/sushy-tools/bin/sushy-emulator ]; then
+  echo "setup: installing sushy-tools in /opt/sushy-tools"
+  /usr/bin/python3 -m venv /opt/sushy-tools
+  /opt/sushy-tools/bin/pip install -q --disable-pip-version-check sushy-tools
 fi

@@ -275,7 +275,7 @@ fn check_reports_a_missing_bmc_password_file_where_the_inventory_names_it() {
     let config = lab.path().join("examples/lab/stemcell.yaml");
     let (code, out) = check(&config);
     assert_ne!(code, 0, "{out}");
-    let col = format!("  power: {{ driver: ipmi, username: admin, password_file: ").len() + 1;
+    let col = "  power: { driver: ipmi, username: admin, password_file: ".len() + 1;
     assert!(
         out.contains(&format!(
             "inventory.yaml:4:{col}: power.password_file: cannot read the BMC password file {}",

@@ -23,8 +23,9 @@ fn program() -> String {
 /// user, password from the environment, and a per-packet time-out with retries that fit
 /// in the call's time-out.
 fn base_args(p: &Power, left: Duration) -> Vec<String> {
-    // ipmitool waits `-N` seconds per try and tries `-R` times.
-    let retries = (left.as_secs() / 2).clamp(1, 4);
+    // ipmitool waits `-N` seconds per try, longer on each retry, and tries `-R` times
+    // (`-N 1 -R 2` gives up after about 6 s).
+    let retries = (left.as_secs() / 4).clamp(1, 4);
     let mut a: Vec<String> = ["-v", "-I", "lanplus", "-C", "3", "-N", "1", "-R"]
         .iter()
         .map(|s| s.to_string())

@@ -42,6 +42,7 @@ struct Session {
     auth: String,
     bmc: String,
     timeout: Duration,
+    started: std::time::Instant,
     system: Option<String>,
     firmware: Firmware,
 }
@@ -115,6 +116,7 @@ impl Session {
             auth: basic(&p.username, &password),
             bmc,
             timeout,
+            started: std::time::Instant::now(),
             system: p.system.clone(),
             firmware: p.firmware,
         })
@@ -274,6 +276,21 @@ impl Session {
         Ok(())
     }
 
+    /// Many BMCs take a moment to change the power state after a reset is accepted: read
+    /// it again every half second (as Rufio does) until it is `want`, until three quarters
+    /// of the time-out have passed; then the state as it is.
+    fn settle(&self, path: &str, want: PowerState) -> Result<PowerState, PowerError> {
+        let until = self.started + self.timeout * 3 / 4;
+        loop {
+            let (sys, _) = self.call("GET", path, None, None)?;
+            let s = self.state_of(&sys)?;
+            if s == want || std::time::Instant::now() >= until {
+                return Ok(s);
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
     fn act(&self, action: Action) -> Result<Outcome, PowerError> {
         let path = self.system_path()?;
         let (sys, etag) = self.call("GET", &path, None, None)?;
@@ -290,8 +307,12 @@ impl Session {
                     ("ForceOff", "off")
                 };
                 self.reset(&path, &sys, kind)?;
-                let (sys, _) = self.call("GET", &path, None, None)?;
-                let s = self.state_of(&sys)?;
+                let want = if action == Action::On {
+                    PowerState::On
+                } else {
+                    PowerState::Off
+                };
+                let s = self.settle(&path, want)?;
                 Ok(Outcome {
                     state: Some(s),
                     message: format!("powered {word}; power is {}", s.as_str()),
@@ -300,8 +321,9 @@ impl Session {
             Action::Cycle => match state {
                 PowerState::Off => {
                     self.reset(&path, &sys, "On")?;
+                    let s = self.settle(&path, PowerState::On)?;
                     Ok(Outcome {
-                        state: Some(PowerState::On),
+                        state: Some(s),
                         message: "was off: powered on".into(),
                     })
                 }
