@@ -357,6 +357,82 @@ fn ipmi_status_on_off_cycle_pxe_agree_with_ipmitool_and_the_chassis() {
     assert_eq!(m["has_bmc"], true);
     assert_eq!(m["power"]["state"], "on", "{m}");
 
+    // The page: the power column, and the buttons for a logged-in admin.
+    let index = text(&ns.exec(&["curl", "-sS", &server.url("/")]));
+    assert!(
+        index.contains("data-field=\"power\" title=\"\">on, "),
+        "{index}"
+    );
+    let page = server.url(&format!("/machines/{IPMI_MAC}"));
+    let logged_out = text(&ns.exec(&["curl", "-sS", &page]));
+    assert!(!logged_out.contains("id=\"power-off\""), "{logged_out}");
+    let login = text(&ns.exec(&[
+        "curl",
+        "-sS",
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        "-d",
+        &format!("token={TOKEN}"),
+        &server.url("/login"),
+    ]));
+    let session = login
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .and_then(|c| c.split(';').next())
+        .unwrap_or_else(|| panic!("no session cookie: {login}"))
+        .to_string();
+    let cookie = format!("Cookie: {session}");
+    let html = text(&ns.exec(&["curl", "-sS", "-H", &cookie, &page]));
+    assert!(html.contains("id=\"power-off\""), "{html}");
+    let csrf = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|x| x.split('"').next())
+        .unwrap()
+        .to_string();
+    let o = ns.exec(&[
+        "curl",
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+        &cookie,
+        "-d",
+        &format!("csrf={csrf}"),
+        &server.url(&format!("/machines/{IPMI_MAC}/power-off")),
+    ]);
+    assert_eq!(text(&o), "303");
+    assert_eq!(power_is(&ns, "198.18.60.2"), "Chassis Power is off");
+    assert!(
+        events(&ns, &server, IPMI_MAC)
+            .iter()
+            .any(|e| e == "power off by an admin on the page: powered off; power is off"),
+        "no page event"
+    );
+    let html = text(&ns.exec(&["curl", "-sS", "-H", &cookie, &page]));
+    assert!(html.contains("id=\"power\" title=\"\">off, "), "{html}");
+    // Without the CSRF token: refused, and nothing happens.
+    let o = ns.exec(&[
+        "curl",
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+        &cookie,
+        "-d",
+        "csrf=forged",
+        &server.url(&format!("/machines/{IPMI_MAC}/power-on")),
+    ]);
+    assert_ne!(text(&o), "303");
+    assert_eq!(power_is(&ns, "198.18.60.2"), "Chassis Power is off");
+    assert_eq!(power("on"), format!("{IPMI_MAC}: powered on; power is on"));
+
     // reinstall --power: re-armed, next boot from the network, power-cycled.
     let before = chassis_sets(&bmc).len();
     let o = stemcell(&ns, &server, &cfg, &["reinstall", IPMI_MAC, "--power"]);
