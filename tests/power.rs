@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{have_tool, is_root, lab, require, Netns, Server, BIN};
+use common::{
+    have_tool, is_root, lab, require, skip, stemcell_image, Netns, Server, Slot, BIN, SKIP_EXIT,
+};
 
 const TOKEN: &str = "test-admin-token-0123456789";
 const PASSWORD: &str = "bmc-pw-Zq7";
@@ -804,7 +806,7 @@ fn redfish_over_https_with_our_ca_reaches_sushy_emulator() {
         return;
     }
     let Some(sushy) = sushy() else {
-        common::skip("sushy-emulator (scripts/setup-debian.sh installs it in /opt/sushy-tools)");
+        skip("sushy-emulator (scripts/setup-debian.sh installs it in /opt/sushy-tools)");
         return;
     };
     let Some(ns) = Netns::new("rf") else { return };
@@ -943,4 +945,38 @@ fn redfish_over_https_with_our_ca_reaches_sushy_emulator() {
     // reports an unfinished state, so this comes last).
     let out = power("cycle");
     assert!(out.contains("power cycled"), "{out}");
+}
+
+/// End to end (tests/netns/power.sh): a QEMU machine owned by ipmi_sim's chassis script is
+/// installed by `stemcell reinstall --power` from power-off, and reinstalled the same way
+/// while it runs its installed system; nobody touches QEMU. About 5 minutes with TCG.
+#[test]
+fn reinstall_power_installs_and_reinstalls_a_qemu_machine_through_its_bmc() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/netns/power.sh");
+    let pre = Command::new("bash")
+        .arg(&script)
+        .env("PXE_PREFLIGHT", "1")
+        .output()
+        .unwrap();
+    if pre.status.code() == Some(SKIP_EXIT) {
+        skip(&format!("the BMC end-to-end test: {}", text(&pre).trim()));
+        return;
+    }
+    assert!(pre.status.success(), "preflight: {}", text(&pre));
+    let image =
+        stemcell_image().unwrap_or_else(|e| panic!("the stem-cell image build failed:\n{e}"));
+    let _slot = Slot::take("PXE_PARALLEL");
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg(BIN)
+        .env("STEMCELL_IMAGE", image)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tests/netns/power.sh failed ({}):\n{}",
+        out.status,
+        text(&out)
+    );
+    println!("{}", text(&out));
 }
