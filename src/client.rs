@@ -149,6 +149,15 @@ pub(crate) fn machine(base: &str, mac: &str) -> anyhow::Result<String> {
     ] {
         out.push_str(&format!("{k:<9} {}\n", s(&m[k])));
     }
+    if m["has_bmc"] == Value::Bool(true) {
+        let p = &m["power"];
+        let line = match (p["state"].as_str(), p["error"].as_str(), p["at"].as_u64()) {
+            (Some(st), _, Some(at)) => format!("{st} (seen at {})", at_text(at)),
+            (None, Some(e), Some(at)) => format!("unknown: {e} (at {})", at_text(at)),
+            _ => "not asked yet".to_string(),
+        };
+        out.push_str(&format!("power     {line}\n"));
+    }
     for d in m["drift"].as_array().into_iter().flatten() {
         out.push_str(&format!("drift     {}\n", s(d)));
     }
@@ -178,6 +187,12 @@ pub(crate) fn machine(base: &str, mac: &str) -> anyhow::Result<String> {
         ));
     }
     Ok(out)
+}
+
+/// Unix milliseconds as a UTC date and time.
+fn at_text(ms: u64) -> String {
+    let (date, time) = crate::civil::date_time(ms / 1000);
+    format!("{date} {time} UTC")
 }
 
 /// "install   stem cell boot 9.8 s, partition 2.1 s, …" from a machine's phases.

@@ -101,6 +101,8 @@ pub(crate) enum PowerError {
         what: String,
         detail: String,
     },
+    #[error("BMC {bmc}: its TLS certificate is not trusted: {detail} (power.ca_file must hold the CA that signs it)")]
+    Certificate { bmc: String, detail: String },
     #[error("BMC {bmc} did not answer within {} s", timeout.as_secs_f64())]
     TimedOut { bmc: String, timeout: Duration },
     #[error("BMC {bmc}: {detail}")]
@@ -115,6 +117,7 @@ impl PowerError {
             PowerError::Unreachable { .. } => "unreachable",
             PowerError::Authentication { .. } => "authentication",
             PowerError::Unsupported { .. } => "unsupported",
+            PowerError::Certificate { .. } => "certificate",
             PowerError::TimedOut { .. } => "timeout",
             PowerError::Failed { .. } => "failed",
         }

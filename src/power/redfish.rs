@@ -133,6 +133,16 @@ impl Session {
                 bmc,
                 detail: format!("{what}: {e}"),
             },
+            ureq::Error::Rustls(e) => PowerError::Certificate {
+                bmc,
+                detail: format!("{what}: {e}"),
+            },
+            ureq::Error::Io(io) if io.to_string().contains("certificate") => {
+                PowerError::Certificate {
+                    bmc,
+                    detail: format!("{what}: {io}"),
+                }
+            }
             ureq::Error::Io(io) => match io.kind() {
                 std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => {
                     PowerError::TimedOut {
