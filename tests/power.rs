@@ -823,12 +823,46 @@ fn redfish_over_https_with_our_ca_reaches_sushy_emulator() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     make_tls(dir, "198.18.63.4");
+    // HTTP Basic auth against an Apache-style user file (bcrypt, the only digest sushy
+    // takes), hashed with the bcrypt module sushy-tools itself brings; cost 4, as sushy
+    // checks every request and the default cost makes each take a quarter of a second.
+    let python = Path::new(&sushy).with_file_name("python3");
+    let python = if python.is_file() {
+        python
+    } else {
+        PathBuf::from("python3")
+    };
+    let hash = Command::new(&python)
+        .args([
+            "-c",
+            &format!(
+                "import bcrypt;print(bcrypt.hashpw(b'{PASSWORD}',bcrypt.gensalt(4)).decode())"
+            ),
+        ])
+        .output()
+        .unwrap();
+    assert!(hash.status.success(), "bcrypt: {}", text(&hash));
+    std::fs::write(
+        dir.join("htpasswd"),
+        format!("admin:{}\n", String::from_utf8_lossy(&hash.stdout).trim()),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("sushy.conf"),
+        format!(
+            "SUSHY_EMULATOR_AUTH_FILE = '{}'\n",
+            dir.join("htpasswd").display()
+        ),
+    )
+    .unwrap();
     let emulator = Command::new("ip")
         .args([
             "netns",
             "exec",
             &ns.name,
             &sushy,
+            "--config",
+            dir.join("sushy.conf").to_str().unwrap(),
             "--fake",
             "-i",
             "198.18.63.4",
@@ -847,11 +881,14 @@ fn redfish_over_https_with_our_ca_reaches_sushy_emulator() {
         .unwrap();
     let _procs = Kill(vec![emulator]);
     let ca = dir.join("ca.pem");
+    let user = format!("admin:{PASSWORD}");
     let get = |path: &str| -> serde_json::Value {
         let o = ns.exec(&[
             "curl",
             "-sS",
             "--fail",
+            "-u",
+            &user,
             "--cacert",
             ca.to_str().unwrap(),
             "--max-time",
@@ -867,6 +904,8 @@ fn redfish_over_https_with_our_ca_reaches_sushy_emulator() {
             "curl",
             "-sS",
             "--fail",
+            "-u",
+            &format!("admin:{PASSWORD}"),
             "--cacert",
             ca.to_str().unwrap(),
             "--max-time",
@@ -888,7 +927,8 @@ fn redfish_over_https_with_our_ca_reaches_sushy_emulator() {
     let cfg = power_lab(
         dir,
         &format!(
-            "roles:\n  web: {{ template: web.sh.j2 }}\nmachines:\n  {mac}:\n    role: web\n    power: {{ driver: redfish, address: 198.18.63.4, port: 8443, username: admin, password_file: {pw}, ca_file: {ca} }}\n  52:54:00:dd:00:02:\n    role: web\n    power: {{ driver: redfish, address: 198.18.63.4, port: 8443, username: admin, password_file: {pw}, ca_file: {other} }}\n",
+            "roles:\n  web: {{ template: web.sh.j2 }}\nmachines:\n  {mac}:\n    role: web\n    power: {{ driver: redfish, address: 198.18.63.4, port: 8443, username: admin, password_file: {pw}, ca_file: {ca} }}\n  52:54:00:dd:00:02:\n    role: web\n    power: {{ driver: redfish, address: 198.18.63.4, port: 8443, username: admin, password_file: {pw}, ca_file: {other} }}\n  52:54:00:dd:00:03:\n    role: web\n    power: {{ driver: redfish, address: 198.18.63.4, port: 8443, username: admin, password_file: {wrong}, ca_file: {ca} }}\n",
+            wrong = dir.join("wrong.pass").display(),
             pw = dir.join("bmc.pass").display(),
             ca = ca.display(),
             other = dir.join("bmc.pem").display(),
@@ -947,6 +987,21 @@ fn redfish_over_https_with_our_ca_reaches_sushy_emulator() {
     assert!(
         text(&o).contains("BMC redfish 198.18.63.4:8443: its TLS certificate is not trusted")
             && text(&o).contains("UnknownIssuer"),
+        "{}",
+        text(&o)
+    );
+
+    // The wrong password: the BMC's 401, said as such.
+    let o = stemcell(
+        &ns,
+        &server,
+        &cfg,
+        &["power", "52:54:00:dd:00:03", "status"],
+    );
+    println!("wrong password: {}", text(&o).trim());
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("BMC redfish 198.18.63.4:8443 refused the credentials (wrong username or password): GET /redfish/v1/Systems: HTTP 401"),
         "{}",
         text(&o)
     );
