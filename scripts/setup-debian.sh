@@ -10,6 +10,7 @@ PACKAGES=(
   shellcheck mmdebstrap uidmap jq kea-admin tcpdump
   systemd util-linux openssl
   vagrant vagrant-libvirt debconf-utils debian-installer-12-netboot-amd64 python3-venv
+  openipmi ipmitool
 )
 
 missing=()
@@ -41,4 +42,12 @@ if [ ! -x "$VENV/bin/ksvalidator" ]; then
   echo "setup: installing pykickstart into $VENV"
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check pykickstart
+fi
+
+# sushy-tools' Redfish emulator for tests/power.rs, from PyPI in its own venv (Debian 12's
+# python3 refuses system-wide pip installs, PEP 668).
+if [ ! -x /opt/sushy-tools/bin/sushy-emulator ]; then
+  echo "setup: installing sushy-tools in /opt/sushy-tools"
+  /usr/bin/python3 -m venv /opt/sushy-tools
+  /opt/sushy-tools/bin/pip install -q --disable-pip-version-check sushy-tools
 fi

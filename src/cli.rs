@@ -57,11 +57,35 @@ enum Command {
         api: ApiArgs,
         mac: String,
     },
-    /// Re-arm a machine: its next netboot reinstalls (needs the admin token).
+    /// Re-arm a machine: its next netboot reinstalls (needs the admin token). With --power,
+    /// also set its next boot to the network, once, and power-cycle it through its BMC;
+    /// with --role instead of a MAC, every machine of the role, --parallel at a time.
     Reinstall {
         #[command(flatten)]
         api: ApiArgs,
+        #[arg(required_unless_present = "role", conflicts_with = "role")]
+        mac: Option<String>,
+        /// Every listed machine of this role (needs --power).
+        #[arg(long, requires = "power")]
+        role: Option<String>,
+        /// Netboot it through its BMC now (inventory `power:`).
+        #[arg(long)]
+        power: bool,
+        /// With --role: machines rebuilt at once.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+        parallel: u16,
+        /// With --role: start no further machine after this many failed.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+        max_failures: u16,
+    },
+    /// A machine's power through its BMC: status, on, off, cycle, or pxe (the next boot
+    /// from the network, once). Through the running server (needs the admin token).
+    Power {
+        #[command(flatten)]
+        api: ApiArgs,
         mac: String,
+        #[arg(value_parser = ["status", "on", "off", "cycle", "pxe"])]
+        action: String,
     },
 }
 
@@ -215,11 +239,35 @@ pub fn main() -> ExitCode {
         },
         Command::Machines { api } => api_command(&api, |s, _| crate::client::machines(s)),
         Command::Machine { api, mac } => api_command(&api, |s, _| crate::client::machine(s, &mac)),
-        Command::Reinstall { api, mac } => api_command(&api, |s, t| {
+        Command::Reinstall {
+            api,
+            mac,
+            role,
+            power,
+            parallel,
+            max_failures,
+        } => api_command(&api, |s, t| {
             let t = t.ok_or_else(|| {
                 anyhow::anyhow!("the admin token is needed: pass --token-file or --config")
             })?;
-            crate::client::reinstall(s, &mac, &t)
+            match (mac, role) {
+                (Some(mac), _) if power => crate::client::reinstall_power(s, &mac, &t),
+                (Some(mac), _) => crate::client::reinstall(s, &mac, &t),
+                (None, Some(role)) => crate::client::rolling(
+                    s,
+                    &role,
+                    &t,
+                    usize::from(parallel),
+                    usize::from(max_failures),
+                ),
+                (None, None) => anyhow::bail!("name a MAC or --role"),
+            }
+        }),
+        Command::Power { api, mac, action } => api_command(&api, |s, t| {
+            let t = t.ok_or_else(|| {
+                anyhow::anyhow!("the admin token is needed: pass --token-file or --config")
+            })?;
+            crate::client::power(s, &mac, &action, &t)
         }),
         Command::Render { config, mac } => {
             let mac = match mac.parse::<crate::mac::MacAddr>() {

@@ -21,6 +21,18 @@ pub(crate) fn request(
     path: &str,
     bearer: Option<&str>,
 ) -> anyhow::Result<Reply> {
+    request_with(method, base, path, bearer, None, Duration::from_secs(30))
+}
+
+/// One request with an optional JSON body, waiting at most `wait` for the answer.
+fn request_with(
+    method: &str,
+    base: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<&str>,
+    wait: Duration,
+) -> anyhow::Result<Reply> {
     let hostport = base
         .strip_prefix("http://")
         .ok_or_else(|| anyhow!("{base}: only http:// server URLs are supported"))?
@@ -32,12 +44,17 @@ pub(crate) fn request(
         .ok_or_else(|| anyhow!("{hostport} resolves to nothing"))?;
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .with_context(|| format!("cannot connect to stemcell at {base}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\nAccept: application/json\r\nContent-Length: 0\r\n");
+    s.set_read_timeout(Some(wait))?;
+    let body = body.unwrap_or("");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\nAccept: application/json\r\nContent-Length: {}\r\n", body.len());
+    if !body.is_empty() {
+        req.push_str("Content-Type: application/json\r\n");
+    }
     if let Some(t) = bearer {
         req.push_str(&format!("Authorization: Bearer {t}\r\n"));
     }
     req.push_str("\r\n");
+    req.push_str(body);
     s.write_all(req.as_bytes())?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
@@ -132,6 +149,15 @@ pub(crate) fn machine(base: &str, mac: &str) -> anyhow::Result<String> {
     ] {
         out.push_str(&format!("{k:<9} {}\n", s(&m[k])));
     }
+    if m["has_bmc"] == Value::Bool(true) {
+        let p = &m["power"];
+        let line = match (p["state"].as_str(), p["error"].as_str(), p["at"].as_u64()) {
+            (Some(st), _, Some(at)) => format!("{st} (seen at {})", at_text(at)),
+            (None, Some(e), Some(at)) => format!("unknown: {e} (at {})", at_text(at)),
+            _ => "not asked yet".to_string(),
+        };
+        out.push_str(&format!("power     {line}\n"));
+    }
     for d in m["drift"].as_array().into_iter().flatten() {
         out.push_str(&format!("drift     {}\n", s(d)));
     }
@@ -161,6 +187,12 @@ pub(crate) fn machine(base: &str, mac: &str) -> anyhow::Result<String> {
         ));
     }
     Ok(out)
+}
+
+/// Unix milliseconds as a UTC date and time.
+fn at_text(ms: u64) -> String {
+    let (date, time) = crate::civil::date_time(ms / 1000);
+    format!("{date} {time} UTC")
 }
 
 /// "install   stem cell boot 9.8 s, partition 2.1 s, …" from a machine's phases.
@@ -208,6 +240,126 @@ pub(crate) fn reinstall(base: &str, mac: &str, token: &str) -> anyhow::Result<St
         s(&m["hostname"]),
         s(&m["state"])
     ))
+}
+
+/// One power action through the server (which holds the BMC passwords, bounds the calls
+/// and records the event); the reply's JSON.
+pub(crate) fn power_call(
+    base: &str,
+    mac: &str,
+    action: &str,
+    token: &str,
+) -> anyhow::Result<Value> {
+    // The server gives up on a BMC after its power.timeout; wait longer than any sane one.
+    let r = request_with(
+        "POST",
+        base,
+        &format!("/api/v1/machines/{mac}/power"),
+        Some(token),
+        Some(&serde_json::json!({ "action": action }).to_string()),
+        Duration::from_secs(600),
+    )?;
+    if r.status != 200 {
+        bail!("power {action} {mac}: {}", r.body.trim());
+    }
+    serde_json::from_str(&r.body)
+        .with_context(|| format!("power {action} {mac}: the reply is not JSON"))
+}
+
+pub(crate) fn power(base: &str, mac: &str, action: &str, token: &str) -> anyhow::Result<String> {
+    let v = power_call(base, mac, action, token)?;
+    let mut out = format!("{}: {}", s(&v["mac"]), s(&v["message"]));
+    if action == "status" {
+        out = format!("{}: {}", s(&v["mac"]), s(&v["state"]));
+    }
+    out.push('\n');
+    Ok(out)
+}
+
+/// Re-arm, then next boot from the network once, then power-cycle: one machine's rebuild.
+fn rebuild(base: &str, mac: &str, token: &str) -> anyhow::Result<String> {
+    reinstall(base, mac, token)?;
+    let pxe = power_call(base, mac, "pxe", token)?;
+    let cycle = power_call(base, mac, "cycle", token)?;
+    Ok(format!(
+        "re-armed; {}; {}",
+        s(&pxe["message"]),
+        s(&cycle["message"])
+    ))
+}
+
+/// `stemcell reinstall MAC --power`.
+pub(crate) fn reinstall_power(base: &str, mac: &str, token: &str) -> anyhow::Result<String> {
+    let msg = rebuild(base, mac, token)?;
+    Ok(format!("{mac}: {msg}\n"))
+}
+
+/// `stemcell reinstall --role ROLE --power --parallel N`: every machine of the role, at most
+/// `parallel` at once; no new machine is started once `max_failures` have failed. Each
+/// machine's outcome is a line; the error says how many failed or were not started.
+pub(crate) fn rolling(
+    base: &str,
+    role: &str,
+    token: &str,
+    parallel: usize,
+    max_failures: usize,
+) -> anyhow::Result<String> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    let v = json(request("GET", base, "/api/v1/machines", None)?, "machines")?;
+    let macs: Vec<String> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["role"].as_str() == Some(role) && m["listed"] == Value::Bool(true))
+        .filter_map(|m| m["mac"].as_str().map(str::to_string))
+        .collect();
+    if macs.is_empty() {
+        bail!("no listed machine has role {role:?}");
+    }
+    let next = AtomicUsize::new(0);
+    let failed = AtomicUsize::new(0);
+    let lines: Mutex<Vec<(usize, String)>> = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..parallel.clamp(1, macs.len()) {
+            scope.spawn(|| loop {
+                if failed.load(Ordering::SeqCst) >= max_failures {
+                    return;
+                }
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(mac) = macs.get(i) else { return };
+                let line = match rebuild(base, mac, token) {
+                    Ok(msg) => format!("{mac}  ok      {msg}"),
+                    Err(e) => {
+                        failed.fetch_add(1, Ordering::SeqCst);
+                        format!("{mac}  FAILED  {e:#}")
+                    }
+                };
+                eprintln!("{line}");
+                if let Ok(mut l) = lines.lock() {
+                    l.push((i, line));
+                }
+            });
+        }
+    });
+    let mut lines = lines.into_inner().unwrap_or_default();
+    lines.sort();
+    let started = lines.len();
+    let mut out: Vec<String> = lines.into_iter().map(|(_, l)| l).collect();
+    for mac in macs.iter().skip(started) {
+        out.push(format!("{mac}  skipped (the failure limit was reached)"));
+    }
+    let text = out.join("\n") + "\n";
+    let failed = failed.into_inner();
+    if failed > 0 {
+        print!("{text}");
+        bail!(
+            "{failed} of {} machines failed, {} not started",
+            macs.len(),
+            macs.len() - started
+        );
+    }
+    Ok(text)
 }
 
 #[cfg(test)]

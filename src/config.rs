@@ -90,6 +90,7 @@ pub(crate) struct Config {
     /// `failed`; the next boot stops the install (an installer that never calls back must
     /// not reinstall forever).
     pub(crate) installer_boots: u32,
+    pub(crate) power: PowerConfig,
     /// `user:` (and `group:`): whom `serve` becomes once every socket is bound.
     pub(crate) run_as: Option<RunAs>,
 }
@@ -142,7 +143,70 @@ const TOP_KEYS: &[&str] = &[
     "installer_boots",
     "user",
     "group",
+    "power",
 ];
+
+/// How stemcell calls BMCs (the BMCs themselves are in the inventory).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct PowerConfig {
+    /// The longest one power action may take (the subprocess is killed after it).
+    pub(crate) timeout: Duration,
+    /// BMC calls at once, for all machines together.
+    pub(crate) max_calls: usize,
+    /// How often the page's power states are fetched again (0: never in the background).
+    pub(crate) refresh: Duration,
+}
+
+impl Default for PowerConfig {
+    fn default() -> PowerConfig {
+        PowerConfig {
+            timeout: Duration::from_secs(30),
+            max_calls: 8,
+            refresh: Duration::from_secs(60),
+        }
+    }
+}
+
+fn read_power_config(r: &mut Report, node: Option<&Node>) -> PowerConfig {
+    let mut out = PowerConfig::default();
+    let Some(node) = node else { return out };
+    let Some(mut m) = r.map(node, "power") else {
+        return out;
+    };
+    let mut duration = |r: &mut Report, key: &str, zero_ok: bool| -> Option<Duration> {
+        let n = m.get(key)?;
+        let s = r.string(n, &format!("power.{key}"))?;
+        match parse_duration(&s) {
+            Some(d) if zero_ok || d.as_secs() > 0 => Some(d),
+            _ => {
+                r.add(
+                    n.pos,
+                    format!("power.{key}: {s:?} is not a duration such as 30s, 2m or 60"),
+                );
+                None
+            }
+        }
+    };
+    if let Some(d) = duration(r, "timeout", false) {
+        out.timeout = d;
+    }
+    if let Some(d) = duration(r, "refresh", true) {
+        out.refresh = d;
+    }
+    if let Some(n) = m.get("max_calls") {
+        match r.parsed::<usize>(
+            n,
+            "power.max_calls",
+            "a number of BMC calls at once (1-256)",
+        ) {
+            Some(v @ 1..=256) => out.max_calls = v,
+            Some(_) => r.add(n.pos, "power.max_calls must be 1-256"),
+            None => {}
+        }
+    }
+    m.deny_unknown(r, "power", &["timeout", "max_calls", "refresh"]);
+    out
+}
 
 impl Config {
     pub(crate) fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -215,6 +279,7 @@ impl Config {
             None => DEFAULT_INSTALLER_BOOTS,
         };
         let run_as = read_run_as(&mut r, top.get("user"), top.get("group"));
+        let power = read_power_config(&mut r, top.get("power"));
         top.deny_unknown(&mut r, "the config file", TOP_KEYS);
 
         let needs_interface = dhcp.mode != DhcpMode::Off || tftp.is_some();
@@ -245,6 +310,7 @@ impl Config {
             puppet,
             stall_after,
             installer_boots,
+            power,
             run_as,
         })
     }

@@ -53,6 +53,8 @@ pub(crate) struct Role {
     /// A Puppet server to run `puppet agent --onetime` against; without it the role's
     /// manifest from the site's Puppet bundle is applied with `puppet apply`.
     pub(crate) puppet_server: Option<String>,
+    #[serde(skip)]
+    pub(crate) power: PowerLayer,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -63,12 +65,93 @@ pub(crate) struct Machine {
     pub(crate) ip: Option<Ipv4Addr>,
     pub(crate) vars: Vars,
     pub(crate) line: usize,
+    /// How to reach its BMC (defaults ← role ← machine, resolved at load); never shown.
+    #[serde(skip)]
+    pub(crate) power: Option<Power>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub(crate) struct Defaults {
     pub(crate) unknown: UnknownPolicy,
     pub(crate) vars: Vars,
+    #[serde(skip)]
+    pub(crate) power: PowerLayer,
+}
+
+/// Which protocol a BMC speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum PowerDriver {
+    /// IPMI 2.0 over LAN (RMCP+, `lanplus`).
+    Ipmi,
+    Redfish,
+}
+
+/// The machine's firmware, for "next boot from the network" (IPMI's EFI boot flag).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Firmware {
+    Uefi,
+    Bios,
+}
+
+/// A machine's BMC, resolved from defaults, role and machine. The password is not here:
+/// it is read from `password_file` at each call and never stored or shown.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub(crate) struct Power {
+    pub(crate) driver: PowerDriver,
+    /// A host name or an IP address.
+    pub(crate) address: String,
+    pub(crate) port: Option<u16>,
+    pub(crate) username: String,
+    pub(crate) password_file: PathBuf,
+    /// Where `password_file` was set, for `check`'s messages.
+    #[serde(skip)]
+    pub(crate) password_file_pos: Pos,
+    pub(crate) firmware: Firmware,
+    /// Redfish: `https` (the default) or `http`.
+    pub(crate) scheme: String,
+    /// Redfish over https: a PEM file of the CAs that sign the BMC's certificate.
+    pub(crate) ca_file: Option<PathBuf>,
+    /// Redfish over https: do not verify the BMC's certificate (set explicitly, per BMC).
+    pub(crate) insecure: bool,
+    /// Redfish: the member of /redfish/v1/Systems (default: the only one).
+    pub(crate) system: Option<String>,
+}
+
+/// One level's `power:` block: every key optional, later levels replace earlier ones.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct PowerLayer {
+    driver: Option<PowerDriver>,
+    address: Option<String>,
+    port: Option<u16>,
+    username: Option<String>,
+    password_file: Option<(PathBuf, Pos)>,
+    firmware: Option<Firmware>,
+    scheme: Option<String>,
+    ca_file: Option<PathBuf>,
+    insecure: Option<bool>,
+    system: Option<String>,
+}
+
+impl PowerLayer {
+    fn over(&self, top: &PowerLayer) -> PowerLayer {
+        PowerLayer {
+            driver: top.driver.or(self.driver),
+            address: top.address.clone().or_else(|| self.address.clone()),
+            port: top.port.or(self.port),
+            username: top.username.clone().or_else(|| self.username.clone()),
+            password_file: top
+                .password_file
+                .clone()
+                .or_else(|| self.password_file.clone()),
+            firmware: top.firmware.or(self.firmware),
+            scheme: top.scheme.clone().or_else(|| self.scheme.clone()),
+            ca_file: top.ca_file.clone().or_else(|| self.ca_file.clone()),
+            insecure: top.insecure.or(self.insecure),
+            system: top.system.clone().or_else(|| self.system.clone()),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -91,6 +174,7 @@ pub(crate) fn test_machine(mac: &str, hostname: &str, role: &str) -> Machine {
         ip: None,
         vars: Vars::new(),
         line: 1,
+        power: None,
     }
 }
 
@@ -110,6 +194,7 @@ impl Inventory {
             defaults: Defaults {
                 unknown: UnknownPolicy::Ignore,
                 vars: Vars::new(),
+                power: PowerLayer::default(),
             },
             roles: BTreeMap::new(),
             machines: HashMap::new(),
@@ -148,7 +233,10 @@ impl Inventory {
                 if let Some(v) = d.get("vars") {
                     inv.defaults.vars = read_vars(&mut r, v, "defaults.vars");
                 }
-                d.deny_unknown(&mut r, "defaults", &["unknown", "vars"]);
+                if let Some(p) = d.get("power") {
+                    inv.defaults.power = read_power(&mut r, p, "defaults.power");
+                }
+                d.deny_unknown(&mut r, "defaults", &["unknown", "vars", "power"]);
             }
         }
 
@@ -199,7 +287,7 @@ impl Inventory {
                         continue;
                     }
                     macs.insert(mac, k.pos);
-                    let Some(m) = read_machine(&mut r, mac, k.pos, v, &inv.roles, ctx) else {
+                    let Some(m) = read_machine(&mut r, mac, k.pos, v, &inv, ctx) else {
                         continue;
                     };
                     let host_pos = m.1;
@@ -359,6 +447,10 @@ fn read_role(r: &mut Report, name: &str, node: &Node, ctx: &Context) -> Option<R
         }
         Some(s)
     });
+    let power = m
+        .get("power")
+        .map(|p| read_power(r, p, &format!("role {name:?} power")))
+        .unwrap_or_default();
     if (initrd.is_some() || cmdline.is_some()) && kernel.is_none() {
         r.add(
             node.pos,
@@ -376,6 +468,7 @@ fn read_role(r: &mut Report, name: &str, node: &Node, ctx: &Context) -> Option<R
             "cmdline",
             "os",
             "puppet_server",
+            "power",
         ],
     );
     Some(Role {
@@ -387,6 +480,7 @@ fn read_role(r: &mut Report, name: &str, node: &Node, ctx: &Context) -> Option<R
         cmdline,
         os,
         puppet_server,
+        power,
     })
 }
 
@@ -395,9 +489,10 @@ fn read_machine(
     mac: MacAddr,
     key_pos: Pos,
     node: &Node,
-    roles: &BTreeMap<String, Role>,
+    inv: &Inventory,
     ctx: &Context,
 ) -> Option<(Machine, Pos)> {
+    let roles = &inv.roles;
     let mut m = r.map(node, &format!("machine {mac}"))?;
     let (hostname, host_pos) = match m.get("hostname") {
         Some(n) => {
@@ -464,10 +559,24 @@ fn read_machine(
         .get("vars")
         .map(|v| read_vars(r, v, &format!("machine {mac} vars")))
         .unwrap_or_default();
+    let own_power = m
+        .get("power")
+        .map(|p| (p.pos, read_power(r, p, &format!("machine {mac} power"))));
+    let layered = inv
+        .defaults
+        .power
+        .over(
+            &roles
+                .get(&role)
+                .map(|x| x.power.clone())
+                .unwrap_or_default(),
+        )
+        .over(&own_power.as_ref().map(|p| p.1.clone()).unwrap_or_default());
+    let power = resolve_power(r, mac, own_power.map(|p| p.0).unwrap_or(key_pos), layered);
     m.deny_unknown(
         r,
         &format!("machine {mac}"),
-        &["hostname", "role", "ip", "vars"],
+        &["hostname", "role", "ip", "vars", "power"],
     );
     Some((
         Machine {
@@ -477,9 +586,172 @@ fn read_machine(
             ip,
             vars,
             line: key_pos.line,
+            power,
         },
         host_pos,
     ))
+}
+
+const POWER_KEYS: &[&str] = &[
+    "driver",
+    "address",
+    "port",
+    "username",
+    "password_file",
+    "firmware",
+    "scheme",
+    "ca_file",
+    "insecure",
+    "system",
+];
+
+/// One `power:` block; `what` names it in messages (`defaults.power`, `machine … power`).
+fn read_power(r: &mut Report, node: &Node, what: &str) -> PowerLayer {
+    let mut out = PowerLayer::default();
+    let Some(mut m) = r.map(node, what) else {
+        return out;
+    };
+    if let Some(n) = m.get("driver") {
+        match n.as_str() {
+            Some("ipmi") => out.driver = Some(PowerDriver::Ipmi),
+            Some("redfish") => out.driver = Some(PowerDriver::Redfish),
+            _ => r.add(n.pos, format!("{what}.driver must be ipmi or redfish")),
+        }
+    }
+    if let Some(n) = m.get("address") {
+        if let Some(s) = r.string(n, &format!("{what}.address")) {
+            if s.parse::<std::net::IpAddr>().is_ok() || valid_hostname(&s) {
+                out.address = Some(s);
+            } else {
+                r.add(
+                    n.pos,
+                    format!("{what}.address {s:?} is not a host name or an IP address"),
+                );
+            }
+        }
+    }
+    if let Some(n) = m.get("port") {
+        match r.parsed::<u16>(n, &format!("{what}.port"), "a port number (1-65535)") {
+            Some(0) => r.add(n.pos, format!("{what}.port must be 1-65535")),
+            p => out.port = p,
+        }
+    }
+    if let Some(n) = m.get("username") {
+        if let Some(s) = r.string(n, &format!("{what}.username")) {
+            // ipmitool takes it as an argument and Redfish in a header: printable, no
+            // spaces, no shell or header metacharacters, at most 64 bytes.
+            if s.is_empty()
+                || s.len() > 64
+                || !s
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-@+".contains(c))
+            {
+                r.add(
+                    n.pos,
+                    format!("{what}.username {s:?} must be 1-64 letters, digits or . _ - @ +"),
+                );
+            } else {
+                out.username = Some(s);
+            }
+        }
+    }
+    let mut path = |r: &mut Report, key: &str| -> Option<(PathBuf, Pos)> {
+        let n = m.get(key)?;
+        let s = r.string(n, &format!("{what}.{key}"))?;
+        if !s.starts_with('/') {
+            r.add(
+                n.pos,
+                format!("{what}.{key} {s:?} must be an absolute path"),
+            );
+            return None;
+        }
+        Some((PathBuf::from(s), n.pos))
+    };
+    out.password_file = path(r, "password_file");
+    out.ca_file = path(r, "ca_file").map(|p| p.0);
+    if let Some(n) = m.get("firmware") {
+        match n.as_str() {
+            Some("uefi") => out.firmware = Some(Firmware::Uefi),
+            Some("bios") => out.firmware = Some(Firmware::Bios),
+            _ => r.add(n.pos, format!("{what}.firmware must be uefi or bios")),
+        }
+    }
+    if let Some(n) = m.get("scheme") {
+        match n.as_str() {
+            Some(s @ ("https" | "http")) => out.scheme = Some(s.to_string()),
+            _ => r.add(n.pos, format!("{what}.scheme must be https or http")),
+        }
+    }
+    if let Some(n) = m.get("insecure") {
+        out.insecure = r.boolean(n, &format!("{what}.insecure"));
+    }
+    if let Some(n) = m.get("system") {
+        if let Some(s) = r.string(n, &format!("{what}.system")) {
+            if valid_name(&s) {
+                out.system = Some(s);
+            } else {
+                r.add(n.pos, format!("{what}.system {s:?} must be 1-63 letters, digits, - or _ (a member of /redfish/v1/Systems)"));
+            }
+        }
+    }
+    m.deny_unknown(r, what, POWER_KEYS);
+    out
+}
+
+/// A machine's merged `power:` settings as a BMC to call, or `None` when it has no
+/// address (defaults and roles may set everything else for machines that add one).
+fn resolve_power(r: &mut Report, mac: MacAddr, pos: Pos, l: PowerLayer) -> Option<Power> {
+    let address = l.address?;
+    let mut missing = Vec::new();
+    if l.driver.is_none() {
+        missing.push("driver");
+    }
+    if l.username.is_none() {
+        missing.push("username");
+    }
+    if l.password_file.is_none() {
+        missing.push("password_file");
+    }
+    if !missing.is_empty() {
+        r.add(
+            pos,
+            format!(
+                "machine {mac} power: needs {} (here, in its role or in defaults)",
+                missing.join(", ")
+            ),
+        );
+        return None;
+    }
+    let driver = l.driver?;
+    let scheme = l.scheme.clone().unwrap_or_else(|| "https".into());
+    let insecure = l.insecure.unwrap_or(false);
+    if driver == PowerDriver::Redfish && scheme == "https" && l.ca_file.is_none() && !insecure {
+        r.add(pos, format!("machine {mac} power: a Redfish BMC over https needs ca_file (the CA that signs its certificate) or an explicit insecure: true"));
+        return None;
+    }
+    if driver == PowerDriver::Ipmi
+        && (l.ca_file.is_some() || l.insecure.is_some() || l.scheme.is_some() || l.system.is_some())
+    {
+        r.add(
+            pos,
+            format!("machine {mac} power: ca_file, insecure, scheme and system are for redfish, not ipmi"),
+        );
+        return None;
+    }
+    let (password_file, password_file_pos) = l.password_file?;
+    Some(Power {
+        driver,
+        address,
+        port: l.port,
+        username: l.username?,
+        password_file,
+        password_file_pos,
+        firmware: l.firmware.unwrap_or(Firmware::Uefi),
+        scheme,
+        ca_file: l.ca_file,
+        insecure,
+        system: l.system,
+    })
 }
 
 fn read_vars(r: &mut Report, node: &Node, what: &str) -> Vars {
@@ -822,6 +1094,132 @@ machines:
             &GOOD.replace("template: web.sh.j2", "template: ../etc/passwd"),
         );
         assert!(e.contains("inside the kickstarts folder"), "{e}");
+    }
+
+    const POWERED: &str = "defaults:
+  power: { driver: ipmi, username: admin, password_file: /etc/stemcell/bmc.pass }
+roles:
+  web:
+    template: web.sh.j2
+    power: { port: 6230, firmware: bios }
+  db:
+    template: web.sh.j2
+    power: { driver: redfish, ca_file: /etc/stemcell/bmc-ca.pem }
+machines:
+  52:54:00:00:00:01:
+    role: web
+    power: { address: 198.18.1.1 }
+  52:54:00:00:00:02:
+    role: db
+    power: { address: bmc2.lab.example, username: root, system: node2 }
+  52:54:00:00:00:03:
+    role: web
+";
+
+    #[test]
+    fn power_merges_defaults_then_role_then_machine() {
+        let f = Fixture::new();
+        let inv = f.parse(POWERED).unwrap();
+        let m = |s: &str| inv.machine(&s.parse().unwrap()).unwrap().power.clone();
+        let one = m("52:54:00:00:00:01").unwrap();
+        assert_eq!(one.driver, PowerDriver::Ipmi);
+        assert_eq!(one.address, "198.18.1.1");
+        assert_eq!(one.port, Some(6230));
+        assert_eq!(one.username, "admin");
+        assert_eq!(one.firmware, Firmware::Bios);
+        assert_eq!(one.password_file, Path::new("/etc/stemcell/bmc.pass"));
+        assert_eq!(one.password_file_pos, Pos { line: 2, col: 58 });
+        let two = m("52:54:00:00:00:02").unwrap();
+        assert_eq!(two.driver, PowerDriver::Redfish);
+        assert_eq!(two.username, "root");
+        assert_eq!(two.scheme, "https");
+        assert_eq!(two.firmware, Firmware::Uefi);
+        assert_eq!(two.system.as_deref(), Some("node2"));
+        assert_eq!(
+            two.ca_file.as_deref(),
+            Some(Path::new("/etc/stemcell/bmc-ca.pem"))
+        );
+        // No address anywhere: no power control, and no error.
+        assert_eq!(m("52:54:00:00:00:03"), None);
+        // Nothing about the BMC reaches what the API serialises.
+        let json =
+            serde_json::to_string(inv.machine(&"52:54:00:00:00:02".parse().unwrap()).unwrap())
+                .unwrap();
+        assert!(!json.contains("bmc") && !json.contains("power"), "{json}");
+    }
+
+    #[test]
+    fn bad_power_blocks_name_the_place() {
+        let f = Fixture::new();
+        let e = err(&f, &POWERED.replace("driver: ipmi", "driver: ilo"));
+        assert!(
+            e.contains("inventory.yaml:2:20: defaults.power.driver must be ipmi or redfish"),
+            "{e}"
+        );
+        let e = err(&f, &POWERED.replace("port: 6230", "port: 70000"));
+        assert!(
+            e.contains(
+                "inventory.yaml:6:20: role \"web\" power.port: \"70000\" is not a port number"
+            ),
+            "{e}"
+        );
+        let e = err(
+            &f,
+            &POWERED.replace("address: 198.18.1.1", "adress: 198.18.1.1"),
+        );
+        assert!(e.contains("inventory.yaml:13:14: unknown key \"adress\" in machine 52:54:00:00:00:01 power (did you mean \"address\"?)"), "{e}");
+        let e = err(
+            &f,
+            &POWERED.replace("address: 198.18.1.1", "address: \"198.18.1.1;reboot\""),
+        );
+        assert!(e.contains("inventory.yaml:13:23: machine 52:54:00:00:00:01 power.address \"198.18.1.1;reboot\" is not a host name or an IP address"), "{e}");
+        let e = err(
+            &f,
+            &POWERED.replace(
+                "password_file: /etc/stemcell/bmc.pass",
+                "password_file: bmc.pass",
+            ),
+        );
+        assert!(e.contains("inventory.yaml:2:58: defaults.power.password_file \"bmc.pass\" must be an absolute path"), "{e}");
+        // A Redfish BMC over https with neither a CA nor an explicit insecure.
+        let e = err(
+            &f,
+            &POWERED.replace(", ca_file: /etc/stemcell/bmc-ca.pem", ""),
+        );
+        assert!(e.contains("inventory.yaml:16:12: machine 52:54:00:00:00:02 power: a Redfish BMC over https needs ca_file"), "{e}");
+        let ok = f
+            .parse(&POWERED.replace(", ca_file: /etc/stemcell/bmc-ca.pem", ", insecure: true"))
+            .unwrap();
+        assert!(
+            ok.machine(&"52:54:00:00:00:02".parse().unwrap())
+                .unwrap()
+                .power
+                .as_ref()
+                .unwrap()
+                .insecure
+        );
+        // A machine whose merged block lacks the password file.
+        let e = err(
+            &f,
+            &POWERED.replace(", password_file: /etc/stemcell/bmc.pass", ""),
+        );
+        assert!(
+            e.contains(
+                "inventory.yaml:13:12: machine 52:54:00:00:00:01 power: needs password_file"
+            ),
+            "{e}"
+        );
+        // Redfish-only keys on an IPMI BMC.
+        let e = err(
+            &f,
+            &POWERED.replace("firmware: bios", "firmware: bios, insecure: true"),
+        );
+        assert!(e.contains("are for redfish, not ipmi"), "{e}");
+        let e = err(&f, &POWERED.replace("firmware: bios", "firmware: efi"));
+        assert!(
+            e.contains("inventory.yaml:6:36: role \"web\" power.firmware must be uefi or bios"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -25,6 +25,7 @@ mod leases;
 mod mac;
 mod metrics;
 mod os;
+mod power;
 mod privilege;
 mod puppet;
 mod render;

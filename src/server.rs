@@ -282,6 +282,8 @@ pub(crate) async fn prepare(config_path: &Path) -> Result<Prepared, Fatal> {
         ]),
         bundles: Arc::new(crate::puppet::Bundles::new(config.puppet.clone())),
         dhcp_counters: None,
+        power: crate::power::Controller::new(config.power.max_calls, config.power.timeout),
+        power_states: Default::default(),
     };
     let mut app = app;
 
@@ -355,6 +357,13 @@ pub(crate) async fn run(p: Prepared, shutdown: CancellationToken) -> Result<(), 
         tasks.spawn(async move {
             live.watch(Duration::from_millis(200), token).await;
             ("inventory watcher", Ok(()))
+        });
+    }
+    {
+        let (token, app) = (shutdown.clone(), app.clone());
+        tasks.spawn(async move {
+            poll_power(app, token).await;
+            ("power poll", Ok(()))
         });
     }
     let addr = listener.local_addr().map_err(Fatal::runtime)?;
@@ -449,6 +458,50 @@ fn bind_tftp(
     Ok(tokio::net::UdpSocket::from_std(s.into())?)
 }
 
+/// Every `power.refresh`, ask each machine's BMC for its power state, for the page and the
+/// API. At most half of `power.max_calls` are used for this, so operators' actions always
+/// find a permit; a BMC that hangs holds one for at most `power.timeout`.
+async fn poll_power(app: App, shutdown: CancellationToken) {
+    let every = app.config.power.refresh;
+    if every.is_zero() {
+        shutdown.cancelled().await;
+        return;
+    }
+    let share = Arc::new(tokio::sync::Semaphore::new(
+        (app.config.power.max_calls / 2).max(1),
+    ));
+    loop {
+        let mut polls = JoinSet::new();
+        {
+            let inv = app.inventory.get();
+            for mac in &inv.order {
+                let Some(p) = inv.machine(mac).and_then(|m| m.power.clone()) else {
+                    continue;
+                };
+                let (app, share, mac) = (app.clone(), share.clone(), *mac);
+                polls.spawn(async move {
+                    let Ok(_permit) = share.acquire_owned().await else {
+                        return;
+                    };
+                    let r = app.power.act(&p, crate::power::Action::Status).await;
+                    if let Err(e) = &r {
+                        tracing::debug!(mac = %mac, "power poll: {e}");
+                    }
+                    app.power_states.record(mac, &r, state::now_ms());
+                });
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = async { while polls.join_next().await.is_some() {} } => {}
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
 /// `stemcell check`: validate config and inventory, and render every machine's templates.
 /// Returns the number of machines checked.
 pub(crate) fn check(config_path: &Path) -> Result<usize, Fatal> {
@@ -461,6 +514,7 @@ pub(crate) fn check(config_path: &Path) -> Result<usize, Fatal> {
     let chunk = inv.order.len().div_ceil(threads).max(1);
     let oses = role_images(&config, &inv, true);
     check_puppet(&config, &inv);
+    let mut password_problems = power_password_problems(&inv);
     let problems: Vec<String> = std::thread::scope(|scope| {
         let workers: Vec<_> = inv
             .order
@@ -481,10 +535,34 @@ pub(crate) fn check(config_path: &Path) -> Result<usize, Fatal> {
     if !config.stemcell.kernel.is_file() {
         tracing::warn!(path = %config.stemcell.kernel.display(), "the stem-cell kernel does not exist yet (build it with `stemcell image build`)");
     }
-    if !problems.is_empty() {
-        return Err(Fatal::config(anyhow::anyhow!(problems.join("\n"))));
+    password_problems.extend(problems);
+    if !password_problems.is_empty() {
+        return Err(Fatal::config(anyhow::anyhow!(password_problems.join("\n"))));
     }
     Ok(inv.machines.len())
+}
+
+/// BMC password files that cannot be read or are empty, once per file, at the place the
+/// inventory names them. (Not a start-up error for `serve`: power calls say it too.)
+fn power_password_problems(inv: &Inventory) -> Vec<String> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for mac in &inv.order {
+        let Some(p) = inv.machine(mac).and_then(|m| m.power.as_ref()) else {
+            continue;
+        };
+        if !seen.insert(p.password_file.clone()) {
+            continue;
+        }
+        if let Err(e) = crate::power::read_password(&p.password_file) {
+            out.push(format!(
+                "{}:{}: power.password_file: {e}",
+                inv.file.display(),
+                p.password_file_pos
+            ));
+        }
+    }
+    out
 }
 
 /// The image each role's OS would install now, by OS name. An OS that is not built yet is

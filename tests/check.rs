@@ -254,3 +254,38 @@ fn files_the_config_names_must_exist_and_say_where_they_were_named() {
         "{out}"
     );
 }
+
+#[test]
+fn check_reports_a_missing_bmc_password_file_where_the_inventory_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("bmc.pass");
+    let lab = copy_with(|inv| {
+        inv.replace(
+            "defaults:\n",
+            &format!(
+                "defaults:\n  power: {{ driver: ipmi, username: admin, password_file: {} }}\n",
+                pw.display()
+            ),
+        )
+        .replace(
+            "    ip: 198.18.0.21\n",
+            "    ip: 198.18.0.21\n    power: { address: 198.18.1.21 }\n",
+        )
+    });
+    let config = lab.path().join("examples/lab/stemcell.yaml");
+    let (code, out) = check(&config);
+    assert_ne!(code, 0, "{out}");
+    let col = "  power: { driver: ipmi, username: admin, password_file: ".len() + 1;
+    assert!(
+        out.contains(&format!(
+            "inventory.yaml:4:{col}: power.password_file: cannot read the BMC password file {}",
+            pw.display()
+        )),
+        "{out}"
+    );
+    // With the file there, the same inventory passes, and the password is not printed.
+    std::fs::write(&pw, "pw-that-must-not-show\n").unwrap();
+    let (code, out) = check(&config);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("pw-that-must-not-show"), "{out}");
+}

@@ -22,10 +22,11 @@ mod browser;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Instant;
 
-use common::{helper, skip, target_dir, Slot, BIN as STEMCELL, SKIP_EXIT};
+use common::{
+    build_stemcell_image, helper, skip, stemcell_image, Slot, BIN as STEMCELL, SKIP_EXIT,
+};
 
 /// The BIOS machine is also watched on the inventory page in headless Chromium: its row
 /// must move to installing and installed with no reload (examples/browser_watch.rs).
@@ -40,9 +41,10 @@ fn stem_cell_image_is_reproducible_from_debian_packages() {
     if !preflight("bios", "the image test") {
         return;
     }
-    let first = image().unwrap_or_else(|e| panic!("the stem-cell image build failed:\n{e}"));
+    let first =
+        stemcell_image().unwrap_or_else(|e| panic!("the stem-cell image build failed:\n{e}"));
     let second = tempfile::tempdir().unwrap();
-    if let Err(e) = build_image(second.path()) {
+    if let Err(e) = build_stemcell_image(second.path()) {
         panic!("the second build failed:\n{e}");
     }
     for f in ["vmlinuz", "initrd.img"] {
@@ -120,7 +122,7 @@ fn scenario_watched(name: &str, watched: bool) {
     if !preflight(name, &format!("the {name} PXE test")) {
         return;
     }
-    let image = match image() {
+    let image = match stemcell_image() {
         Ok(dir) => dir,
         Err(e) => panic!("the stem-cell image build failed:\n{e}"),
     };
@@ -154,52 +156,6 @@ fn scenario_watched(name: &str, watched: bool) {
     );
     // Shown with --nocapture; kept quiet otherwise.
     println!("{stdout}(took {:.0?})", started.elapsed());
-}
-
-/// Builds the stem cell once for this test binary. A file lock (flock(1)) keeps two test
-/// runs at once from writing the same folder.
-fn image() -> Result<PathBuf, String> {
-    static IMAGE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    IMAGE
-        .get_or_init(|| {
-            let out_dir = target_dir().join("stemcell-image");
-            let started = Instant::now();
-            let text = build_image(&out_dir)?;
-            eprintln!(
-                "stem cell built in {:.0?}: {}",
-                started.elapsed(),
-                text.lines().next().unwrap_or("")
-            );
-            Ok(out_dir)
-        })
-        .clone()
-}
-
-/// `stemcell image build --out OUT_DIR` with the shared package cache, under a file lock
-/// (flock(1)) so two test runs never write it at once. Returns what the build printed.
-fn build_image(out_dir: &Path) -> Result<String, String> {
-    let target = target_dir();
-    let cache = std::env::var_os("STEMCELL_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| target.join("stemcell-cache"));
-    let out = Command::new("flock")
-        .arg(target.join("stemcell-image.lock"))
-        .arg(STEMCELL)
-        .args(["image", "build", "--out"])
-        .arg(out_dir)
-        .arg("--cache")
-        .arg(&cache)
-        .output()
-        .map_err(|e| format!("cannot run flock {STEMCELL} image build: {e}"))?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if !out.status.success() {
-        return Err(format!("{} ({}):\n{text}", out_dir.display(), out.status));
-    }
-    Ok(text)
 }
 
 /// Honest skips, proved on a real PXE test: with QEMU missing from PATH, the UEFI PXE test

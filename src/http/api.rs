@@ -12,6 +12,7 @@ use super::{parse_mac, state_reject, App, Reject};
 use crate::boot::{fingerprint_with, TemplateCache};
 use crate::inventory::{self, Inventory};
 use crate::mac::MacAddr;
+use crate::power::{Action, Outcome, PowerError};
 use crate::state::{self, Lifecycle, Record};
 
 #[derive(Serialize)]
@@ -37,6 +38,10 @@ pub(crate) struct MachineView {
     pub(crate) last_run: Option<state::ConfigRun>,
     pub(crate) facts: state::Facts,
     pub(crate) last_event: Option<state::Event>,
+    /// The inventory names its BMC.
+    pub(crate) has_bmc: bool,
+    /// The last power state seen through its BMC.
+    pub(crate) power: Option<crate::power::Seen>,
 }
 
 /// What a machine would be installed and configured from now, read once per request for
@@ -153,6 +158,8 @@ pub(crate) fn view(
         last_run: record.and_then(|r| r.last_run.clone()),
         facts: record.map(|r| r.facts.clone()).unwrap_or_default(),
         last_event: app.store.last_event(&mac),
+        has_bmc: m.is_some_and(|m| m.power.is_some()),
+        power: app.power_states.get(&mac),
     }
 }
 
@@ -309,6 +316,102 @@ pub(super) async fn api_cancel(
     headers: HeaderMap,
 ) -> Response {
     api_action(app, mac, headers, true).await
+}
+
+/// A power action on a listed machine's BMC, recorded as an event that says who asked
+/// (a status query is not recorded). The BMC's own failure is a 502 (504 for a time-out).
+pub(crate) async fn power(
+    app: &App,
+    mac: MacAddr,
+    action: Action,
+    who: &str,
+) -> Result<Outcome, Reject> {
+    let p = {
+        let inv = app.inventory.get();
+        let Some(m) = inv.machine(&mac) else {
+            return Err(Reject(
+                StatusCode::CONFLICT,
+                format!("{mac} is not in the inventory\n"),
+            ));
+        };
+        let Some(p) = m.power.clone() else {
+            return Err(Reject(
+                StatusCode::CONFLICT,
+                format!("{mac} ({}) has no BMC: add a power: block with an address to it in the inventory\n", m.hostname),
+            ));
+        };
+        p
+    };
+    let result = app.power.act(&p, action).await;
+    app.power_states.record(mac, &result, state::now_ms());
+    let a = action.as_str();
+    match &result {
+        Ok(o) => {
+            if action != Action::Status {
+                app.store
+                    .event(mac, "power", format!("power {a} by {who}: {}", o.message));
+            }
+            tracing::info!(mac = %mac, action = a, who, "power: {}", o.message);
+        }
+        Err(e) => {
+            app.store
+                .event(mac, "power", format!("power {a} by {who}: failed: {e}"));
+            tracing::warn!(mac = %mac, action = a, who, kind = e.kind(), "power: {e}");
+        }
+    }
+    result.map_err(|e| {
+        let code = match e {
+            PowerError::TimedOut { .. } => StatusCode::GATEWAY_TIMEOUT,
+            PowerError::Password { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::BAD_GATEWAY,
+        };
+        Reject(code, format!("{e}\n"))
+    })
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct PowerRequest {
+    action: String,
+}
+
+pub(super) async fn api_power(
+    State(app): State<App>,
+    Path(mac): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(r) = authorized(&app, &headers) {
+        return r.into_response();
+    }
+    let mac = match parse_mac(&mac) {
+        Ok(m) => m,
+        Err(r) => return r.into_response(),
+    };
+    let action = match serde_json::from_slice::<PowerRequest>(&body)
+        .map_err(|e| {
+            format!("the body must be JSON {{\"action\": \"status|on|off|cycle|pxe\"}}: {e}")
+        })
+        .and_then(|r| r.action.parse::<Action>())
+    {
+        Ok(a) => a,
+        Err(e) => return Reject(StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    };
+    #[derive(Serialize)]
+    struct Done {
+        mac: MacAddr,
+        action: Action,
+        #[serde(flatten)]
+        outcome: Outcome,
+    }
+    match power(&app, mac, action, "the admin API").await {
+        Ok(outcome) => Json(Done {
+            mac,
+            action,
+            outcome,
+        })
+        .into_response(),
+        Err(r) => r.into_response(),
+    }
 }
 
 pub(super) async fn api_status(State(app): State<App>) -> Response {

@@ -51,6 +51,10 @@ pub(crate) struct App {
     pub(crate) bundles: Arc<crate::puppet::Bundles>,
     /// The DHCP service's own counters (malformed packets, send and journal errors…).
     pub(crate) dhcp_counters: Option<Arc<crate::dhcp::Counters>>,
+    /// Calls to BMCs, bounded in number and time.
+    pub(crate) power: crate::power::Controller,
+    /// Each machine's last known power state.
+    pub(crate) power_states: Arc<crate::power::PowerStates>,
 }
 
 pub(crate) fn router(app: App) -> Router {
@@ -79,6 +83,10 @@ pub(crate) fn router(app: App) -> Router {
         .route("/api/v1/machines/{mac}", get(api::api_machine))
         .route("/api/v1/machines/{mac}/reinstall", post(api::api_reinstall))
         .route("/api/v1/machines/{mac}/cancel", post(api::api_cancel))
+        .route(
+            "/api/v1/machines/{mac}/power",
+            post(api::api_power).layer(DefaultBodyLimit::max(4 << 10)),
+        )
         .route("/api/v1/status", get(api::api_status))
         .route("/api/v1/events", get(page::events))
         .route("/", get(page::index))

@@ -125,6 +125,9 @@ struct Row {
     last_seen_ms: u64,
     last_event: String,
     converged: String,
+    /// "on, 12s ago", "unreachable?, 5s ago", "" without a BMC.
+    power: String,
+    power_title: String,
 }
 
 struct Count {
@@ -261,6 +264,30 @@ fn row(v: &MachineView) -> Row {
             .map(|e| format!("{}: {}", e.kind, e.message))
             .unwrap_or_default(),
         converged: converged(v),
+        power: power_text(v),
+        power_title: v
+            .power
+            .as_ref()
+            .and_then(|p| p.error.clone())
+            .unwrap_or_default(),
+    }
+}
+
+/// A machine's last seen power state and its age, for the page.
+fn power_text(v: &MachineView) -> String {
+    if !v.has_bmc {
+        return String::new();
+    }
+    match &v.power {
+        None => "not asked yet".into(),
+        Some(p) => {
+            let what = match (p.state, &p.error) {
+                (Some(s), _) => s.as_str(),
+                (None, Some(_)) => "error",
+                (None, None) => "unknown",
+            };
+            format!("{what}, {}", ago(p.at))
+        }
     }
 }
 
@@ -357,6 +384,9 @@ struct MachinePage {
     events: Vec<(String, String, String)>,
     boot_script: String,
     install_script: Option<String>,
+    has_bmc: bool,
+    power: String,
+    power_title: String,
 }
 
 fn mask(s: &str, token: Option<&str>) -> String {
@@ -417,6 +447,13 @@ pub(crate) async fn machine(
         events: recent_events(&app, mac, token.as_deref()),
         boot_script,
         install_script,
+        has_bmc: v.has_bmc,
+        power: power_text(&v),
+        power_title: v
+            .power
+            .as_ref()
+            .and_then(|p| p.error.clone())
+            .unwrap_or_default(),
     })
 }
 
@@ -617,10 +654,28 @@ pub(crate) async fn action(
     let Ok(mac) = mac.parse::<MacAddr>() else {
         return text(StatusCode::BAD_REQUEST, "not a MAC address\n");
     };
+    if let Some(a) = action.strip_prefix("power-") {
+        let Ok(a) = a.parse::<crate::power::Action>() else {
+            return text(
+                StatusCode::NOT_FOUND,
+                "power actions are power-status, power-on, power-off, power-cycle and power-pxe\n",
+            );
+        };
+        // A BMC's failure is an event on the machine's page; only a refusal is an answer.
+        return match super::api::power(&app, mac, a, "an admin on the page").await {
+            Err(r) if r.0 == StatusCode::CONFLICT => r.into_response(),
+            _ => Redirect::to(&format!("/machines/{mac}")).into_response(),
+        };
+    }
     let result = match action.as_str() {
         "reinstall" => reinstall(&app, mac).await,
         "cancel" => cancel(&app, mac).await,
-        _ => return text(StatusCode::NOT_FOUND, "actions are reinstall and cancel\n"),
+        _ => {
+            return text(
+                StatusCode::NOT_FOUND,
+                "actions are reinstall, cancel and power-…\n",
+            )
+        }
     };
     match result {
         Ok(()) => Redirect::to(&format!("/machines/{mac}")).into_response(),

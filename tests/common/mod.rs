@@ -455,3 +455,51 @@ pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<i32> {
     }
     None
 }
+
+/// The stem cell (vmlinuz, initrd.img), built once per test binary into
+/// `<target>/stemcell-image` with the shared package cache (`STEMCELL_CACHE`, default
+/// `<target>/stemcell-cache`); its folder.
+pub fn stemcell_image() -> Result<PathBuf, String> {
+    static IMAGE: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    IMAGE
+        .get_or_init(|| {
+            let out_dir = target_dir().join("stemcell-image");
+            let started = Instant::now();
+            let text = build_stemcell_image(&out_dir)?;
+            eprintln!(
+                "stem cell built in {:.0?}: {}",
+                started.elapsed(),
+                text.lines().next().unwrap_or("")
+            );
+            Ok(out_dir)
+        })
+        .clone()
+}
+
+/// `stemcell image build --out OUT_DIR` with the shared package cache, under a file lock
+/// (flock(1)) so two test binaries or runs never write it at once. Returns what the build
+/// printed.
+pub fn build_stemcell_image(out_dir: &Path) -> Result<String, String> {
+    let target = target_dir();
+    let cache = std::env::var_os("STEMCELL_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target.join("stemcell-cache"));
+    let out = Command::new("flock")
+        .arg(target.join("stemcell-image.lock"))
+        .arg(BIN)
+        .args(["image", "build", "--out"])
+        .arg(out_dir)
+        .arg("--cache")
+        .arg(&cache)
+        .output()
+        .map_err(|e| format!("cannot run flock {BIN} image build: {e}"))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !out.status.success() {
+        return Err(format!("{} ({}):\n{text}", out_dir.display(), out.status));
+    }
+    Ok(text)
+}
