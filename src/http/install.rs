@@ -1,7 +1,9 @@
 //! What a running stem cell (or installer) talks to: its install script, the log, done and
 //! failed callbacks, and a discovering stem cell's hardware report.
 
-use axum::extract::{Path, Query, State};
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -17,9 +19,53 @@ pub(super) struct TokenQuery {
     token: Option<String>,
 }
 
+/// Why `peer` may not use `mac`'s install token, if it may not: in authoritative mode the
+/// token works only from the address `mac` holds a bound lease on now. With no lease at all
+/// (it expired, or was never taken from this server) it is refused too. Proxy mode (no
+/// lease store) knows no leases and binds nothing.
+pub(super) fn off_lease(app: &App, mac: MacAddr, peer: IpAddr) -> Option<String> {
+    let leases = app.leases.as_ref()?;
+    let now = state::now_ms() / 1000;
+    let bound = |l: &crate::leases::Lease| l.state == crate::leases::LeaseState::Bound;
+    if let IpAddr::V4(ip) = peer.to_canonical() {
+        if leases
+            .lease_at(ip, now)
+            .is_some_and(|l| l.mac == mac && bound(&l))
+        {
+            return None;
+        }
+    }
+    Some(match leases.lease_of(mac, now).filter(bound) {
+        Some(l) => format!(
+            "the request came from {peer}, but {mac} leases {} from this server",
+            l.ip
+        ),
+        None => format!("the request came from {peer}, but {mac} holds no lease from this server"),
+    })
+}
+
+/// Refuse (403, with an event on the machine) an install-token request from an address
+/// `mac` does not lease; `what` names the request.
+pub(super) fn refuse_off_lease(
+    app: &App,
+    mac: MacAddr,
+    peer: IpAddr,
+    what: &str,
+) -> Option<Response> {
+    let why = off_lease(app, mac, peer)?;
+    tracing::warn!(mac = %mac, peer = %peer, "{what} refused: not from the leased address");
+    app.store
+        .event(mac, "error", format!("{what} refused: {why}"));
+    Some(text(
+        StatusCode::FORBIDDEN,
+        format!("{what} refused: {why}; the install token works only from the address the machine leased\n"),
+    ))
+}
+
 pub(super) async fn install_script(
     State(app): State<App>,
     Path(mac): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(q): Query<TokenQuery>,
 ) -> Response {
     let mac = match parse_mac(&mac) {
@@ -42,6 +88,9 @@ pub(super) async fn install_script(
         );
         return text(StatusCode::FORBIDDEN, "wrong or missing install token\n");
     };
+    if let Some(r) = refuse_off_lease(&app, mac, peer.ip(), "install script") {
+        return r;
+    }
     let Some(role) = inv.role_of(&machine).cloned() else {
         return text(StatusCode::INTERNAL_SERVER_ERROR, "role is not defined\n");
     };
@@ -128,6 +177,7 @@ const LOG_LINES_MAX: usize = 5000;
 pub(super) async fn install_callback(
     State(app): State<App>,
     Path((mac, action)): Path<(String, String)>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(q): Query<TokenQuery>,
     body: String,
 ) -> Response {
@@ -138,6 +188,13 @@ pub(super) async fn install_callback(
     // done and failed check the token themselves: a repeat with the spent token (its first
     // answer was lost) is answered again; log needs the live token.
     let token = q.token.unwrap_or_default();
+    // A request carrying this machine's token (live or spent) from an address the machine
+    // does not lease is refused and recorded; one without it is refused below, unrecorded.
+    if matches!(action.as_str(), "log" | "done" | "failed") && app.store.knows_token(&mac, &token) {
+        if let Some(r) = refuse_off_lease(&app, mac, peer.ip(), &format!("install {action}")) {
+            return r;
+        }
+    }
     if action == "log" && !app.store.check_token(&mac, &token) {
         tracing::warn!(mac = %mac, "install log refused: wrong or missing token");
         return text(StatusCode::FORBIDDEN, "wrong or missing install token\n");
