@@ -32,6 +32,21 @@ pub(crate) struct HttpConfig {
     /// What machines are told; `None` means `http://SERVER_IP:PORT`.
     pub(crate) url: Option<String>,
     pub(crate) limits: HttpLimits,
+    /// `http.tls`: a second listener for the page, API and metrics over TLS.
+    pub(crate) tls: Option<TlsConfig>,
+}
+
+/// `http.tls`: where the TLS listener binds and its certificate chain and key (PEM files,
+/// read at start while still root), with where each was written for messages about the
+/// files' contents.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct TlsConfig {
+    pub(crate) listen: SocketAddr,
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
+    /// Where `cert` and `key` were written.
+    pub(crate) cert_pos: yaml::Pos,
+    pub(crate) key_pos: yaml::Pos,
 }
 
 /// HTTP's limits (see `http::listen`): a header time-out that is also the idle keep-alive
@@ -162,7 +177,7 @@ impl Config {
             .and_then(|n| r.parsed::<Ipv4Addr>(n, "server_ip", "an IPv4 address"));
         let dhcp = read_dhcp(&mut r, top.get("dhcp"), top.pos);
         let tftp = top.get("tftp").and_then(|n| read_tftp(&mut r, n, &dir));
-        let http = read_http(&mut r, top.get("http"));
+        let http = read_http(&mut r, top.get("http"), &dir);
         let stemcell = read_stemcell(&mut r, top.get("stemcell"), &dir);
         let mut path_key = |r: &mut Report, key: &str, default: Option<&str>| match top.get(key) {
             Some(n) => r.string(n, key).map(|s| relative_to(&dir, s)),
@@ -478,11 +493,12 @@ fn read_tftp(r: &mut Report, node: &Node, dir: &Path) -> Option<TftpConfig> {
     enabled.then_some(t)
 }
 
-fn read_http(r: &mut Report, node: Option<&Node>) -> HttpConfig {
+fn read_http(r: &mut Report, node: Option<&Node>, dir: &Path) -> HttpConfig {
     let mut http = HttpConfig {
         listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
         url: None,
         limits: HttpLimits::default(),
+        tls: None,
     };
     let Some(mut m) = node.and_then(|n| r.map(n, "http")) else {
         return http;
@@ -538,6 +554,17 @@ fn read_http(r: &mut Report, node: Option<&Node>) -> HttpConfig {
             }
         }
     }
+    if let Some(n) = m.get("tls") {
+        http.tls = read_tls(r, n, dir);
+        if let Some(t) = &http.tls {
+            if t.listen == http.listen && t.listen.port() != 0 {
+                r.add(
+                    n.pos,
+                    format!("http.tls.listen: {} is http.listen too; the TLS listener needs its own port, such as 8443", t.listen),
+                );
+            }
+        }
+    }
     m.deny_unknown(
         r,
         "http",
@@ -547,9 +574,52 @@ fn read_http(r: &mut Report, node: Option<&Node>) -> HttpConfig {
             "header_timeout",
             "max_connections",
             "max_connections_per_client",
+            "tls",
         ],
     );
     http
+}
+
+fn read_tls(r: &mut Report, node: &Node, dir: &Path) -> Option<TlsConfig> {
+    let mut m = r.map(node, "http.tls")?;
+    let listen = match m.get("listen") {
+        Some(n) => r.parsed::<SocketAddr>(
+            n,
+            "http.tls.listen",
+            "an address with a port, such as 0.0.0.0:8443",
+        ),
+        None => Some(SocketAddr::from(([0, 0, 0, 0], 8443))),
+    };
+    let mut file = |key: &str| match m.get(key) {
+        Some(n) => r
+            .string(n, &format!("http.tls.{key}"))
+            .map(|s| (relative_to(dir, s), n.pos)),
+        None => {
+            r.add(
+                node.pos,
+                format!(
+                    "http.tls.{key} is required: the {} as a PEM file",
+                    if key == "cert" {
+                        "certificate chain (the server's certificate first)"
+                    } else {
+                        "private key"
+                    }
+                ),
+            );
+            None
+        }
+    };
+    let cert = file("cert");
+    let key = file("key");
+    m.deny_unknown(r, "http.tls", &["listen", "cert", "key"]);
+    let ((cert, cert_pos), (key, key_pos)) = (cert?, key?);
+    Some(TlsConfig {
+        listen: listen?,
+        cert,
+        key,
+        cert_pos,
+        key_pos,
+    })
 }
 
 fn read_stemcell(r: &mut Report, node: Option<&Node>, dir: &Path) -> StemcellFiles {
@@ -723,6 +793,41 @@ kickstarts: kickstarts
 state_dir: /var/lib/stemcell
 admin_token_file: admin.token
 ";
+
+    #[test]
+    fn tls_needs_its_files_and_its_own_port() {
+        let c = parse(&FULL.replace(
+            "  url: http://198.18.0.1:8080\n",
+            "  url: http://198.18.0.1:8080\n  tls:\n    listen: 0.0.0.0:8443\n    cert: tls/cert.pem\n    key: /etc/stemcell/key.pem\n",
+        ))
+        .unwrap();
+        let t = c.http.tls.unwrap();
+        assert_eq!(t.listen, "0.0.0.0:8443".parse().unwrap());
+        assert_eq!(t.cert, Path::new("/etc/stemcell/tls/cert.pem"));
+        assert_eq!(t.key, Path::new("/etc/stemcell/key.pem"));
+        assert_eq!((t.cert_pos.line, t.key_pos.line), (18, 19));
+        let e = parse(&FULL.replace(
+            "  url: http://198.18.0.1:8080\n",
+            "  tls:\n    listen: 0.0.0.0:8080\n    cert: c.pem\n    kee: k.pem\n",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("stemcell.yaml:16:5: http.tls.key is required"),
+            "{e}"
+        );
+        assert!(e.contains("unknown key \"kee\" in http.tls"), "{e}");
+        let e = parse(&FULL.replace(
+            "  url: http://198.18.0.1:8080\n",
+            "  tls:\n    listen: 0.0.0.0:8080\n    cert: c.pem\n    key: k.pem\n",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("16:5: http.tls.listen: 0.0.0.0:8080 is http.listen too"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn the_documented_example_parses() {

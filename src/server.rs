@@ -171,6 +171,7 @@ pub(crate) struct Prepared {
     app: App,
     live: Arc<inventory::Live>,
     listener: tokio::net::TcpListener,
+    tls: Option<(tokio::net::TcpListener, tokio_rustls::TlsAcceptor)>,
     tftp: Option<(tokio::net::UdpSocket, tftp::TftpConfig)>,
     dhcp: Option<(Arc<dhcp::DhcpServer>, dhcp::Sockets)>,
 }
@@ -201,6 +202,11 @@ pub(crate) async fn prepare(config_path: &Path) -> Result<Prepared, Fatal> {
     raise_open_files();
     let server_ip = config.resolve_server_ip().map_err(Fatal::config)?;
     let admin_token = read_admin_token(&config)?;
+    // The TLS key is read now, before root is dropped: it may be root's alone.
+    let tls_acceptor = match &config.http.tls {
+        Some(t) => Some(http::tls::acceptor(&config, t).map_err(Fatal::config)?),
+        None => None,
+    };
     // Settings are validated before anything is opened or bound.
     let dhcp_settings = (config.dhcp.mode != dhcp::Mode::Off)
         .then(|| config.dhcp_settings(server_ip, ""))
@@ -211,6 +217,18 @@ pub(crate) async fn prepare(config_path: &Path) -> Result<Prepared, Fatal> {
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", config.http.listen))
         .map_err(Fatal::bind)?;
+    let tls = match (&config.http.tls, tls_acceptor) {
+        (Some(t), Some(acceptor)) => {
+            let l = tokio::net::TcpListener::bind(t.listen)
+                .await
+                .with_context(|| {
+                    format!("cannot listen for HTTPS (http.tls.listen) on {}", t.listen)
+                })
+                .map_err(Fatal::bind)?;
+            Some((l, acceptor))
+        }
+        _ => None,
+    };
     let addr = listener.local_addr().map_err(Fatal::bind)?;
     // With `listen: …:0` (tests) machines must be told the port actually bound.
     let mut server_url = config.server_url(server_ip);
@@ -308,6 +326,7 @@ pub(crate) async fn prepare(config_path: &Path) -> Result<Prepared, Fatal> {
         app,
         live,
         listener,
+        tls,
         tftp,
         dhcp,
     })
@@ -324,6 +343,7 @@ pub(crate) async fn run(p: Prepared, shutdown: CancellationToken) -> Result<(), 
         app,
         live,
         listener,
+        tls,
         tftp,
         dhcp,
     } = p;
@@ -359,10 +379,14 @@ pub(crate) async fn run(p: Prepared, shutdown: CancellationToken) -> Result<(), 
     }
     let addr = listener.local_addr().map_err(Fatal::runtime)?;
     let url = app.server_url.clone();
+    if let Some((l, _)) = &tls {
+        let tls_addr = l.local_addr().map_err(Fatal::runtime)?;
+        tracing::info!(%tls_addr, "TLS listener for the page, the API and /metrics");
+    }
     {
         let token = shutdown.clone();
         tasks.spawn(async move {
-            let r = http::serve(listener, app, token).await;
+            let r = http::serve(listener, app, tls, token).await;
             ("HTTP", r.map_err(anyhow::Error::from))
         });
     }
@@ -478,6 +502,12 @@ pub(crate) fn check(config_path: &Path) -> Result<usize, Fatal> {
             })
             .collect()
     });
+    let mut problems = problems;
+    if let Some(t) = &config.http.tls {
+        if let Err(e) = http::tls::acceptor(&config, t) {
+            problems.push(e.to_string());
+        }
+    }
     if !config.stemcell.kernel.is_file() {
         tracing::warn!(path = %config.stemcell.kernel.display(), "the stem-cell kernel does not exist yet (build it with `stemcell image build`)");
     }

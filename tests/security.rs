@@ -216,3 +216,388 @@ admin_token_file: admin.token
     let m: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(m["state"], "installed", "{m}");
 }
+
+/// `openssl req`: a self-signed certificate for 127.0.0.1 (and `key.pem`) in `dir`, under
+/// `name`.
+fn self_signed(dir: &Path, name: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=stemcell test"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1,IP:198.18.94.1"])
+        .arg("-keyout")
+        .arg(dir.join(format!("{name}.key")))
+        .arg("-out")
+        .arg(dir.join(format!("{name}.pem")))
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "openssl req: {out:?}");
+}
+
+/// A lab whose HTTP section is `http` (indented under `http:`).
+fn tls_site(dir: &Path, http: &str) {
+    lab(dir, INVENTORY);
+    let cfg = std::fs::read_to_string(dir.join("stemcell.yaml")).unwrap();
+    std::fs::write(
+        dir.join("stemcell.yaml"),
+        cfg.replace("  listen: 127.0.0.1:0\n", http),
+    )
+    .unwrap();
+}
+
+/// The TLS listener's address from the server's log.
+fn tls_addr(s: &Server) -> String {
+    let log = s.log_text();
+    log.lines()
+        .find_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("tls_addr="))
+        })
+        .unwrap_or_else(|| panic!("no tls_addr= in the log:\n{log}"))
+        .to_string()
+}
+
+/// curl's exit code and output, without the harness's panics.
+fn curl_raw(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "20"])
+        .args(args)
+        .output()
+        .expect("curl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// TLS for the page, the API and /metrics: curl with the CA file and `openssl s_client`
+/// verify the certificate; the boot and install paths are not on the TLS port; plain HTTP
+/// sent to the TLS port is answered 400 and the server carries on; the TLS port shares the
+/// plain one's connection bounds, and a connection that never handshakes is closed.
+#[test]
+fn tls_serves_the_api_and_page_with_the_configured_certificate() {
+    if !(require("openssl", have_tool("openssl")) && require("curl", have_tool("curl"))) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    self_signed(&dir.join("tls"), "server");
+    tls_site(
+        dir,
+        "  listen: 127.0.0.1:0\n  header_timeout: 4s\n  max_connections_per_client: 3\n  tls:\n    listen: 127.0.0.1:0\n    cert: tls/server.pem\n    key: tls/server.key\n",
+    );
+    let s = Server::start(dir);
+    let tls = tls_addr(&s);
+    let ca = dir.join("tls/server.pem");
+    let ca = ca.to_str().unwrap();
+    let https = |p: &str| format!("https://{tls}{p}");
+
+    let (code, body, err) = curl_raw(&[
+        "--cacert",
+        ca,
+        "-w",
+        "\n%{http_code} %{http_version}",
+        &https("/api/v1/machines"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(body.ends_with("\n200 1.1"), "{body}");
+    assert!(body.contains("web11"), "{body}");
+    let (code, body, _) = curl_raw(&["--cacert", ca, &https("/metrics")]);
+    assert_eq!(code, 0);
+    assert!(body.contains("stemcell_http_requests_total"), "{body}");
+    let (code, body, _) = curl_raw(&["--cacert", ca, &https("/")]);
+    assert_eq!(code, 0);
+    assert!(body.contains("web11"), "the page: {body}");
+    // A page login over TLS gets a cookie the browser never sends in clear text.
+    let (code, head, _) = curl_raw(&[
+        "--cacert",
+        ca,
+        "-o",
+        "/dev/null",
+        "-D",
+        "-",
+        "-d",
+        "token=test-admin-token-0123456789",
+        &https("/login"),
+    ]);
+    assert_eq!(code, 0);
+    let cookie = head
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap_or_else(|| panic!("no cookie: {head}"));
+    assert!(
+        cookie.contains("; Secure") && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
+    // What machines fetch is plain HTTP only.
+    let (_, body, _) = curl_raw(&[
+        "--cacert",
+        ca,
+        "-w",
+        "\n%{http_code}",
+        &https(&format!("/boot/{MAC}.ipxe")),
+    ]);
+    assert!(
+        body.ends_with("\n404") && body.contains("plain HTTP at"),
+        "{body}"
+    );
+    // Without the CA the certificate is refused by curl (a real check happened).
+    let (code, _, err) = curl_raw(&[&https("/api/v1/machines")]);
+    assert_eq!(code, 60, "curl must refuse an unknown issuer: {err}");
+
+    // openssl s_client, another TLS stack, verifies the chain.
+    let out = std::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &tls,
+            "-CAfile",
+            ca,
+            "-verify_return_error",
+            "-brief",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl s_client");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("Verification: OK"), "{text}");
+    assert!(text.contains("TLSv1.3"), "{text}");
+
+    // Plain HTTP to the TLS port: a clear 400, and the server is unharmed.
+    let (code, body, err) = curl_raw(&[
+        "-w",
+        "\n%{http_code}",
+        &format!("http://{tls}/api/v1/machines"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        body.contains("speaks TLS") && body.ends_with("\n400"),
+        "{body}"
+    );
+    let (code, body, _) = curl_raw(&["--cacert", ca, "-w", "\n%{http_code}", &https("/healthz")]);
+    assert_eq!((code, body.as_str()), (0, "ok\n\n200"));
+
+    // One connection bound for both listeners: three idle TLS connections from 127.0.0.2
+    // (an address nothing else used, so no earlier connection is still being counted) use
+    // up its share, and a fourth, on either port, is closed unanswered.
+    use std::io::Read as _;
+    let idle: Vec<_> = (0..3)
+        .map(|_| {
+            let sock =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            sock.bind(
+                &"127.0.0.2:0"
+                    .parse::<std::net::SocketAddr>()
+                    .unwrap()
+                    .into(),
+            )
+            .unwrap();
+            sock.connect(&tls.parse::<std::net::SocketAddr>().unwrap().into())
+                .unwrap();
+            std::net::TcpStream::from(sock)
+        })
+        .collect();
+    // The TLS port accepts in order: a fourth is refused once the three are counted…
+    let (code, _, err) = curl_raw(&[
+        "--interface",
+        "127.0.0.2",
+        "--cacert",
+        ca,
+        &https("/healthz"),
+    ]);
+    assert_ne!(
+        code, 0,
+        "a fourth connection from the same address is refused: {err}"
+    );
+    // …and the plain port counts them too, and only them: another address is served.
+    let (code, _, err) = curl_raw(&["--interface", "127.0.0.2", &s.url("/healthz")]);
+    assert_ne!(code, 0, "the plain port shares the bound: {err}");
+    let (code, body, _) = curl_raw(&["--cacert", ca, &https("/healthz")]);
+    assert_eq!(
+        (code, body.as_str()),
+        (0, "ok\n"),
+        "127.0.0.1 is another client"
+    );
+    // The silent ones are closed after the header time-out (the handshake's bound).
+    for mut c in idle {
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut buf = [0u8; 16];
+        let n = c.read(&mut buf).unwrap_or(0);
+        assert_eq!(n, 0, "a connection that never handshakes is closed");
+    }
+    // Served again once they are gone (the server closes a socket a moment before it
+    // releases its slot, so this may take a few tries).
+    let mut served = (0, String::new(), String::new());
+    for _ in 0..50 {
+        served = curl_raw(&[
+            "--interface",
+            "127.0.0.2",
+            "--cacert",
+            ca,
+            &https("/healthz"),
+        ]);
+        if served.0 == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!((served.0, served.1.as_str()), (0, "ok\n"), "{}", served.2);
+    let (code, body, _) = curl_raw(&["--interface", "127.0.0.2", &s.url("/healthz")]);
+    assert_eq!((code, body.as_str()), (0, "ok\n"));
+}
+
+/// With TLS on, the plain port still serves machines from anywhere, but the page, the API
+/// and /metrics only to this host (the CLI); from elsewhere they are 403 naming the TLS
+/// port. Checked in a namespace, so the client has a real non-loopback address.
+#[test]
+fn with_tls_the_plain_port_keeps_the_admin_side_local() {
+    if !(require("openssl", have_tool("openssl")) && require("curl", have_tool("curl"))) {
+        return;
+    }
+    let Some(ns) = Netns::new("tlsp") else {
+        return;
+    };
+    for cmd in [
+        "ip link add d0 type veth peer name d1",
+        "ip addr add 198.18.94.1/24 dev d0",
+        "ip addr add 198.18.94.2/24 dev d1",
+        "ip link set d0 up",
+        "ip link set d1 up",
+    ] {
+        let out = ns.exec(&cmd.split(' ').collect::<Vec<_>>());
+        assert!(out.status.success(), "{cmd}: {out:?}");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    self_signed(&dir.join("tls"), "server");
+    tls_site(
+        dir,
+        "  listen: 0.0.0.0:8080\n  tls:\n    listen: 0.0.0.0:8443\n    cert: tls/server.pem\n    key: tls/server.key\n",
+    );
+    let s = Server::start_in(Some(&ns), dir);
+    let get = |url: &str| {
+        let out = ns.exec(&[
+            "curl",
+            "-sS",
+            "--max-time",
+            "10",
+            "--cacert",
+            dir.join("tls/server.pem").to_str().unwrap(),
+            "-w",
+            "\n%{http_code}",
+            url,
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // From another address (d1's; the same namespace, but not this host's d0 address) …
+    let from_other = |url: &str| {
+        let out = ns.exec(&[
+            "curl",
+            "-sS",
+            "--max-time",
+            "10",
+            "--interface",
+            "198.18.94.2",
+            "-w",
+            "\n%{http_code}",
+            url,
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let body = from_other("http://198.18.94.1:8080/api/v1/machines");
+    assert!(
+        body.ends_with("\n403") && body.contains("port 8443"),
+        "{body}"
+    );
+    let body = from_other("http://198.18.94.1:8080/metrics");
+    assert!(body.ends_with("\n403"), "{body}");
+    let body = from_other("http://198.18.94.1:8080/");
+    assert!(body.ends_with("\n403"), "{body}");
+    let body = from_other(&format!("http://198.18.94.1:8080/boot/{MAC}.ipxe"));
+    assert!(
+        body.ends_with("\n200") && body.contains("#!ipxe"),
+        "{body}\n{}",
+        s.log_text()
+    );
+    // … while this host is served: on its own address (as the CLI with http.url) and on
+    // loopback.
+    let body = get("http://198.18.94.1:8080/api/v1/machines");
+    assert!(body.ends_with("\n200") && body.contains("web11"), "{body}");
+    let body = get("http://127.0.0.1:8080/api/v1/machines");
+    assert!(body.ends_with("\n200") && body.contains("web11"), "{body}");
+    let body = get("https://198.18.94.1:8443/api/v1/machines");
+    assert!(body.ends_with("\n200") && body.contains("web11"), "{body}");
+}
+
+/// Certificate and key problems stop `check` and `serve` with the file and the config
+/// position named: missing, not PEM, and a key that is not the certificate's.
+#[test]
+fn tls_file_problems_name_the_file() {
+    if !require("openssl", have_tool("openssl")) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    self_signed(&dir.join("tls"), "server");
+    self_signed(&dir.join("tls"), "other");
+    std::fs::write(dir.join("tls/garbage.pem"), "not a certificate\n").unwrap();
+    let check = |cert: &str, key: &str| {
+        tls_site(
+            dir,
+            &format!("  listen: 127.0.0.1:0\n  tls:\n    listen: 127.0.0.1:0\n    cert: {cert}\n    key: {key}\n"),
+        );
+        let out = std::process::Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(dir.join("stemcell.yaml"))
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = check("tls/server.pem", "tls/server.key");
+    assert_eq!(code, 0, "{err}");
+    let (code, err) = check("tls/missing.pem", "tls/server.key");
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("stemcell.yaml:8:11: http.tls.cert")
+            && err.contains("missing.pem: cannot read"),
+        "{err}"
+    );
+    let (code, err) = check("tls/garbage.pem", "tls/server.key");
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("garbage.pem: holds no certificate"), "{err}");
+    let (code, err) = check("tls/server.pem", "tls/server.pem");
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("server.pem: holds no private key"), "{err}");
+    let (code, err) = check("tls/server.pem", "tls/other.key");
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("http.tls.key")
+            && err.contains("other.key: does not match the certificate in"),
+        "{err}"
+    );
+    // serve refuses the same before binding anything.
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(dir.join("stemcell.yaml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(err.contains("does not match the certificate"), "{err}");
+}

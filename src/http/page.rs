@@ -544,7 +544,11 @@ pub(crate) struct LoginForm {
     token: String,
 }
 
-pub(crate) async fn login(State(app): State<App>, Form(f): Form<LoginForm>) -> Response {
+pub(crate) async fn login(
+    State(app): State<App>,
+    tls: Option<axum::Extension<super::listen::OverTls>>,
+    Form(f): Form<LoginForm>,
+) -> Response {
     let Some(want) = &app.admin_token else {
         return text(StatusCode::NOT_FOUND, "no admin token is configured\n");
     };
@@ -560,10 +564,12 @@ pub(crate) async fn login(State(app): State<App>, Form(f): Form<LoginForm>) -> R
         return r;
     }
     let (id, _) = app.sessions.create();
+    // Over TLS the browser must never send the session back in clear text.
+    let secure = if tls.is_some() { "; Secure" } else { "" };
     (
         [(
             header::SET_COOKIE,
-            format!("{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age=43200"),
+            format!("{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age=43200{secure}"),
         )],
         Redirect::to("/"),
     )
