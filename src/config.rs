@@ -34,6 +34,9 @@ pub(crate) struct HttpConfig {
     pub(crate) limits: HttpLimits,
     /// `http.tls`: a second listener for the page, API and metrics over TLS.
     pub(crate) tls: Option<TlsConfig>,
+    /// `http.read_auth: true` (where it was written): the read API, the page and
+    /// `/metrics` need the admin token, a page session or the read token.
+    pub(crate) read_auth: Option<yaml::Pos>,
 }
 
 /// `http.tls`: where the TLS listener binds and its certificate chain and key (PEM files,
@@ -93,6 +96,9 @@ pub(crate) struct Config {
     pub(crate) kickstarts: PathBuf,
     pub(crate) state_dir: PathBuf,
     pub(crate) admin_token_file: Option<PathBuf>,
+    /// A token that may only read (the API, the page's data, `/metrics`) under
+    /// `http.read_auth`, for scrapers and dashboards.
+    pub(crate) read_token_file: Option<PathBuf>,
     /// OS specs (`NAME.yaml`), built by `stemcell os build`.
     pub(crate) os_specs: PathBuf,
     /// Built OS images (`NAME/current.json`, `NAME/SHA256.tar.zst`), served at `/os/`.
@@ -144,6 +150,7 @@ const TOP_KEYS: &[&str] = &[
     "kickstarts",
     "state_dir",
     "admin_token_file",
+    "read_token_file",
     "os",
     "images",
     "puppet",
@@ -189,6 +196,7 @@ impl Config {
             path_key(&mut r, "state_dir", Some("/var/lib/stemcell")).unwrap_or_default();
         let assets = path_key(&mut r, "assets", None);
         let admin_token_file = path_key(&mut r, "admin_token_file", None);
+        let read_token_file = path_key(&mut r, "read_token_file", None);
         let os_specs = path_key(&mut r, "os", Some("os")).unwrap_or_default();
         let os_images = path_key(&mut r, "images", Some("images")).unwrap_or_default();
         let puppet = path_key(&mut r, "puppet", Some("puppet")).unwrap_or_default();
@@ -209,6 +217,11 @@ impl Config {
             None => DEFAULT_STALL_AFTER,
         };
         let run_as = read_run_as(&mut r, top.get("user"), top.get("group"));
+        if let Some(pos) = http.read_auth {
+            if admin_token_file.is_none() && read_token_file.is_none() {
+                r.add(pos, "http.read_auth needs admin_token_file or read_token_file: otherwise nobody could read the API or the page");
+            }
+        }
         top.deny_unknown(&mut r, "the config file", TOP_KEYS);
 
         let needs_interface = dhcp.mode != DhcpMode::Off || tftp.is_some();
@@ -234,6 +247,7 @@ impl Config {
             kickstarts,
             state_dir,
             admin_token_file,
+            read_token_file,
             os_specs,
             os_images,
             puppet,
@@ -499,6 +513,7 @@ fn read_http(r: &mut Report, node: Option<&Node>, dir: &Path) -> HttpConfig {
         url: None,
         limits: HttpLimits::default(),
         tls: None,
+        read_auth: None,
     };
     let Some(mut m) = node.and_then(|n| r.map(n, "http")) else {
         return http;
@@ -554,6 +569,11 @@ fn read_http(r: &mut Report, node: Option<&Node>, dir: &Path) -> HttpConfig {
             }
         }
     }
+    if let Some(n) = m.get("read_auth") {
+        if r.boolean(n, "http.read_auth") == Some(true) {
+            http.read_auth = Some(n.pos);
+        }
+    }
     if let Some(n) = m.get("tls") {
         http.tls = read_tls(r, n, dir);
         if let Some(t) = &http.tls {
@@ -575,6 +595,7 @@ fn read_http(r: &mut Report, node: Option<&Node>, dir: &Path) -> HttpConfig {
             "max_connections",
             "max_connections_per_client",
             "tls",
+            "read_auth",
         ],
     );
     http
@@ -826,6 +847,40 @@ admin_token_file: admin.token
         assert!(
             e.contains("16:5: http.tls.listen: 0.0.0.0:8080 is http.listen too"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn read_auth_needs_a_token_to_read_with() {
+        let no_tokens = FULL.replace("admin_token_file: admin.token\n", "");
+        let e = parse(&no_tokens.replace(
+            "  url: http://198.18.0.1:8080\n",
+            "  url: http://198.18.0.1:8080\n  read_auth: true\n",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains(
+                "stemcell.yaml:16:14: http.read_auth needs admin_token_file or read_token_file"
+            ),
+            "{e}"
+        );
+        let c = parse(&format!(
+            "{}read_token_file: read.token\n",
+            no_tokens.replace(
+                "  url: http://198.18.0.1:8080\n",
+                "  url: http://198.18.0.1:8080\n  read_auth: true\n",
+            )
+        ))
+        .unwrap();
+        assert!(c.http.read_auth.is_some());
+        assert_eq!(
+            c.read_token_file.as_deref(),
+            Some(Path::new("/etc/stemcell/read.token"))
+        );
+        assert!(
+            parse(&FULL.replace("  url: http://198.18.0.1:8080\n", "  read_auth: maybe\n"))
+                .is_err()
         );
     }
 

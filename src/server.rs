@@ -149,18 +149,25 @@ fn missing_files(config: &Config, inv: &Inventory) -> Vec<String> {
     out
 }
 
-fn read_admin_token(config: &Config) -> Result<Option<Arc<String>>, Fatal> {
-    let Some(p) = &config.admin_token_file else {
+/// A token file (`admin_token_file`, `read_token_file`): read once, at least 16
+/// characters.
+fn read_token(file: Option<&Path>, key: &str) -> Result<Option<Arc<String>>, Fatal> {
+    let Some(p) = file else {
         return Ok(None);
     };
     let t = std::fs::read_to_string(p)
-        .with_context(|| format!("{}: cannot read admin_token_file", p.display()))
+        .with_context(|| format!("{}: cannot read {key}", p.display()))
         .map_err(Fatal::config)?;
     let t = t.trim().to_string();
     if t.len() < 16 {
         return Err(Fatal::config(anyhow::anyhow!(
-            "{}: the admin token must be at least 16 characters",
-            p.display()
+            "{}: the {} must be at least 16 characters",
+            p.display(),
+            if key == "admin_token_file" {
+                "admin token"
+            } else {
+                "read token"
+            }
         )));
     }
     Ok(Some(Arc::new(t)))
@@ -201,7 +208,15 @@ pub(crate) async fn prepare(config_path: &Path) -> Result<Prepared, Fatal> {
     let run_as = crate::privilege::resolve(&config).map_err(Fatal::config)?;
     raise_open_files();
     let server_ip = config.resolve_server_ip().map_err(Fatal::config)?;
-    let admin_token = read_admin_token(&config)?;
+    let admin_token = read_token(config.admin_token_file.as_deref(), "admin_token_file")?;
+    let read_token = read_token(config.read_token_file.as_deref(), "read_token_file")?;
+    if let (Some(a), Some(r)) = (&admin_token, &read_token) {
+        if a == r {
+            return Err(Fatal::config(anyhow::anyhow!(
+                "read_token_file holds the admin token: the read token must be another secret"
+            )));
+        }
+    }
     // The TLS key is read now, before root is dropped: it may be root's alone.
     let tls_acceptor = match &config.http.tls {
         Some(t) => Some(http::tls::acceptor(&config, t).map_err(Fatal::config)?),
@@ -291,6 +306,7 @@ pub(crate) async fn prepare(config_path: &Path) -> Result<Prepared, Fatal> {
         inventory: live.clone(),
         store: store.clone(),
         admin_token,
+        read_token,
         sessions: Default::default(),
         metrics: Default::default(),
         leases,

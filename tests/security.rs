@@ -601,3 +601,141 @@ fn tls_file_problems_name_the_file() {
     assert_eq!(out.status.code(), Some(64), "{err}");
     assert!(err.contains("does not match the certificate"), "{err}");
 }
+
+/// `http.read_auth`: the read API, the page (and its event stream) and /metrics need the
+/// admin token, the read token or a page session; the read token cannot act; the boot
+/// and install paths, /healthz and the OpenAPI document are unaffected. The CLI sends its
+/// token file for reads.
+#[test]
+fn read_auth_guards_the_read_side_only() {
+    if !require("curl", have_tool("curl")) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    tls_site(dir, "  listen: 127.0.0.1:0\n  read_auth: true\n");
+    let cfg = std::fs::read_to_string(dir.join("stemcell.yaml")).unwrap();
+    std::fs::write(
+        dir.join("stemcell.yaml"),
+        format!("{cfg}read_token_file: read.token\n"),
+    )
+    .unwrap();
+    std::fs::write(dir.join("read.token"), "read-only-token-0123456789\n").unwrap();
+    let s = Server::start(dir);
+    let read = ["-H", "Authorization: Bearer read-only-token-0123456789"];
+    let admin = ["-H", "Authorization: Bearer test-admin-token-0123456789"];
+    let wrong = ["-H", "Authorization: Bearer not-the-token-0123456789"];
+
+    for path in [
+        "/api/v1/machines",
+        &format!("/api/v1/machines/{MAC}"),
+        "/api/v1/status",
+        "/metrics",
+        "/api/v1/events",
+    ] {
+        let r = curl(&[], &s.url(path));
+        assert_eq!(r.status, 401, "{path} without a token: {}", r.text());
+        assert_eq!(
+            r.header("www-authenticate").as_deref(),
+            Some("Bearer realm=\"stemcell\"")
+        );
+        assert!(r.text().contains("read_auth"), "{}", r.text());
+        assert_eq!(
+            curl(&wrong, &s.url(path)).status,
+            401,
+            "{path} with a wrong token"
+        );
+    }
+    for path in [
+        "/api/v1/machines",
+        &format!("/api/v1/machines/{MAC}"),
+        "/metrics",
+    ] {
+        let r = curl(&read, &s.url(path));
+        assert_eq!(r.status, 200, "{path} with the read token: {}", r.text());
+        assert_eq!(
+            curl(&admin, &s.url(path)).status,
+            200,
+            "{path} with the admin token"
+        );
+    }
+    assert!(curl(&read, &s.url("/api/v1/machines"))
+        .text()
+        .contains("web11"));
+    // The page sends a browser to the login form.
+    for path in ["/", &format!("/machines/{MAC}")] {
+        let r = curl(&[], &s.url(path));
+        assert_eq!(r.status, 303, "{path}");
+        assert_eq!(r.header("location").as_deref(), Some("/login"));
+    }
+    // The read token cannot act.
+    let r = curl(
+        &["-X", "POST", read[0], read[1]],
+        &s.url(&format!("/api/v1/machines/{MAC}/reinstall")),
+    );
+    assert_eq!(r.status, 401, "{}", r.text());
+
+    // A page session (logged in with the admin token) reads the page and its stream.
+    let r = curl(
+        &["-d", "token=test-admin-token-0123456789"],
+        &s.url("/login"),
+    );
+    let cookie = r.header("set-cookie").expect("a session cookie");
+    let cookie = cookie.split(';').next().unwrap().to_string();
+    let session = ["-H", &format!("Cookie: {cookie}")];
+    let r = curl(&session, &s.url("/"));
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("web11"));
+    let r = curl(&session, &s.url("/api/v1/machines"));
+    assert_eq!(r.status, 200);
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-i",
+            "--max-time",
+            "2",
+            "-H",
+            &format!("Cookie: {cookie}"),
+        ])
+        .arg(s.url("/api/v1/events"))
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        head.starts_with("HTTP/1.1 200"),
+        "the event stream with a session: {head}"
+    );
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/event-stream"),
+        "{head}"
+    );
+
+    // Unaffected: what machines fetch, /healthz and the API's description.
+    let r = curl(&[], &s.url(&format!("/boot/{MAC}.ipxe")));
+    assert_eq!(r.status, 200);
+    let token = cmdline_value(&r.text(), "stemcell.token").expect("a token");
+    let r = curl(&[], &s.url(&format!("/install/{MAC}?token={token}")));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(curl(&[], &s.url("/healthz")).status, 200);
+    assert_eq!(curl(&[], &s.url("/api/v1/openapi.json")).status, 200);
+
+    // The CLI reads with its token file, and is refused without one.
+    let cli = |token: Option<&str>| {
+        let mut c = std::process::Command::new(BIN);
+        c.args(["machines", "--server", &format!("http://{}", s.addr)]);
+        if let Some(t) = token {
+            c.args(["--token-file", t]);
+        }
+        c.output().unwrap()
+    };
+    let out = cli(Some(dir.join("read.token").to_str().unwrap()));
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("web11"));
+    let out = cli(None);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("HTTP 401"),
+        "{out:?}"
+    );
+}

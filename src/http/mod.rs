@@ -43,6 +43,8 @@ pub(crate) struct App {
     pub(crate) inventory: Arc<inventory::Live>,
     pub(crate) store: Arc<Store>,
     pub(crate) admin_token: Option<Arc<String>>,
+    /// `read_token_file`: may read under `http.read_auth`, never act.
+    pub(crate) read_token: Option<Arc<String>>,
     pub(crate) sessions: Arc<page::Sessions>,
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
     /// Authoritative mode's leases (for the API's `ip` and the lease gauges).
@@ -81,22 +83,75 @@ fn machine_routes() -> Router<App> {
         )
 }
 
-/// What people and their tools call: the API, the page and the metrics.
-fn operator_routes() -> Router<App> {
-    Router::new()
+/// What people and their tools call: the API, the page and the metrics. The reading
+/// routes go through `read_guard` (`http.read_auth`); actions check the admin token or
+/// the page session themselves; the login form and the OpenAPI document are open.
+fn operator_routes(app: &App) -> Router<App> {
+    let read = Router::new()
         .route("/api/v1/machines", get(api::api_machines))
         .route("/api/v1/machines/{mac}", get(api::api_machine))
-        .route("/api/v1/machines/{mac}/reinstall", post(api::api_reinstall))
-        .route("/api/v1/machines/{mac}/cancel", post(api::api_cancel))
         .route("/api/v1/status", get(api::api_status))
         .route("/api/v1/events", get(page::events))
         .route("/", get(page::index))
         .route("/machines/{mac}", get(page::machine))
+        .route("/metrics", get(api::metrics))
+        .route_layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            read_guard,
+        ));
+    Router::new()
+        .route("/api/v1/machines/{mac}/reinstall", post(api::api_reinstall))
+        .route("/api/v1/machines/{mac}/cancel", post(api::api_cancel))
         .route("/machines/{mac}/{action}", post(page::action))
         .route("/login", get(page::login_form).post(page::login))
         .route("/logout", post(page::logout))
-        .route("/metrics", get(api::metrics))
         .route("/api/v1/openapi.json", get(api::openapi))
+        .merge(read)
+}
+
+/// Whether `headers` may read under `http.read_auth`: `Authorization: Bearer` with the
+/// admin or the read token, or a live page session.
+fn may_read(app: &App, headers: &axum::http::HeaderMap) -> bool {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let matches = |t: &Option<Arc<String>>| match (t, bearer) {
+        (Some(want), Some(got)) => crate::state::constant_time_eq(got.as_bytes(), want.as_bytes()),
+        _ => false,
+    };
+    matches(&app.admin_token) || matches(&app.read_token) || page::logged_in(app, headers)
+}
+
+/// `http.read_auth`: the page sends a browser to the login form, the API and metrics
+/// answer 401.
+async fn read_guard(
+    State(app): State<App>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if app.config.http.read_auth.is_none() || may_read(&app, req.headers()) {
+        return next.run(req).await;
+    }
+    let path = req.uri().path();
+    if path == "/" || path.starts_with("/machines/") {
+        return (
+            StatusCode::SEE_OTHER,
+            [(header::LOCATION, "/login")],
+            "log in to see the machines\n",
+        )
+            .into_response();
+    }
+    (
+        StatusCode::UNAUTHORIZED,
+        [
+            (header::WWW_AUTHENTICATE, "Bearer realm=\"stemcell\""),
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+        ],
+        "reading needs Authorization: Bearer with the admin or the read token (http.read_auth)\n",
+    )
+        .into_response()
 }
 
 fn finish(router: Router<App>, app: App) -> Router {
@@ -115,12 +170,12 @@ fn finish(router: Router<App>, app: App) -> Router {
 /// requests from this host (the CLI); everyone else is sent to the TLS listener.
 pub(crate) fn router(app: App) -> Router {
     let operator = if app.config.http.tls.is_some() {
-        operator_routes().route_layer(axum::middleware::from_fn_with_state(
+        operator_routes(&app).route_layer(axum::middleware::from_fn_with_state(
             app.clone(),
             local_only,
         ))
     } else {
-        operator_routes()
+        operator_routes(&app)
     };
     finish(machine_routes().merge(operator), app)
 }
@@ -129,7 +184,7 @@ pub(crate) fn router(app: App) -> Router {
 pub(crate) fn tls_router(app: App) -> Router {
     let url = app.server_url.clone();
     finish(
-        operator_routes().fallback(move || async move {
+        operator_routes(&app).fallback(move || async move {
             text(
                 StatusCode::NOT_FOUND,
                 format!("not here: the TLS port serves the page, the API and /metrics; what machines fetch is plain HTTP at {url}\n"),

@@ -85,6 +85,11 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(|(_, v)| v.to_string())
 }
 
+/// Whether the request carries a live page session (`http.read_auth`).
+pub(crate) fn logged_in(app: &App, headers: &HeaderMap) -> bool {
+    login_state(app, headers).is_some()
+}
+
 /// The session's CSRF token if logged in (and actions exist at all).
 fn login_state(app: &App, headers: &HeaderMap) -> Option<String> {
     app.admin_token.as_ref()?;
