@@ -105,6 +105,9 @@ pub(crate) struct Config {
     pub(crate) os_images: PathBuf,
     /// The site's Puppet code (`manifests/ROLE.pp`, `modules/`), served as a bundle.
     pub(crate) puppet: PathBuf,
+    /// Per-install secrets (`hosts/HOSTNAME/NAME`, `roles/ROLE/NAME`), served only at
+    /// `/secret/MAC/NAME` with a live install token.
+    pub(crate) secrets: PathBuf,
     /// An installed machine that has not phoned home after this long is `stalled`.
     pub(crate) stall_after: Duration,
     /// `user:` (and `group:`): whom `serve` becomes once every socket is bound.
@@ -154,6 +157,7 @@ const TOP_KEYS: &[&str] = &[
     "os",
     "images",
     "puppet",
+    "secrets",
     "stall_after",
     "user",
     "group",
@@ -200,6 +204,7 @@ impl Config {
         let os_specs = path_key(&mut r, "os", Some("os")).unwrap_or_default();
         let os_images = path_key(&mut r, "images", Some("images")).unwrap_or_default();
         let puppet = path_key(&mut r, "puppet", Some("puppet")).unwrap_or_default();
+        let secrets = path_key(&mut r, "secrets", Some("secrets")).unwrap_or_default();
         let stall_after = match top.get("stall_after") {
             Some(n) => r
                 .string(n, "stall_after")
@@ -251,6 +256,7 @@ impl Config {
             os_specs,
             os_images,
             puppet,
+            secrets,
             stall_after,
             run_as,
         })

@@ -53,6 +53,16 @@ pub(crate) struct Role {
     /// A Puppet server to run `puppet agent --onetime` against; without it the role's
     /// manifest from the site's Puppet bundle is applied with `puppet apply`.
     pub(crate) puppet_server: Option<String>,
+    /// Secrets the role's installs may fetch (`/secret/MAC/NAME`), by name.
+    pub(crate) secrets: Vec<SecretRef>,
+}
+
+/// A secret a role declares, and where (for `check`'s messages).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub(crate) struct SecretRef {
+    pub(crate) name: String,
+    #[serde(skip)]
+    pub(crate) pos: crate::yaml::Pos,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -359,6 +369,30 @@ fn read_role(r: &mut Report, name: &str, node: &Node, ctx: &Context) -> Option<R
         }
         Some(s)
     });
+    let mut secrets: Vec<SecretRef> = Vec::new();
+    if let Some(n) = m.get("secrets") {
+        for item in r
+            .list(n, &format!("role {name:?} secrets"))
+            .unwrap_or_default()
+        {
+            let Some(s) = r.string(item, "a secret name") else {
+                continue;
+            };
+            if !crate::secrets::valid_name(&s) {
+                r.add(item.pos, format!("role {name:?}: secret {s:?} must be a name of letters, digits, . _ - (a letter or digit first, at most 64): a file in the secrets folder"));
+            } else if secrets.iter().any(|x| x.name == s) {
+                r.add(
+                    item.pos,
+                    format!("role {name:?}: secret {s:?} is listed twice"),
+                );
+            } else {
+                secrets.push(SecretRef {
+                    name: s,
+                    pos: item.pos,
+                });
+            }
+        }
+    }
     if (initrd.is_some() || cmdline.is_some()) && kernel.is_none() {
         r.add(
             node.pos,
@@ -376,6 +410,7 @@ fn read_role(r: &mut Report, name: &str, node: &Node, ctx: &Context) -> Option<R
             "cmdline",
             "os",
             "puppet_server",
+            "secrets",
         ],
     );
     Some(Role {
@@ -387,6 +422,7 @@ fn read_role(r: &mut Report, name: &str, node: &Node, ctx: &Context) -> Option<R
         cmdline,
         os,
         puppet_server,
+        secrets,
     })
 }
 

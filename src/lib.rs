@@ -28,6 +28,7 @@ mod os;
 mod privilege;
 mod puppet;
 mod render;
+mod secrets;
 mod server;
 mod state;
 mod tftp;

@@ -121,6 +121,25 @@ fn missing_files(config: &Config, inv: &Inventory) -> Vec<String> {
             }
         }
     }
+    // Every secret a role declares, for each of its machines: the host's file or the role's.
+    for mac in &inv.order {
+        let Some(m) = inv.machine(mac) else { continue };
+        let Some(role) = inv.role_of(m) else { continue };
+        for s in &role.secrets {
+            if let Err(e) = crate::secrets::find(&config.secrets, &m.hostname, &role.name, &s.name)
+            {
+                out.push(format!(
+                    "{}:{}: role {} ({} {}): {e} ({})",
+                    inv.file.display(),
+                    s.pos,
+                    role.name,
+                    m.hostname,
+                    m.mac,
+                    config.secrets.display()
+                ));
+            }
+        }
+    }
     for role in inv.roles.values() {
         for (key, value) in [("kernel", &role.kernel), ("initrd", &role.initrd)] {
             let Some(v) = value else { continue };

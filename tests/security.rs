@@ -17,11 +17,36 @@ const INVENTORY: &str = "defaults:
 roles:
   web:
     template: web.sh.j2
+    secrets: [root_hash, ssh_key]
 machines:
   \"52:54:00:00:00:0b\":
     hostname: web11
     role: web
 ";
+
+const ROOT_HASH: &str = "$6$rounds=5000$saltsalt$not-a-real-hash-but-a-secret-one";
+const SSH_KEY: &str =
+    "-----BEGIN OPENSSH PRIVATE KEY-----\nweb11-only\n-----END OPENSSH PRIVATE KEY-----\n";
+
+/// The lab with the secrets the inventory's role declares: the role's root hash and the
+/// host's own key, and a template that fetches them by URL.
+fn site(dir: &Path) {
+    lab(dir, INVENTORY);
+    std::fs::create_dir_all(dir.join("secrets/roles/web")).unwrap();
+    std::fs::create_dir_all(dir.join("secrets/hosts/web11")).unwrap();
+    std::fs::write(dir.join("secrets/roles/web/root_hash"), ROOT_HASH).unwrap();
+    std::fs::write(
+        dir.join("secrets/roles/web/ssh_key"),
+        "the role's key, not web11's",
+    )
+    .unwrap();
+    std::fs::write(dir.join("secrets/hosts/web11/ssh_key"), SSH_KEY).unwrap();
+    std::fs::write(
+        dir.join("kickstarts/web.sh.j2"),
+        "#!/bin/sh\necho host={{ hostname }} role={{ role }} disk={{ vars.disk }}\nhash=$(curl -fsS '{{ secrets.root_hash }}')\ncurl -fsS -o /root/.ssh/id '{{ secrets.ssh_key }}'\ncurl -X POST '{{ done_url }}'\n",
+    )
+    .unwrap();
+}
 
 /// Take (or renew) a lease for `sc1` in `cli` with dhclient; the leased address.
 fn dhclient(cli: &Netns, dir: &Path, tag: &str) -> String {
@@ -101,7 +126,7 @@ fn the_install_token_works_only_from_the_leased_address() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    lab(dir, INVENTORY);
+    site(dir);
     std::fs::write(
         dir.join("stemcell.yaml"),
         "interface: sc0
@@ -156,6 +181,12 @@ admin_token_file: admin.token
         );
         assert_eq!(code, "403", "{action} from another address: {body}");
     }
+    let secret = url(&format!("/secret/{MAC}/root_hash?token={token}"));
+    let (code, body) = curl_from(&cli, other, "GET", &secret);
+    assert_eq!(code, "403", "a secret from another address: {body}");
+    assert!(!body.contains(ROOT_HASH));
+    let (code, body) = curl_from(&cli, &leased, "GET", &secret);
+    assert_eq!((code.as_str(), body.as_str()), ("200", ROOT_HASH));
     let (code, body) = curl_from(&cli, &leased, "GET", &install);
     assert_eq!(code, "200", "from the leased address: {body}");
     assert!(body.contains("host=web11"), "{body}");
@@ -243,7 +274,7 @@ fn self_signed(dir: &Path, name: &str) {
 
 /// A lab whose HTTP section is `http` (indented under `http:`).
 fn tls_site(dir: &Path, http: &str) {
-    lab(dir, INVENTORY);
+    site(dir);
     let cfg = std::fs::read_to_string(dir.join("stemcell.yaml")).unwrap();
     std::fs::write(
         dir.join("stemcell.yaml"),
@@ -737,5 +768,122 @@ fn read_auth_guards_the_read_side_only() {
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("HTTP 401"),
         "{out:?}"
+    );
+}
+
+/// Per-install secrets: fetched only with the live install token, only the names the role
+/// declares, the host's file before the role's; their content is in no script, event,
+/// page, API answer or log line; hostile names are refused; a spent token gets 403; and
+/// `check` reports a declared secret that has no file.
+#[test]
+fn secrets_reach_the_install_only_through_their_endpoint() {
+    if !require("curl", have_tool("curl")) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    site(dir);
+    std::fs::write(dir.join("outside"), "not a secret of this site").unwrap();
+    std::os::unix::fs::symlink(dir.join("outside"), dir.join("secrets/roles/web/escape")).unwrap();
+    let s = Server::start(dir);
+    let r = curl(&[], &s.url(&format!("/boot/{MAC}.ipxe")));
+    let token = cmdline_value(&r.text(), "stemcell.token").expect("a token");
+    let secret =
+        |name: &str, token: &str| curl(&[], &s.url(&format!("/secret/{MAC}/{name}?token={token}")));
+
+    // The script holds each secret's URL, never its content.
+    let script = curl(&[], &s.url(&format!("/install/{MAC}?token={token}"))).text();
+    assert!(
+        script.contains(&format!("/secret/{MAC}/root_hash?token={token}")),
+        "{script}"
+    );
+    assert!(
+        !script.contains("saltsalt") && !script.contains("web11-only"),
+        "{script}"
+    );
+
+    let r = secret("root_hash", &token);
+    assert_eq!((r.status, r.text().as_str()), (200, ROOT_HASH));
+    assert_eq!(r.header("cache-control").as_deref(), Some("no-store"));
+    assert_eq!(
+        secret("ssh_key", &token).text(),
+        SSH_KEY,
+        "the host's own file first"
+    );
+    assert_eq!(
+        secret("root_hash", "0123456789abcdef0123456789abcdef").status,
+        403
+    );
+    assert_eq!(secret("root_hash", "").status, 403);
+    // Only declared names; hostile names are refused before any file is looked at.
+    let r = secret("escape", &token);
+    assert_eq!(r.status, 404, "undeclared: {}", r.text());
+    assert!(r.text().contains("does not declare"), "{}", r.text());
+    for hostile in [
+        "..%2F..%2Foutside",
+        "..%2F..%2Fadmin.token",
+        ".hidden",
+        "a%00b",
+    ] {
+        let r = secret(hostile, &token);
+        assert_eq!(r.status, 400, "{hostile}: {}", r.text());
+        assert!(!r.text().contains("not a secret of this site"));
+    }
+
+    // Done: the spent token fetches nothing.
+    let r = curl(
+        &["-X", "POST"],
+        &s.url(&format!("/install/{MAC}/done?token={token}")),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = secret("root_hash", &token);
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(!r.text().contains("saltsalt"));
+
+    // Nowhere else: the API, the page, the server's log.
+    let api = curl(&[], &s.url(&format!("/api/v1/machines/{MAC}"))).text();
+    assert!(
+        api.contains("secret root_hash fetched"),
+        "the fetch is an event: {api}"
+    );
+    let page = curl(&[], &s.url(&format!("/machines/{MAC}"))).text();
+    for (what, text) in [("API", &api), ("page", &page), ("log", &s.log_text())] {
+        assert!(
+            !text.contains("saltsalt") && !text.contains("web11-only"),
+            "{what}: {text}"
+        );
+    }
+
+    // check: a role declaring a secret that has no file is an error naming where.
+    drop(s);
+    let inv = INVENTORY.replace("[root_hash, ssh_key]", "[root_hash, ssh_key, api_key]");
+    std::fs::write(dir.join("inventory.yaml"), &inv).unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(dir.join("stemcell.yaml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(
+        err.contains("inventory.yaml:7:35: role web (web11 52:54:00:00:00:0b): secret \"api_key\": neither hosts/web11/api_key nor roles/web/api_key is a file in the secrets folder"),
+        "{err}"
+    );
+    // A hostile name in the inventory is refused with its position.
+    std::fs::write(
+        dir.join("inventory.yaml"),
+        INVENTORY.replace("[root_hash, ssh_key]", "[root_hash, ../admin.token]"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(dir.join("stemcell.yaml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(
+        err.contains("inventory.yaml:7:26: role \"web\": secret \"../admin.token\" must be a name"),
+        "{err}"
     );
 }

@@ -252,6 +252,111 @@ pub(super) async fn install_callback(
     }
 }
 
+/// `GET /secret/{mac}/{name}?token=…`: one secret the machine's role declares, from the
+/// secrets folder, to the live install token from the leased address (authoritative
+/// mode). Its content goes nowhere else: the event and the log name the secret only.
+pub(super) async fn secret(
+    State(app): State<App>,
+    Path((mac, name)): Path<(String, String)>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(q): Query<TokenQuery>,
+) -> Response {
+    let mac = match parse_mac(&mac) {
+        Ok(m) => m,
+        Err(r) => return r.into_response(),
+    };
+    if !crate::secrets::valid_name(&name) {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("{}\n", crate::secrets::SecretError::BadName(name)),
+        );
+    }
+    let inv = app.inventory.get();
+    let Some(machine) = inv.machine(&mac).cloned() else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("{mac} is not in the inventory\n"),
+        );
+    };
+    // Only the live token: a spent one (after done or failed) or an old one (re-armed)
+    // fetches nothing.
+    if !q
+        .token
+        .as_deref()
+        .is_some_and(|t| app.store.check_token(&mac, t))
+    {
+        tracing::warn!(mac = %mac, secret = %name, "secret refused: wrong, missing or spent install token");
+        return text(
+            StatusCode::FORBIDDEN,
+            "wrong, missing or spent install token\n",
+        );
+    }
+    if let Some(r) = refuse_off_lease(&app, mac, peer.ip(), &format!("secret {name}")) {
+        return r;
+    }
+    let Some(role) = inv.role_of(&machine).cloned() else {
+        return text(StatusCode::INTERNAL_SERVER_ERROR, "role is not defined\n");
+    };
+    let refuse = |status, why: String| {
+        tracing::warn!(mac = %mac, secret = %name, "{why}");
+        app.store.event(mac, "error", why.clone());
+        text(status, format!("{why}\n"))
+    };
+    if !role.secrets.iter().any(|s| s.name == name) {
+        let e = crate::secrets::SecretError::NotDeclared {
+            role: role.name.clone(),
+            name: name.clone(),
+        };
+        return refuse(StatusCode::NOT_FOUND, e.to_string());
+    }
+    let path = match crate::secrets::find(&app.config.secrets, &machine.hostname, &role.name, &name)
+    {
+        Ok(p) => p,
+        Err(e) => return refuse(StatusCode::NOT_FOUND, e.to_string()),
+    };
+    let read = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+        use std::io::Read as _;
+        let mut out = Vec::new();
+        std::fs::File::open(&path)?
+            .take(crate::secrets::MAX_BYTES + 1)
+            .read_to_end(&mut out)?;
+        Ok(out)
+    })
+    .await;
+    let bytes = match read {
+        Ok(Ok(b)) if b.len() as u64 <= crate::secrets::MAX_BYTES => b,
+        Ok(Ok(_)) => {
+            return refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("secret {name:?} is larger than 1 MiB"),
+            )
+        }
+        Ok(Err(e)) => {
+            return refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("secret {name:?} cannot be read: {e}"),
+            )
+        }
+        Err(e) => {
+            return refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("secret {name:?}: read task failed: {e}"),
+            )
+        }
+    };
+    app.store
+        .event(mac, "install", format!("secret {name} fetched"));
+    tracing::info!(mac = %mac, secret = %name, "secret served");
+    (
+        [
+            (header::CONTENT_TYPE, "application/octet-stream"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        bytes,
+    )
+        .into_response()
+}
+
 /// Most facts taken from one discovery report, and their longest key and value.
 const FACTS_MAX: usize = 128;
 const FACT_KEY_MAX: usize = 64;

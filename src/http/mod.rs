@@ -75,6 +75,7 @@ fn machine_routes() -> Router<App> {
             "/discover/{mac}",
             post(install::discover).layer(DefaultBodyLimit::max(64 << 10)),
         )
+        .route("/secret/{mac}/{name}", get(install::secret))
         .route("/os/{name}/{file}", get(installed::os_image))
         .route("/puppet/bundle.tar.gz", get(installed::puppet_bundle))
         .route(
