@@ -97,7 +97,8 @@ struct ApiArgs {
     /// A config file to take the URL and the admin token file from.
     #[arg(long, short)]
     config: Option<PathBuf>,
-    /// The admin token file (default: admin_token_file from --config).
+    /// The token file (default: admin_token_file from --config): the admin token, or,
+    /// for `machines` and `machine` under http.read_auth, the read token.
     #[arg(long)]
     token_file: Option<PathBuf>,
 }
@@ -237,8 +238,13 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Machines { api } => api_command(&api, |s, _| crate::client::machines(s)),
-        Command::Machine { api, mac } => api_command(&api, |s, _| crate::client::machine(s, &mac)),
+        // Reads send the token too: with http.read_auth the read API needs it.
+        Command::Machines { api } => {
+            api_command(&api, |s, t| crate::client::machines(s, t.as_deref()))
+        }
+        Command::Machine { api, mac } => {
+            api_command(&api, |s, t| crate::client::machine(s, &mac, t.as_deref()))
+        }
         Command::Reinstall {
             api,
             mac,

@@ -109,8 +109,8 @@ fn s(v: &Value) -> String {
     }
 }
 
-pub(crate) fn machines(base: &str) -> anyhow::Result<String> {
-    let v = json(request("GET", base, "/api/v1/machines", None)?, "machines")?;
+pub(crate) fn machines(base: &str, token: Option<&str>) -> anyhow::Result<String> {
+    let v = json(request("GET", base, "/api/v1/machines", token)?, "machines")?;
     let mut out = format!(
         "{:<17}  {:<20}  {:<12}  {:<14}  {:<15}  {}\n",
         "MAC", "HOSTNAME", "ROLE", "STATE", "IP", "LAST EVENT"
@@ -138,9 +138,9 @@ pub(crate) fn machines(base: &str) -> anyhow::Result<String> {
     Ok(out)
 }
 
-pub(crate) fn machine(base: &str, mac: &str) -> anyhow::Result<String> {
+pub(crate) fn machine(base: &str, mac: &str, token: Option<&str>) -> anyhow::Result<String> {
     let m = json(
-        request("GET", base, &format!("/api/v1/machines/{mac}"), None)?,
+        request("GET", base, &format!("/api/v1/machines/{mac}"), token)?,
         mac,
     )?;
     let mut out = String::new();

@@ -32,6 +32,24 @@ pub(crate) struct HttpConfig {
     /// What machines are told; `None` means `http://SERVER_IP:PORT`.
     pub(crate) url: Option<String>,
     pub(crate) limits: HttpLimits,
+    /// `http.tls`: a second listener for the page, API and metrics over TLS.
+    pub(crate) tls: Option<TlsConfig>,
+    /// `http.read_auth: true` (where it was written): the read API, the page and
+    /// `/metrics` need the admin token, a page session or the read token.
+    pub(crate) read_auth: Option<yaml::Pos>,
+}
+
+/// `http.tls`: where the TLS listener binds and its certificate chain and key (PEM files,
+/// read at start while still root), with where each was written for messages about the
+/// files' contents.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct TlsConfig {
+    pub(crate) listen: SocketAddr,
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
+    /// Where `cert` and `key` were written.
+    pub(crate) cert_pos: yaml::Pos,
+    pub(crate) key_pos: yaml::Pos,
 }
 
 /// HTTP's limits (see `http::listen`): a header time-out that is also the idle keep-alive
@@ -78,12 +96,18 @@ pub(crate) struct Config {
     pub(crate) kickstarts: PathBuf,
     pub(crate) state_dir: PathBuf,
     pub(crate) admin_token_file: Option<PathBuf>,
+    /// A token that may only read (the API, the page's data, `/metrics`) under
+    /// `http.read_auth`, for scrapers and dashboards.
+    pub(crate) read_token_file: Option<PathBuf>,
     /// OS specs (`NAME.yaml`), built by `stemcell os build`.
     pub(crate) os_specs: PathBuf,
     /// Built OS images (`NAME/current.json`, `NAME/SHA256.tar.zst`), served at `/os/`.
     pub(crate) os_images: PathBuf,
     /// The site's Puppet code (`manifests/ROLE.pp`, `modules/`), served as a bundle.
     pub(crate) puppet: PathBuf,
+    /// Per-install secrets (`hosts/HOSTNAME/NAME`, `roles/ROLE/NAME`), served only at
+    /// `/secret/MAC/NAME` with a live install token.
+    pub(crate) secrets: PathBuf,
     /// An installed machine that has not phoned home after this long is `stalled`.
     pub(crate) stall_after: Duration,
     /// How many times an armed machine may boot its installer without reporting `done` or
@@ -136,9 +160,11 @@ const TOP_KEYS: &[&str] = &[
     "kickstarts",
     "state_dir",
     "admin_token_file",
+    "read_token_file",
     "os",
     "images",
     "puppet",
+    "secrets",
     "stall_after",
     "installer_boots",
     "user",
@@ -233,7 +259,7 @@ impl Config {
             .and_then(|n| r.parsed::<Ipv4Addr>(n, "server_ip", "an IPv4 address"));
         let dhcp = read_dhcp(&mut r, top.get("dhcp"), top.pos);
         let tftp = top.get("tftp").and_then(|n| read_tftp(&mut r, n, &dir));
-        let http = read_http(&mut r, top.get("http"));
+        let http = read_http(&mut r, top.get("http"), &dir);
         let stemcell = read_stemcell(&mut r, top.get("stemcell"), &dir);
         let mut path_key = |r: &mut Report, key: &str, default: Option<&str>| match top.get(key) {
             Some(n) => r.string(n, key).map(|s| relative_to(&dir, s)),
@@ -245,9 +271,11 @@ impl Config {
             path_key(&mut r, "state_dir", Some("/var/lib/stemcell")).unwrap_or_default();
         let assets = path_key(&mut r, "assets", None);
         let admin_token_file = path_key(&mut r, "admin_token_file", None);
+        let read_token_file = path_key(&mut r, "read_token_file", None);
         let os_specs = path_key(&mut r, "os", Some("os")).unwrap_or_default();
         let os_images = path_key(&mut r, "images", Some("images")).unwrap_or_default();
         let puppet = path_key(&mut r, "puppet", Some("puppet")).unwrap_or_default();
+        let secrets = path_key(&mut r, "secrets", Some("secrets")).unwrap_or_default();
         let stall_after = match top.get("stall_after") {
             Some(n) => r
                 .string(n, "stall_after")
@@ -280,6 +308,11 @@ impl Config {
         };
         let run_as = read_run_as(&mut r, top.get("user"), top.get("group"));
         let power = read_power_config(&mut r, top.get("power"));
+        if let Some(pos) = http.read_auth {
+            if admin_token_file.is_none() && read_token_file.is_none() {
+                r.add(pos, "http.read_auth needs admin_token_file or read_token_file: otherwise nobody could read the API or the page");
+            }
+        }
         top.deny_unknown(&mut r, "the config file", TOP_KEYS);
 
         let needs_interface = dhcp.mode != DhcpMode::Off || tftp.is_some();
@@ -305,9 +338,11 @@ impl Config {
             kickstarts,
             state_dir,
             admin_token_file,
+            read_token_file,
             os_specs,
             os_images,
             puppet,
+            secrets,
             stall_after,
             installer_boots,
             power,
@@ -566,11 +601,13 @@ fn read_tftp(r: &mut Report, node: &Node, dir: &Path) -> Option<TftpConfig> {
     enabled.then_some(t)
 }
 
-fn read_http(r: &mut Report, node: Option<&Node>) -> HttpConfig {
+fn read_http(r: &mut Report, node: Option<&Node>, dir: &Path) -> HttpConfig {
     let mut http = HttpConfig {
         listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
         url: None,
         limits: HttpLimits::default(),
+        tls: None,
+        read_auth: None,
     };
     let Some(mut m) = node.and_then(|n| r.map(n, "http")) else {
         return http;
@@ -626,6 +663,22 @@ fn read_http(r: &mut Report, node: Option<&Node>) -> HttpConfig {
             }
         }
     }
+    if let Some(n) = m.get("read_auth") {
+        if r.boolean(n, "http.read_auth") == Some(true) {
+            http.read_auth = Some(n.pos);
+        }
+    }
+    if let Some(n) = m.get("tls") {
+        http.tls = read_tls(r, n, dir);
+        if let Some(t) = &http.tls {
+            if t.listen == http.listen && t.listen.port() != 0 {
+                r.add(
+                    n.pos,
+                    format!("http.tls.listen: {} is http.listen too; the TLS listener needs its own port, such as 8443", t.listen),
+                );
+            }
+        }
+    }
     m.deny_unknown(
         r,
         "http",
@@ -635,9 +688,53 @@ fn read_http(r: &mut Report, node: Option<&Node>) -> HttpConfig {
             "header_timeout",
             "max_connections",
             "max_connections_per_client",
+            "tls",
+            "read_auth",
         ],
     );
     http
+}
+
+fn read_tls(r: &mut Report, node: &Node, dir: &Path) -> Option<TlsConfig> {
+    let mut m = r.map(node, "http.tls")?;
+    let listen = match m.get("listen") {
+        Some(n) => r.parsed::<SocketAddr>(
+            n,
+            "http.tls.listen",
+            "an address with a port, such as 0.0.0.0:8443",
+        ),
+        None => Some(SocketAddr::from(([0, 0, 0, 0], 8443))),
+    };
+    let mut file = |key: &str| match m.get(key) {
+        Some(n) => r
+            .string(n, &format!("http.tls.{key}"))
+            .map(|s| (relative_to(dir, s), n.pos)),
+        None => {
+            r.add(
+                node.pos,
+                format!(
+                    "http.tls.{key} is required: the {} as a PEM file",
+                    if key == "cert" {
+                        "certificate chain (the server's certificate first)"
+                    } else {
+                        "private key"
+                    }
+                ),
+            );
+            None
+        }
+    };
+    let cert = file("cert");
+    let key = file("key");
+    m.deny_unknown(r, "http.tls", &["listen", "cert", "key"]);
+    let ((cert, cert_pos), (key, key_pos)) = (cert?, key?);
+    Some(TlsConfig {
+        listen: listen?,
+        cert,
+        key,
+        cert_pos,
+        key_pos,
+    })
 }
 
 fn read_stemcell(r: &mut Report, node: Option<&Node>, dir: &Path) -> StemcellFiles {
@@ -829,6 +926,75 @@ admin_token_file: admin.token
         );
         let e = parse(&format!("{FULL}installer_boots: many\n")).unwrap_err();
         assert!(e.to_string().contains("installer_boots"), "{e}");
+    }
+
+    #[test]
+    fn tls_needs_its_files_and_its_own_port() {
+        let c = parse(&FULL.replace(
+            "  url: http://198.18.0.1:8080\n",
+            "  url: http://198.18.0.1:8080\n  tls:\n    listen: 0.0.0.0:8443\n    cert: tls/cert.pem\n    key: /etc/stemcell/key.pem\n",
+        ))
+        .unwrap();
+        let t = c.http.tls.unwrap();
+        assert_eq!(t.listen, "0.0.0.0:8443".parse().unwrap());
+        assert_eq!(t.cert, Path::new("/etc/stemcell/tls/cert.pem"));
+        assert_eq!(t.key, Path::new("/etc/stemcell/key.pem"));
+        assert_eq!((t.cert_pos.line, t.key_pos.line), (18, 19));
+        let e = parse(&FULL.replace(
+            "  url: http://198.18.0.1:8080\n",
+            "  tls:\n    listen: 0.0.0.0:8080\n    cert: c.pem\n    kee: k.pem\n",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("stemcell.yaml:16:5: http.tls.key is required"),
+            "{e}"
+        );
+        assert!(e.contains("unknown key \"kee\" in http.tls"), "{e}");
+        let e = parse(&FULL.replace(
+            "  url: http://198.18.0.1:8080\n",
+            "  tls:\n    listen: 0.0.0.0:8080\n    cert: c.pem\n    key: k.pem\n",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("16:5: http.tls.listen: 0.0.0.0:8080 is http.listen too"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn read_auth_needs_a_token_to_read_with() {
+        let no_tokens = FULL.replace("admin_token_file: admin.token\n", "");
+        let e = parse(&no_tokens.replace(
+            "  url: http://198.18.0.1:8080\n",
+            "  url: http://198.18.0.1:8080\n  read_auth: true\n",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains(
+                "stemcell.yaml:16:14: http.read_auth needs admin_token_file or read_token_file"
+            ),
+            "{e}"
+        );
+        let c = parse(&format!(
+            "{}read_token_file: read.token\n",
+            no_tokens.replace(
+                "  url: http://198.18.0.1:8080\n",
+                "  url: http://198.18.0.1:8080\n  read_auth: true\n",
+            )
+        ))
+        .unwrap();
+        assert!(c.http.read_auth.is_some());
+        assert_eq!(
+            c.read_token_file.as_deref(),
+            Some(Path::new("/etc/stemcell/read.token"))
+        );
+        assert!(
+            parse(&FULL.replace("  url: http://198.18.0.1:8080\n", "  read_auth: maybe\n"))
+                .is_err()
+        );
     }
 
     #[test]

@@ -55,6 +55,16 @@ pub(crate) struct Role {
     pub(crate) puppet_server: Option<String>,
     #[serde(skip)]
     pub(crate) power: PowerLayer,
+    /// Secrets the role's installs may fetch (`/secret/MAC/NAME`), by name.
+    pub(crate) secrets: Vec<SecretRef>,
+}
+
+/// A secret a role declares, and where (for `check`'s messages).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub(crate) struct SecretRef {
+    pub(crate) name: String,
+    #[serde(skip)]
+    pub(crate) pos: crate::yaml::Pos,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -451,6 +461,30 @@ fn read_role(r: &mut Report, name: &str, node: &Node, ctx: &Context) -> Option<R
         .get("power")
         .map(|p| read_power(r, p, &format!("role {name:?} power")))
         .unwrap_or_default();
+    let mut secrets: Vec<SecretRef> = Vec::new();
+    if let Some(n) = m.get("secrets") {
+        for item in r
+            .list(n, &format!("role {name:?} secrets"))
+            .unwrap_or_default()
+        {
+            let Some(s) = r.string(item, "a secret name") else {
+                continue;
+            };
+            if !crate::secrets::valid_name(&s) {
+                r.add(item.pos, format!("role {name:?}: secret {s:?} must be a name of letters, digits, . _ - (a letter or digit first, at most 64): a file in the secrets folder"));
+            } else if secrets.iter().any(|x| x.name == s) {
+                r.add(
+                    item.pos,
+                    format!("role {name:?}: secret {s:?} is listed twice"),
+                );
+            } else {
+                secrets.push(SecretRef {
+                    name: s,
+                    pos: item.pos,
+                });
+            }
+        }
+    }
     if (initrd.is_some() || cmdline.is_some()) && kernel.is_none() {
         r.add(
             node.pos,
@@ -469,6 +503,7 @@ fn read_role(r: &mut Report, name: &str, node: &Node, ctx: &Context) -> Option<R
             "os",
             "puppet_server",
             "power",
+            "secrets",
         ],
     );
     Some(Role {
@@ -481,6 +516,7 @@ fn read_role(r: &mut Report, name: &str, node: &Node, ctx: &Context) -> Option<R
         os,
         puppet_server,
         power,
+        secrets,
     })
 }
 

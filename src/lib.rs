@@ -29,6 +29,7 @@ mod power;
 mod privilege;
 mod puppet;
 mod render;
+mod secrets;
 mod server;
 mod state;
 mod tftp;

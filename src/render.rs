@@ -29,6 +29,9 @@ pub(crate) struct InstallVars {
     /// The role's OS image, when the role names one.
     pub(crate) os: Option<OsVars>,
     pub(crate) puppet: PuppetVars,
+    /// Each secret the role declares, by name: the URL that fetches it with this
+    /// install's token (never its content).
+    pub(crate) secrets: std::collections::BTreeMap<String, String>,
     pub(crate) vars: Vars,
 }
 
@@ -75,6 +78,19 @@ impl InstallVars {
                 manifest: format!("manifests/{}.pp", m.role),
                 server: role.and_then(|r| r.puppet_server.clone()),
             },
+            secrets: role
+                .map(|r| {
+                    r.secrets
+                        .iter()
+                        .map(|s| {
+                            (
+                                s.name.clone(),
+                                format!("{server_url}/secret/{}/{}?token={token}", m.mac, s.name),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
             vars: inv.merged_vars(m),
         }
     }

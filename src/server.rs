@@ -121,6 +121,25 @@ fn missing_files(config: &Config, inv: &Inventory) -> Vec<String> {
             }
         }
     }
+    // Every secret a role declares, for each of its machines: the host's file or the role's.
+    for mac in &inv.order {
+        let Some(m) = inv.machine(mac) else { continue };
+        let Some(role) = inv.role_of(m) else { continue };
+        for s in &role.secrets {
+            if let Err(e) = crate::secrets::find(&config.secrets, &m.hostname, &role.name, &s.name)
+            {
+                out.push(format!(
+                    "{}:{}: role {} ({} {}): {e} ({})",
+                    inv.file.display(),
+                    s.pos,
+                    role.name,
+                    m.hostname,
+                    m.mac,
+                    config.secrets.display()
+                ));
+            }
+        }
+    }
     for role in inv.roles.values() {
         for (key, value) in [("kernel", &role.kernel), ("initrd", &role.initrd)] {
             let Some(v) = value else { continue };
@@ -149,18 +168,25 @@ fn missing_files(config: &Config, inv: &Inventory) -> Vec<String> {
     out
 }
 
-fn read_admin_token(config: &Config) -> Result<Option<Arc<String>>, Fatal> {
-    let Some(p) = &config.admin_token_file else {
+/// A token file (`admin_token_file`, `read_token_file`): read once, at least 16
+/// characters.
+fn read_token(file: Option<&Path>, key: &str) -> Result<Option<Arc<String>>, Fatal> {
+    let Some(p) = file else {
         return Ok(None);
     };
     let t = std::fs::read_to_string(p)
-        .with_context(|| format!("{}: cannot read admin_token_file", p.display()))
+        .with_context(|| format!("{}: cannot read {key}", p.display()))
         .map_err(Fatal::config)?;
     let t = t.trim().to_string();
     if t.len() < 16 {
         return Err(Fatal::config(anyhow::anyhow!(
-            "{}: the admin token must be at least 16 characters",
-            p.display()
+            "{}: the {} must be at least 16 characters",
+            p.display(),
+            if key == "admin_token_file" {
+                "admin token"
+            } else {
+                "read token"
+            }
         )));
     }
     Ok(Some(Arc::new(t)))
@@ -171,6 +197,7 @@ pub(crate) struct Prepared {
     app: App,
     live: Arc<inventory::Live>,
     listener: tokio::net::TcpListener,
+    tls: Option<(tokio::net::TcpListener, tokio_rustls::TlsAcceptor)>,
     tftp: Option<(tokio::net::UdpSocket, tftp::TftpConfig)>,
     dhcp: Option<(Arc<dhcp::DhcpServer>, dhcp::Sockets)>,
 }
@@ -200,7 +227,20 @@ pub(crate) async fn prepare(config_path: &Path) -> Result<Prepared, Fatal> {
     let run_as = crate::privilege::resolve(&config).map_err(Fatal::config)?;
     raise_open_files();
     let server_ip = config.resolve_server_ip().map_err(Fatal::config)?;
-    let admin_token = read_admin_token(&config)?;
+    let admin_token = read_token(config.admin_token_file.as_deref(), "admin_token_file")?;
+    let read_token = read_token(config.read_token_file.as_deref(), "read_token_file")?;
+    if let (Some(a), Some(r)) = (&admin_token, &read_token) {
+        if a == r {
+            return Err(Fatal::config(anyhow::anyhow!(
+                "read_token_file holds the admin token: the read token must be another secret"
+            )));
+        }
+    }
+    // The TLS key is read now, before root is dropped: it may be root's alone.
+    let tls_acceptor = match &config.http.tls {
+        Some(t) => Some(http::tls::acceptor(&config, t).map_err(Fatal::config)?),
+        None => None,
+    };
     // Settings are validated before anything is opened or bound.
     let dhcp_settings = (config.dhcp.mode != dhcp::Mode::Off)
         .then(|| config.dhcp_settings(server_ip, ""))
@@ -211,6 +251,18 @@ pub(crate) async fn prepare(config_path: &Path) -> Result<Prepared, Fatal> {
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", config.http.listen))
         .map_err(Fatal::bind)?;
+    let tls = match (&config.http.tls, tls_acceptor) {
+        (Some(t), Some(acceptor)) => {
+            let l = tokio::net::TcpListener::bind(t.listen)
+                .await
+                .with_context(|| {
+                    format!("cannot listen for HTTPS (http.tls.listen) on {}", t.listen)
+                })
+                .map_err(Fatal::bind)?;
+            Some((l, acceptor))
+        }
+        _ => None,
+    };
     let addr = listener.local_addr().map_err(Fatal::bind)?;
     // With `listen: …:0` (tests) machines must be told the port actually bound.
     let mut server_url = config.server_url(server_ip);
@@ -273,6 +325,7 @@ pub(crate) async fn prepare(config_path: &Path) -> Result<Prepared, Fatal> {
         inventory: live.clone(),
         store: store.clone(),
         admin_token,
+        read_token,
         sessions: Default::default(),
         metrics: Default::default(),
         leases,
@@ -310,6 +363,7 @@ pub(crate) async fn prepare(config_path: &Path) -> Result<Prepared, Fatal> {
         app,
         live,
         listener,
+        tls,
         tftp,
         dhcp,
     })
@@ -326,6 +380,7 @@ pub(crate) async fn run(p: Prepared, shutdown: CancellationToken) -> Result<(), 
         app,
         live,
         listener,
+        tls,
         tftp,
         dhcp,
     } = p;
@@ -368,10 +423,14 @@ pub(crate) async fn run(p: Prepared, shutdown: CancellationToken) -> Result<(), 
     }
     let addr = listener.local_addr().map_err(Fatal::runtime)?;
     let url = app.server_url.clone();
+    if let Some((l, _)) = &tls {
+        let tls_addr = l.local_addr().map_err(Fatal::runtime)?;
+        tracing::info!(%tls_addr, "TLS listener for the page, the API and /metrics");
+    }
     {
         let token = shutdown.clone();
         tasks.spawn(async move {
-            let r = http::serve(listener, app, token).await;
+            let r = http::serve(listener, app, tls, token).await;
             ("HTTP", r.map_err(anyhow::Error::from))
         });
     }
@@ -532,6 +591,12 @@ pub(crate) fn check(config_path: &Path) -> Result<usize, Fatal> {
             })
             .collect()
     });
+    let mut problems = problems;
+    if let Some(t) = &config.http.tls {
+        if let Err(e) = http::tls::acceptor(&config, t) {
+            problems.push(e.to_string());
+        }
+    }
     if !config.stemcell.kernel.is_file() {
         tracing::warn!(path = %config.stemcell.kernel.display(), "the stem-cell kernel does not exist yet (build it with `stemcell image build`)");
     }

@@ -761,6 +761,17 @@ impl Store {
         }
     }
 
+    /// Whether `token` is this machine's current install token or its spent one (the
+    /// callbacks' address check applies to both; neither says what the token may do).
+    pub(crate) fn knows_token(&self, mac: &MacAddr, token: &str) -> bool {
+        self.record(mac).is_some_and(|r| {
+            [r.token.as_deref(), r.spent_token.as_deref()]
+                .into_iter()
+                .flatten()
+                .any(|t| constant_time_eq(t.as_bytes(), token.as_bytes()))
+        })
+    }
+
     async fn transition(
         &self,
         mac: MacAddr,

@@ -208,6 +208,7 @@ fn lower_layers_do_not_use_upper_ones() {
         "config",
         "inventory",
         "power",
+        "secrets",
         "render",
         "boot",
     ] {

@@ -1,7 +1,9 @@
 //! What a running stem cell (or installer) talks to: its install script, the log, done and
 //! failed callbacks, and a discovering stem cell's hardware report.
 
-use axum::extract::{Path, Query, State};
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -17,9 +19,53 @@ pub(super) struct TokenQuery {
     token: Option<String>,
 }
 
+/// Why `peer` may not use `mac`'s install token, if it may not: in authoritative mode the
+/// token works only from the address `mac` holds a bound lease on now. With no lease at all
+/// (it expired, or was never taken from this server) it is refused too. Proxy mode (no
+/// lease store) knows no leases and binds nothing.
+pub(super) fn off_lease(app: &App, mac: MacAddr, peer: IpAddr) -> Option<String> {
+    let leases = app.leases.as_ref()?;
+    let now = state::now_ms() / 1000;
+    let bound = |l: &crate::leases::Lease| l.state == crate::leases::LeaseState::Bound;
+    if let IpAddr::V4(ip) = peer.to_canonical() {
+        if leases
+            .lease_at(ip, now)
+            .is_some_and(|l| l.mac == mac && bound(&l))
+        {
+            return None;
+        }
+    }
+    Some(match leases.lease_of(mac, now).filter(bound) {
+        Some(l) => format!(
+            "the request came from {peer}, but {mac} leases {} from this server",
+            l.ip
+        ),
+        None => format!("the request came from {peer}, but {mac} holds no lease from this server"),
+    })
+}
+
+/// Refuse (403, with an event on the machine) an install-token request from an address
+/// `mac` does not lease; `what` names the request.
+pub(super) fn refuse_off_lease(
+    app: &App,
+    mac: MacAddr,
+    peer: IpAddr,
+    what: &str,
+) -> Option<Response> {
+    let why = off_lease(app, mac, peer)?;
+    tracing::warn!(mac = %mac, peer = %peer, "{what} refused: not from the leased address");
+    app.store
+        .event(mac, "error", format!("{what} refused: {why}"));
+    Some(text(
+        StatusCode::FORBIDDEN,
+        format!("{what} refused: {why}; the install token works only from the address the machine leased\n"),
+    ))
+}
+
 pub(super) async fn install_script(
     State(app): State<App>,
     Path(mac): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(q): Query<TokenQuery>,
 ) -> Response {
     let mac = match parse_mac(&mac) {
@@ -42,6 +88,9 @@ pub(super) async fn install_script(
         );
         return text(StatusCode::FORBIDDEN, "wrong or missing install token\n");
     };
+    if let Some(r) = refuse_off_lease(&app, mac, peer.ip(), "install script") {
+        return r;
+    }
     let Some(role) = inv.role_of(&machine).cloned() else {
         return text(StatusCode::INTERNAL_SERVER_ERROR, "role is not defined\n");
     };
@@ -128,6 +177,7 @@ const LOG_LINES_MAX: usize = 5000;
 pub(super) async fn install_callback(
     State(app): State<App>,
     Path((mac, action)): Path<(String, String)>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(q): Query<TokenQuery>,
     body: String,
 ) -> Response {
@@ -138,6 +188,13 @@ pub(super) async fn install_callback(
     // done and failed check the token themselves: a repeat with the spent token (its first
     // answer was lost) is answered again; log needs the live token.
     let token = q.token.unwrap_or_default();
+    // A request carrying this machine's token (live or spent) from an address the machine
+    // does not lease is refused and recorded; one without it is refused below, unrecorded.
+    if matches!(action.as_str(), "log" | "done" | "failed") && app.store.knows_token(&mac, &token) {
+        if let Some(r) = refuse_off_lease(&app, mac, peer.ip(), &format!("install {action}")) {
+            return r;
+        }
+    }
     if action == "log" && !app.store.check_token(&mac, &token) {
         tracing::warn!(mac = %mac, "install log refused: wrong or missing token");
         return text(StatusCode::FORBIDDEN, "wrong or missing install token\n");
@@ -193,6 +250,111 @@ pub(super) async fn install_callback(
             "callbacks are log, done and failed\n",
         ),
     }
+}
+
+/// `GET /secret/{mac}/{name}?token=…`: one secret the machine's role declares, from the
+/// secrets folder, to the live install token from the leased address (authoritative
+/// mode). Its content goes nowhere else: the event and the log name the secret only.
+pub(super) async fn secret(
+    State(app): State<App>,
+    Path((mac, name)): Path<(String, String)>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(q): Query<TokenQuery>,
+) -> Response {
+    let mac = match parse_mac(&mac) {
+        Ok(m) => m,
+        Err(r) => return r.into_response(),
+    };
+    if !crate::secrets::valid_name(&name) {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("{}\n", crate::secrets::SecretError::BadName(name)),
+        );
+    }
+    let inv = app.inventory.get();
+    let Some(machine) = inv.machine(&mac).cloned() else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("{mac} is not in the inventory\n"),
+        );
+    };
+    // Only the live token: a spent one (after done or failed) or an old one (re-armed)
+    // fetches nothing.
+    if !q
+        .token
+        .as_deref()
+        .is_some_and(|t| app.store.check_token(&mac, t))
+    {
+        tracing::warn!(mac = %mac, secret = %name, "secret refused: wrong, missing or spent install token");
+        return text(
+            StatusCode::FORBIDDEN,
+            "wrong, missing or spent install token\n",
+        );
+    }
+    if let Some(r) = refuse_off_lease(&app, mac, peer.ip(), &format!("secret {name}")) {
+        return r;
+    }
+    let Some(role) = inv.role_of(&machine).cloned() else {
+        return text(StatusCode::INTERNAL_SERVER_ERROR, "role is not defined\n");
+    };
+    let refuse = |status, why: String| {
+        tracing::warn!(mac = %mac, secret = %name, "{why}");
+        app.store.event(mac, "error", why.clone());
+        text(status, format!("{why}\n"))
+    };
+    if !role.secrets.iter().any(|s| s.name == name) {
+        let e = crate::secrets::SecretError::NotDeclared {
+            role: role.name.clone(),
+            name: name.clone(),
+        };
+        return refuse(StatusCode::NOT_FOUND, e.to_string());
+    }
+    let path = match crate::secrets::find(&app.config.secrets, &machine.hostname, &role.name, &name)
+    {
+        Ok(p) => p,
+        Err(e) => return refuse(StatusCode::NOT_FOUND, e.to_string()),
+    };
+    let read = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+        use std::io::Read as _;
+        let mut out = Vec::new();
+        std::fs::File::open(&path)?
+            .take(crate::secrets::MAX_BYTES + 1)
+            .read_to_end(&mut out)?;
+        Ok(out)
+    })
+    .await;
+    let bytes = match read {
+        Ok(Ok(b)) if b.len() as u64 <= crate::secrets::MAX_BYTES => b,
+        Ok(Ok(_)) => {
+            return refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("secret {name:?} is larger than 1 MiB"),
+            )
+        }
+        Ok(Err(e)) => {
+            return refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("secret {name:?} cannot be read: {e}"),
+            )
+        }
+        Err(e) => {
+            return refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("secret {name:?}: read task failed: {e}"),
+            )
+        }
+    };
+    app.store
+        .event(mac, "install", format!("secret {name} fetched"));
+    tracing::info!(mac = %mac, secret = %name, "secret served");
+    (
+        [
+            (header::CONTENT_TYPE, "application/octet-stream"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        bytes,
+    )
+        .into_response()
 }
 
 /// Most facts taken from one discovery report, and their longest key and value.

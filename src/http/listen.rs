@@ -10,6 +10,11 @@
 //!   closed at once, so one host holding as many half-open connections as it can cannot
 //!   starve a boot storm (each machine is its own address).
 //!
+//! The TLS listener (`http.tls`) goes through the same gate (the bounds count both
+//! listeners together) and the same HTTP settings; its handshake must finish within the
+//! header time-out, and a connection whose first byte is not a TLS handshake (plain HTTP
+//! sent to the TLS port) is answered 400 in plain text and closed.
+//!
 //! Accept errors that concern one connection or a passing shortage (EMFILE, ENOBUFS…) are
 //! logged and waited out; any other means the listening socket is gone, and `serve`
 //! returns it, which stops the server (see `server::run`).
@@ -78,15 +83,47 @@ fn passing(e: &io::Error) -> bool {
     )
 }
 
-/// Serve `router` on `listener` until `shutdown`, then give open connections 10 s.
+/// The connection bounds, shared by every listener of one server.
+pub(crate) struct Gate {
+    limits: Limits,
+    total: Arc<Semaphore>,
+    per_client: Arc<PerClient>,
+}
+
+impl Gate {
+    pub(crate) fn new(limits: Limits) -> Arc<Gate> {
+        Arc::new(Gate {
+            limits,
+            total: Arc::new(Semaphore::new(limits.max_connections)),
+            per_client: Arc::default(),
+        })
+    }
+}
+
+/// The address a request's connection came in on (a request from this host to one of its
+/// own addresses has that address as its peer too).
+#[derive(Clone, Copy)]
+pub(crate) struct LocalAddr(pub(crate) SocketAddr);
+
+/// In a request's extensions when it came over TLS (the page marks its cookie `Secure`).
+#[derive(Clone, Copy)]
+pub(crate) struct OverTls;
+
+/// What the first bytes of a TLS port's connection must be: a TLS handshake record.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// Serve `router` on `listener` (over TLS with `tls`) until `shutdown`, then give open
+/// connections 10 s.
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
-    limits: Limits,
+    gate: Arc<Gate>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
-    let total = Arc::new(Semaphore::new(limits.max_connections));
-    let per_client = Arc::new(PerClient::default());
+    let limits = gate.limits;
+    let total = gate.total.clone();
+    let per_client = gate.per_client.clone();
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -122,14 +159,64 @@ pub(crate) async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let router = router.clone();
+        let over_tls = tls.is_some();
+        let local = stream.local_addr().ok();
         let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
             req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+            if let Some(local) = local {
+                req.extensions_mut().insert(LocalAddr(local));
+            }
+            if over_tls {
+                req.extensions_mut().insert(OverTls);
+            }
             router.clone().oneshot(req.map(axum::body::Body::new))
         });
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let Some(tls) = tls.clone() else {
+            let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(peer = %peer, error = %e, "HTTP connection ended with an error");
+                }
+                drop((permit, slot));
+            });
+            continue;
+        };
+        // TLS: the handshake happens in the connection's task, bounded by the header
+        // time-out, holding its slots; only then is it watched for graceful shutdown.
+        let http = http.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
+            let handshake = async {
+                let mut first = [0u8; 1];
+                if stream.peek(&mut first).await? == 1 && first[0] != TLS_HANDSHAKE {
+                    use tokio::io::AsyncWriteExt as _;
+                    let mut stream = stream;
+                    let msg = "This port speaks TLS: use https://\n";
+                    let _ = stream
+                        .write_all(format!("HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{msg}", msg.len()).as_bytes())
+                        .await;
+                    let _ = stream.shutdown().await;
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "plain HTTP on the TLS port",
+                    ));
+                }
+                tls.accept(stream).await
+            };
+            let stream = match tokio::time::timeout(limits.header_timeout, handshake).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(peer = %peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let conn = watcher.watch(http.serve_connection(TokioIo::new(stream), service));
             if let Err(e) = conn.await {
-                tracing::debug!(peer = %peer, error = %e, "HTTP connection ended with an error");
+                tracing::debug!(peer = %peer, error = %e, "HTTPS connection ended with an error");
             }
             drop((permit, slot));
         });

@@ -6,7 +6,8 @@
 //! API under `/api/v1`. It decides nothing about lifecycles itself: `crate::boot` picks the
 //! script and `state::Store` records what happened. Routes are split by who calls them:
 //! `netboot` (firmware and iPXE), `install` (the stem cell), `api` (tools and metrics),
-//! `page` (people).
+//! `page` (people). With `http.tls` the operators' routes are also served over TLS on a
+//! second listener (`tls`), and the plain one keeps them for this host only.
 //!
 //! Every request from a machine is an event in that machine's history.
 
@@ -17,6 +18,7 @@ mod installed;
 pub(crate) mod listen;
 mod netboot;
 pub(crate) mod page;
+pub(crate) mod tls;
 
 use std::sync::Arc;
 
@@ -41,6 +43,8 @@ pub(crate) struct App {
     pub(crate) inventory: Arc<inventory::Live>,
     pub(crate) store: Arc<Store>,
     pub(crate) admin_token: Option<Arc<String>>,
+    /// `read_token_file`: may read under `http.read_auth`, never act.
+    pub(crate) read_token: Option<Arc<String>>,
     pub(crate) sessions: Arc<page::Sessions>,
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
     /// Authoritative mode's leases (for the API's `ip` and the lease gauges).
@@ -57,7 +61,9 @@ pub(crate) struct App {
     pub(crate) power_states: Arc<crate::power::PowerStates>,
 }
 
-pub(crate) fn router(app: App) -> Router {
+/// What machines call: boot scripts and files, the install path, the installed system's
+/// reports. Plain HTTP only (firmware and iPXE cannot check a certificate).
+fn machine_routes() -> Router<App> {
     Router::new()
         .route("/boot/{file}", get(netboot::boot_script))
         .route("/stemcell/{file}", get(netboot::stemcell_file))
@@ -73,30 +79,93 @@ pub(crate) fn router(app: App) -> Router {
             "/discover/{mac}",
             post(install::discover).layer(DefaultBodyLimit::max(64 << 10)),
         )
+        .route("/secret/{mac}/{name}", get(install::secret))
         .route("/os/{name}/{file}", get(installed::os_image))
         .route("/puppet/bundle.tar.gz", get(installed::puppet_bundle))
         .route(
             "/report/{mac}/{what}",
             post(installed::report).layer(DefaultBodyLimit::max(256 << 10)),
         )
+}
+
+/// What people and their tools call: the API, the page and the metrics. The reading
+/// routes go through `read_guard` (`http.read_auth`); actions check the admin token or
+/// the page session themselves; the login form and the OpenAPI document are open.
+fn operator_routes(app: &App) -> Router<App> {
+    let read = Router::new()
         .route("/api/v1/machines", get(api::api_machines))
         .route("/api/v1/machines/{mac}", get(api::api_machine))
+        .route("/api/v1/status", get(api::api_status))
+        .route("/api/v1/events", get(page::events))
+        .route("/", get(page::index))
+        .route("/machines/{mac}", get(page::machine))
+        .route("/metrics", get(api::metrics))
+        .route_layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            read_guard,
+        ));
+    Router::new()
         .route("/api/v1/machines/{mac}/reinstall", post(api::api_reinstall))
         .route("/api/v1/machines/{mac}/cancel", post(api::api_cancel))
         .route(
             "/api/v1/machines/{mac}/power",
             post(api::api_power).layer(DefaultBodyLimit::max(4 << 10)),
         )
-        .route("/api/v1/status", get(api::api_status))
-        .route("/api/v1/events", get(page::events))
-        .route("/", get(page::index))
-        .route("/machines/{mac}", get(page::machine))
         .route("/machines/{mac}/{action}", post(page::action))
         .route("/login", get(page::login_form).post(page::login))
         .route("/logout", post(page::logout))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/metrics", get(api::metrics))
         .route("/api/v1/openapi.json", get(api::openapi))
+        .merge(read)
+}
+
+/// Whether `headers` may read under `http.read_auth`: `Authorization: Bearer` with the
+/// admin or the read token, or a live page session.
+fn may_read(app: &App, headers: &axum::http::HeaderMap) -> bool {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let matches = |t: &Option<Arc<String>>| match (t, bearer) {
+        (Some(want), Some(got)) => crate::state::constant_time_eq(got.as_bytes(), want.as_bytes()),
+        _ => false,
+    };
+    matches(&app.admin_token) || matches(&app.read_token) || page::logged_in(app, headers)
+}
+
+/// `http.read_auth`: the page sends a browser to the login form, the API and metrics
+/// answer 401.
+async fn read_guard(
+    State(app): State<App>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if app.config.http.read_auth.is_none() || may_read(&app, req.headers()) {
+        return next.run(req).await;
+    }
+    let path = req.uri().path();
+    if path == "/" || path.starts_with("/machines/") {
+        return (
+            StatusCode::SEE_OTHER,
+            [(header::LOCATION, "/login")],
+            "log in to see the machines\n",
+        )
+            .into_response();
+    }
+    (
+        StatusCode::UNAUTHORIZED,
+        [
+            (header::WWW_AUTHENTICATE, "Bearer realm=\"stemcell\""),
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+        ],
+        "reading needs Authorization: Bearer with the admin or the read token (http.read_auth)\n",
+    )
+        .into_response()
+}
+
+fn finish(router: Router<App>, app: App) -> Router {
+    router
+        .route("/healthz", get(|| async { "ok\n" }))
         // Everything else (forms, API actions) carries little or nothing.
         .layer(DefaultBodyLimit::max(16 << 10))
         .layer(axum::middleware::from_fn_with_state(
@@ -104,6 +173,63 @@ pub(crate) fn router(app: App) -> Router {
             count_requests,
         ))
         .with_state(app)
+}
+
+/// The plain listener: everything. With `http.tls`, the operator routes answer only
+/// requests from this host (the CLI); everyone else is sent to the TLS listener.
+pub(crate) fn router(app: App) -> Router {
+    let operator = if app.config.http.tls.is_some() {
+        operator_routes(&app).route_layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            local_only,
+        ))
+    } else {
+        operator_routes(&app)
+    };
+    finish(machine_routes().merge(operator), app)
+}
+
+/// The TLS listener: the API, the page and the metrics, nothing machines call.
+pub(crate) fn tls_router(app: App) -> Router {
+    let url = app.server_url.clone();
+    finish(
+        operator_routes(&app).fallback(move || async move {
+            text(
+                StatusCode::NOT_FOUND,
+                format!("not here: the TLS port serves the page, the API and /metrics; what machines fetch is plain HTTP at {url}\n"),
+            )
+        }),
+        app,
+    )
+}
+
+/// With TLS on, the plain listener's operator routes are for this host only (a loopback
+/// peer, or a peer that is the address it connected to): the admin token and sessions
+/// must not cross the network in clear text.
+async fn local_only(
+    State(app): State<App>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let local = req
+        .extensions()
+        .get::<listen::LocalAddr>()
+        .map(|l| l.0.ip());
+    if peer.ip().to_canonical().is_loopback() || Some(peer.ip()) == local {
+        return next.run(req).await;
+    }
+    let port = app
+        .config
+        .http
+        .tls
+        .as_ref()
+        .map(|t| t.listen.port())
+        .unwrap_or(443);
+    text(
+        StatusCode::FORBIDDEN,
+        format!("the page, the API and /metrics are served over TLS on port {port} (https://); plain HTTP serves them only to this host\n"),
+    )
 }
 
 /// Count every request by its route pattern (never the raw path: MACs would explode the
@@ -127,14 +253,47 @@ async fn count_requests(
     resp
 }
 
-/// Serve `router` on an already-bound listener until `shutdown`.
+/// Serve the routers on already-bound listeners (the plain one, and the TLS one with
+/// `http.tls`) until `shutdown`.
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     app: App,
+    tls: Option<(tokio::net::TcpListener, tokio_rustls::TlsAcceptor)>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let limits = app.config.http.limits;
-    listen::serve(listener, router(app), limits, shutdown).await
+    let gate = listen::Gate::new(app.config.http.limits);
+    let Some((l, acceptor)) = tls else {
+        return listen::serve(listener, router(app), gate, None, shutdown).await;
+    };
+    // Either listener ending ends the other, and then this (so the server stops: see
+    // server::run); each drains its own connections.
+    let both = shutdown.child_token();
+    let plain = async {
+        let r = listen::serve(
+            listener,
+            router(app.clone()),
+            gate.clone(),
+            None,
+            both.clone(),
+        )
+        .await;
+        both.cancel();
+        r
+    };
+    let secure = async {
+        let r = listen::serve(
+            l,
+            tls_router(app.clone()),
+            gate.clone(),
+            Some(acceptor),
+            both.clone(),
+        )
+        .await;
+        both.cancel();
+        r
+    };
+    let (a, b) = tokio::join!(plain, secure);
+    a.and(b)
 }
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response {

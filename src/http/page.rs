@@ -85,6 +85,11 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(|(_, v)| v.to_string())
 }
 
+/// Whether the request carries a live page session (`http.read_auth`).
+pub(crate) fn logged_in(app: &App, headers: &HeaderMap) -> bool {
+    login_state(app, headers).is_some()
+}
+
 /// The session's CSRF token if logged in (and actions exist at all).
 fn login_state(app: &App, headers: &HeaderMap) -> Option<String> {
     app.admin_token.as_ref()?;
@@ -581,7 +586,11 @@ pub(crate) struct LoginForm {
     token: String,
 }
 
-pub(crate) async fn login(State(app): State<App>, Form(f): Form<LoginForm>) -> Response {
+pub(crate) async fn login(
+    State(app): State<App>,
+    tls: Option<axum::Extension<super::listen::OverTls>>,
+    Form(f): Form<LoginForm>,
+) -> Response {
     let Some(want) = &app.admin_token else {
         return text(StatusCode::NOT_FOUND, "no admin token is configured\n");
     };
@@ -597,10 +606,12 @@ pub(crate) async fn login(State(app): State<App>, Form(f): Form<LoginForm>) -> R
         return r;
     }
     let (id, _) = app.sessions.create();
+    // Over TLS the browser must never send the session back in clear text.
+    let secure = if tls.is_some() { "; Secure" } else { "" };
     (
         [(
             header::SET_COOKIE,
-            format!("{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age=43200"),
+            format!("{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age=43200{secure}"),
         )],
         Redirect::to("/"),
     )
