@@ -24,6 +24,10 @@ pub(crate) struct DhcpConfig {
     /// Where each subnet was written (parallel to `subnets`), for messages.
     pub(crate) subnet_pos: Vec<yaml::Pos>,
     pub(crate) boot_files: BootFiles,
+    /// Authoritative mode: the install token works only from the address the machine
+    /// leased (`dhcp.install_token_from_lease`, default on). Off for sites whose installs
+    /// reach stemcell through NAT or a proxy, at the cost SECURITY.md describes.
+    pub(crate) install_token_from_lease: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -484,6 +488,7 @@ fn read_dhcp(r: &mut Report, node: Option<&Node>, top: yaml::Pos) -> DhcpConfig 
         subnets: Vec::new(),
         subnet_pos: Vec::new(),
         boot_files: BootFiles::default(),
+        install_token_from_lease: true,
     };
     if let Some(mut m) = node.and_then(|n| r.map(n, "dhcp")) {
         if let Some(n) = m.get("mode") {
@@ -505,7 +510,16 @@ fn read_dhcp(r: &mut Report, node: Option<&Node>, top: yaml::Pos) -> DhcpConfig 
         if let Some(n) = m.get("boot_files") {
             read_boot_files(r, n, &mut dhcp.boot_files);
         }
-        m.deny_unknown(r, "dhcp", &["mode", "subnets", "boot_files"]);
+        if let Some(n) = m.get("install_token_from_lease") {
+            dhcp.install_token_from_lease = r
+                .boolean(n, "dhcp.install_token_from_lease")
+                .unwrap_or(true);
+        }
+        m.deny_unknown(
+            r,
+            "dhcp",
+            &["mode", "subnets", "boot_files", "install_token_from_lease"],
+        );
     }
     if dhcp.mode == DhcpMode::Authoritative && dhcp.subnets.is_empty() {
         r.add(
@@ -908,6 +922,22 @@ kickstarts: kickstarts
 state_dir: /var/lib/stemcell
 admin_token_file: admin.token
 ";
+
+    #[test]
+    fn the_install_token_is_bound_to_the_lease_unless_switched_off() {
+        assert!(parse(FULL).unwrap().dhcp.install_token_from_lease);
+        let off = FULL.replace(
+            "      lease_time: 1h\n",
+            "      lease_time: 1h\n  install_token_from_lease: false\n",
+        );
+        assert!(!parse(&off).unwrap().dhcp.install_token_from_lease);
+        let bad = FULL.replace(
+            "      lease_time: 1h\n",
+            "      lease_time: 1h\n  install_token_from_lease: sometimes\n",
+        );
+        let e = parse(&bad).unwrap_err().to_string();
+        assert!(e.contains("dhcp.install_token_from_lease"), "{e}");
+    }
 
     #[test]
     fn installer_boots_defaults_to_three_and_refuses_zero() {

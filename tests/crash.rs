@@ -191,8 +191,11 @@ fn pair(tag: &str, tools: &[&str]) -> Option<Pair> {
     let config = std::fs::read_to_string(dir.path().join("stemcell.yaml")).unwrap();
     let config = config.replace(
         "server_ip: 127.0.0.1\ndhcp:\n  mode: off\nhttp:\n  listen: 127.0.0.1:0\n",
-        "interface: s0\nserver_ip: 198.18.0.1\ndhcp:\n  mode: authoritative\n  subnets:\n    - subnet: 198.18.0.0/16\n      pool: [198.18.1.0, 198.18.255.250]\n      router: 198.18.0.1\n      lease_time: 1h\nhttp:\n  listen: 198.18.0.1:8080\n",
+        "interface: s0\nserver_ip: 198.18.0.1\ndhcp:\n  mode: authoritative\n  subnets:\n    - subnet: 198.18.0.0/16\n      pool: [198.18.1.0, 198.18.255.250]\n      router: 198.18.0.1\n      lease_time: 1h\n  install_token_from_lease: false\nhttp:\n  listen: 198.18.0.1:8080\n",
     );
+    // The install flows here are driven with curl from the server's own namespace, not
+    // from each machine's leased address: the lease binding of the install token (tested
+    // in tests/security.rs) is off, so that they exercise the journals, not the binding.
     assert!(config.contains("authoritative"), "{config}");
     std::fs::write(dir.path().join("stemcell.yaml"), config).unwrap();
     std::fs::create_dir_all(dir.path().join("state")).unwrap();

@@ -22,8 +22,12 @@ pub(super) struct TokenQuery {
 /// Why `peer` may not use `mac`'s install token, if it may not: in authoritative mode the
 /// token works only from the address `mac` holds a bound lease on now. With no lease at all
 /// (it expired, or was never taken from this server) it is refused too. Proxy mode (no
-/// lease store) knows no leases and binds nothing.
+/// lease store) knows no leases and binds nothing; nor does `dhcp.install_token_from_lease:
+/// false`.
 pub(super) fn off_lease(app: &App, mac: MacAddr, peer: IpAddr) -> Option<String> {
+    if !app.config.dhcp.install_token_from_lease {
+        return None;
+    }
     let leases = app.leases.as_ref()?;
     let now = state::now_ms() / 1000;
     let bound = |l: &crate::leases::Lease| l.state == crate::leases::LeaseState::Bound;
