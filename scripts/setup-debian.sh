@@ -10,7 +10,7 @@ PACKAGES=(
   shellcheck mmdebstrap uidmap jq kea-admin tcpdump
   systemd util-linux openssl
   vagrant vagrant-libvirt debconf-utils debian-installer-12-netboot-amd64 python3-venv
-  openipmi ipmitool
+  openipmi ipmitool systemd-container
 )
 
 missing=()

@@ -306,10 +306,10 @@ if [ "$SCENARIO" = debian-installer ]; then
 	echo "== power-on 1: $FW, role debian-di: Debian's netboot installer" >&3
 	QEMU_MORE=(-m 1024)
 	power_on 1
-	if lab_wait 900 "$QEMU_PID" has_events log "debian-installer: the preseed for $HOST arrived"; then
+	if lab_wait 1200 "$QEMU_PID" has_events log "debian-installer: the preseed for $HOST arrived"; then
 		pass "the installer ran its preseed's first command ($((SECONDS - ON)) s after power-on)"
 	else
-		fail "no 'preseed arrived' line from the installer within 900 s"
+		fail "no 'preseed arrived' line from the installer within 1200 s"
 		show "$SERIAL" 40
 	fi
 	events_in_order "the events: DHCP, boot script, the installer's kernel and initrd from the assets, DHCP again (the installer's own), the preseed served, its first command's line" \
