@@ -286,6 +286,10 @@ pub(crate) fn stemcell_cmdline(
             s.push_str(&format!(" stemcell.mode=discover stemcell.token={t}"))
         }
     }
+    // A stem cell whose kernel panics (seen under TCG: "IO-APIC + timer doesn't work") would
+    // hang there for good; rebooting netboots it again, and `installer_boots` bounds how
+    // often. The operator's cmdline comes after it, so its own `panic=` wins.
+    s.push_str(" panic=30");
     if !extra.is_empty() {
         s.push(' ');
         s.push_str(extra);
@@ -361,11 +365,14 @@ mod tests {
             StemcellMode::Install("t0k"),
             "console=ttyS0",
         );
-        assert_eq!(s, "BOOTIF=01-52-54-00-00-00-07 stemcell.url=http://s stemcell.mac=52:54:00:00:00:07 stemcell.token=t0k console=ttyS0");
+        assert_eq!(s, "BOOTIF=01-52-54-00-00-00-07 stemcell.url=http://s stemcell.mac=52:54:00:00:00:07 stemcell.token=t0k panic=30 console=ttyS0");
         let s = stemcell_cmdline(&mac, "http://s", StemcellMode::Discover("d1"), "");
         assert!(
-            s.ends_with("stemcell.mode=discover stemcell.token=d1"),
+            s.ends_with("stemcell.mode=discover stemcell.token=d1 panic=30"),
             "{s}"
         );
+        // The operator's own panic= comes last, and the kernel takes the last one.
+        let s = stemcell_cmdline(&mac, "http://s", StemcellMode::Install("t"), "panic=0");
+        assert!(s.ends_with("panic=30 panic=0"), "{s}");
     }
 }
