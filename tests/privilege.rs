@@ -77,21 +77,7 @@ fn started_as_root_it_serves_dhcp_tftp_and_http_as_the_user_with_no_capabilities
         return;
     };
     let (uid, gid) = (id("-u", "nobody"), id("-g", "nobody"));
-    for cmd in [
-        format!("ip link add sc0 type veth peer name sc1 netns {}", cli.name),
-        "ip addr add 198.18.91.1/24 dev sc0".into(),
-        "ip link set sc0 up".into(),
-    ] {
-        let out = srv.exec(&cmd.split(' ').collect::<Vec<_>>());
-        assert!(out.status.success(), "{cmd}: {out:?}");
-    }
-    for cmd in [
-        format!("ip link set sc1 address {MAC}"),
-        "ip link set sc1 up".into(),
-    ] {
-        let out = cli.exec(&cmd.split(' ').collect::<Vec<_>>());
-        assert!(out.status.success(), "{cmd}: {out:?}");
-    }
+    srv.cable(&cli, "198.18.91.1/24", MAC);
 
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();

@@ -109,21 +109,7 @@ fn the_install_token_works_only_from_the_leased_address() {
     let (Some(srv), Some(cli)) = (Netns::new("lsrv"), Netns::new("lcli")) else {
         return;
     };
-    for cmd in [
-        format!("ip link add sc0 type veth peer name sc1 netns {}", cli.name),
-        "ip addr add 198.18.93.1/24 dev sc0".into(),
-        "ip link set sc0 up".into(),
-    ] {
-        let out = srv.exec(&cmd.split(' ').collect::<Vec<_>>());
-        assert!(out.status.success(), "{cmd}: {out:?}");
-    }
-    for cmd in [
-        format!("ip link set sc1 address {MAC}"),
-        "ip link set sc1 up".into(),
-    ] {
-        let out = cli.exec(&cmd.split(' ').collect::<Vec<_>>());
-        assert!(out.status.success(), "{cmd}: {out:?}");
-    }
+    srv.cable(&cli, "198.18.93.1/24", MAC);
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     site(dir);

@@ -224,6 +224,30 @@ impl Netns {
         Some(ns)
     }
 
+    /// A cable to `client`: a veth pair, `sc0` here at `addr` (CIDR), `sc1` in `client`
+    /// with the MAC `mac` and no address (its DHCP client takes one); both up. Panics on
+    /// a step that fails.
+    pub fn cable(&self, client: &Netns, addr: &str, mac: &str) {
+        for cmd in [
+            format!(
+                "ip link add sc0 type veth peer name sc1 netns {}",
+                client.name
+            ),
+            format!("ip addr add {addr} dev sc0"),
+            "ip link set sc0 up".into(),
+        ] {
+            let out = self.exec(&cmd.split(' ').collect::<Vec<_>>());
+            assert!(out.status.success(), "{cmd}: {out:?}");
+        }
+        for cmd in [
+            format!("ip link set sc1 address {mac}"),
+            "ip link set sc1 up".into(),
+        ] {
+            let out = client.exec(&cmd.split(' ').collect::<Vec<_>>());
+            assert!(out.status.success(), "{cmd}: {out:?}");
+        }
+    }
+
     /// Run a command in the namespace; panics if it cannot start.
     pub fn exec(&self, args: &[&str]) -> std::process::Output {
         Command::new("ip")
