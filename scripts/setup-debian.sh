@@ -13,6 +13,13 @@ PACKAGES=(
   openipmi ipmitool systemd-container
 )
 
+# cloud-init only for its schema check (tests/installers.rs): never for this host's boot.
+if [ ! -e /etc/cloud/cloud-init.disabled ]; then
+  mkdir -p /etc/cloud
+  touch /etc/cloud/cloud-init.disabled
+fi
+PACKAGES+=(cloud-init)
+
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

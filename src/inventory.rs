@@ -422,8 +422,10 @@ fn read_role(r: &mut Report, name: &str, node: &Node, ctx: &Context) -> Option<R
     let initrd = location(r, "initrd");
     let cmdline = m.get("cmdline").and_then(|n| {
         let s = r.string(n, "cmdline")?;
-        if let Some(bad) = s.chars().find(|c| !cmdline_char(*c) && !"{}".contains(*c)) {
-            r.add(n.pos, format!("role {name:?}: cmdline contains {bad:?}; allowed are letters, digits, spaces, . _ - : / = , + @ % ? and {{{{ variable }}}} placeholders"));
+        // `;` too, for cloud-init's `ds=nocloud;s=URL`: written here by the operator, it is
+        // the only way one reaches a command line (values cannot hold one).
+        if let Some(bad) = s.chars().find(|c| !cmdline_char(*c) && !"{};".contains(*c)) {
+            r.add(n.pos, format!("role {name:?}: cmdline contains {bad:?}; allowed are letters, digits, spaces, . _ - : / = , + @ % ? ; and {{{{ variable }}}} placeholders"));
             return None;
         }
         Some(s)

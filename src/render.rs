@@ -19,6 +19,9 @@ pub(crate) struct InstallVars {
     pub(crate) server_url: String,
     pub(crate) token: String,
     pub(crate) install_url: String,
+    /// cloud-init's NoCloud seed for this install (`…/nocloud/MAC/TOKEN/`): user-data is the
+    /// rendered template, meta-data its instance id and hostname.
+    pub(crate) nocloud_url: String,
     pub(crate) log_url: String,
     pub(crate) done_url: String,
     pub(crate) failed_url: String,
@@ -67,6 +70,7 @@ impl InstallVars {
             server_url: server_url.to_string(),
             token: token.to_string(),
             install_url: format!("{base}?token={token}"),
+            nocloud_url: format!("{server_url}/nocloud/{}/{token}/", m.mac),
             log_url: format!("{base}/log?token={token}"),
             done_url: format!("{base}/done?token={token}"),
             failed_url: format!("{base}/failed?token={token}"),
@@ -202,7 +206,12 @@ pub(crate) fn cmdline(template: &str, vars: &InstallVars) -> Result<String, Rend
     let out = env
         .render_str(template, vars)
         .map_err(|e| describe("cmdline", &e, Some(template)))?;
-    if let Some(bad) = out.chars().find(|c| !crate::values::cmdline_char(*c)) {
+    // A `;` may come only from the operator's own template text (cloud-init's
+    // `ds=nocloud;s=URL` needs one), never from a value: values cannot hold one
+    // (`values::value_char`), and neither can the URLs, names and tokens stemcell makes.
+    let literal_semicolon = template.contains(';');
+    let allowed = |c: char| crate::values::cmdline_char(c) || (c == ';' && literal_semicolon);
+    if let Some(bad) = out.chars().find(|c| !allowed(*c)) {
         return Err(RenderError::UnsafeCmdline(bad));
     }
     Ok(out)
@@ -259,6 +268,19 @@ mod tests {
         assert!(matches!(
             cmdline("a {{ token }}'", &v),
             Err(RenderError::UnsafeCmdline('\''))
+        ));
+        // cloud-init's NoCloud needs a `;`: from the template text it is kept…
+        assert_eq!(
+            cmdline("autoinstall ds=nocloud;s={{ nocloud_url }}", &v).unwrap(),
+            "autoinstall ds=nocloud;s=http://s/nocloud/52:54:00:00:00:07/t/"
+        );
+        // …but a `;` that comes from a value is refused (values cannot hold one; a
+        // variable that somehow did must not reach the command line either).
+        let mut hostile = v.clone();
+        hostile.hostname = "a;b".into();
+        assert!(matches!(
+            cmdline("h={{ hostname }}", &hostile),
+            Err(RenderError::UnsafeCmdline(';'))
         ));
     }
 }

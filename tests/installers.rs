@@ -285,3 +285,128 @@ fn the_rocky_kickstart_is_served_per_machine_and_passes_ksvalidator() {
         .unwrap();
     assert!(!out.status.success(), "a wrong autopart type passed");
 }
+
+const UBUNTU: &str = "52:54:00:d1:00:03";
+
+/// `cloud-init schema --config-file FILE`: (success, output).
+fn cloud_init_schema(file: &Path) -> (bool, String) {
+    let out = Command::new("cloud-init")
+        .args(["schema", "--config-file"])
+        .arg(file)
+        .output()
+        .expect("cloud-init runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn ubuntu_autoinstall_is_a_nocloud_seed_per_machine_and_passes_cloud_init_schema() {
+    if !require("cloud-init (Debian's cloud-init)", have_tool("cloud-init")) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    lab(
+        dir.path(),
+        &format!(
+            "defaults:\n  unknown: ignore\nroles:\n  ubuntu:\n    template: ubuntu-autoinstall.yaml.j2\n    kernel: ubuntu-24.04/vmlinuz\n    initrd: ubuntu-24.04/initrd\n    cmdline: ip=dhcp url={{{{ vars.iso_url }}}} autoinstall ds=nocloud;s={{{{ nocloud_url }}}}\n    vars:\n      iso_url: http://198.18.0.1:8080/assets/ubuntu-24.04/live-server.iso\n      disk: /dev/vda\n      packages: [nginx]\n      ssh_keys:\n        - ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHN0ZW1jZWxsLWxhYi10ZXN0LWtleS1ub3QtcmVhbA lab@stemcell\nmachines:\n  \"{UBUNTU}\":\n    hostname: ubuntu01\n    role: ubuntu\n"
+        ),
+    );
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("kickstarts/ubuntu-autoinstall.yaml.j2"),
+        dir.path().join("kickstarts/ubuntu-autoinstall.yaml.j2"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("assets/ubuntu-24.04")).unwrap();
+    for f in ["vmlinuz", "initrd"] {
+        std::fs::write(dir.path().join("assets/ubuntu-24.04").join(f), f).unwrap();
+    }
+    let s = Server::start(dir.path());
+
+    // The `;` of `ds=nocloud;s=` reaches the kernel's command line (from the role's own
+    // cmdline text), with this machine's seed URL and its token in the path.
+    let script = curl(&[], &s.url(&format!("/boot/{UBUNTU}.ipxe"))).text();
+    let kernel = script
+        .lines()
+        .find(|l| l.starts_with("kernel "))
+        .unwrap_or_else(|| panic!("{script}"));
+    let seed_prefix = format!("ds=nocloud;s={}", s.url(&format!("/nocloud/{UBUNTU}/")));
+    assert!(
+        kernel.contains(&seed_prefix),
+        "{seed_prefix} not in {kernel}"
+    );
+    let seed = kernel
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("ds=nocloud;s="))
+        .unwrap()
+        .to_string();
+    assert!(seed.ends_with('/'), "{seed}");
+    let token = seed
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(kernel.contains(" autoinstall "), "{kernel}");
+
+    // What cloud-init fetches: user-data (the rendered template), meta-data, vendor-data.
+    let ud = curl(&[], &format!("{seed}user-data"));
+    assert_eq!(ud.status, 200, "{}", ud.text());
+    let text = ud.text();
+    assert!(text.starts_with("#cloud-config\n"), "{text}");
+    for want in [
+        format!("macaddress: \"{UBUNTU}\""),
+        "path: /dev/vda".into(),
+        "    - nginx\n".into(),
+        "hostname: ubuntu01".into(),
+        format!(
+            "--data-binary ok \"{}\"",
+            s.url(&format!("/install/{UBUNTU}/done?token={token}"))
+        ),
+    ] {
+        assert!(text.contains(&want), "{want:?} not in\n{text}");
+    }
+    let md = curl(&[], &format!("{seed}meta-data"));
+    assert_eq!(md.status, 200);
+    assert!(
+        md.text().contains("local-hostname: ubuntu01\n"),
+        "{}",
+        md.text()
+    );
+    assert!(
+        md.text().starts_with("instance-id: stemcell-525400d10003-"),
+        "{}",
+        md.text()
+    );
+    assert_eq!(curl(&[], &format!("{seed}vendor-data")).status, 200);
+    assert_eq!(curl(&[], &format!("{seed}network-config")).status, 404);
+    // Another token is refused.
+    let wrong = seed.replace(&token, "0123456789abcdef0123456789abcdef");
+    assert_eq!(curl(&[], &format!("{wrong}meta-data")).status, 403);
+    assert_eq!(curl(&[], &format!("{wrong}user-data")).status, 403);
+    let m = json(&curl(&[], &s.url(&format!("/api/v1/machines/{UBUNTU}"))));
+    assert_eq!(m["state"], "installing", "{m}");
+
+    // cloud-init's own schema check accepts the user-data…
+    let file = dir.path().join("user-data");
+    std::fs::write(&file, &text).unwrap();
+    let (ok, out) = cloud_init_schema(&file);
+    assert!(
+        ok,
+        "cloud-init schema refused the user-data:\n{out}\n{text}"
+    );
+    // …and refuses a broken one (the check can fail).
+    std::fs::write(&file, text.replace("version: 1", "version: one")).unwrap();
+    let (ok, out) = cloud_init_schema(&file);
+    assert!(!ok, "a non-integer autoinstall version passed:\n{out}");
+
+    // done: the token dies, and with it the seed.
+    let r = curl(
+        &["-X", "POST", "--data", "ok"],
+        &s.url(&format!("/install/{UBUNTU}/done?token={token}")),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(curl(&[], &format!("{seed}user-data")).status, 403);
+    assert_eq!(curl(&[], &format!("{seed}meta-data")).status, 403);
+}

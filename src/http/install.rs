@@ -76,6 +76,73 @@ pub(super) async fn install_script(
         Ok(m) => m,
         Err(r) => return r.into_response(),
     };
+    serve_install_script(&app, mac, peer, q.token).await
+}
+
+/// cloud-init's NoCloud data source for an install (Ubuntu's autoinstall): the seed URL
+/// `/nocloud/MAC/TOKEN/` carries the token in its path, because cloud-init appends the file
+/// names to it. `user-data` is the install script (the role's template, rendered as
+/// `/install/MAC` renders it), `meta-data` the instance id and hostname, `vendor-data`
+/// empty; each only with the live install token (and, in authoritative mode, from the
+/// leased address).
+pub(super) async fn nocloud(
+    State(app): State<App>,
+    Path((mac, token, file)): Path<(String, String, String)>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    let mac = match parse_mac(&mac) {
+        Ok(m) => m,
+        Err(r) => return r.into_response(),
+    };
+    if file == "user-data" {
+        return serve_install_script(&app, mac, peer, Some(token)).await;
+    }
+    if file != "meta-data" && file != "vendor-data" {
+        return text(
+            StatusCode::NOT_FOUND,
+            "a NoCloud seed has user-data, meta-data and vendor-data\n",
+        );
+    }
+    if !app.store.check_token(&mac, &token) {
+        app.store.event(
+            mac,
+            "error",
+            format!("nocloud {file} refused: wrong or missing token"),
+        );
+        return text(StatusCode::FORBIDDEN, "wrong or missing install token\n");
+    }
+    if let Some(r) = refuse_off_lease(&app, mac, peer.ip(), &format!("nocloud {file}")) {
+        return r;
+    }
+    let body = match (file.as_str(), app.inventory.get().machine(&mac)) {
+        ("meta-data", Some(m)) => format!(
+            "instance-id: stemcell-{}-{}\nlocal-hostname: {}\n",
+            mac.to_string().replace(':', ""),
+            &token[..token.len().min(8)],
+            m.hostname
+        ),
+        ("meta-data", None) => {
+            return text(
+                StatusCode::NOT_FOUND,
+                format!("{mac} is not in the inventory\n"),
+            )
+        }
+        _ => String::new(),
+    };
+    app.store
+        .event(mac, "install", format!("nocloud {file} served"));
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+}
+
+/// The install script for `mac`, with `token`: checked, recorded (`install_started`) and
+/// rendered.
+async fn serve_install_script(
+    app: &App,
+    mac: MacAddr,
+    peer: SocketAddr,
+    token: Option<String>,
+) -> Response {
+    let app = app.clone();
     let inv = app.inventory.get();
     let Some(machine) = inv.machine(&mac).cloned() else {
         return text(
@@ -83,7 +150,7 @@ pub(super) async fn install_script(
             format!("{mac} is not in the inventory\n"),
         );
     };
-    let Some(token) = q.token.filter(|t| app.store.check_token(&mac, t)) else {
+    let Some(token) = token.filter(|t| app.store.check_token(&mac, t)) else {
         tracing::warn!(mac = %mac, "install script refused: wrong or missing token");
         app.store.event(
             mac,

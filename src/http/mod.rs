@@ -70,6 +70,7 @@ fn machine_routes() -> Router<App> {
         .route("/assets/{*path}", get(netboot::asset))
         .route("/tftp/{*path}", get(netboot::tftp_over_http))
         .route("/install/{mac}", get(install::install_script))
+        .route("/nocloud/{mac}/{token}/{file}", get(install::nocloud))
         // Bodies are bounded per route: a log batch, a hardware report, a Puppet report.
         .route(
             "/install/{mac}/{action}",
