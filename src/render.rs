@@ -22,6 +22,9 @@ pub(crate) struct InstallVars {
     /// cloud-init's NoCloud seed for this install (`…/nocloud/MAC/TOKEN/`): user-data is the
     /// rendered template, meta-data its instance id and hostname.
     pub(crate) nocloud_url: String,
+    /// The configuration-management bootstrap for distribution installers
+    /// (`snippets/converge-bootstrap.sh.j2`, rendered for this install).
+    pub(crate) converge_url: String,
     pub(crate) log_url: String,
     pub(crate) done_url: String,
     pub(crate) failed_url: String,
@@ -71,6 +74,7 @@ impl InstallVars {
             token: token.to_string(),
             install_url: format!("{base}?token={token}"),
             nocloud_url: format!("{server_url}/nocloud/{}/{token}/", m.mac),
+            converge_url: format!("{base}/converge?token={token}"),
             log_url: format!("{base}/log?token={token}"),
             done_url: format!("{base}/done?token={token}"),
             failed_url: format!("{base}/failed?token={token}"),

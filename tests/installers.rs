@@ -25,6 +25,18 @@ fn site(dir: &Path) {
         dir.join("kickstarts/debian-installer.preseed.j2"),
     )
     .unwrap();
+    // The snippets beside it, as in the repo's kickstarts folder (the converge bootstrap).
+    let snippets = dir.join("kickstarts/snippets");
+    std::fs::create_dir_all(&snippets).unwrap();
+    for f in ["converge.sh.j2", "converge-bootstrap.sh.j2"] {
+        std::fs::copy(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("kickstarts/snippets")
+                .join(f),
+            snippets.join(f),
+        )
+        .unwrap();
+    }
     let di = dir.join("assets/debian-installer/amd64");
     std::fs::create_dir_all(&di).unwrap();
     std::fs::write(di.join("linux"), b"the installer's kernel").unwrap();
@@ -409,4 +421,140 @@ fn ubuntu_autoinstall_is_a_nocloud_seed_per_machine_and_passes_cloud_init_schema
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(curl(&[], &format!("{seed}user-data")).status, 403);
     assert_eq!(curl(&[], &format!("{seed}meta-data")).status, 403);
+}
+
+#[test]
+fn the_installers_converge_bootstrap_sets_up_reports_and_puppet_in_a_real_debian_root() {
+    // What a distribution's installer runs at its end (every recipe names converge_url):
+    // the same stemcell-converge the stem cell's own installs write, here into a clean
+    // Debian 12 root, as the preseed's late_command does into /target.
+    if !require("root (chroot into a Debian root)", is_root())
+        || !require("mmdebstrap", have_tool("mmdebstrap"))
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    site(dir.path());
+    let s = Server::start(dir.path());
+    let script = curl(&[], &s.url(&format!("/boot/{DI}.ipxe"))).text();
+    let url = cmdline_value(&script, "url").unwrap();
+    let preseed = curl(&[], &url).text();
+    let token = url.split("token=").nth(1).unwrap().to_string();
+    let converge = s.url(&format!("/install/{DI}/converge?token={token}"));
+    assert!(
+        preseed.contains(&format!(
+            "wget -q -O /tmp/converge.sh \"{converge}\" && sh /tmp/converge.sh /target"
+        )),
+        "{preseed}"
+    );
+    // Only with the install's token.
+    assert_eq!(
+        curl(&[], &s.url(&format!("/install/{DI}/converge?token=nope"))).status,
+        403
+    );
+    let r = curl(&[], &converge);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let bootstrap = dir.path().join("converge.sh");
+    std::fs::write(&bootstrap, r.text()).unwrap();
+    assert!(
+        Command::new("sh")
+            .arg("-n")
+            .arg(&bootstrap)
+            .status()
+            .unwrap()
+            .success(),
+        "{}",
+        r.text()
+    );
+
+    let tar = debian_rootfs();
+    let root = dir.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    assert!(Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-xf")
+        .arg(&tar)
+        .status()
+        .unwrap()
+        .success());
+    let out = Command::new("sh")
+        .arg(&bootstrap)
+        .arg(&root)
+        .output()
+        .unwrap();
+    let log =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the bootstrap failed:\n{log}");
+    assert!(log.contains("converge: done"), "{log}");
+
+    // The machine key (owner-only), where to report, the script, its units enabled; not
+    // networkd's wait-online (an installer's system has its own network service).
+    let key = root.join("etc/stemcell/machine.key");
+    let meta = std::fs::metadata(&key).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::read_to_string(&key).unwrap().trim().len(), 32);
+    let conf = std::fs::read_to_string(root.join("etc/stemcell/converge.conf")).unwrap();
+    assert!(
+        conf.contains(&format!(
+            "REPORT_URL=\"{}\"",
+            s.url(&format!("/report/{DI}"))
+        )),
+        "{conf}"
+    );
+    assert!(
+        conf.contains("MANIFEST=\"manifests/debian-di.pp\""),
+        "{conf}"
+    );
+    let exe = std::fs::metadata(root.join("usr/local/sbin/stemcell-converge")).unwrap();
+    assert_eq!(exe.permissions().mode() & 0o111, 0o111);
+    // Enabled: the links systemctl made (absolute, inside the new root: not followed here).
+    let wants = root.join("etc/systemd/system");
+    let link = |p: &str| std::fs::read_link(wants.join(p)).ok();
+    assert_eq!(
+        link("multi-user.target.wants/stemcell-converge.service"),
+        Some("/etc/systemd/system/stemcell-converge.service".into())
+    );
+    assert_eq!(
+        link("timers.target.wants/stemcell-converge.timer"),
+        Some("/etc/systemd/system/stemcell-converge.timer".into())
+    );
+    assert_eq!(
+        link("network-online.target.wants/systemd-networkd-wait-online.service"),
+        None
+    );
+    // The installer then posts done; the installed system's first report carries the key
+    // the bootstrap wrote, and stemcell takes it (and no other).
+    let done = curl(
+        &["-X", "POST", "--data", "ok"],
+        &s.url(&format!("/install/{DI}/done?token={token}")),
+    );
+    assert_eq!(done.status, 200, "{}", done.text());
+    let booted = curl(
+        &[
+            "-X",
+            "POST",
+            "-H",
+            &format!(
+                "Authorization: Bearer {}",
+                std::fs::read_to_string(&key).unwrap().trim()
+            ),
+        ],
+        &s.url(&format!("/report/{DI}/booted")),
+    );
+    assert_eq!(booted.status, 200, "{}", booted.text());
+    let wrong = curl(
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "Authorization: Bearer 0123456789abcdef0123456789abcdef",
+        ],
+        &s.url(&format!("/report/{DI}/booted")),
+    );
+    assert_eq!(wrong.status, 403, "{}", wrong.text());
+    let m = json(&curl(&[], &s.url(&format!("/api/v1/machines/{DI}"))));
+    assert!(has_event(&m, "message", "converge bootstrap served"), "{m}");
+    assert_eq!(m["state"], "booted", "{m}");
 }

@@ -13,29 +13,6 @@ use std::process::Command;
 
 use common::*;
 
-/// The cached root file system: Debian 12 minbase with systemd, dbus and curl.
-fn rootfs() -> PathBuf {
-    let dir = target_dir().join("pkgtest");
-    std::fs::create_dir_all(&dir).unwrap();
-    let tar = dir.join("bookworm-systemd.tar");
-    // flock: two test runs at once build it once.
-    let out = Command::new("flock")
-        .arg(dir.join(".lock"))
-        .args(["sh", "-c"])
-        .arg(format!(
-            "[ -s '{0}' ] || {{ mmdebstrap --quiet --variant=minbase --include=systemd-sysv,dbus,curl,ca-certificates bookworm '{0}.tmp' && mv '{0}.tmp' '{0}'; }}",
-            tar.display()
-        ))
-        .output()
-        .expect("run mmdebstrap");
-    assert!(
-        out.status.success(),
-        "mmdebstrap could not make the Debian 12 root:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    tar
-}
-
 fn report(out: &str, what: &str) -> String {
     out.lines()
         .find_map(|l| l.strip_prefix(&format!("== {what}: ")))
@@ -95,7 +72,7 @@ fn the_deb_installs_on_clean_debian_12_and_its_service_runs() {
         assert!(files.contains(f), "{f} not in the package:\n{files}");
     }
 
-    let tar = rootfs();
+    let tar = debian_rootfs();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     std::fs::create_dir(&root).unwrap();

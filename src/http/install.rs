@@ -245,6 +245,89 @@ fn state_error(mac: MacAddr, e: StateError) -> Response {
 const LOG_LINE_MAX: usize = 2000;
 const LOG_LINES_MAX: usize = 5000;
 
+/// `GET /install/MAC/converge?token=…`: the configuration-management bootstrap a
+/// distribution's installer runs at its end (`snippets/converge-bootstrap.sh.j2`, rendered
+/// for this install: the machine key, where to report, the role's Puppet code). Only with
+/// the live install token (and, in authoritative mode, from the leased address); it changes
+/// no state.
+pub(super) async fn converge_script(
+    State(app): State<App>,
+    Path((mac, what)): Path<(String, String)>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(q): Query<TokenQuery>,
+) -> Response {
+    if what != "converge" {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "log, done and failed are POSTs; GET is for converge\n",
+        );
+    }
+    let mac = match parse_mac(&mac) {
+        Ok(m) => m,
+        Err(r) => return r.into_response(),
+    };
+    let Some(token) = q.token.filter(|t| app.store.check_token(&mac, t)) else {
+        app.store.event(
+            mac,
+            "error",
+            "converge bootstrap refused: wrong or missing token",
+        );
+        return text(StatusCode::FORBIDDEN, "wrong or missing install token\n");
+    };
+    if let Some(r) = refuse_off_lease(&app, mac, peer.ip(), "converge bootstrap") {
+        return r;
+    }
+    let inv = app.inventory.get();
+    let Some(machine) = inv.machine(&mac).cloned() else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("{mac} is not in the inventory\n"),
+        );
+    };
+    let record = app.store.record(&mac);
+    let mut vars = InstallVars::new(&inv, &machine, &app.server_url, &token).with_machine_key(
+        record
+            .as_ref()
+            .and_then(|r| r.machine_key.as_deref())
+            .unwrap_or_default(),
+    );
+    let os = inv
+        .role_of(&machine)
+        .and_then(|role| role.os.as_deref())
+        .and_then(|name| crate::images::current(&app.config.os_images, name).ok());
+    if let Some(os) = &os {
+        vars = vars.with_os(os);
+    }
+    let kickstarts = app.config.kickstarts.clone();
+    let rendered = tokio::task::spawn_blocking(move || {
+        render::install_script(&kickstarts, "snippets/converge-bootstrap.sh.j2", &vars)
+    })
+    .await;
+    match rendered {
+        Ok(Ok(script)) => {
+            app.store.event(mac, "install", "converge bootstrap served");
+            (
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                script,
+            )
+                .into_response()
+        }
+        Ok(Err(e)) => {
+            tracing::error!(mac = %mac, error = %e, "converge bootstrap failed to render");
+            app.store
+                .event(mac, "error", format!("converge bootstrap failed: {e}"));
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the converge bootstrap did not render; see the machine's events\n",
+            )
+        }
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("render task failed: {e}\n"),
+        ),
+    }
+}
+
 pub(super) async fn install_callback(
     State(app): State<App>,
     Path((mac, action)): Path<(String, String)>,

@@ -74,7 +74,9 @@ fn machine_routes() -> Router<App> {
         // Bodies are bounded per route: a log batch, a hardware report, a Puppet report.
         .route(
             "/install/{mac}/{action}",
-            post(install::install_callback).layer(DefaultBodyLimit::max(1 << 20)),
+            post(install::install_callback)
+                .get(install::converge_script)
+                .layer(DefaultBodyLimit::max(1 << 20)),
         )
         .route(
             "/discover/{mac}",

@@ -527,3 +527,28 @@ pub fn build_stemcell_image(out_dir: &Path) -> Result<String, String> {
     }
     Ok(text)
 }
+
+/// A clean Debian 12 root file system (minbase with systemd, dbus and curl), as a tar made
+/// by mmdebstrap once and cached in <target>/pkgtest (needs root, mmdebstrap and the
+/// Debian mirror the first time).
+pub fn debian_rootfs() -> PathBuf {
+    let dir = target_dir().join("pkgtest");
+    std::fs::create_dir_all(&dir).unwrap();
+    let tar = dir.join("bookworm-systemd.tar");
+    // flock: two test runs at once build it once.
+    let out = Command::new("flock")
+        .arg(dir.join(".lock"))
+        .args(["sh", "-c"])
+        .arg(format!(
+            "[ -s '{0}' ] || {{ mmdebstrap --quiet --variant=minbase --include=systemd-sysv,dbus,curl,ca-certificates bookworm '{0}.tmp' && mv '{0}.tmp' '{0}'; }}",
+            tar.display()
+        ))
+        .output()
+        .expect("run mmdebstrap");
+    assert!(
+        out.status.success(),
+        "mmdebstrap could not make the Debian 12 root:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tar
+}
