@@ -276,7 +276,7 @@ roles:
     template: debian-installer.preseed.j2
     kernel: debian-installer/amd64/linux
     initrd: debian-installer/amd64/initrd.gz
-    cmdline: auto=true priority=critical url={{ install_url }} interface=auto hostname={{ hostname }} domain=lab.example console=ttyS0,115200
+    cmdline: auto=true priority=critical url={{ install_url }} interface=auto hostname={{ hostname }} domain=lab.example console=ttyS0,115200 ds=nocloud;s={{ nocloud_url }}
 machines:
   "$MAC":
     hostname: $HOST
@@ -323,6 +323,10 @@ if [ "$SCENARIO" = debian-installer ]; then
 	check_state installing 5
 	check "the installer's kernel was told where its preseed is: url=…/install/$MAC?token=… on its command line" \
 		lab_seen "$SERIAL" "url=http://[^ ]*/install/$MAC\?token=[0-9a-f]+"
+	# The role's cmdline also carries cloud-init's NoCloud seed (Ubuntu's autoinstall needs
+	# it; Debian's installer ignores it): real iPXE hands the kernel its ';' intact.
+	check "iPXE passed 'ds=nocloud;s=…/nocloud/$MAC/TOKEN/' to the kernel, ';' and all" \
+		lab_seen "$SERIAL" "ds=nocloud;s=http://[^ ]*/nocloud/$MAC/[0-9a-f]+/"
 	power_off
 elif [ "$SCENARIO" != failing ]; then
 	echo "== power-on 1: $FW, empty disk, network first" >&3
