@@ -540,8 +540,10 @@ pub fn debian_rootfs() -> PathBuf {
         .arg(dir.join(".lock"))
         .args(["sh", "-c"])
         .arg(format!(
-            "[ -s '{0}' ] || {{ mmdebstrap --quiet --variant=minbase --include=systemd-sysv,dbus,curl,ca-certificates bookworm '{0}.tmp' && mv '{0}.tmp' '{0}'; }}",
-            tar.display()
+            "[ -f '{0}' ] || {{ rm -rf '{0}' '{1}' && mmdebstrap --quiet --format=tar --variant=minbase --include=systemd-sysv,dbus,curl,ca-certificates bookworm '{1}' && mv '{1}' '{0}'; }}",
+            tar.display(),
+            // mmdebstrap picks its output format from the name's ending: keep `.tar`.
+            dir.join("bookworm-systemd.partial.tar").display()
         ))
         .output()
         .expect("run mmdebstrap");
