@@ -283,10 +283,9 @@ machines:
     role: $ROLE
     vars: { disk: $VDISK }
 EOF
-if [ "$SCENARIO" = debian-installer ]; then
-	cp "$ROOT/kickstarts/debian-installer.preseed.j2" "$D/kickstarts/"
-	echo "assets: $DI" >>"$D/stemcell.yaml"
-fi
+# Every scenario's inventory names the debian-di role: its template must exist for check.
+cp "$ROOT/kickstarts/debian-installer.preseed.j2" "$D/kickstarts/"
+[ "$SCENARIO" = debian-installer ] && echo "assets: $DI" >>"$D/stemcell.yaml"
 lab_check "$STEMCELL" "$D" || die "stemcell check failed" "$D/check.txt"
 lab_serve "$SRV" "$STEMCELL" "$D" || die "stemcell did not come up" "$D/server.log"
 pass "stemcell serves ($MODE DHCP, TFTP and HTTP on br0 in $SRV)"
