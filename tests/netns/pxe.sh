@@ -263,6 +263,17 @@ echo "broken: no disk /dev/nonexistent" >&2
 exit 3
 EOF
 case "$FW" in bios) VDISK=/dev/sda ;; *) VDISK=/dev/vda ;; esac
+# Only the debian-installer scenario has the role (check wants its template and assets).
+DI_ROLE=
+if [ "$SCENARIO" = debian-installer ]; then
+	cp "$ROOT/kickstarts/debian-installer.preseed.j2" "$D/kickstarts/"
+	echo "assets: $DI" >>"$D/stemcell.yaml"
+	DI_ROLE='  debian-di:
+    template: debian-installer.preseed.j2
+    kernel: debian-installer/amd64/linux
+    initrd: debian-installer/amd64/initrd.gz
+    cmdline: auto=true priority=critical url={{ install_url }} interface=auto hostname={{ hostname }} domain=lab.example console=ttyS0,115200 ds=nocloud;s={{ nocloud_url }}'
+fi
 cat >"$D/inventory.yaml" <<EOF
 defaults:
   unknown: ignore
@@ -272,20 +283,13 @@ roles:
     vars: { puppet_server: puppet.lab.example }
   broken:
     template: broken.sh.j2
-  debian-di:
-    template: debian-installer.preseed.j2
-    kernel: debian-installer/amd64/linux
-    initrd: debian-installer/amd64/initrd.gz
-    cmdline: auto=true priority=critical url={{ install_url }} interface=auto hostname={{ hostname }} domain=lab.example console=ttyS0,115200 ds=nocloud;s={{ nocloud_url }}
+$DI_ROLE
 machines:
   "$MAC":
     hostname: $HOST
     role: $ROLE
     vars: { disk: $VDISK }
 EOF
-# Every scenario's inventory names the debian-di role: its template must exist for check.
-cp "$ROOT/kickstarts/debian-installer.preseed.j2" "$D/kickstarts/"
-[ "$SCENARIO" = debian-installer ] && echo "assets: $DI" >>"$D/stemcell.yaml"
 lab_check "$STEMCELL" "$D" || die "stemcell check failed" "$D/check.txt"
 lab_serve "$SRV" "$STEMCELL" "$D" || die "stemcell did not come up" "$D/server.log"
 pass "stemcell serves ($MODE DHCP, TFTP and HTTP on br0 in $SRV)"
