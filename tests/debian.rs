@@ -82,7 +82,8 @@ fn scenario(name: &str) {
     if !preflight(name) {
         return;
     }
-    let image = stem_cell().unwrap_or_else(|e| panic!("the stem-cell image build failed:\n{e}"));
+    let image = common::stemcell_image()
+        .unwrap_or_else(|e| panic!("the stem-cell image build failed:\n{e}"));
     let os_cache = os_image().unwrap_or_else(|e| panic!("the OS image build failed:\n{e}"));
 
     let _slot = Slot::take("DEB_PARALLEL");
@@ -136,36 +137,6 @@ fn locked(lock: &str, cmd: &mut Command) -> Result<String, String> {
         return Err(format!("{} ({}):\n{text}", lock, out.status));
     }
     Ok(text)
-}
-
-/// The stem cell, built once per test binary into `<target>/stemcell-image` (the folder and
-/// lock tests/pxe_boot.rs uses; the build is reproducible, so either may make it).
-fn stem_cell() -> Result<PathBuf, String> {
-    static IMAGE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    IMAGE
-        .get_or_init(|| {
-            let target = target_dir();
-            let out = target.join("stemcell-image");
-            let cache = std::env::var_os("STEMCELL_CACHE")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| target.join("stemcell-cache"));
-            let started = Instant::now();
-            let text = locked(
-                "stemcell-image.lock",
-                Command::new(STEMCELL)
-                    .args(["image", "build", "--out"])
-                    .arg(&out)
-                    .arg("--cache")
-                    .arg(cache),
-            )?;
-            eprintln!(
-                "stem cell built in {:.0?}: {}",
-                started.elapsed(),
-                text.lines().next().unwrap_or("")
-            );
-            Ok(out)
-        })
-        .clone()
 }
 
 /// The lab's Debian 12 (examples/lab/os/debian-12.yaml), built once per test binary into

@@ -66,6 +66,30 @@ pub(super) fn refuse_off_lease(
     ))
 }
 
+/// The refusal (403, recorded as an event on the machine) of `what` unless it carries
+/// `mac`'s live install token and, in authoritative mode, comes from its leased address.
+fn refuse_without_live_token(
+    app: &App,
+    mac: MacAddr,
+    peer: IpAddr,
+    token: Option<&str>,
+    what: &str,
+) -> Option<Response> {
+    if !token.is_some_and(|t| app.store.check_token(&mac, t)) {
+        tracing::warn!(mac = %mac, "{what} refused: wrong or missing token");
+        app.store.event(
+            mac,
+            "error",
+            format!("{what} refused: wrong or missing token"),
+        );
+        return Some(text(
+            StatusCode::FORBIDDEN,
+            "wrong or missing install token\n",
+        ));
+    }
+    refuse_off_lease(app, mac, peer, what)
+}
+
 pub(super) async fn install_script(
     State(app): State<App>,
     Path(mac): Path<String>,
@@ -103,15 +127,13 @@ pub(super) async fn nocloud(
             "a NoCloud seed has user-data, meta-data and vendor-data\n",
         );
     }
-    if !app.store.check_token(&mac, &token) {
-        app.store.event(
-            mac,
-            "error",
-            format!("nocloud {file} refused: wrong or missing token"),
-        );
-        return text(StatusCode::FORBIDDEN, "wrong or missing install token\n");
-    }
-    if let Some(r) = refuse_off_lease(&app, mac, peer.ip(), &format!("nocloud {file}")) {
+    if let Some(r) = refuse_without_live_token(
+        &app,
+        mac,
+        peer.ip(),
+        Some(&token),
+        &format!("nocloud {file}"),
+    ) {
         return r;
     }
     let body = match (file.as_str(), app.inventory.get().machine(&mac)) {
@@ -142,7 +164,6 @@ async fn serve_install_script(
     peer: SocketAddr,
     token: Option<String>,
 ) -> Response {
-    let app = app.clone();
     let inv = app.inventory.get();
     let Some(machine) = inv.machine(&mac).cloned() else {
         return text(
@@ -150,18 +171,12 @@ async fn serve_install_script(
             format!("{mac} is not in the inventory\n"),
         );
     };
-    let Some(token) = token.filter(|t| app.store.check_token(&mac, t)) else {
-        tracing::warn!(mac = %mac, "install script refused: wrong or missing token");
-        app.store.event(
-            mac,
-            "error",
-            "install script refused: wrong or missing token",
-        );
-        return text(StatusCode::FORBIDDEN, "wrong or missing install token\n");
-    };
-    if let Some(r) = refuse_off_lease(&app, mac, peer.ip(), "install script") {
+    if let Some(r) =
+        refuse_without_live_token(app, mac, peer.ip(), token.as_deref(), "install script")
+    {
         return r;
     }
+    let token = token.unwrap_or_default();
     let Some(role) = inv.role_of(&machine).cloned() else {
         return text(StatusCode::INTERNAL_SERVER_ERROR, "role is not defined\n");
     };
@@ -172,7 +187,7 @@ async fn serve_install_script(
         .transpose()
     {
         Ok(os) => os,
-        Err(e) => return install_failed(&app, mac, format!("role {}: {e}", role.name)).await,
+        Err(e) => return install_failed(app, mac, format!("role {}: {e}", role.name)).await,
     };
     // The drift baseline is what is served now, not what the inventory says at `done`.
     let from = install_fingerprint(&app.config, &inv, &machine);
@@ -220,7 +235,7 @@ async fn serve_install_script(
             )
                 .into_response()
         }
-        Err(e) => install_failed(&app, mac, format!("install template failed: {e}")).await,
+        Err(e) => install_failed(app, mac, format!("install template failed: {e}")).await,
     }
 }
 
@@ -266,17 +281,16 @@ pub(super) async fn converge_script(
         Ok(m) => m,
         Err(r) => return r.into_response(),
     };
-    let Some(token) = q.token.filter(|t| app.store.check_token(&mac, t)) else {
-        app.store.event(
-            mac,
-            "error",
-            "converge bootstrap refused: wrong or missing token",
-        );
-        return text(StatusCode::FORBIDDEN, "wrong or missing install token\n");
-    };
-    if let Some(r) = refuse_off_lease(&app, mac, peer.ip(), "converge bootstrap") {
+    if let Some(r) = refuse_without_live_token(
+        &app,
+        mac,
+        peer.ip(),
+        q.token.as_deref(),
+        "converge bootstrap",
+    ) {
         return r;
     }
+    let token = q.token.unwrap_or_default();
     let inv = app.inventory.get();
     let Some(machine) = inv.machine(&mac).cloned() else {
         return text(
