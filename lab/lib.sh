@@ -244,9 +244,9 @@ lab_qemu() {
 			args+=(-device virtio-blk-pci,drive=d0,bootindex=2)
 		fi
 		if [ "$fw" = uefi-pxe ]; then
-			args+=(-device "virtio-net-pci,netdev=n0,mac=$mac,romfile=,bootindex=1")
+			args+=(-device "virtio-net-pci,netdev=n0,mac=$mac,romfile=,bootindex=${LAB_NIC_BOOTINDEX:-1}")
 		else
-			args+=(-device "virtio-net-pci,netdev=n0,mac=$mac,bootindex=1")
+			args+=(-device "virtio-net-pci,netdev=n0,mac=$mac,bootindex=${LAB_NIC_BOOTINDEX:-1}")
 		fi
 		;;
 	*)

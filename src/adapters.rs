@@ -54,6 +54,8 @@ pub(crate) struct TftpRecorder {
     pub(crate) store: Arc<Store>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) leases: Option<Arc<dyn LeaseStore>>,
+    /// To tell which machine a NIC belongs to.
+    pub(crate) inventory: Arc<inventory::Live>,
 }
 
 impl tftp::TftpObserver for TftpRecorder {
@@ -117,7 +119,7 @@ impl tftp::TftpObserver for TftpRecorder {
             ev.peer
         ));
         match mac_for_ip(self.leases.as_ref(), ev.peer.ip()) {
-            Some(mac) => self.store.event(mac, "tftp", msg),
+            Some(mac) => self.store.event(self.inventory.get().id(mac), "tftp", msg),
             None => {
                 tracing::debug!(peer = %ev.peer, "TFTP transfer from an address with no known MAC")
             }
@@ -134,6 +136,11 @@ impl dhcp::Directory for InventoryDirectory {
         inv.machine(&mac).map(|m| dhcp::Host {
             hostname: m.hostname.clone(),
             reserved_ip: m.ip,
+            siblings: if m.nics.is_empty() {
+                Vec::new()
+            } else {
+                m.macs().into_iter().filter(|n| *n != mac).collect()
+            },
         })
     }
 
@@ -146,6 +153,8 @@ impl dhcp::Directory for InventoryDirectory {
 pub(crate) struct Recorder {
     pub(crate) store: Arc<Store>,
     pub(crate) metrics: Arc<Metrics>,
+    /// To tell which machine a NIC belongs to: its events and state live under its key MAC.
+    pub(crate) inventory: Arc<inventory::Live>,
 }
 
 /// "UEFI x64 (iPXE)", "BIOS", … for the firmware column.
@@ -178,6 +187,8 @@ impl dhcp::DhcpObserver for Recorder {
             return;
         }
         let acked = ev.sent == Some(dhcp::MessageType::Ack);
+        let nic = mac;
+        let mac = self.inventory.get().id(nic);
         self.store.observe(
             mac,
             ev.known,
@@ -196,10 +207,14 @@ impl dhcp::DhcpObserver for Recorder {
                 } else {
                     None
                 },
+                boot_nic: netboot.then(|| nic.to_string()),
                 hardware: Default::default(),
             },
         );
         let mut msg = format!("{}", ev.received);
+        if nic != mac {
+            msg.push_str(&format!(" from its NIC {nic}"));
+        }
         if ev.port == dhcp::PXE_PORT {
             msg.push_str(" on port 4011");
         }
@@ -249,6 +264,10 @@ mod tests {
         let rec = Recorder {
             store: store.clone(),
             metrics: Default::default(),
+            inventory: Arc::new(inventory::Live::new(
+                inventory::Inventory::empty(std::path::Path::new("inventory.yaml")),
+                Default::default(),
+            )),
         };
         let mac: MacAddr = "52:54:00:00:00:42".parse().unwrap();
         let ev = |sent| dhcp::DhcpEvent {

@@ -121,6 +121,7 @@ pub(crate) fn choice_for(inv: &Inventory, mac: MacAddr, record: Option<&Record>)
 }
 
 /// Pure: the text of the boot script for a choice (`token` is needed for `Install`).
+/// `mac` is the NIC that asked (any NIC of a listed machine).
 pub(crate) fn boot_script_text(
     config: &Config,
     url: &str,
@@ -135,7 +136,7 @@ pub(crate) fn boot_script_text(
     Ok(match (choice, machine) {
         (Choice::Install, Some(m)) => {
             let token = token.ok_or(BootError::NoToken)?;
-            let (kernel, initrd, cmdline) = installer(config, url, inv, m, token)?;
+            let (kernel, initrd, cmdline) = installer(config, url, inv, m, mac, token)?;
             InstallScript {
                 mac: &mac_s,
                 hostname: &m.hostname,
@@ -166,6 +167,7 @@ pub(crate) fn boot_script_text(
             initrd_url: &format!("{url}/stemcell/initrd.img?mac={mac_s}"),
             cmdline: &stemcell_cmdline(
                 &mac,
+                &mac,
                 url,
                 StemcellMode::Discover(token.ok_or(BootError::NoToken)?),
                 &config.stemcell.cmdline,
@@ -177,12 +179,14 @@ pub(crate) fn boot_script_text(
     })
 }
 
-/// Kernel URL, initrd URL and command line for a machine's install boot.
+/// Kernel URL, initrd URL and command line for a machine's install boot from its NIC
+/// `nic`.
 fn installer(
     config: &Config,
     url: &str,
     inv: &Inventory,
     m: &Machine,
+    nic: MacAddr,
     token: &str,
 ) -> Result<(String, String, String), BootError> {
     let mac = m.mac;
@@ -198,7 +202,7 @@ fn installer(
     };
     match &role.kernel {
         Some(k) => {
-            let vars = InstallVars::new(inv, m, url, token);
+            let vars = InstallVars::new(inv, m, url, token).with_boot_nic(nic);
             let cmdline = match &role.cmdline {
                 Some(c) => render::cmdline(c, &vars)?,
                 None => String::new(),
@@ -211,6 +215,7 @@ fn installer(
             format!("{url}/stemcell/initrd.img?mac={mac}"),
             stemcell_cmdline(
                 &mac,
+                &nic,
                 url,
                 StemcellMode::Install(token),
                 &config.stemcell.cmdline,
@@ -267,16 +272,18 @@ pub(crate) enum StemcellMode<'a> {
     Discover(&'a str),
 }
 
-/// The stem cell's own command line: which NIC, where the server is, the token.
+/// The stem cell's own command line: which NIC it booted from (`nic`), where the server
+/// is, which machine it is (`mac`, its key), the token.
 pub(crate) fn stemcell_cmdline(
     mac: &MacAddr,
+    nic: &MacAddr,
     server_url: &str,
     mode: StemcellMode<'_>,
     extra: &str,
 ) -> String {
     let mut s = format!(
         "BOOTIF={} stemcell.url={} stemcell.mac={}",
-        mac.bootif(),
+        nic.bootif(),
         server_url,
         mac
     );
@@ -361,18 +368,34 @@ mod tests {
         let mac: MacAddr = "52:54:00:00:00:07".parse().unwrap();
         let s = stemcell_cmdline(
             &mac,
+            &mac,
             "http://s",
             StemcellMode::Install("t0k"),
             "console=ttyS0",
         );
         assert_eq!(s, "BOOTIF=01-52-54-00-00-00-07 stemcell.url=http://s stemcell.mac=52:54:00:00:00:07 stemcell.token=t0k panic=30 console=ttyS0");
-        let s = stemcell_cmdline(&mac, "http://s", StemcellMode::Discover("d1"), "");
+        // Booted from another NIC: BOOTIF names that NIC, stemcell.mac the machine.
+        let nic: MacAddr = "52:54:00:00:00:08".parse().unwrap();
+        let s = stemcell_cmdline(&mac, &nic, "http://s", StemcellMode::Install("t"), "");
+        assert!(
+            s.starts_with(
+                "BOOTIF=01-52-54-00-00-00-08 stemcell.url=http://s stemcell.mac=52:54:00:00:00:07 "
+            ),
+            "{s}"
+        );
+        let s = stemcell_cmdline(&mac, &mac, "http://s", StemcellMode::Discover("d1"), "");
         assert!(
             s.ends_with("stemcell.mode=discover stemcell.token=d1 panic=30"),
             "{s}"
         );
         // The operator's own panic= comes last, and the kernel takes the last one.
-        let s = stemcell_cmdline(&mac, "http://s", StemcellMode::Install("t"), "panic=0");
+        let s = stemcell_cmdline(
+            &mac,
+            &mac,
+            "http://s",
+            StemcellMode::Install("t"),
+            "panic=0",
+        );
         assert!(s.ends_with("panic=30 panic=0"), "{s}");
     }
 }

@@ -78,6 +78,39 @@ pub(crate) struct Machine {
     /// How to reach its BMC (defaults ← role ← machine, resolved at load); never shown.
     #[serde(skip)]
     pub(crate) power: Option<Power>,
+    /// Every NIC (`interfaces:`), the key MAC among them; empty when only the key is known.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) nics: Vec<crate::network::Nic>,
+    /// The installed system's network (`network:`); `None`: DHCP on the NIC it booted from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) network: Option<crate::network::Plan>,
+}
+
+impl Machine {
+    /// Its NICs by label; without `interfaces:`, the key MAC alone, labelled `boot`.
+    pub(crate) fn labelled_nics(&self) -> Vec<crate::network::Nic> {
+        if self.nics.is_empty() {
+            vec![crate::network::Nic {
+                name: "boot".into(),
+                mac: self.mac,
+                pos: Pos {
+                    line: self.line,
+                    col: 1,
+                },
+            }]
+        } else {
+            self.nics.clone()
+        }
+    }
+
+    /// Every MAC of this machine: its NICs, or its key alone.
+    pub(crate) fn macs(&self) -> Vec<MacAddr> {
+        if self.nics.is_empty() {
+            vec![self.mac]
+        } else {
+            self.nics.iter().map(|n| n.mac).collect()
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -172,6 +205,9 @@ pub(crate) struct Inventory {
     pub(crate) machines: HashMap<MacAddr, Machine>,
     /// MACs in file order.
     pub(crate) order: Vec<MacAddr>,
+    /// A machine's other NICs → its key MAC.
+    #[serde(skip)]
+    pub(crate) aliases: HashMap<MacAddr, MacAddr>,
 }
 
 /// A machine for unit tests elsewhere in the crate.
@@ -185,6 +221,8 @@ pub(crate) fn test_machine(mac: &str, hostname: &str, role: &str) -> Machine {
         vars: Vars::new(),
         line: 1,
         power: None,
+        nics: Vec::new(),
+        network: None,
     }
 }
 
@@ -209,6 +247,7 @@ impl Inventory {
             roles: BTreeMap::new(),
             machines: HashMap::new(),
             order: Vec::new(),
+            aliases: HashMap::new(),
         }
     }
 
@@ -272,7 +311,8 @@ impl Inventory {
 
         let mut hostnames: HashMap<String, Pos> = HashMap::new();
         let mut ips: HashMap<Ipv4Addr, Pos> = HashMap::new();
-        let mut macs: HashMap<MacAddr, Pos> = HashMap::new();
+        // Where each MAC was listed: a machine's key, or one of its `interfaces:`.
+        let mut macs: HashMap<MacAddr, (Pos, String)> = HashMap::new();
         if let Some(n) = top.get("machines") {
             if let Some(mut ms) = r.map(n, "machines") {
                 for (k, v) in ms.entries() {
@@ -286,20 +326,51 @@ impl Inventory {
                             continue;
                         }
                     };
-                    if let Some(first) = macs.get(&mac) {
+                    if let Some((first, what)) = macs.get(&mac) {
+                        let how = if what.is_empty() {
+                            "spelled differently, but the same MAC".to_string()
+                        } else {
+                            what.clone()
+                        };
                         r.add(
                             k.pos,
                             format!(
-                                "duplicate machine {mac}: already listed at line {}, column {} (spelled differently, but the same MAC)",
+                                "duplicate machine {mac}: already listed at line {}, column {} ({how})",
                                 first.line, first.col
                             ),
                         );
                         continue;
                     }
-                    macs.insert(mac, k.pos);
+                    macs.insert(mac, (k.pos, String::new()));
                     let Some(m) = read_machine(&mut r, mac, k.pos, v, &inv, ctx) else {
                         continue;
                     };
+                    // Every NIC identifies one machine only: a MAC listed for two is an error
+                    // naming both places.
+                    let mut clash = false;
+                    for nic in m.0.nics.iter().filter(|n| n.mac != mac) {
+                        if let Some((first, _)) = macs.get(&nic.mac) {
+                            r.add(
+                                nic.pos,
+                                format!(
+                                    "{} (interface {} of machine {mac}) is already listed at line {}, column {}: a NIC belongs to one machine",
+                                    nic.mac, nic.name, first.line, first.col
+                                ),
+                            );
+                            clash = true;
+                        } else {
+                            macs.insert(
+                                nic.mac,
+                                (
+                                    nic.pos,
+                                    format!("as interface {} of machine {mac}", nic.name),
+                                ),
+                            );
+                        }
+                    }
+                    if clash {
+                        continue;
+                    }
                     let host_pos = m.1;
                     let m = m.0;
                     if let Some(first) = hostnames.get(&m.hostname.to_ascii_lowercase()) {
@@ -327,6 +398,9 @@ impl Inventory {
                         }
                     }
                     inv.order.push(mac);
+                    for nic in m.nics.iter().filter(|n| n.mac != mac) {
+                        inv.aliases.insert(nic.mac, mac);
+                    }
                     inv.machines.insert(mac, m);
                 }
             }
@@ -335,8 +409,17 @@ impl Inventory {
         r.finish(inv)
     }
 
+    /// The machine with this MAC: its key, or any NIC it lists.
     pub(crate) fn machine(&self, mac: &MacAddr) -> Option<&Machine> {
-        self.machines.get(mac)
+        self.machines
+            .get(mac)
+            .or_else(|| self.machines.get(self.aliases.get(mac)?))
+    }
+
+    /// The MAC a machine is known by (its key) for any of its NICs; an unlisted MAC is
+    /// its own.
+    pub(crate) fn id(&self, mac: MacAddr) -> MacAddr {
+        self.aliases.get(&mac).copied().unwrap_or(mac)
     }
 
     pub(crate) fn role_of(&self, m: &Machine) -> Option<&Role> {
@@ -611,10 +694,35 @@ fn read_machine(
         )
         .over(&own_power.as_ref().map(|p| p.1.clone()).unwrap_or_default());
     let power = resolve_power(r, mac, own_power.map(|p| p.0).unwrap_or(key_pos), layered);
+    let nics = m
+        .get("interfaces")
+        .map(|n| crate::network::read_interfaces(r, n, mac, key_pos))
+        .unwrap_or_default();
+    let network = m.get("network").and_then(|n| {
+        // Without `interfaces:`, the key MAC is the one NIC `network:` can name (`boot`).
+        let known = if nics.is_empty() {
+            vec![crate::network::Nic {
+                name: "boot".into(),
+                mac,
+                pos: key_pos,
+            }]
+        } else {
+            nics.clone()
+        };
+        crate::network::read_network(r, n, &known, &format!("machine {mac} network"))
+    });
     m.deny_unknown(
         r,
         &format!("machine {mac}"),
-        &["hostname", "role", "ip", "vars", "power"],
+        &[
+            "hostname",
+            "role",
+            "ip",
+            "vars",
+            "power",
+            "interfaces",
+            "network",
+        ],
     );
     Some((
         Machine {
@@ -625,6 +733,8 @@ fn read_machine(
             vars,
             line: key_pos.line,
             power,
+            nics,
+            network,
         },
         host_pos,
     ))
@@ -1037,6 +1147,40 @@ mod tests {
             domain: None,
             lease_time: Duration::from_secs(3600),
         }]
+    }
+
+    #[test]
+    fn every_nic_identifies_its_machine() {
+        let f = Fixture::new();
+        let inv = f
+            .parse("roles:\n  web: {template: web.sh.j2}\nmachines:\n  52:54:00:00:00:01:\n    hostname: db1\n    role: web\n    interfaces: {eno1: 52:54:00:00:00:01, eno2: 52:54:00:00:00:02}\n    network:\n      bond0: {bond: [eno1, eno2], mode: active-backup, dhcp: true}\n  52:54:00:00:00:03: {hostname: db2, role: web}\n")
+            .unwrap();
+        let key: MacAddr = "52:54:00:00:00:01".parse().unwrap();
+        let second: MacAddr = "52:54:00:00:00:02".parse().unwrap();
+        assert_eq!(inv.machine(&second).unwrap().hostname, "db1");
+        assert_eq!(inv.id(second), key);
+        assert_eq!(inv.id(key), key);
+        let other: MacAddr = "52:54:00:00:00:09".parse().unwrap();
+        assert_eq!(inv.id(other), other);
+        assert!(inv.machine(&other).is_none());
+        assert_eq!(inv.machine(&key).unwrap().macs(), vec![key, second]);
+        assert_eq!(inv.machines.len(), 2, "one machine, not two");
+        assert!(inv.machine(&key).unwrap().network.is_some());
+    }
+
+    #[test]
+    fn a_nic_listed_for_two_machines_names_both_places() {
+        let f = Fixture::new();
+        let e = f
+            .parse("roles:\n  web: {template: web.sh.j2}\nmachines:\n  52:54:00:00:00:01:\n    hostname: db1\n    role: web\n    interfaces: {eno1: 52:54:00:00:00:01, eno2: 52:54:00:00:00:02}\n  52:54:00:00:00:02: {hostname: db2, role: web}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("inventory.yaml:8:3: duplicate machine 52:54:00:00:00:02: already listed at line 7, column 49 (as interface eno2 of machine 52:54:00:00:00:01)"), "{e}");
+        let e = f
+            .parse("roles:\n  web: {template: web.sh.j2}\nmachines:\n  52:54:00:00:00:02: {hostname: db2, role: web}\n  52:54:00:00:00:01:\n    hostname: db1\n    role: web\n    interfaces: {eno1: 52:54:00:00:00:01, eno2: 52:54:00:00:00:02}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("inventory.yaml:8:49: 52:54:00:00:00:02 (interface eno2 of machine 52:54:00:00:00:01) is already listed at line 4, column 3"), "{e}");
     }
 
     const GOOD: &str = "defaults:

@@ -24,6 +24,7 @@ mod journal;
 mod leases;
 mod mac;
 mod metrics;
+mod network;
 mod os;
 mod power;
 mod privilege;

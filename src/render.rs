@@ -8,11 +8,15 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::inventory::{Inventory, Machine, Vars};
+use crate::mac::MacAddr;
 
 /// The variables an install template sees (the README lists them).
 #[derive(Clone, Debug, Serialize)]
 pub(crate) struct InstallVars {
+    /// The machine's key MAC (its identity at stemcell).
     pub(crate) mac: String,
+    /// The NIC it netbooted from, where known (a boot script's request); else `mac`.
+    pub(crate) boot_nic: String,
     pub(crate) hostname: String,
     pub(crate) role: String,
     pub(crate) ip: Option<String>,
@@ -38,7 +42,22 @@ pub(crate) struct InstallVars {
     /// Each secret the role declares, by name: the URL that fetches it with this
     /// install's token (never its content).
     pub(crate) secrets: std::collections::BTreeMap<String, String>,
+    /// Every NIC of the machine (`interfaces:`; the key MAC alone, labelled `boot`,
+    /// without it).
+    pub(crate) nics: Vec<crate::network::Nic>,
+    /// The installed system's network from `network:`, written for each OS's tool; `None`:
+    /// the template's own default (DHCP on the NIC the machine booted from).
+    pub(crate) network: Option<NetworkVars>,
     pub(crate) vars: Vars,
+}
+
+/// `network:` as files for the new root (paths relative to it).
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct NetworkVars {
+    /// systemd-networkd: `.netdev` and `.network` files in `etc/systemd/network`.
+    pub(crate) networkd: Vec<crate::network::File>,
+    /// ifupdown: `etc/network/interfaces` and the `.link` files naming the NICs.
+    pub(crate) ifupdown: Vec<crate::network::File>,
 }
 
 /// The OS image an install streams onto the disk.
@@ -67,6 +86,7 @@ impl InstallVars {
         let role = inv.role_of(m);
         InstallVars {
             mac: m.mac.to_string(),
+            boot_nic: m.mac.to_string(),
             hostname: m.hostname.clone(),
             role: m.role.clone(),
             ip: m.ip.map(|i| i.to_string()),
@@ -99,8 +119,22 @@ impl InstallVars {
                         .collect()
                 })
                 .unwrap_or_default(),
+            nics: m.labelled_nics(),
+            network: m.network.as_ref().map(|plan| {
+                let nics = m.labelled_nics();
+                NetworkVars {
+                    networkd: plan.networkd(&nics),
+                    ifupdown: plan.ifupdown(&nics),
+                }
+            }),
             vars: inv.merged_vars(m),
         }
+    }
+
+    /// With the NIC the machine netbooted from.
+    pub(crate) fn with_boot_nic(mut self, nic: MacAddr) -> InstallVars {
+        self.boot_nic = nic.to_string();
+        self
     }
 
     /// With the machine's report credential.

@@ -351,6 +351,7 @@ pub(crate) async fn prepare(config_path: &Path) -> Result<Prepared, Fatal> {
             let observer = Arc::new(Recorder {
                 store: store.clone(),
                 metrics: app.metrics.clone(),
+                inventory: app.inventory.clone(),
             });
             let server = dhcp::DhcpServer::new(settings, directory, observer, leases)
                 .map_err(Fatal::config)?;
@@ -393,6 +394,7 @@ pub(crate) async fn run(p: Prepared, shutdown: CancellationToken) -> Result<(), 
             store: store.clone(),
             metrics: app.metrics.clone(),
             leases: leases.clone(),
+            inventory: app.inventory.clone(),
         });
         let token = shutdown.clone();
         tasks.spawn(async move {

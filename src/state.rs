@@ -157,6 +157,9 @@ pub(crate) struct Facts {
     pub(crate) uuid: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) ip: Option<String>,
+    /// The NIC (MAC) it last netbooted from: one of its `interfaces:`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) boot_nic: Option<String>,
     /// What the stem cell reported in discovery (cpus, memory, disks, nics, DMI…).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub(crate) hardware: std::collections::BTreeMap<String, String>,
@@ -651,6 +654,7 @@ impl Store {
             (&mut r.facts.vendor_class, facts.vendor_class),
             (&mut r.facts.uuid, facts.uuid),
             (&mut r.facts.ip, facts.ip),
+            (&mut r.facts.boot_nic, facts.boot_nic),
         ] {
             if new.is_some() {
                 *slot = new;

@@ -548,3 +548,84 @@ fn an_installer_that_never_calls_back_stops_after_installer_boots() {
     let m = json(&curl(&[], &s.url(&format!("/api/v1/machines/{WEB}"))));
     assert_eq!(m["state"], "installed", "{m}");
 }
+
+/// A machine with two NICs is one machine: it netboots from its second NIC and gets the
+/// listed machine's install (BOOTIF names that NIC, `stemcell.mac` the machine), its token,
+/// state and events are the machine's, the API answers for either MAC, and the install
+/// script carries the inventory's bond for the installed system.
+#[test]
+fn a_machine_with_two_nics_boots_from_either_as_one_machine() {
+    let dir = tempfile::tempdir().unwrap();
+    lab(
+        dir.path(),
+        "defaults:\n  unknown: discover\n  vars: { disk: /dev/vda }\nroles:\n  web:\n    template: net.sh.j2\nmachines:\n  52-54-00-00-00-01:\n    hostname: web01\n    role: web\n    interfaces: { eno1: 52:54:00:00:00:01, eno2: 52:54:00:00:00:02 }\n    network:\n      bond0: { bond: [eno1, eno2], mode: 802.3ad, dhcp: true }\n      mgmt: { vlan: 10, link: bond0, address: 198.18.10.5/24, gateway: 198.18.10.1 }\n",
+    );
+    std::fs::write(
+        dir.path().join("kickstarts/net.sh.j2"),
+        "#!/bin/sh\n# boot_nic={{ boot_nic }} nics={% for n in nics %}{{ n.name }}={{ n.mac }} {% endfor %}\n{% for f in network.networkd %}cat >\"/T/{{ f.path }}\" <<'EOF'\n{{ f.text }}EOF\n{% endfor %}",
+    )
+    .unwrap();
+    let s = Server::start(dir.path());
+    let script = boot(&s, "52:54:00:00:00:02");
+    assert_eq!(
+        cmdline_value(&script, "BOOTIF").as_deref(),
+        Some("01-52-54-00-00-00-02"),
+        "{script}"
+    );
+    assert_eq!(
+        cmdline_value(&script, "stemcell.mac").as_deref(),
+        Some("52:54:00:00:00:01")
+    );
+    let token = cmdline_value(&script, "stemcell.token").unwrap();
+    // The same token whichever NIC asks: one machine, one install.
+    assert_eq!(
+        cmdline_value(&boot(&s, WEB), "stemcell.token").as_deref(),
+        Some(token.as_str())
+    );
+    let m = json(&curl(&[], &s.url("/api/v1/machines/52-54-00-00-00-02")));
+    assert_eq!(m["mac"], WEB, "{m}");
+    assert_eq!(m["hostname"], "web01");
+    assert_eq!(
+        m["facts"]["boot_nic"], WEB,
+        "the last boot was from eno1: {m}"
+    );
+    assert_eq!(m["nics"][1]["name"], "eno2");
+    assert!(
+        has_event(
+            &m,
+            "message",
+            "boot script: install as role web (netbooted from its NIC 52:54:00:00:00:02)"
+        ),
+        "{m}"
+    );
+    let all = json(&curl(&[], &s.url("/api/v1/machines")));
+    assert_eq!(
+        all.as_array().unwrap().len(),
+        1,
+        "one machine, not two: {all}"
+    );
+    // The install script, fetched by the key MAC or the second NIC's, with the bond.
+    for mac in [WEB, "52:54:00:00:00:02"] {
+        let r = curl(&[], &s.url(&format!("/install/{mac}?token={token}")));
+        assert_eq!(r.status, 200, "{}", r.text());
+        let t = r.text();
+        for want in [
+            "nics=eno1=52:54:00:00:00:01 eno2=52:54:00:00:00:02",
+            "/T/etc/systemd/network/20-stemcell-bond0.netdev",
+            "Mode=802.3ad",
+            "MACAddress=52:54:00:00:00:01",
+            "PermanentMACAddress=52:54:00:00:00:02\n\n[Link]\nRequiredForOnline=no\n\n[Network]\nBond=bond0",
+            "[Match]\nName=mgmt\n\n[Network]\nAddress=198.18.10.5/24\nGateway=198.18.10.1",
+            "VLAN=mgmt",
+        ] {
+            assert!(t.contains(want), "no {want:?} in\n{t}");
+        }
+    }
+    // The page names both NICs and the one it booted from.
+    boot(&s, "52:54:00:00:00:02");
+    let page = curl(&[], &s.url("/machines/52:54:00:00:00:01")).text();
+    assert!(
+        page.contains("NIC eno2") && page.contains("52:54:00:00:00:02 (netbooted from this NIC)"),
+        "{page}"
+    );
+}

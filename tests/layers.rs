@@ -207,6 +207,7 @@ fn lower_layers_do_not_use_upper_ones() {
         "state",
         "config",
         "inventory",
+        "network",
         "power",
         "secrets",
         "render",

@@ -508,6 +508,9 @@ impl DhcpServer {
             ciaddr,
             now,
         };
+        if matches!(msg, MessageType::Discover | MessageType::Request) {
+            self.move_reservation(&c);
+        }
         match msg {
             MessageType::Discover => self.handle_discover(&c, ev),
             MessageType::Request => self.handle_request(&c, ev),
@@ -531,6 +534,22 @@ impl DhcpServer {
             }
             MessageType::Inform => self.handle_inform(&c, ev),
             _ => Outcome::ignore("not a client message"),
+        }
+    }
+
+    /// A machine's reserved address belongs to the machine, not to one NIC: when another
+    /// of its NICs holds it (it netbooted from that port last time), it is released so the
+    /// NIC asking now gets it.
+    fn move_reservation(&self, c: &Client<'_>) {
+        let (Some(ip), Some(host)) = (c.reserved, c.host.as_ref()) else {
+            return;
+        };
+        let Some(held) = self.leases.lease_at(ip, c.now) else {
+            return;
+        };
+        if held.mac != c.mac && host.siblings.contains(&held.mac) {
+            tracing::info!(mac = %c.mac, from = %held.mac, ip = %ip, "reserved address moves to another NIC of the same machine");
+            self.leases.release(held.mac, ip, c.now);
         }
     }
 
@@ -1152,6 +1171,7 @@ mod tests {
                 Host {
                     hostname: "web01".into(),
                     reserved_ip: Some(reserved),
+                    siblings: Vec::new(),
                 },
             )],
         );
@@ -1166,6 +1186,50 @@ mod tests {
         // Asking for a pool address instead: NAK.
         let o = request(&s, Ipv4Addr::new(198, 18, 0, 100), None, T0);
         assert_eq!(reply(&o).message_type(), Some(MessageType::Nak));
+    }
+
+    #[test]
+    fn a_reservation_follows_the_machine_from_nic_to_nic() {
+        let reserved = Ipv4Addr::new(198, 18, 0, 21);
+        let second = MacAddr([0x52, 0x54, 0x00, 0x12, 0x34, 0x57]);
+        let stranger = MacAddr([0x52, 0x54, 0x00, 0x12, 0x34, 0x58]);
+        let host = |siblings| Host {
+            hostname: "web01".into(),
+            reserved_ip: Some(reserved),
+            siblings,
+        };
+        let s = server_with(
+            Mode::Authoritative,
+            false,
+            &[
+                (mac(), host(vec![second])),
+                (second, host(vec![mac()])),
+                (stranger, host(Vec::new())),
+            ],
+        );
+        // The first NIC binds the reserved address.
+        discover(&s, &[], T0);
+        assert_eq!(
+            reply(&request(&s, reserved, Some(SERVER), T0)).yiaddr,
+            reserved
+        );
+        // The machine netboots from its second NIC: the address moves with it.
+        let as_nic = |m: MacAddr, msg: u8, opts: &[(u8, &[u8])]| {
+            let mut p = decode(&request_bytes(msg, m.0, opts)).unwrap();
+            p.chaddr[..6].copy_from_slice(&m.0);
+            handle(&s, &p, T0 + 5)
+        };
+        let o = as_nic(second, 1, &[]);
+        assert_eq!(reply(&o).yiaddr, reserved, "offered to the second NIC");
+        let ipb = reserved.octets();
+        let sid = SERVER.octets();
+        let o = as_nic(second, 3, &[(50, &ipb), (54, &sid)]);
+        assert_eq!(reply(&o).message_type(), Some(MessageType::Ack));
+        assert_eq!(s.leases.lease_at(reserved, T0 + 5).unwrap().mac, second);
+        // Someone that is not a NIC of this machine never takes it.
+        let o = as_nic(stranger, 3, &[(50, &ipb), (54, &sid)]);
+        assert_eq!(reply(&o).message_type(), Some(MessageType::Nak));
+        assert_eq!(s.leases.lease_at(reserved, T0 + 5).unwrap().mac, second);
     }
 
     #[test]

@@ -265,6 +265,8 @@ pub(crate) struct Host {
     pub(crate) hostname: String,
     /// Authoritative mode: always this address (inside a subnet, outside its pool).
     pub(crate) reserved_ip: Option<Ipv4Addr>,
+    /// The machine's other NICs: its reserved address moves from them to the NIC asking.
+    pub(crate) siblings: Vec<MacAddr>,
 }
 
 /// The inventory as DHCP sees it. Implemented by the main crate; calls must be quick and

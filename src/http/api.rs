@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 
-use super::{parse_mac, state_reject, App, Reject};
+use super::{machine_mac, state_reject, App, Reject};
 use crate::boot::{fingerprint_with, TemplateCache};
 use crate::inventory::{self, Inventory};
 use crate::mac::MacAddr;
@@ -20,6 +20,9 @@ pub(crate) struct MachineView {
     pub(crate) mac: MacAddr,
     pub(crate) hostname: Option<String>,
     pub(crate) role: Option<String>,
+    /// Every NIC the inventory lists for it (label and MAC); `facts.boot_nic` is the one
+    /// it last netbooted from.
+    pub(crate) nics: Vec<crate::network::Nic>,
     pub(crate) state: Lifecycle,
     pub(crate) ip: Option<String>,
     pub(crate) listed: bool,
@@ -141,12 +144,17 @@ pub(crate) fn view(
         state,
         drifted: !drift.is_empty(),
         drift,
+        nics: m.map(|m| m.nics.clone()).unwrap_or_default(),
         ip: m
             .and_then(|m| m.ip.map(|i| i.to_string()))
             .or_else(|| {
                 let now = state::now_ms() / 1000;
-                let lease = app.leases.as_ref()?.lease_of(mac, now)?;
-                (lease.state == crate::leases::LeaseState::Bound).then(|| lease.ip.to_string())
+                let leases = app.leases.as_ref()?;
+                let macs = m.map(|m| m.macs()).unwrap_or_else(|| vec![mac]);
+                macs.iter()
+                    .filter_map(|n| leases.lease_of(*n, now))
+                    .find(|l| l.state == crate::leases::LeaseState::Bound)
+                    .map(|l| l.ip.to_string())
             })
             .or_else(|| record.and_then(|r| r.facts.ip.clone())),
         listed: m.is_some(),
@@ -191,7 +199,7 @@ pub(super) async fn api_machines(State(app): State<App>) -> Response {
 }
 
 pub(super) async fn api_machine(State(app): State<App>, Path(mac): Path<String>) -> Response {
-    let mac = match parse_mac(&mac) {
+    let mac = match machine_mac(&app, &mac) {
         Ok(m) => m,
         Err(r) => return r.into_response(),
     };
@@ -277,7 +285,7 @@ pub(super) async fn api_action(
     if let Err(r) = authorized(&app, &headers) {
         return r.into_response();
     }
-    let mac = match parse_mac(&mac) {
+    let mac = match machine_mac(&app, &mac) {
         Ok(m) => m,
         Err(r) => return r.into_response(),
     };
@@ -383,7 +391,7 @@ pub(super) async fn api_power(
     if let Err(r) = authorized(&app, &headers) {
         return r.into_response();
     }
-    let mac = match parse_mac(&mac) {
+    let mac = match machine_mac(&app, &mac) {
         Ok(m) => m,
         Err(r) => return r.into_response(),
     };

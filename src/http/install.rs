@@ -8,7 +8,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::{parse_mac, text, App};
+use super::{machine_mac, text, App};
 use crate::boot::install_fingerprint;
 use crate::mac::MacAddr;
 use crate::render::{self, InstallVars};
@@ -31,20 +31,39 @@ pub(super) fn off_lease(app: &App, mac: MacAddr, peer: IpAddr) -> Option<String>
     let leases = app.leases.as_ref()?;
     let now = state::now_ms() / 1000;
     let bound = |l: &crate::leases::Lease| l.state == crate::leases::LeaseState::Bound;
+    // Any NIC of the machine may hold the lease (it netbooted from its second port).
+    let nics = app
+        .inventory
+        .get()
+        .machine(&mac)
+        .map(|m| m.macs())
+        .unwrap_or_else(|| vec![mac]);
     if let IpAddr::V4(ip) = peer.to_canonical() {
         if leases
             .lease_at(ip, now)
-            .is_some_and(|l| l.mac == mac && bound(&l))
+            .is_some_and(|l| nics.contains(&l.mac) && bound(&l))
         {
             return None;
         }
     }
-    Some(match leases.lease_of(mac, now).filter(bound) {
-        Some(l) => format!(
+    let held: Vec<String> = nics
+        .iter()
+        .filter_map(|n| leases.lease_of(*n, now).filter(bound))
+        .map(|l| {
+            if l.mac == mac {
+                l.ip.to_string()
+            } else {
+                format!("{} (NIC {})", l.ip, l.mac)
+            }
+        })
+        .collect();
+    Some(if held.is_empty() {
+        format!("the request came from {peer}, but {mac} holds no lease from this server")
+    } else {
+        format!(
             "the request came from {peer}, but {mac} leases {} from this server",
-            l.ip
-        ),
-        None => format!("the request came from {peer}, but {mac} holds no lease from this server"),
+            held.join(", ")
+        )
     })
 }
 
@@ -96,7 +115,7 @@ pub(super) async fn install_script(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(q): Query<TokenQuery>,
 ) -> Response {
-    let mac = match parse_mac(&mac) {
+    let mac = match machine_mac(&app, &mac) {
         Ok(m) => m,
         Err(r) => return r.into_response(),
     };
@@ -114,7 +133,7 @@ pub(super) async fn nocloud(
     Path((mac, token, file)): Path<(String, String, String)>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
 ) -> Response {
-    let mac = match parse_mac(&mac) {
+    let mac = match machine_mac(&app, &mac) {
         Ok(m) => m,
         Err(r) => return r.into_response(),
     };
@@ -277,7 +296,7 @@ pub(super) async fn converge_script(
             "log, done and failed are POSTs; GET is for converge\n",
         );
     }
-    let mac = match parse_mac(&mac) {
+    let mac = match machine_mac(&app, &mac) {
         Ok(m) => m,
         Err(r) => return r.into_response(),
     };
@@ -349,7 +368,7 @@ pub(super) async fn install_callback(
     Query(q): Query<TokenQuery>,
     body: String,
 ) -> Response {
-    let mac = match parse_mac(&mac) {
+    let mac = match machine_mac(&app, &mac) {
         Ok(m) => m,
         Err(r) => return r.into_response(),
     };
@@ -429,7 +448,7 @@ pub(super) async fn secret(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(q): Query<TokenQuery>,
 ) -> Response {
-    let mac = match parse_mac(&mac) {
+    let mac = match machine_mac(&app, &mac) {
         Ok(m) => m,
         Err(r) => return r.into_response(),
     };
@@ -567,7 +586,7 @@ pub(super) async fn discover(
     Query(q): Query<TokenQuery>,
     body: String,
 ) -> Response {
-    let mac = match parse_mac(&mac) {
+    let mac = match machine_mac(&app, &mac) {
         Ok(m) => m,
         Err(r) => return r.into_response(),
     };

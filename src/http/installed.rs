@@ -7,7 +7,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::netboot::MacQuery;
-use super::{files, parse_mac, state_reject, text, App};
+use super::{files, machine_mac, state_reject, text, App};
 use crate::mac::MacAddr;
 use crate::state::ConfigRun;
 
@@ -23,6 +23,7 @@ pub(super) async fn os_image(
         return text(StatusCode::NOT_FOUND, "no such OS image\n");
     };
     if let Some(mac) = q.mac.as_deref().and_then(|m| m.parse::<MacAddr>().ok()) {
+        let mac = app.inventory.get().id(mac);
         // Only whole-file fetches start the phase; a resumed range continues it.
         if headers.get(header::RANGE).is_none() {
             app.store
@@ -97,7 +98,7 @@ pub(super) async fn report(
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    let mac = match parse_mac(&mac) {
+    let mac = match machine_mac(&app, &mac) {
         Ok(m) => m,
         Err(r) => return r.into_response(),
     };

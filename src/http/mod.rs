@@ -366,3 +366,9 @@ fn parse_mac(s: &str) -> Result<MacAddr, Reject> {
     s.parse::<MacAddr>()
         .map_err(|e| Reject(StatusCode::BAD_REQUEST, format!("{e}\n")))
 }
+
+/// The machine a path names: any NIC of a listed machine is that machine, known by its
+/// key MAC (its state, token and events live there); an unlisted MAC is its own.
+fn machine_mac(app: &App, s: &str) -> Result<MacAddr, Reject> {
+    Ok(app.inventory.get().id(parse_mac(s)?))
+}

@@ -37,8 +37,9 @@ pub(super) async fn boot_script(
         }
         Err(e) => {
             tracing::warn!(mac = %mac, error = %e, "boot script failed");
+            let id = app.inventory.get().id(mac);
             app.store
-                .event(mac, "error", format!("boot script failed: {e}"));
+                .event(id, "error", format!("boot script failed: {e}"));
             if matches!(e, ScriptError::State(crate::state::StateError::Io(_))) {
                 // The install token could not be written (a full disk): nothing was armed.
                 return text(
@@ -67,14 +68,22 @@ pub(crate) enum ScriptError {
 /// machine with a durable install token first).
 pub(crate) async fn boot_script_for(
     app: &App,
-    mac: MacAddr,
+    nic: MacAddr,
 ) -> Result<(Choice, String), ScriptError> {
     let inv = app.inventory.get();
-    let machine = inv.machine(&mac);
+    let machine = inv.machine(&nic);
+    // Any NIC of a listed machine is that machine: its state lives under its key MAC.
+    let mac = inv.id(nic);
     let record = app.store.record(&mac);
     let choice = choice_for(&inv, mac, record.as_ref());
-    app.store
-        .observe(mac, machine.is_some(), state::Facts::default());
+    app.store.observe(
+        mac,
+        machine.is_some(),
+        state::Facts {
+            boot_nic: Some(nic.to_string()),
+            ..Default::default()
+        },
+    );
     let token = match choice {
         Choice::Install => Some(app.store.arm(mac).await?),
         Choice::Discover => Some(app.store.discovery_token(&mac)),
@@ -91,10 +100,15 @@ pub(crate) async fn boot_script_for(
         &app.config,
         &app.server_url,
         &inv,
-        mac,
+        nic,
         &choice,
         token.as_deref(),
     )?;
+    let message = if nic == mac {
+        message
+    } else {
+        format!("{message} (netbooted from its NIC {nic})")
+    };
     app.store.event(mac, "boot", message);
     Ok((choice, script))
 }
@@ -104,8 +118,14 @@ pub(super) struct MacQuery {
     pub(super) mac: Option<String>,
 }
 
+/// The machine a `?mac=` names (by its key MAC, whichever NIC was written).
+fn query_machine(app: &App, q: &MacQuery) -> Option<MacAddr> {
+    let mac = q.mac.as_deref()?.parse::<MacAddr>().ok()?;
+    Some(app.inventory.get().id(mac))
+}
+
 fn file_event(app: &App, q: &MacQuery, headers: &HeaderMap, what: &str) {
-    if let Some(mac) = q.mac.as_deref().and_then(|m| m.parse::<MacAddr>().ok()) {
+    if let Some(mac) = query_machine(app, q) {
         // Only whole-file fetches are boot steps; resumed ranges are not worth an event.
         if headers.get(header::RANGE).is_none() {
             app.store.event(mac, "file", format!("fetched {what}"));
@@ -123,7 +143,7 @@ async fn installer_kernel(
     method: &Method,
     headers: &HeaderMap,
 ) -> Option<Response> {
-    let mac = q.mac.as_deref().and_then(|m| m.parse::<MacAddr>().ok())?;
+    let mac = query_machine(app, q)?;
     if method != Method::GET || headers.get(header::RANGE).is_some() {
         return None;
     }

@@ -409,6 +409,7 @@ pub(crate) async fn machine(
     let Ok(mac) = mac.parse::<MacAddr>() else {
         return text(StatusCode::BAD_REQUEST, "not a MAC address\n");
     };
+    let mac = app.inventory.get().id(mac);
     let (inv, record) = match super::known(&app, mac) {
         Ok(x) => x,
         Err(r) => return r.into_response(),
@@ -517,6 +518,20 @@ fn fact_rows(v: &MachineView, record: Option<&Record>) -> Vec<(String, String)> 
         if let Some(val) = val {
             facts.push((k.to_string(), val.clone()));
         }
+    }
+    // Every NIC the inventory lists, and the one it last netbooted from.
+    let boot_nic = f.boot_nic.as_deref();
+    for n in &v.nics {
+        let mac = n.mac.to_string();
+        let note = if boot_nic == Some(mac.as_str()) {
+            " (netbooted from this NIC)"
+        } else {
+            ""
+        };
+        facts.push((format!("NIC {}", n.name), format!("{mac}{note}")));
+    }
+    if let (true, Some(b)) = (v.nics.is_empty(), boot_nic) {
+        facts.push(("netbooted from".into(), b.to_string()));
     }
     if let Some(r) = record {
         facts.push(("first seen".into(), fmt_time(r.first_seen) + " UTC"));
@@ -665,6 +680,7 @@ pub(crate) async fn action(
     let Ok(mac) = mac.parse::<MacAddr>() else {
         return text(StatusCode::BAD_REQUEST, "not a MAC address\n");
     };
+    let mac = app.inventory.get().id(mac);
     if let Some(a) = action.strip_prefix("power-") {
         let Ok(a) = a.parse::<crate::power::Action>() else {
             return text(

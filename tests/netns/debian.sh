@@ -18,10 +18,15 @@
 #            and comes back configured as the same host: same OS image, package list,
 #            bundle and Puppet numbers, same hostname on its console and in its page;
 #            finally the replacement is re-armed (`stemcell reinstall`) and reinstalls.
-#   uefi     OVMF, virtio-net with its iPXE EFI ROM, virtio disk. The role's Puppet code
-#            fails at first (an exec of /bin/false): `config-failed` with Puppet's error in
-#            the events; the test fixes the manifest in the puppet folder and the machine's
-#            timer (puppet_interval 1min) converges it: `configured`, nginx answers.
+#   uefi     OVMF, two virtio-net NICs with their iPXE EFI ROM, virtio disk. The machine is
+#            listed by its first NIC with both under `interfaces:` and a `network:` bond of
+#            the two (active-backup, DHCP); the firmware netboots it from its SECOND NIC:
+#            it is the listed machine (not an unknown one), the page and API name the NIC it
+#            booted from. The role's Puppet code fails at first (an exec of /bin/false):
+#            `config-failed` with Puppet's error in the events; the test fixes the manifest
+#            in the puppet folder and the machine's timer (puppet_interval 1min) converges
+#            it: `configured`, nginx answers; then the first NIC's link is cut (QMP
+#            set_link) and nginx still answers over the bond.
 #   corrupt  as bios, but the served archive has 16 bytes changed (current.json keeps the
 #            real sha256): the install fails with "sha256 mismatch", never done; then a
 #            second machine gets an archive cut in half: it fails as "truncated".
@@ -57,7 +62,7 @@ TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 STEMCELL=${2:-${STEMCELL:-$TARGET/debug/stemcell}}
 case "$SCENARIO" in
 bios) FW=bios MAC=52:54:00:de:b1:01 MAC2=52:54:00:de:b1:11 ;;
-uefi) FW=uefi-ipxe MAC=52:54:00:de:b1:02 MAC2= ;;
+uefi) FW=uefi-ipxe MAC=52:54:00:de:b1:02 MAC2='' NIC2=52:54:00:de:b1:22 ;;
 corrupt) FW=bios MAC=52:54:00:de:b1:03 MAC2=52:54:00:de:b1:13 ;;
 *)
 	echo "usage: $0 bios|uefi|corrupt [STEMCELL]" >&2
@@ -159,8 +164,16 @@ power_on() {
 	SERIAL=$W/$1-$n.console
 	ON=$SECONDS
 	ON_MS=$(date +%s%3N)
-	LAB_DISK_BUS=virtio lab_qemu "$NS" "$FW" "$3" "$2" "$4" "$SERIAL" \
-		-m "${DEB_MEM:-2048}" -smp "${DEB_SMP:-1}" || die "QEMU did not start for $1"
+	local extra=()
+	if [ -n "${NIC2:-}" ]; then
+		# The second NIC boots first (bootindex 1); the first one never netboots.
+		extra=(-netdev "tap,id=n1,ifname=tap1,script=no,downscript=no"
+			-device "virtio-net-pci,netdev=n1,mac=$NIC2,bootindex=1"
+			-qmp "unix:$W/$1-$n.qmp,server=on,wait=off")
+		QMP=$W/$1-$n.qmp
+	fi
+	LAB_DISK_BUS=virtio LAB_NIC_BOOTINDEX=${NIC2:+3} lab_qemu "$NS" "$FW" "$3" "$2" "$4" "$SERIAL" \
+		-m "${DEB_MEM:-2048}" -smp "${DEB_SMP:-1}" "${extra[@]}" || die "QEMU did not start for $1"
 	QEMU_PID=$LAB_PID
 }
 power_off() { lab_stop "$QEMU_PID"; }
@@ -272,6 +285,13 @@ machines:
     role: web
     vars: { disk: /dev/vda }
 EOF
+	if [ -n "${NIC2:-}" ]; then
+		cat >>"$D/inventory.yaml.new" <<EOF
+    interfaces: { eno1: "$1", eno2: "$NIC2" }
+    network:
+      bond0: { bond: [eno1, eno2], mode: active-backup, dhcp: true }
+EOF
+	fi
 	if [ -n "${2:-}" ]; then
 		printf '  "%s":\n    hostname: %s\n    role: %s\n    vars: { disk: /dev/vda }\n' "$2" "$4" "$3" >>"$D/inventory.yaml.new"
 	fi
@@ -442,6 +462,65 @@ if [ "$SCENARIO" = uefi ]; then
 		pass "the stem cell ran once"
 	else
 		fail "the stem cell started $(lab_count "$SERIAL" '^stemcell: stem cell starting') times"
+	fi
+	# Several NICs: it netbooted from its second NIC and was the listed machine throughout.
+	if [ "$(jqm "$NIC2" .hostname)" = "$HOST" ] && [ "$(jqm "$NIC2" .mac)" = "$MAC" ] &&
+		[ "$(jqm "$MAC" .facts.boot_nic)" = "$NIC2" ]; then
+		pass "two NICs: its second NIC $NIC2 is $HOST (key $MAC), and it netbooted from it (facts.boot_nic)"
+	else
+		fail "two NICs: /api/v1/machines/$NIC2 is $(machine_json "$NIC2" | head -c 300)"
+	fi
+	if lab_api "$NS" /api/v1/machines | jq -e --arg m "$NIC2" '[.[] | select(.mac == $m)] | length == 0' >/dev/null; then
+		pass "two NICs: no unknown machine for $NIC2 in the machine list"
+	else
+		fail "two NICs: $NIC2 shows up as a machine of its own"
+	fi
+	if grep -qE $'^boot\t.*netbooted from its NIC '"$NIC2" "$W/events-$MAC.txt"; then
+		pass "two NICs: the boot event says it: $(grep -aE $'^boot\t.*netbooted from its NIC' "$W/events-$MAC.txt" | head -n 1 | cut -f2)"
+	else
+		fail "two NICs: no boot event naming the NIC $NIC2"
+	fi
+	if lab_seen "$SERIAL" '^install: network: systemd-networkd, from the inventory: .*20-stemcell-bond0.netdev'; then
+		pass "the install wrote the bond: $(grep -a '^install: network:' "$SERIAL" | tr -d '\r' | cut -c1-160)"
+	else
+		fail "the install did not write the inventory's bond"
+	fi
+	# The bond: cut the first (active) NIC's link; the machine stays reachable over the other.
+	qmp() {
+		python3 - "$QMP" "$1" <<'EOF'
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+f = s.makefile("rw")
+f.readline()
+for cmd in ('{"execute": "qmp_capabilities"}', sys.argv[2]):
+    f.write(cmd + "\n")
+    f.flush()
+    while True:
+        r = json.loads(f.readline())
+        if "return" in r or "error" in r:
+            break
+    if "error" in r:
+        sys.exit(r["error"].get("desc", "QMP error"))
+EOF
+	}
+	if qmp '{"execute": "set_link", "arguments": {"name": "n0", "up": false}}'; then
+		cut=$SECONDS
+		if lab_wait 60 "" page_is "$MAC" "$HOST: role web, configured by Puppet"; then
+			pass "bond: the first NIC's link is cut (QMP set_link n0 off); http://$(jqm "$MAC" .ip)/ still answers over the second NIC ($((SECONDS - cut)) s)"
+		else
+			fail "bond: nothing answers at $(jqm "$MAC" .ip) once the first NIC's link is cut"
+		fi
+		# And back: the other NIC's link cut, the first one's restored.
+		if qmp '{"execute": "set_link", "arguments": {"name": "n0", "up": true}}' &&
+			qmp '{"execute": "set_link", "arguments": {"name": "n1", "up": false}}' &&
+			lab_wait 60 "" page_is "$MAC" "$HOST: role web, configured by Puppet"; then
+			pass "bond: with the second NIC's link cut instead, it answers over the first"
+		else
+			fail "bond: no answer over the first NIC with the second one's link cut"
+		fi
+	else
+		fail "QMP set_link failed on $QMP"
 	fi
 	power_off
 	finish
