@@ -34,10 +34,12 @@ fn debian_bios_configured_power_cycle_and_replacement() {
     scenario("bios");
 }
 
-/// OVMF: the role's Puppet code fails (config-failed, the error in the events); fixed in
-/// the site's puppet folder, the machine's timer converges it.
+/// OVMF, a machine with two NICs netbooting from its second: the listed machine, its
+/// installed system on a bond of both that survives either link being cut; the role's
+/// Puppet code fails (config-failed, the error in the events); fixed in the site's puppet
+/// folder, the machine's timer converges it.
 #[test]
-fn debian_uefi_failing_role_is_fixed_by_the_timer() {
+fn debian_uefi_two_nics_bond_and_failing_role_fixed_by_the_timer() {
     scenario("uefi");
 }
 

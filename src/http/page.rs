@@ -316,6 +316,9 @@ pub(crate) async fn index(
         let q_ok = q.is_empty()
             || q_mac == Some(v.mac)
             || v.mac.to_string().contains(&q)
+            || v.nics
+                .iter()
+                .any(|n| q_mac == Some(n.mac) || n.mac.to_string().contains(&q))
             || v.hostname
                 .as_deref()
                 .is_some_and(|h| h.to_ascii_lowercase().contains(&q))
