@@ -1561,6 +1561,9 @@ mod tests {
         };
         assert_eq!(get("init").1, 0o100755);
         assert_eq!(get("init").4, b"#!/bin/sh\necho hello\n");
+        // Discovery's LLDP listener, whatever init is used.
+        assert_eq!(get("usr/libexec/stemcell/lldp").1, 0o100755);
+        assert_eq!(get("usr/libexec/stemcell/lldp").4, LLDP.as_bytes());
         assert_eq!(get("bin/busybox").1, 0o100755);
         assert_eq!(get("bin/sh").1, 0o120777);
         assert_eq!(get("bin/sh").4, b"busybox");
