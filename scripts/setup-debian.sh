@@ -35,6 +35,26 @@ if ((${#missing[@]})); then
   apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# lldpd only as the discovery test's switch (tests/netns/discover.sh, inside its own
+# namespace): never as this host's service, which would announce the host on its real
+# network. policy-rc.d keeps the package from starting it; systemd's unit is disabled.
+if ! dpkg-query -W -f='${Status}' lldpd 2>/dev/null | grep -q "install ok installed"; then
+  echo "setup: installing lldpd (not as a service)"
+  policy=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    policy=1
+  fi
+  rc=0
+  apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends lldpd >/dev/null || rc=$?
+  [ -z "$policy" ] || rm -f /usr/sbin/policy-rc.d
+  [ "$rc" = 0 ] || exit "$rc"
+fi
+if [ -d /run/systemd/system ] && systemctl is-enabled -q lldpd.service 2>/dev/null; then
+  systemctl disable -q --now lldpd.service
+fi
+
 if ! command -v cargo >/dev/null 2>&1; then
   [ -x "$HOME/.cargo/bin/cargo" ] || {
     echo "setup: installing the Rust toolchain with rustup"

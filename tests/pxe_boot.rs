@@ -78,6 +78,14 @@ fn pxe_failing_install_does_not_loop() {
     scenario("failing");
 }
 
+/// Discovery (tests/netns/discover.sh): an unlisted machine with two NICs and two disks
+/// reports every NIC (link, speed, the NIC it booted from, the switch and port from a real
+/// lldpd), its disks and DMI; the page's snippet, pasted into the inventory, passes `check`.
+#[test]
+fn pxe_discovery_reports_nics_lldp_disks_and_a_snippet_check_accepts() {
+    scenario("discover");
+}
+
 #[test]
 fn pxe_debian_installer_fetches_its_preseed() {
     scenario("debian-installer");

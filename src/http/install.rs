@@ -545,7 +545,8 @@ pub(super) async fn secret(
 }
 
 /// Most facts taken from one discovery report, and their longest key and value.
-const FACTS_MAX: usize = 128;
+// A server with 8 NICs (10 facts each) and 24 disks (9 each) stays well inside.
+const FACTS_MAX: usize = 512;
 const FACT_KEY_MAX: usize = 64;
 const FACT_VALUE_MAX: usize = 512;
 
@@ -655,7 +656,7 @@ mod tests {
         assert_eq!(f.get("memory_kb").map(String::as_str), Some("2048"));
         assert_eq!(f.get("dmi.vendor").map(String::as_str), Some("QEMU"));
         assert_eq!(f.len(), 3);
-        let many: String = (0..500)
+        let many: String = (0..FACTS_MAX + 100)
             .map(|i| format!("k{i}={}\n", "v".repeat(2000)))
             .collect();
         let f = parse_facts(&many);

@@ -18,6 +18,7 @@ mod installed;
 pub(crate) mod listen;
 mod netboot;
 pub(crate) mod page;
+mod snippet;
 pub(crate) mod tls;
 
 use std::sync::Arc;

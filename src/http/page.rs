@@ -540,13 +540,16 @@ fn fact_rows(v: &MachineView, record: Option<&Record>) -> Vec<(String, String)> 
         facts.push(("first seen".into(), fmt_time(r.first_seen) + " UTC"));
         facts.push(("last seen".into(), fmt_time(r.last_seen) + " UTC"));
     }
+    // One summary row per NIC (link, speed, boot, switch and port), then the raw facts.
+    facts.extend(super::snippet::nic_rows(&f.hardware));
     for (k, val) in &f.hardware {
         facts.push((k.clone(), val.clone()));
     }
     facts
 }
 
-/// A ready-to-paste inventory entry for a machine that is not listed.
+/// A ready-to-paste inventory entry for a machine that is not listed: its NICs and a disk
+/// rule from the discovery facts (see `snippet`).
 fn inventory_snippet(v: &MachineView, inv: &Inventory) -> String {
     let host = v
         .facts
@@ -561,7 +564,7 @@ fn inventory_snippet(v: &MachineView, inv: &Inventory) -> String {
         .next()
         .cloned()
         .unwrap_or_else(|| "ROLE".into());
-    format!("  \"{}\":\n    hostname: {host}\n    role: {role}\n", v.mac)
+    super::snippet::inventory_snippet(v.mac, &host, &role, &v.facts.hardware)
 }
 
 /// The last 500 events, oldest first, with the install token masked.

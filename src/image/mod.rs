@@ -105,6 +105,10 @@ pub(crate) const DEFAULT_MODULES: &[&str] = &[
 /// The stem cell's init, compiled in (`--init FILE` replaces it).
 pub(crate) const INIT: &str = include_str!("../../image/init");
 
+/// Discovery's LLDP listener (`image/lldp`, a perl script without modules), installed as
+/// `/usr/libexec/stemcell/lldp`; the init runs it when perl is there.
+const LLDP: &str = include_str!("../../image/lldp");
+
 /// Debian packages the tools come from when no `--tools-dir` is given. Their shared
 /// libraries come from the library packages they depend on ([`library_packages`]), never
 /// from the build host.
@@ -118,6 +122,8 @@ pub(crate) const TOOL_PACKAGES: &[&str] = &[
     "dosfstools",
     "zstd",
     "tar",
+    // /usr/bin/perl alone (no modules): image/lldp's packet socket for discovery's LLDP.
+    "perl-base",
 ];
 
 /// Dependencies that are libraries without the `lib` prefix.
@@ -237,6 +243,14 @@ const TOOLS: &[Tool] = &[
         mode: 0o755,
         required: false,
         purpose: "OS image extraction with xattrs and numeric owners (GNU tar)",
+        links: &[],
+    },
+    Tool {
+        from: &["usr/bin/perl"],
+        to: "usr/bin/perl",
+        mode: 0o755,
+        required: false,
+        purpose: "LLDP neighbours in discovery (perl: a packet socket)",
         links: &[],
     },
 ];
@@ -416,6 +430,7 @@ pub(crate) fn build(opts: &BuildOptions) -> Result<BuildReport> {
     let mut ar = Archive::default();
     base_layout(&mut ar)?;
     ar.file("init", opts.init.as_bytes().to_vec(), 0o755)?;
+    ar.file("usr/libexec/stemcell/lldp", LLDP.as_bytes().to_vec(), 0o755)?;
     add_tools(&mut ar, &tool_roots, &mut notes)?;
     let sel = add_modules(&mut ar, &kernel, &opts.modules)?;
     let release = format!(
@@ -1546,6 +1561,9 @@ mod tests {
         };
         assert_eq!(get("init").1, 0o100755);
         assert_eq!(get("init").4, b"#!/bin/sh\necho hello\n");
+        // Discovery's LLDP listener, whatever init is used.
+        assert_eq!(get("usr/libexec/stemcell/lldp").1, 0o100755);
+        assert_eq!(get("usr/libexec/stemcell/lldp").4, LLDP.as_bytes());
         assert_eq!(get("bin/busybox").1, 0o100755);
         assert_eq!(get("bin/sh").1, 0o120777);
         assert_eq!(get("bin/sh").4, b"busybox");

@@ -13,6 +13,8 @@
 #              The firmware probes snponly.efi's size over TFTP, aborts that transfer with
 #              error 8, then fetches it; snponly.efi is iPXE, which asks for the boot script.
 #   failing    SeaBIOS as in bios; the machine's role template exits 3
+#   discover   an unlisted machine with two NICs and two disks is discovered (its own
+#              script, tests/netns/discover.sh, which says what it checks)
 #   debian-installer
 #              SeaBIOS as in bios; the machine's role boots Debian's own netboot installer
 #              (debian-installer-12-netboot-amd64's linux and initrd.gz, from the assets
@@ -64,11 +66,12 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 SCENARIO=${1:-}
 STEMCELL=${2:-${STEMCELL:-${CARGO_TARGET_DIR:-$ROOT/target}/debug/stemcell}}
 case "$SCENARIO" in
+discover) exec bash "$ROOT/tests/netns/discover.sh" "$STEMCELL" ;;
 bios | failing | debian-installer) FW=bios MODE=authoritative ;;
 uefi-ipxe) FW=uefi-ipxe MODE=proxy ;;
 uefi-pxe) FW=uefi-pxe MODE=authoritative ;;
 *)
-	echo "usage: $0 bios|uefi-ipxe|uefi-pxe|failing|debian-installer [STEMCELL]" >&2
+	echo "usage: $0 bios|uefi-ipxe|uefi-pxe|failing|debian-installer|discover [STEMCELL]" >&2
 	exit 2
 	;;
 esac
