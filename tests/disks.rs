@@ -104,7 +104,10 @@ fn fake_server() -> Sys {
     // SATA behind AHCI at 00:1f.2, on the controller's port 1 (the kernel's ata3)
     let sata = "pci0000:00/0000:00:1f.2/ata3/host2/target2:0:0/2:0:0:0";
     s.block(sata, "sda", 976_773_168, 0, 0);
-    s.link(&format!("devices/{sata}/block/sda/device"), "../../../2:0:0:0");
+    s.link(
+        &format!("devices/{sata}/block/sda/device"),
+        "../../../2:0:0:0",
+    );
     s.write(&format!("devices/{sata}/vendor"), "ATA     \n");
     s.write(&format!("devices/{sata}/model"), "Samsung SSD 860 \n");
     s.write(&format!("devices/{sata}/vpd_pg80"), vpd80("S3Z9NB0K123456"));
@@ -122,25 +125,25 @@ fn fake_server() -> Sys {
     );
     s.write(&format!("devices/{ctrl}/serial"), "S64KNX0R123456      \n");
     let subsys = "devices/virtual/nvme-subsystem/nvme-subsys0";
-    s.link(
-        &format!("{subsys}/nvme0"),
-        &format!("../../../{ctrl}"),
-    );
+    s.link(&format!("{subsys}/nvme0"), &format!("../../../{ctrl}"));
     // the namespace head sits right in the subsystem (no block/ folder between)
     s.write(&format!("{subsys}/nvme0n1/size"), "1000215216\n");
     s.write(&format!("{subsys}/nvme0n1/removable"), "0\n");
     s.write(&format!("{subsys}/nvme0n1/queue/rotational"), "0\n");
-    s.link("block/nvme0n1", "../devices/virtual/nvme-subsystem/nvme-subsys0/nvme0n1");
-    s.write(&format!("{subsys}/nvme0n1/nsid"), "1\n");
-    s.write(
-        &format!("{subsys}/nvme0n1/wwid"),
-        "eui.002538b911b12345\n",
+    s.link(
+        "block/nvme0n1",
+        "../devices/virtual/nvme-subsystem/nvme-subsys0/nvme0n1",
     );
+    s.write(&format!("{subsys}/nvme0n1/nsid"), "1\n");
+    s.write(&format!("{subsys}/nvme0n1/wwid"), "eui.002538b911b12345\n");
     s.link(&format!("{subsys}/nvme0n1/device"), "../../nvme-subsys0");
     // virtio-scsi at 00:07.0 (its SCSI host is the kernel's host1), target 2
     let vs = "pci0000:00/0000:00:07.0/virtio3/host1/target1:0:2/1:0:2:0";
     s.block(vs, "sdc", 41_943_040, 0, 1);
-    s.link(&format!("devices/{vs}/block/sdc/device"), "../../../1:0:2:0");
+    s.link(
+        &format!("devices/{vs}/block/sdc/device"),
+        "../../../1:0:2:0",
+    );
     s.write(&format!("devices/{vs}/vendor"), "QEMU    \n");
     s.write(&format!("devices/{vs}/model"), "QEMU HARDDISK   \n");
     s.write(&format!("devices/{vs}/vpd_pg80"), vpd80("drive-scsi0"));
@@ -150,13 +153,19 @@ fn fake_server() -> Sys {
     s.write(&format!("devices/{usb}/serial"), "1-0000:00:05.0-1\n");
     let us = format!("{usb}/2-1:1.0/host3/target3:0:0/3:0:0:0");
     s.block(&us, "sdb", 2_097_152, 1, 1);
-    s.link(&format!("devices/{us}/block/sdb/device"), "../../../3:0:0:0");
+    s.link(
+        &format!("devices/{us}/block/sdb/device"),
+        "../../../3:0:0:0",
+    );
     s.write(&format!("devices/{us}/vendor"), "QEMU    \n");
     s.write(&format!("devices/{us}/model"), "QEMU HARDDISK   \n");
     // an empty card reader slot, a loop device and a RAID: not disks to list
     let cr = "pci0000:00/0000:00:14.0/usb1/1-3/1-3:1.0/host4/target4:0:0/4:0:0:0";
     s.block(cr, "sdd", 0, 1, 1);
-    s.link(&format!("devices/{cr}/block/sdd/device"), "../../../4:0:0:0");
+    s.link(
+        &format!("devices/{cr}/block/sdd/device"),
+        "../../../4:0:0:0",
+    );
     s.block("virtual/block", "loop0", 1000, 0, 1);
     s.block("virtual/block", "md127", 1000, 0, 0);
     s
@@ -241,9 +250,9 @@ fn an_ata_disk_without_vpd_page_89_falls_back_to_inquiry_and_page_80() {
         return;
     }
     let sys = fake_server();
-    fs::remove_file(sys.p(
-        "devices/pci0000:00/0000:00:1f.2/ata3/host2/target2:0:0/2:0:0:0/vpd_pg89",
-    ))
+    fs::remove_file(
+        sys.p("devices/pci0000:00/0000:00:1f.2/ata3/host2/target2:0:0/2:0:0:0/vpd_pg89"),
+    )
     .unwrap();
     let out = run_lister(sys.dir.path());
     assert!(out.contains("disk.sda.model=Samsung SSD 860\n"), "{out}");
