@@ -27,6 +27,8 @@ use crate::values::{
 use crate::yaml::{self, Kind, Node, Pos, Problems, Report};
 
 mod disk;
+#[cfg(feature = "fuzzing")]
+pub(crate) use disk::legacy_ok as legacy_disk_ok;
 pub(crate) use disk::DiskRule;
 #[cfg(test)]
 pub(crate) use disk::Pick;

@@ -161,6 +161,24 @@ pub(super) fn resolve(
         .unwrap_or_else(DiskRule::default_rule)
 }
 
+/// Whether `vars.disk` holds something [`read_legacy`] takes (a device path it turns into
+/// a rule); anything else is refused at load.
+pub(crate) fn legacy_ok(s: &str) -> bool {
+    let path_ok = |p: &str, extra: &str| {
+        !p.is_empty()
+            && p.len() <= 255
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || extra.contains(c))
+    };
+    if let Some(p) = s.strip_prefix("/dev/disk/by-path/") {
+        path_ok(p, "._:+@-")
+    } else if let Some(p) = s.strip_prefix("/dev/disk/by-id/") {
+        path_ok(p, "._:+@#-")
+    } else {
+        s.strip_prefix("/dev/").is_some_and(kernel_name)
+    }
+}
+
 fn read_legacy(r: &mut Report, node: &Node, what: &str) -> Option<DiskRule> {
     let from = format!("{what} vars.disk");
     let Some(s) = node.as_str() else {
@@ -170,6 +188,10 @@ fn read_legacy(r: &mut Report, node: &Node, what: &str) -> Option<DiskRule> {
         );
         return None;
     };
+    if !legacy_ok(s) {
+        r.add(node.pos, format!("{what}: vars.disk {s:?} is not a disk: write /dev/NAME, /dev/disk/by-path/… or /dev/disk/by-id/…, or better a `disk:` rule (see docs/reference.md)"));
+        return None;
+    }
     let mut rule = DiskRule {
         from,
         ..DiskRule::default()
