@@ -507,3 +507,70 @@ disk.vdb.transport=virtio
         assert!(!ok && out.contains("matches 0 disk(s)"), "{out}");
     }
 }
+
+#[cfg(test)]
+mod shipped_templates {
+    //! The shipped stem-cell templates render with every kind of disk rule into scripts
+    //! `sh -n` accepts, and carry the rule.
+    use super::*;
+    use std::process::Command;
+
+    fn render(template: &str, disk: &str) -> String {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("debian-12.yaml"), "suite: bookworm\n").unwrap();
+        let text = format!(
+            "roles:\n  r:\n    template: {template}\nmachines:\n  \"52:54:00:00:00:01\":\n    role: r\n{disk}"
+        );
+        let ctx = crate::inventory::Context {
+            kickstarts: root.join("kickstarts"),
+            os_specs: dir.path().to_path_buf(),
+            subnets: vec![],
+        };
+        let inv = Inventory::parse(Path::new("i.yaml"), &text, &ctx)
+            .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let m = inv.machine(&"52:54:00:00:00:01".parse().unwrap()).unwrap();
+        let os = crate::images::BuiltOs {
+            name: "debian-12".into(),
+            sha256: "0".repeat(64),
+            size: 1,
+            file: "x.tar.zst".into(),
+        };
+        let vars = InstallVars::new(&inv, m, "http://s", "t")
+            .with_machine_key("k")
+            .with_os(&os);
+        let script = install_script(&root.join("kickstarts"), template, &vars).unwrap();
+        let st = Command::new("sh")
+            .arg("-n")
+            .arg("-c")
+            .arg(&script)
+            .status()
+            .unwrap();
+        assert!(st.success(), "sh -n {template} with {disk:?}");
+        script
+    }
+
+    #[test]
+    fn debian_and_base_render_with_disk_rules() {
+        for t in ["debian.sh.j2", "base.sh.j2"] {
+            let s = render(t, "");
+            assert!(
+                s.contains("DISK_RULE=\"pick=only (from the default)\""),
+                "{t}"
+            );
+            assert!(s.contains("\npick_disks\n"), "{t}");
+            assert!(!s.contains("DISK=\"/dev/sda\""), "{t}: a bare /dev/sda");
+            let s = render(t, "    vars: { disk: /dev/vdb }\n");
+            assert!(s.contains("DISK_RULE_NAME=\"vdb\""), "{t}");
+        }
+        let s = render(
+            "debian.sh.j2",
+            "    disk: { model: \"SAMSUNG*\", min_size: 100G, pick: smallest, raid1: true }\n",
+        );
+        assert!(s.contains("DISK_RULE_RAID1=\"1\""));
+        assert!(s.contains("DISK_RULE_MODEL=\"SAMSUNG*\""));
+        assert!(s.contains("DISK_RULE_MIN_SIZE=\"100000000000\""));
+        assert!(s.contains("DISK_RULE_PICK=\"smallest\""));
+        assert!(s.contains("--level=1 --raid-devices=2"));
+    }
+}
