@@ -73,6 +73,12 @@ impl DiskRule {
         }
     }
 
+    /// Whether an operator wrote it as a `disk:` block (not the default, not `vars.disk`,
+    /// which the variables already carry).
+    pub(crate) fn is_block(&self) -> bool {
+        self.from != "the default" && !self.from.ends_with(" vars.disk")
+    }
+
     /// The rule in one line, as the install's messages show it: `serial=X pick=only`.
     pub(crate) fn describe(&self) -> String {
         let mut out = Vec::new();

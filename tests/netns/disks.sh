@@ -142,8 +142,6 @@ fi
 lab_netns "$SRV" || die "cannot create namespace $SRV"
 { lab_bridge "$SRV" && lab_tap "$SRV" tap0; } || die "cannot set up br0 and tap0 in $SRV"
 lab_config "$D" authoritative "$IMAGE"
-mkdir -p "$D/kickstarts/snippets"
-cp "$ROOT/kickstarts/snippets/disk.sh.j2" "$D/kickstarts/snippets/"
 cat >"$D/kickstarts/disktest.sh.j2" <<'EOF'
 #!/bin/sh
 # The disk rule in a real stem cell, writing nothing (tests/netns/disks.sh).
