@@ -2,9 +2,10 @@
 //! a machine with two virtio disks and a USB stick netboots through the real `stemcell`
 //! binary in a network namespace; without a rule the install refuses and its failed event
 //! lists all three disks; with `disk: { serial: … }` it picks that disk although the kernel
-//! calls it vdb. The checks live in the script; this runs it and shows its output when it
-//! fails. About 3 minutes on 2 cores (two stem-cell boots under TCG), plus the stem-cell
-//! build the first time.
+//! calls it vdb; with `disk: { raid1: true }` it takes both virtio disks and the stem cell
+//! builds an md RAID 1 of them. The checks live in the script; this runs it and shows its
+//! output when it fails. About 2 minutes on 2 cores (three stem-cell boots under TCG, 40 s
+//! each), plus the stem-cell build (about 90 s with a warm package cache).
 //!
 //! Skips only when the script says it cannot run here (exit 77: not root, or no QEMU or
 //! iPXE); a skip is reported as one, and fails under `CI=true` (`common::skip`).

@@ -12,7 +12,10 @@
 # refuses; the machine is failed, and its failed event lists all three disks (name, size,
 # model, serial, by_path). Then the inventory gets `disk: { serial: SMALL-PID }` (hot
 # reload), the machine is re-armed, and power-on 2 picks vdb, not vda (the first disk) nor
-# sda: the install's log line names it and why, and the machine is installed.
+# sda: the install's log line names it and why, and the machine is installed. Power-on 3,
+# `disk: { raid1: true }`: both virtio disks (not the stick), partitioned and made into an
+# md RAID 1 by the stem cell's sfdisk and mdadm, without udev (the debian template's steps
+# up to the array).
 #
 #   tests/netns/disks.sh [STEMCELL]      # as root; STEMCELL: the binary
 #
@@ -153,6 +156,25 @@ die() {
 }
 {% include "snippets/disk.sh.j2" %}
 pick_disks
+if [ "${DISK_RULE_RAID1}" = 1 ]; then
+	# what debian.sh.j2 does for raid1, up to the array: the stem cell's sfdisk, mdadm and
+	# md modules, without udev
+	for d in ${DISKS}; do
+		printf 'label: gpt\ntype=A19D880F-05FC-4D3B-A006-743F0F84911E, name="root"\n' |
+			/usr/sbin/sfdisk --quiet --wipe always "${d}" || die "sfdisk ${d}"
+	done
+	i=0
+	until [ -b "${DISK}1" ] && [ -b "${DISK2}1" ]; do
+		i=$((i + 1))
+		[ "${i}" -gt 10 ] && die "no partitions ${DISK}1 ${DISK2}1"
+		sleep 1
+	done
+	modprobe -q raid1 || true
+	/usr/sbin/mdadm --create /dev/md0 --run --level=1 --raid-devices=2 --metadata=1.2 \
+		--name=root "${DISK}1" "${DISK2}1" 2>&1 || die "mdadm --create failed"
+	say "disktest: raid1 $(grep '^md0' /proc/mdstat)"
+	exit 0
+fi
 say "disktest: would install onto ${DISKS}; nothing written"
 EOF
 inventory() {
@@ -218,6 +240,27 @@ check "the test template reports the disk and wrote nothing" \
 	grep -qE "^log"$'\t'"install: disktest: would install onto /dev/vdb; nothing written" "$W/events.txt"
 check "the disks seen include the USB stick" \
 	grep -qE "^log"$'\t'"install: disks seen: sda \(0\.3 GB, model QEMU HARDDISK.*removable\); vda .*; vdb " "$W/events.txt"
+
+# ---- raid1: both virtio disks (pick: only wants exactly two), an md RAID 1 of them ---------
+echo "== disk: { raid1: true }; re-arm; power-on 3" >&3
+reloads=$(lab_count "$D/server.log" "inventory reloaded")
+inventory "    disk: { raid1: true }"
+reloaded() { [ "$(lab_count "$D/server.log" "inventory reloaded")" -gt "$reloads" ]; }
+if lab_wait 30 "" reloaded; then pass "the inventory reloaded with raid1"; else
+	die "the inventory did not reload" "$D/server.log"
+fi
+code=$(lab_api "$SRV" "/api/v1/machines/$MAC/reinstall" -o "$W/rearm.txt" -w '%{http_code}' -X POST \
+	-H "Authorization: Bearer $(cat "$D/admin.token")")
+case "$code" in 2??) pass "re-armed (HTTP $code)" ;; *) die "re-arm: HTTP $code" "$W/rearm.txt" ;; esac
+power_on 3
+serial "^stemcell: install done" 600 "the raid1 install succeeds"
+power_off
+events
+check "it picked both virtio disks, not the USB stick" \
+	grep -qE "^log"$'\t'"install: disks: /dev/vda vda \(2\.1 GB.*\) and /dev/vdb vdb \(1\.1 GB.*\), RAID 1: the only two matches of the disk rule pick=only raid1=true" "$W/events.txt"
+check "the stem cell made the RAID 1 of their partitions (mdadm, md_mod, raid1; no udev)" \
+	grep -qE "^log"$'\t'"install: disktest: raid1 md0 : active (auto-read-only )?raid1 vd[ab]1\[[01]\] vd[ab]1\[[01]\]" "$W/events.txt"
+grep -aE "^log"$'\t'"install: disktest: raid1" "$W/events.txt" | sed 's/^/    /' >&3
 
 echo "== disks: $PASSES passed, $FAILS failed, $((SECONDS - T0)) s" >&3
 [ "$FAILS" = 0 ]
