@@ -3,7 +3,8 @@
 //! virtio-blk, SATA (libata, with the IDENTIFY data in VPD page 0x89), NVMe with native
 //! multipath, virtio-scsi and a USB stick: every `disk.NAME.*` line, by-path and by-id names
 //! as udev would make them, and what it must leave out (loop devices, partitions, an empty
-//! card reader). Also `sh -n` and shellcheck on the script and the install snippet.
+//! card reader). Also `sh -n` and shellcheck on the script (the install snippet is run by
+//! src/render.rs's tests).
 
 mod common;
 
@@ -282,7 +283,7 @@ fn a_missing_sysfs_is_an_error_not_an_empty_list() {
 }
 
 #[test]
-fn the_lister_and_the_disk_snippet_pass_sh_n_and_shellcheck() {
+fn the_lister_passes_sh_n_and_shellcheck() {
     let lister = root().join("image/disks");
     let st = Command::new("sh").arg("-n").arg(&lister).status().unwrap();
     assert!(st.success(), "sh -n image/disks");
