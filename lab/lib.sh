@@ -125,7 +125,8 @@ lab_build_image() {
 
 # lab_config DIR MODE [IMAGE]: a stemcell folder. MODE: authoritative, proxy or off. IMAGE:
 # a folder with vmlinuz and initrd.img; without it, empty stand-ins in DIR/stemcell (for runs
-# that boot nothing). Writes DIR/stemcell.yaml, DIR/admin.token and DIR/kickstarts/base.sh.j2;
+# that boot nothing). Writes DIR/stemcell.yaml, DIR/admin.token and DIR/kickstarts/base.sh.j2
+# with the snippets it includes (DIR/kickstarts/snippets/);
 # the caller writes DIR/inventory.yaml and any other kickstarts. The lab's defaults, each
 # overridable for one call (`LAB_IFACE=lo lab_config ...`):
 #   LAB_IFACE=br0  LAB_SERVER_IP=198.18.0.1  LAB_LISTEN=198.18.0.1:8080
@@ -140,6 +141,8 @@ lab_config() {
 	local dir=$1 mode=$2 image=${3:-stemcell} subnets=${LAB_SUBNETS:-}
 	mkdir -p "$dir/kickstarts" "$dir/state"
 	cp "$(dirname "${BASH_SOURCE[0]}")/../kickstarts/base.sh.j2" "$dir/kickstarts/" || return 1
+	# the snippets base.sh.j2 includes (snippets/disk.sh.j2: the target disk by its rule)
+	cp -r "$(dirname "${BASH_SOURCE[0]}")/../kickstarts/snippets" "$dir/kickstarts/" || return 1
 	echo "lab-admin-token-$$-$RANDOM$RANDOM" >"$dir/admin.token"
 	if [ -z "${3:-}" ]; then
 		mkdir -p "$dir/stemcell"

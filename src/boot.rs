@@ -260,6 +260,11 @@ pub(crate) fn fingerprint_with(
             .unwrap_or_default()
             .as_bytes(),
     );
+    // A `disk:` rule changes what is installed where; machines without one (and the
+    // `vars.disk` spelling, in the variables above) keep the fingerprint they had.
+    if m.disk.is_block() {
+        feed(m.disk.describe().as_bytes());
+    }
     format!("{}:{h:016x}", m.role)
 }
 

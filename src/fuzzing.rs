@@ -808,7 +808,9 @@ machines:
             "an unsafe value was accepted: {s:?}\n{text}"
         );
     }
-    if all_exact_good {
+    // vars.disk is also the machine's disk rule: it must be a device path (/dev/NAME,
+    // /dev/disk/by-path/…, /dev/disk/by-id/…), else the load says so.
+    if all_exact_good && crate::inventory::legacy_disk_ok(&s[3].0) {
         if let Err(e) = &loaded {
             panic!("safe values were refused: {e}\n{text}");
         }

@@ -26,6 +26,13 @@ use crate::values::{
 };
 use crate::yaml::{self, Kind, Node, Pos, Problems, Report};
 
+mod disk;
+#[cfg(feature = "fuzzing")]
+pub(crate) use disk::legacy_ok as legacy_disk_ok;
+pub(crate) use disk::DiskRule;
+#[cfg(test)]
+pub(crate) use disk::Pick;
+
 /// Variables as templates see them.
 pub(crate) type Vars = serde_json::Map<String, Value>;
 
@@ -57,6 +64,8 @@ pub(crate) struct Role {
     pub(crate) power: PowerLayer,
     /// Secrets the role's installs may fetch (`/secret/MAC/NAME`), by name.
     pub(crate) secrets: Vec<SecretRef>,
+    /// The role's target-disk rule (`disk:`, or its `vars.disk`), if it has one.
+    pub(crate) disk: Option<DiskRule>,
 }
 
 /// A secret a role declares, and where (for `check`'s messages).
@@ -84,6 +93,8 @@ pub(crate) struct Machine {
     /// The installed system's network (`network:`); `None`: DHCP on the NIC it booted from.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) network: Option<crate::network::Plan>,
+    /// Its target-disk rule: its own, else its role's, else the defaults' (resolved at load).
+    pub(crate) disk: DiskRule,
 }
 
 impl Machine {
@@ -119,6 +130,7 @@ pub(crate) struct Defaults {
     pub(crate) vars: Vars,
     #[serde(skip)]
     pub(crate) power: PowerLayer,
+    pub(crate) disk: Option<DiskRule>,
 }
 
 /// Which protocol a BMC speaks.
@@ -223,6 +235,7 @@ pub(crate) fn test_machine(mac: &str, hostname: &str, role: &str) -> Machine {
         power: None,
         nics: Vec::new(),
         network: None,
+        disk: DiskRule::default_rule(),
     }
 }
 
@@ -243,6 +256,7 @@ impl Inventory {
                 unknown: UnknownPolicy::Ignore,
                 vars: Vars::new(),
                 power: PowerLayer::default(),
+                disk: None,
             },
             roles: BTreeMap::new(),
             machines: HashMap::new(),
@@ -285,7 +299,9 @@ impl Inventory {
                 if let Some(p) = d.get("power") {
                     inv.defaults.power = read_power(&mut r, p, "defaults.power");
                 }
-                d.deny_unknown(&mut r, "defaults", &["unknown", "vars", "power"]);
+                let (dk, vs) = (d.get("disk"), d.get("vars"));
+                inv.defaults.disk = disk::read_level(&mut r, dk, vs, "defaults");
+                d.deny_unknown(&mut r, "defaults", &["unknown", "vars", "power", "disk"]);
             }
         }
 
@@ -570,6 +586,8 @@ fn read_role(r: &mut Report, name: &str, node: &Node, ctx: &Context) -> Option<R
             }
         }
     }
+    let (dk, vs) = (m.get("disk"), m.get("vars"));
+    let disk = disk::read_level(r, dk, vs, &format!("role {name:?}"));
     if (initrd.is_some() || cmdline.is_some()) && kernel.is_none() {
         r.add(
             node.pos,
@@ -589,6 +607,7 @@ fn read_role(r: &mut Report, name: &str, node: &Node, ctx: &Context) -> Option<R
             "puppet_server",
             "power",
             "secrets",
+            "disk",
         ],
     );
     Some(Role {
@@ -602,6 +621,7 @@ fn read_role(r: &mut Report, name: &str, node: &Node, ctx: &Context) -> Option<R
         puppet_server,
         power,
         secrets,
+        disk,
     })
 }
 
@@ -694,6 +714,13 @@ fn read_machine(
         )
         .over(&own_power.as_ref().map(|p| p.1.clone()).unwrap_or_default());
     let power = resolve_power(r, mac, own_power.map(|p| p.0).unwrap_or(key_pos), layered);
+    let (dk, vs) = (m.get("disk"), m.get("vars"));
+    let own_disk = disk::read_level(r, dk, vs, &format!("machine {mac}"));
+    let disk = disk::resolve(
+        inv.defaults.disk.as_ref(),
+        roles.get(&role).and_then(|x| x.disk.as_ref()),
+        own_disk,
+    );
     let nics = m
         .get("interfaces")
         .map(|n| crate::network::read_interfaces(r, n, mac, key_pos))
@@ -722,6 +749,7 @@ fn read_machine(
             "power",
             "interfaces",
             "network",
+            "disk",
         ],
     );
     Some((
@@ -735,6 +763,7 @@ fn read_machine(
             power,
             nics,
             network,
+            disk,
         },
         host_pos,
     ))
@@ -1469,6 +1498,153 @@ machines:
             e.contains("duplicate key \"vars\"") || e.contains("variable name"),
             "{e}"
         );
+    }
+
+    const DISKS: &str = "defaults:
+  disk: { pick: smallest }
+roles:
+  web:
+    template: web.sh.j2
+    disk: { model: \"SAMSUNG*\", min_size: 100G, pick: largest }
+  db:
+    template: web.sh.j2
+machines:
+  52:54:00:00:00:01:
+    role: web
+    disk: { serial: S3Z9NB0K123456 }
+  52:54:00:00:00:02:
+    role: web
+  52:54:00:00:00:03:
+    role: db
+  52:54:00:00:00:04:
+    role: db
+    vars: { disk: /dev/vdb }
+";
+
+    #[test]
+    fn disk_rules_most_specific_block_wins_whole() {
+        let f = Fixture::new();
+        let inv = f.parse(DISKS).unwrap();
+        let d = |s: &str| inv.machine(&s.parse().unwrap()).unwrap().disk.clone();
+        // the machine's own rule, nothing merged from the role's
+        let one = d("52:54:00:00:00:01");
+        assert_eq!(one.serial.as_deref(), Some("S3Z9NB0K123456"));
+        assert_eq!(
+            (one.model, one.min_size, one.pick),
+            (None, None, Pick::Only)
+        );
+        assert_eq!(one.from, "machine 52:54:00:00:00:01");
+        let two = d("52:54:00:00:00:02");
+        assert_eq!(two.model.as_deref(), Some("SAMSUNG*"));
+        assert_eq!(two.min_size, Some(100_000_000_000));
+        assert_eq!(two.pick, Pick::Largest);
+        assert_eq!(two.from, "role \"web\"");
+        let three = d("52:54:00:00:00:03");
+        assert_eq!(
+            (three.pick, three.from.as_str()),
+            (Pick::Smallest, "defaults")
+        );
+        // vars.disk: an explicit name rule on the machine's level
+        let four = d("52:54:00:00:00:04");
+        assert_eq!(four.name.as_deref(), Some("vdb"));
+        assert_eq!(four.pick, Pick::Only);
+        assert_eq!(four.from, "machine 52:54:00:00:00:04 vars.disk");
+        // no rule anywhere: exactly one non-removable disk
+        let inv = f
+            .parse(&DISKS.replace("  disk: { pick: smallest }\n", ""))
+            .unwrap();
+        let three = inv.machine(&"52:54:00:00:00:03".parse().unwrap()).unwrap();
+        assert_eq!(three.disk, DiskRule::default_rule());
+        assert_eq!(three.disk.describe(), "pick=only");
+        // legacy by-path and by-id device paths become those rules
+        let inv = f
+            .parse(&DISKS.replace("/dev/vdb", "/dev/disk/by-path/pci-0000:00:1f.2-ata-2.0"))
+            .unwrap();
+        let four = inv.machine(&"52:54:00:00:00:04".parse().unwrap()).unwrap();
+        assert_eq!(four.disk.by_path.as_deref(), Some("pci-0000:00:1f.2-ata-2"));
+        let inv = f
+            .parse(&DISKS.replace("/dev/vdb", "/dev/disk/by-id/wwn-0x5000c500a1b2c3d4"))
+            .unwrap();
+        let four = inv.machine(&"52:54:00:00:00:04".parse().unwrap()).unwrap();
+        assert_eq!(four.disk.by_id.as_deref(), Some("wwn-0x5000c500a1b2c3d4"));
+    }
+
+    #[test]
+    fn bad_disk_rules_name_the_place() {
+        let f = Fixture::new();
+        let e = err(&f, &DISKS.replace("serial: S3Z9", "serail: S3Z9"));
+        assert!(e.contains("inventory.yaml:12:13: unknown key \"serail\" in machine 52:54:00:00:00:01 disk (did you mean \"serial\"?)"), "{e}");
+        let e = err(&f, &DISKS.replace("min_size: 100G", "min_size: 100X"));
+        assert!(
+            e.contains("inventory.yaml:6:42: role \"web\" disk.min_size \"100X\" is not a size"),
+            "{e}"
+        );
+        let e = err(&f, &DISKS.replace("pick: largest", "pick: biggest"));
+        assert!(e.contains("inventory.yaml:6:54: role \"web\" disk.pick must be only, smallest, largest or first"), "{e}");
+        let e = err(
+            &f,
+            &DISKS.replace("min_size: 100G", "min_size: 2T, max_size: 1T"),
+        );
+        assert!(e.contains("inventory.yaml:6:11: role \"web\" disk: min_size (2000000000000 bytes) is larger than max_size (1000000000000 bytes)"), "{e}");
+        let e = err(
+            &f,
+            &DISKS.replace(
+                "serial: S3Z9NB0K123456",
+                "serial: S3Z9NB0K123456, raid1: true",
+            ),
+        );
+        assert!(e.contains("inventory.yaml:12:11: machine 52:54:00:00:00:01 disk: raid1 needs two disks, but serial names a single disk"), "{e}");
+        let e = err(&f, &DISKS.replace("/dev/vdb", "sdb"));
+        assert!(
+            e.contains(
+                "inventory.yaml:19:19: machine 52:54:00:00:00:04: vars.disk \"sdb\" is not a disk"
+            ),
+            "{e}"
+        );
+        let e = err(
+            &f,
+            &DISKS.replace(
+                "vars: { disk: /dev/vdb }",
+                "vars: { disk: /dev/vdb }\n    disk: { name: vdb }",
+            ),
+        );
+        assert!(
+            e.contains(
+                "inventory.yaml:19:19: machine 52:54:00:00:00:04: vars.disk is the old spelling"
+            ),
+            "{e}"
+        );
+        let e = err(
+            &f,
+            &DISKS.replace("serial: S3Z9NB0K123456", "by_path: \"pci 0000\""),
+        );
+        assert!(e.contains("inventory.yaml:12:22: machine 52:54:00:00:00:01 disk.by_path \"pci 0000\" is not a by-path name"), "{e}");
+        let e = err(
+            &f,
+            &DISKS.replace("serial: S3Z9NB0K123456", "name: \"/dev/sd;a\""),
+        );
+        assert!(
+            e.contains("disk.name \"/dev/sd;a\" is not a kernel disk name"),
+            "{e}"
+        );
+        let e = err(
+            &f,
+            &DISKS.replace("pick: smallest", "pick: smallest, removable: maybe"),
+        );
+        assert!(
+            e.contains("inventory.yaml:2:38: defaults disk.removable must be true or false"),
+            "{e}"
+        );
+        // hostile values never reach the script
+        for bad in ["$(reboot)", "a\\\"b", "`id`", "x;y", "a|b", "a'b"] {
+            let e = err(&f, &DISKS.replace("S3Z9NB0K123456", &format!("\"{bad}\"")));
+            assert!(
+                e.contains("inventory.yaml:12:21: machine 52:54:00:00:00:01 disk.serial"),
+                "{bad}: {e}"
+            );
+            let e = err(&f, &DISKS.replace("\"SAMSUNG*\"", &format!("\"{bad}\"")));
+            assert!(e.contains("disk.model"), "{bad}: {e}");
+        }
     }
 
     #[test]

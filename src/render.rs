@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::inventory::{Inventory, Machine, Vars};
+use crate::inventory::{DiskRule, Inventory, Machine, Vars};
 use crate::mac::MacAddr;
 
 /// The variables an install template sees (the README lists them).
@@ -48,7 +48,57 @@ pub(crate) struct InstallVars {
     /// The installed system's network from `network:`, written for each OS's tool; `None`:
     /// the template's own default (DHCP on the NIC the machine booted from).
     pub(crate) network: Option<NetworkVars>,
+    /// The machine's target-disk rule (inventory `disk:`), for `snippets/disk.sh.j2`.
+    pub(crate) disk: DiskVars,
     pub(crate) vars: Vars,
+}
+
+/// A disk rule as templates see it: every field present (empty string or 0 when the rule
+/// does not use it), so a shell template can assign them all without `default()`. Every
+/// string holds only characters the inventory allows for its field (letters, digits and a
+/// few of `. _ - : / @ + = , % ~ ^ * ? # [ ] ( ) !` and spaces): safe inside double quotes.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct DiskVars {
+    pub(crate) by_path: String,
+    pub(crate) by_id: String,
+    pub(crate) serial: String,
+    pub(crate) wwn: String,
+    pub(crate) model: String,
+    pub(crate) name: String,
+    /// Bytes; 0: no bound.
+    pub(crate) min_size: u64,
+    pub(crate) max_size: u64,
+    /// only, smallest, largest or first.
+    pub(crate) pick: &'static str,
+    pub(crate) removable: bool,
+    pub(crate) raid1: bool,
+    /// The whole rule in one line (`serial=S3Z9 pick=only`), for messages.
+    pub(crate) rule: String,
+    /// Where it was written (`machine 52:54:…`, `role db`, `defaults`, `… vars.disk`,
+    /// `the default`).
+    pub(crate) from: String,
+}
+
+impl DiskVars {
+    pub(crate) fn new(rule: &DiskRule) -> DiskVars {
+        let s = |o: &Option<String>| o.clone().unwrap_or_default();
+        DiskVars {
+            by_path: s(&rule.by_path),
+            by_id: s(&rule.by_id),
+            serial: s(&rule.serial),
+            wwn: s(&rule.wwn),
+            model: s(&rule.model),
+            name: s(&rule.name),
+            min_size: rule.min_size.unwrap_or(0),
+            max_size: rule.max_size.unwrap_or(0),
+            pick: rule.pick.as_str(),
+            removable: rule.removable,
+            raid1: rule.raid1,
+            rule: rule.describe(),
+            // role names are plain; the quotes of messages stay out of scripts
+            from: rule.from.replace('"', ""),
+        }
+    }
 }
 
 /// `network:` as files for the new root (paths relative to it).
@@ -127,6 +177,7 @@ impl InstallVars {
                     ifupdown: plan.ifupdown(&nics),
                 }
             }),
+            disk: DiskVars::new(&m.disk),
             vars: inv.merged_vars(m),
         }
     }
@@ -320,5 +371,240 @@ mod tests {
             cmdline("h={{ hostname }}", &hostile),
             Err(RenderError::UnsafeCmdline(';'))
         ));
+    }
+}
+
+#[cfg(test)]
+mod disk_snippet {
+    //! `snippets/disk.sh.j2` rendered from real inventories and run by `sh` against a fake
+    //! disk lister: which disk each rule picks, and the refusal that lists every disk.
+    use super::*;
+    use std::process::Command;
+
+    const FACTS: &str = "\
+disk.sda.bytes=1073741824
+disk.sda.model=QEMU HARDDISK
+disk.sda.serial=1-0000:00:05.0-1
+disk.sda.wwn=
+disk.sda.by_path=pci-0000:00:05.0-usb-0:1:1.0-scsi-0:0:0:0
+disk.sda.by_id=usb-QEMU_QEMU_HARDDISK_1-0000:00:05.0-1-0:0
+disk.sda.removable=1
+disk.sda.rotational=1
+disk.sda.transport=usb
+disk.vda.bytes=10737418240
+disk.vda.model=
+disk.vda.serial=SMALL-1
+disk.vda.wwn=
+disk.vda.by_path=pci-0000:00:04.0
+disk.vda.by_id=virtio-SMALL-1
+disk.vda.removable=0
+disk.vda.rotational=1
+disk.vda.transport=virtio
+disk.vdb.bytes=21474836480
+disk.vdb.model=
+disk.vdb.serial=BIG-2
+disk.vdb.wwn=
+disk.vdb.by_path=pci-0000:00:03.0
+disk.vdb.by_id=virtio-BIG-2
+disk.vdb.removable=0
+disk.vdb.rotational=1
+disk.vdb.transport=virtio
+";
+
+    /// (exit status, output) of the snippet for a machine whose entry ends with `extra`.
+    fn run(extra: &str) -> (bool, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let ks = dir.path().join("kickstarts");
+        std::fs::create_dir_all(ks.join("snippets")).unwrap();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        std::fs::copy(
+            root.join("kickstarts/snippets/disk.sh.j2"),
+            ks.join("snippets/disk.sh.j2"),
+        )
+        .unwrap();
+        std::fs::write(
+            ks.join("t.sh.j2"),
+            "set -eu\nsay() { echo \"install: $*\"; }\ndie() { echo \"install: FAILED: $*\"; exit 1; }\n{% include \"snippets/disk.sh.j2\" %}\npick_disks\necho \"PICKED $DISKS\"\n",
+        )
+        .unwrap();
+        let lister = dir.path().join("lister");
+        std::fs::write(dir.path().join("facts"), FACTS).unwrap();
+        std::fs::write(
+            &lister,
+            format!("#!/bin/sh\ncat '{}'\n", dir.path().join("facts").display()),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&lister, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let text = format!(
+            "roles:\n  r:\n    template: t.sh.j2\nmachines:\n  \"52:54:00:00:00:01\":\n    role: r\n{extra}"
+        );
+        let ctx = crate::inventory::Context {
+            kickstarts: ks.clone(),
+            os_specs: dir.path().join("os"),
+            subnets: vec![],
+        };
+        let inv = Inventory::parse(Path::new("i.yaml"), &text, &ctx)
+            .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let m = inv.machine(&"52:54:00:00:00:01".parse().unwrap()).unwrap();
+        let vars = InstallVars::new(&inv, m, "http://s", "t");
+        let script = install_script(&ks, "t.sh.j2", &vars).unwrap();
+        // busybox's sh, as in the stem cell, where there is one; else the system's
+        let mut cmd = if Path::new("/bin/busybox").exists() {
+            let mut c = Command::new("/bin/busybox");
+            c.arg("sh");
+            c
+        } else {
+            Command::new("sh")
+        };
+        let out = cmd
+            .arg("-c")
+            .arg(&script)
+            .env("DISKS_LISTER", &lister)
+            .env("DISKS_FACTS", dir.path().join("seen"))
+            .env("DISKS_SETTLE", "0")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    }
+
+    fn picks(extra: &str, want: &str) {
+        let (ok, out) = run(extra);
+        assert!(ok, "{extra}: {out}");
+        assert!(out.contains(&format!("PICKED {want}\n")), "{extra}: {out}");
+    }
+
+    #[test]
+    fn rules_pick_the_disk_they_name_whatever_the_kernel_calls_it() {
+        picks("    disk: { serial: SMALL-1 }\n", "/dev/vda");
+        picks("    disk: { by_path: pci-0000:00:03.0 }\n", "/dev/vdb");
+        picks(
+            "    disk: { by_path: /dev/disk/by-path/pci-0000:00:04.0 }\n",
+            "/dev/vda",
+        );
+        picks("    disk: { by_id: virtio-BIG-2 }\n", "/dev/vdb");
+        picks("    disk: { pick: smallest }\n", "/dev/vda");
+        picks("    disk: { pick: largest }\n", "/dev/vdb");
+        // first by by_path: 00:03.0 (vdb) before 00:04.0 (vda)
+        picks("    disk: { pick: first }\n", "/dev/vdb");
+        picks("    disk: { min_size: 15G }\n", "/dev/vdb");
+        picks("    disk: { max_size: 12GiB }\n", "/dev/vda");
+        // the USB stick only when removable disks are allowed
+        picks(
+            "    disk: { model: \"QEMU*\", removable: true }\n",
+            "/dev/sda",
+        );
+        picks("    disk: { raid1: true }\n", "/dev/vda /dev/vdb");
+        picks(
+            "    disk: { raid1: true, pick: largest, removable: true }\n",
+            "/dev/vdb /dev/vda",
+        );
+        // the legacy variable is an explicit name rule
+        picks("    vars: { disk: /dev/vdb }\n", "/dev/vdb");
+        let (ok, out) = run("    disk: { serial: SMALL-1 }\n");
+        assert!(ok);
+        assert!(
+            out.contains("install: disk: /dev/vda vda (10.7 GB, model -, serial SMALL-1, by_path pci-0000:00:04.0, virtio): the only match of the disk rule serial=SMALL-1 pick=only (from machine 52:54:00:00:00:01)"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn no_single_match_refuses_and_lists_every_disk() {
+        // no rule: the default `pick: only` sees two non-removable disks
+        let (ok, out) = run("");
+        assert!(!ok, "{out}");
+        let reason = out
+            .lines()
+            .find(|l| l.starts_with("install: FAILED: "))
+            .unwrap_or_else(|| panic!("{out}"));
+        assert_eq!(
+            reason,
+            "install: FAILED: no disk to install on: the disk rule pick=only (from the default) matches 2 disk(s) (vda vdb), it needs exactly 1; nothing was written. Disks seen: sda (1.1 GB, model QEMU HARDDISK, serial 1-0000:00:05.0-1, by_path pci-0000:00:05.0-usb-0:1:1.0-scsi-0:0:0:0, usb, removable); vda (10.7 GB, model -, serial SMALL-1, by_path pci-0000:00:04.0, virtio); vdb (21.5 GB, model -, serial BIG-2, by_path pci-0000:00:03.0, virtio)"
+        );
+        assert!(!out.contains("PICKED"), "{out}");
+        // nothing matches
+        let (ok, out) = run("    disk: { name: nvme0n1 }\n");
+        assert!(
+            !ok && out.contains("matches 0 disk(s), it needs exactly 1"),
+            "{out}"
+        );
+        // raid1 with one match
+        let (ok, out) = run("    disk: { raid1: true, min_size: 15G }\n");
+        assert!(
+            !ok && out.contains("matches 1 disk(s) (vdb), it needs exactly 2 (raid1)"),
+            "{out}"
+        );
+        let (ok, out) = run("    disk: { model: \"SAMSUNG*\", pick: smallest }\n");
+        assert!(!ok && out.contains("matches 0 disk(s)"), "{out}");
+    }
+}
+
+#[cfg(test)]
+mod shipped_templates {
+    //! The shipped stem-cell templates render with every kind of disk rule into scripts
+    //! `sh -n` accepts, and carry the rule.
+    use super::*;
+    use std::process::Command;
+
+    fn render(template: &str, disk: &str) -> String {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("debian-12.yaml"), "suite: bookworm\n").unwrap();
+        let text = format!(
+            "roles:\n  r:\n    template: {template}\nmachines:\n  \"52:54:00:00:00:01\":\n    role: r\n{disk}"
+        );
+        let ctx = crate::inventory::Context {
+            kickstarts: root.join("kickstarts"),
+            os_specs: dir.path().to_path_buf(),
+            subnets: vec![],
+        };
+        let inv = Inventory::parse(Path::new("i.yaml"), &text, &ctx)
+            .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let m = inv.machine(&"52:54:00:00:00:01".parse().unwrap()).unwrap();
+        let os = crate::images::BuiltOs {
+            name: "debian-12".into(),
+            sha256: "0".repeat(64),
+            size: 1,
+            file: "x.tar.zst".into(),
+        };
+        let vars = InstallVars::new(&inv, m, "http://s", "t")
+            .with_machine_key("k")
+            .with_os(&os);
+        let script = install_script(&root.join("kickstarts"), template, &vars).unwrap();
+        let st = Command::new("sh")
+            .arg("-n")
+            .arg("-c")
+            .arg(&script)
+            .status()
+            .unwrap();
+        assert!(st.success(), "sh -n {template} with {disk:?}");
+        script
+    }
+
+    #[test]
+    fn debian_and_base_render_with_disk_rules() {
+        for t in ["debian.sh.j2", "base.sh.j2"] {
+            let s = render(t, "");
+            assert!(
+                s.contains("DISK_RULE=\"pick=only (from the default)\""),
+                "{t}"
+            );
+            assert!(s.contains("\npick_disks\n"), "{t}");
+            assert!(!s.contains("DISK=\"/dev/sda\""), "{t}: a bare /dev/sda");
+            let s = render(t, "    vars: { disk: /dev/vdb }\n");
+            assert!(s.contains("DISK_RULE_NAME=\"vdb\""), "{t}");
+        }
+        let s = render(
+            "debian.sh.j2",
+            "    disk: { model: \"SAMSUNG*\", min_size: 100G, pick: smallest, raid1: true }\n",
+        );
+        assert!(s.contains("DISK_RULE_RAID1=\"1\""));
+        assert!(s.contains("DISK_RULE_MODEL=\"SAMSUNG*\""));
+        assert!(s.contains("DISK_RULE_MIN_SIZE=\"100000000000\""));
+        assert!(s.contains("DISK_RULE_PICK=\"smallest\""));
+        assert!(s.contains("--level=1 --raid-devices=2"));
     }
 }

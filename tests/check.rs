@@ -172,8 +172,12 @@ fn render_shows_what_a_machine_would_get_without_changing_anything() {
     assert!(s.contains("#!ipxe"), "{s}");
     assert!(s.contains("BOOTIF=01-52-54-00-12-34-57"), "{s}");
     assert!(s.contains("HOSTNAME=\"db01\""), "{s}");
+    // The machine's vars.disk is its disk rule `{ name: sda }`, over the defaults' /dev/vda.
     assert!(
-        s.contains("DISK=\"/dev/sda\""),
+        s.contains("DISK_RULE_NAME=\"sda\"")
+            && s.contains(
+                "DISK_RULE=\"name=sda pick=only (from machine 52:54:00:12:34:57 vars.disk)\""
+            ),
         "machine vars override defaults: {s}"
     );
     assert!(

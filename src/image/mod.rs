@@ -81,6 +81,13 @@ pub(crate) const DEFAULT_MODULES: &[&str] = &[
     "sd_mod",
     "megaraid_sas",
     "mpt3sas",
+    // USB sticks and disks (a machine's third disk is often one: the disk rule must see it
+    // to leave it alone, and `removable: true` may pick it)
+    "usb_storage",
+    // software RAID 1 for the root (`disk: { raid1: true }`; mdadm is in TOOL_PACKAGES).
+    // Helper A's "all storage drivers" list includes md: keep these when merging.
+    "md_mod",
+    "raid1",
     // file systems (vfat's default codepage 437 and iocharset ascii; iso8859-1 and utf8
     // for mount options), the checksums ext4 asks for by name
     "ext4",
@@ -108,6 +115,10 @@ pub(crate) const INIT: &str = include_str!("../../image/init");
 /// Discovery's LLDP listener (`image/lldp`, a perl script without modules), installed as
 /// `/usr/libexec/stemcell/lldp`; the init runs it when perl is there.
 const LLDP: &str = include_str!("../../image/lldp");
+/// The disk lister (`image/disks`), compiled in: at [`DISKS_PATH`] in the initrd, used by
+/// the init's discovery facts and by install templates (`snippets/disk.sh.j2`).
+pub(crate) const DISKS: &str = include_str!("../../image/disks");
+pub(crate) const DISKS_PATH: &str = "usr/libexec/stemcell/disks";
 
 /// Debian packages the tools come from when no `--tools-dir` is given. Their shared
 /// libraries come from the library packages they depend on ([`library_packages`]), never
@@ -124,6 +135,7 @@ pub(crate) const TOOL_PACKAGES: &[&str] = &[
     "tar",
     // /usr/bin/perl alone (no modules): image/lldp's packet socket for discovery's LLDP.
     "perl-base",
+    "mdadm",
 ];
 
 /// Dependencies that are libraries without the `lib` prefix.
@@ -235,6 +247,14 @@ const TOOLS: &[Tool] = &[
         mode: 0o755,
         required: false,
         purpose: "OS image streams (zstd)",
+        links: &[],
+    },
+    Tool {
+        from: &["sbin/mdadm", "usr/sbin/mdadm"],
+        to: "usr/sbin/mdadm",
+        mode: 0o755,
+        required: false,
+        purpose: "software RAID 1 installs (mdadm)",
         links: &[],
     },
     Tool {
@@ -431,6 +451,7 @@ pub(crate) fn build(opts: &BuildOptions) -> Result<BuildReport> {
     base_layout(&mut ar)?;
     ar.file("init", opts.init.as_bytes().to_vec(), 0o755)?;
     ar.file("usr/libexec/stemcell/lldp", LLDP.as_bytes().to_vec(), 0o755)?;
+    ar.file(DISKS_PATH, DISKS.as_bytes().to_vec(), 0o755)?;
     add_tools(&mut ar, &tool_roots, &mut notes)?;
     let sel = add_modules(&mut ar, &kernel, &opts.modules)?;
     let release = format!(
@@ -1564,6 +1585,9 @@ mod tests {
         // Discovery's LLDP listener, whatever init is used.
         assert_eq!(get("usr/libexec/stemcell/lldp").1, 0o100755);
         assert_eq!(get("usr/libexec/stemcell/lldp").4, LLDP.as_bytes());
+        // the disk lister beside it, where the init and install templates call it
+        assert_eq!(get("usr/libexec/stemcell/disks").1, 0o100755);
+        assert_eq!(get("usr/libexec/stemcell/disks").4, DISKS.as_bytes());
         assert_eq!(get("bin/busybox").1, 0o100755);
         assert_eq!(get("bin/sh").1, 0o120777);
         assert_eq!(get("bin/sh").4, b"busybox");
