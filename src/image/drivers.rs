@@ -4,9 +4,9 @@
 //!   under `drivers/net/ethernet`; `storage` is every SCSI/SAS/RAID/FC host adapter
 //!   (`drivers/scsi`, LSI Fusion `drivers/message/fusion`), every SATA/PATA controller
 //!   (`drivers/ata`), NVMe (`drivers/nvme/host`), virtio-blk, Micron's mtip32xx and USB
-//!   disks. Both are the default (md RAID 1 is in the base list, whatever the sets); `--drivers` names
-//!   others (a set, or a folder of the kernel's module tree such as
-//!   `drivers/net/ethernet/intel`), `--drivers none` only the base list and `--module`.
+//!   disks. Both are the default (md RAID 1 is in the base list, whatever the sets).
+//!   `--drivers` names others (a set, or a folder of the kernel's module tree such as
+//!   `drivers/net/ethernet/intel`); `--drivers none` leaves the base list and `--module`.
 //!   [`MODULES_LEFT_OUT`] takes out of the sets what makes no sense in an installer (with
 //!   the reason); a module named with `--module` is always included.
 //! * **Firmware**: each included module lists the files it may load (`firmware=` in its
