@@ -9,38 +9,40 @@
 //!   tree (`DIR/boot/vmlinuz-VERSION` and `DIR/lib/modules/VERSION`, so `--kernel-dir /`
 //!   takes an installed kernel; `--kernel-version` picks one when there are several).
 //! * **Initrd**: a newc cpio archive written here (no root, no loop mounts, no `cpio`
-//!   binary), zstd-compressed (`--compression gzip`: gzip). It holds busybox (Debian's busybox-static), the stem cell's
-//!   init (`image/init`, compiled into this binary; `--init FILE` overrides it), the tools
-//!   an install of a real OS needs (sfdisk and blkid from fdisk and util-linux, mke2fs and
-//!   Debian's `mke2fs.conf` from e2fsprogs, mkfs.fat, zstd, GNU tar; see `TOOLS`), the boot
-//!   loaders the `base` template puts on disks (extlinux and its `mbr.bin`,
-//!   systemd-boot's `systemd-bootx64.efi`), the shared libraries the dynamically linked
-//!   ones need — their `DT_NEEDED` entries resolved, transitively, within the unpacked
-//!   library packages they depend on (libc6 included), never from the build host —
-//!   and the kernel modules in [`DEFAULT_MODULES`], those of the driver sets (every Ethernet
-//!   and storage driver by default, see [`drivers`]; `--drivers` chooses others) and any
-//!   `--module NAME`, together with every module they depend on, and the device firmware
-//!   those modules ask for (`firmware=` in their `.modinfo`), taken from Debian's firmware
-//!   packages ([`drivers::FIRMWARE_PACKAGES`], component `non-free-firmware`) into
-//!   `lib/firmware`. Dependencies come from the `depends=` field the kernel
-//!   build writes into each module's `.modinfo` section (Debian's package ships no
-//!   `modules.dep`: depmod runs at install time). `modules.dep`, `modules.alias` and
-//!   `modules.softdep` are written for just the included modules, in depmod's format, so
-//!   busybox `modprobe` loads them by name and by modalias.
+//!   binary), zstd-compressed (`--compression gzip`: gzip). It holds busybox (Debian's
+//!   busybox-static), the stem cell's init (`image/init`, compiled into this binary;
+//!   `--init FILE` overrides it), the tools an install of a real OS needs (sfdisk and blkid
+//!   from fdisk and util-linux, mke2fs and Debian's `mke2fs.conf` from e2fsprogs, mkfs.fat,
+//!   zstd, GNU tar; see `TOOLS`), the boot loaders the `base` template puts on disks
+//!   (extlinux and its `mbr.bin`, systemd-boot's `systemd-bootx64.efi`), the shared
+//!   libraries the dynamically linked ones need — their `DT_NEEDED` entries resolved,
+//!   transitively, within the unpacked library packages they depend on (libc6 included),
+//!   never from the build host — and the kernel modules in [`DEFAULT_MODULES`], those of
+//!   the driver sets (every Ethernet and storage driver by default, see [`drivers`];
+//!   `--drivers` chooses others) and any `--module NAME`, together with every module they
+//!   depend on, and the device firmware those modules ask for (`firmware=` in their
+//!   `.modinfo`), taken from Debian's firmware packages ([`drivers::FIRMWARE_PACKAGES`],
+//!   component `non-free-firmware`) into `lib/firmware`. Dependencies come from the
+//!   `depends=` field the kernel build writes into each module's `.modinfo` section
+//!   (Debian's package ships no `modules.dep`: depmod runs at install time).
+//!   `modules.dep`, `modules.alias` and `modules.softdep` are written for just the included
+//!   modules, in depmod's format, so busybox `modprobe` loads them by name and by modalias.
 //! * **Inputs fetched** when not given: `linux-image-*-amd64`, [`TOOL_PACKAGES`] and the
-//!   library packages they depend on, the firmware packages, as `.deb` files in `--cache` (default `$XDG_CACHE_HOME/stemcell`,
-//!   else `~/.cache/stemcell`), reused when the candidate version is already there, and the
-//!   newest cached file is used when apt has no package lists (offline). It needs
-//!   `apt-get update` to have run once; it waits while another apt-get or dpkg runs.
-//!   `--tools-dir DIR` (repeatable) takes busybox and the loaders from unpacked trees
-//!   instead, e.g. `--tools-dir /` for the host's installed packages.
+//!   library packages they depend on, the firmware packages, as `.deb` files in `--cache`
+//!   (default `$XDG_CACHE_HOME/stemcell`, else `~/.cache/stemcell`), reused when the
+//!   candidate version is already there, and the newest cached file is used when apt has
+//!   no package lists (offline). It needs `apt-get update` to have run once; it waits while
+//!   another apt-get or dpkg runs. `--tools-dir DIR` (repeatable) takes busybox and the
+//!   loaders from unpacked trees instead, e.g. `--tools-dir /` for the host's installed
+//!   packages.
 //!
 //! **Reproducible**: the same inputs give byte-identical outputs. Entries are sorted by path;
 //! every entry has uid and gid 0, a fixed mode, the mtime `SOURCE_DATE_EPOCH` (or 0) and an
 //! inode number from its position; zstd runs single-threaded at a fixed level (gzip: mtime
-//! 0, no file name and a fixed level). Nothing of the build host's files (mtimes, owners, directory order, umask, the
-//! paths of the inputs) reaches the archive. The unit tests below build twice from the same inputs laid out
-//! differently and compare bytes; `tests/pxe_boot.rs` does it with the real inputs.
+//! 0, no file name and a fixed level). Nothing of the build host's files (mtimes, owners,
+//! directory order, umask, the paths of the inputs) reaches the archive. The unit tests
+//! below build twice from the same inputs laid out differently and compare bytes;
+//! `tests/pxe_boot.rs` does it with the real inputs.
 //!
 //! No `build.sh` is needed: the downloads are plain `apt-get download` and `dpkg-deb -x`
 //! calls made from here.
