@@ -255,7 +255,7 @@ pub(crate) enum FirmwareSource {
 pub(crate) enum Compression {
     /// gzip -9.
     Gzip,
-    /// zstd -19: about a third smaller than gzip and faster to unpack (the default).
+    /// zstd -18: about a quarter smaller than gzip and faster to unpack (the default).
     Zstd,
 }
 
@@ -585,16 +585,17 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// zstd -19 in one frame with the content size, single-threaded: the same bytes in give the
-/// same bytes out (the library's version is pinned by Cargo.lock).
+/// zstd at [`ZSTD_LEVEL`] in one frame with the content size, single-threaded: the same
+/// bytes in give the same bytes out (the library's version is pinned by Cargo.lock).
 fn zstd_compress(data: &[u8]) -> Result<Vec<u8>> {
     zstd::bulk::compress(data, ZSTD_LEVEL).context("zstd")
 }
 
-/// zstd's level for the initrd. Measured on the default stem cell (98 MB of cpio): -19 makes
-/// 23.8 MB in 75 s, -15 26.3 MB in 18 s, -9 26.6 MB in 3 s, gzip -9 32.5 MB, xz -9e 21.4 MB
-/// (but the kernel unpacks xz much more slowly: 9.6 s to init under TCG against zstd's 6 s).
-const ZSTD_LEVEL: i32 = 19;
+/// zstd's level for the initrd. Measured on the default stem cell (98 MB of cpio, zstd
+/// 1.5): -18 makes 23.9 MB in 36 s, -19 23.8 MB in 77 s, -15 26.3 MB in 18 s, -9 26.6 MB in
+/// 3 s; gzip -9 32.5 MB, xz -9e 21.4 MB (but the kernel unpacks xz much more slowly: 9.6 s
+/// to init under TCG against zstd's 6 s).
+const ZSTD_LEVEL: i32 = 18;
 
 fn gzip(data: &[u8]) -> Result<Vec<u8>> {
     let mut enc = flate2::GzBuilder::new()
