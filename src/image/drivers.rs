@@ -154,6 +154,29 @@ pub(crate) fn is_glob(s: &str) -> bool {
     s.contains(['*', '?'])
 }
 
+/// Refuses a `--drivers` value that is no set, not `none` and no folder, before anything is
+/// fetched (folders are checked against the kernel's tree by [`select`]).
+pub(crate) fn check_names(sets: &[String]) -> Result<()> {
+    for s in sets {
+        let s = s.trim();
+        if s != "none" && !s.contains('/') && !DRIVER_SETS.iter().any(|d| d.name == s) {
+            return Err(unknown_set(s));
+        }
+    }
+    Ok(())
+}
+
+fn unknown_set(s: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "--drivers {s:?}: not a driver set ({}; none: only the base modules) nor a folder of the module tree such as drivers/net/ethernet/intel",
+        DRIVER_SETS
+            .iter()
+            .map(|d| format!("{}: {}", d.name, d.purpose))
+            .collect::<Vec<_>>()
+            .join("; ")
+    )
+}
+
 /// A module path left out of the driver sets, and why.
 pub(crate) type LeftOut = (String, &'static str);
 
@@ -190,14 +213,7 @@ pub(crate) fn select(sets: &[String], all: &[String]) -> Result<(Vec<String>, Ve
             }
             continue;
         }
-        bail!(
-            "--drivers {s:?}: not a driver set ({}; none: only the base modules) nor a folder of the module tree such as drivers/net/ethernet/intel",
-            DRIVER_SETS
-                .iter()
-                .map(|d| format!("{}: {}", d.name, d.purpose))
-                .collect::<Vec<_>>()
-                .join("; ")
-        );
+        return Err(unknown_set(s));
     }
     let mut picked = Vec::new();
     let mut left_out = Vec::new();
@@ -375,6 +391,12 @@ mod tests {
         let (m, _) = select(&["kernel/drivers/md/raid10.ko".into()], &all).unwrap();
         assert_eq!(m, ["kernel/drivers/md/raid10.ko"]);
         assert!(select(&["none".into()], &all).unwrap().0.is_empty());
+        assert!(check_names(&["ethernet".into(), "none".into(), "drivers/x".into()]).is_ok());
+        let e = check_names(&["wireless".into()]).unwrap_err().to_string();
+        assert!(
+            e.contains("not a driver set (ethernet: every Ethernet"),
+            "{e}"
+        );
         let e = select(&["wireless".into()], &all).unwrap_err().to_string();
         assert!(
             e.contains("not a driver set (ethernet: every Ethernet"),

@@ -459,6 +459,7 @@ impl fmt::Display for BuildReport {
 
 /// Build the stem cell's kernel and initrd into `opts.out`.
 pub(crate) fn build(opts: &BuildOptions) -> Result<BuildReport> {
+    drivers::check_names(&opts.drivers)?;
     let mut notes = Vec::new();
     let mut packages = Vec::new();
 
