@@ -10,7 +10,7 @@ PACKAGES=(
   shellcheck mmdebstrap uidmap jq kea-admin tcpdump
   systemd util-linux openssl
   vagrant vagrant-libvirt debconf-utils debian-installer-12-netboot-amd64 python3-venv
-  openipmi ipmitool systemd-container
+  openipmi ipmitool systemd-container kmod
 )
 
 # cloud-init only for its schema check (tests/installers.rs): never for this host's boot.
@@ -20,6 +20,31 @@ if [ ! -e /etc/cloud/cloud-init.disabled ]; then
 fi
 PACKAGES+=(cloud-init)
 
+# `stemcell image build` puts device firmware (firmware-bnx2x, firmware-misc-nonfree, ...)
+# into the stem cell: those packages are in Debian's non-free-firmware component, which a
+# minimal or cloud install's sources do not list. Add it (only that component, next to the
+# host's own sources) unless some source already has it.
+FIRMWARE_SOURCES=/etc/apt/sources.list.d/stemcell-non-free-firmware.sources
+if ! grep -rqs --include='*.list' --include='*.sources' -e 'non-free-firmware' \
+    /etc/apt/sources.list /etc/apt/sources.list.d/; then
+  echo "setup: enabling Debian's non-free-firmware component ($FIRMWARE_SOURCES)"
+  cat > "$FIRMWARE_SOURCES" <<'EOF'
+# Added by stemcell's scripts/setup-debian.sh: the device firmware packages the stem cell
+# carries (stemcell image build) come from this component.
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm bookworm-updates
+Components: non-free-firmware
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: http://deb.debian.org/debian-security
+Suites: bookworm-security
+Components: non-free-firmware
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOF
+fi
+
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -27,7 +52,9 @@ done
 export DEBIAN_FRONTEND=noninteractive
 # `stemcell image build` fetches Debian's kernel with apt-get download: the package lists
 # must exist and be fresh (a stale list names a kernel version the archive has dropped).
-if ((${#missing[@]})) || [ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*_Packages' -mmin -720 2>/dev/null | head -1)" ]; then
+# (Again at once when the non-free-firmware component has no list yet.)
+if ((${#missing[@]})) || [ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*_Packages' -mmin -720 2>/dev/null | head -1)" ] ||
+    [ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*_non-free-firmware_*Packages*' 2>/dev/null | head -1)" ]; then
   apt-get -o DPkg::Lock::Timeout=600 update -qq || echo "setup: apt-get update failed; going on with the lists there are" >&2
 fi
 if ((${#missing[@]})); then

@@ -57,9 +57,11 @@ fn stem_cell_image_is_reproducible_from_debian_packages() {
     }
     let initrd = std::fs::metadata(first.join("initrd.img")).unwrap().len();
     println!("initrd.img: {initrd} bytes");
+    // Every Ethernet and storage driver with its firmware, zstd -18: about 24 MB (see
+    // docs/hardware.md, "Drivers and firmware").
     assert!(
-        initrd < 20 << 20,
-        "the compressed initrd must stay under 20 MB: {initrd} bytes"
+        initrd < 32 << 20,
+        "the compressed initrd must stay under 32 MB: {initrd} bytes"
     );
 }
 

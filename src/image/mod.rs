@@ -9,34 +9,40 @@
 //!   tree (`DIR/boot/vmlinuz-VERSION` and `DIR/lib/modules/VERSION`, so `--kernel-dir /`
 //!   takes an installed kernel; `--kernel-version` picks one when there are several).
 //! * **Initrd**: a newc cpio archive written here (no root, no loop mounts, no `cpio`
-//!   binary), gzip-compressed. It holds busybox (Debian's busybox-static), the stem cell's
-//!   init (`image/init`, compiled into this binary; `--init FILE` overrides it), the tools
-//!   an install of a real OS needs (sfdisk and blkid from fdisk and util-linux, mke2fs and
-//!   Debian's `mke2fs.conf` from e2fsprogs, mkfs.fat, zstd, GNU tar; see `TOOLS`), the boot
-//!   loaders the `base` template puts on disks (extlinux and its `mbr.bin`,
-//!   systemd-boot's `systemd-bootx64.efi`), the shared libraries the dynamically linked
-//!   ones need — their `DT_NEEDED` entries resolved, transitively, within the unpacked
-//!   library packages they depend on (libc6 included), never from the build host —
-//!   and the kernel modules in [`DEFAULT_MODULES`] (`--module NAME` adds one) together with
-//!   every module they depend on. Dependencies come from the `depends=` field the kernel
-//!   build writes into each module's `.modinfo` section (Debian's package ships no
-//!   `modules.dep`: depmod runs at install time). `modules.dep`, `modules.alias` and
-//!   `modules.softdep` are written for just the included modules, in depmod's format, so
-//!   busybox `modprobe` loads them by name and by modalias.
+//!   binary), zstd-compressed (`--compression gzip`: gzip). It holds busybox (Debian's
+//!   busybox-static), the stem cell's init (`image/init`, compiled into this binary;
+//!   `--init FILE` overrides it), the tools an install of a real OS needs (sfdisk and blkid
+//!   from fdisk and util-linux, mke2fs and Debian's `mke2fs.conf` from e2fsprogs, mkfs.fat,
+//!   zstd, GNU tar; see `TOOLS`), the boot loaders the `base` template puts on disks
+//!   (extlinux and its `mbr.bin`, systemd-boot's `systemd-bootx64.efi`), the shared
+//!   libraries the dynamically linked ones need — their `DT_NEEDED` entries resolved,
+//!   transitively, within the unpacked library packages they depend on (libc6 included),
+//!   never from the build host — and the kernel modules in [`DEFAULT_MODULES`], those of
+//!   the driver sets (every Ethernet and storage driver by default, see [`drivers`];
+//!   `--drivers` chooses others) and any `--module NAME`, together with every module they
+//!   depend on, and the device firmware those modules ask for (`firmware=` in their
+//!   `.modinfo`), taken from Debian's firmware packages ([`drivers::FIRMWARE_PACKAGES`],
+//!   component `non-free-firmware`) into `lib/firmware`. Dependencies come from the
+//!   `depends=` field the kernel build writes into each module's `.modinfo` section
+//!   (Debian's package ships no `modules.dep`: depmod runs at install time).
+//!   `modules.dep`, `modules.alias` and `modules.softdep` are written for just the included
+//!   modules, in depmod's format, so busybox `modprobe` loads them by name and by modalias.
 //! * **Inputs fetched** when not given: `linux-image-*-amd64`, [`TOOL_PACKAGES`] and the
-//!   library packages they depend on, as `.deb` files in `--cache` (default `$XDG_CACHE_HOME/stemcell`,
-//!   else `~/.cache/stemcell`), reused when the candidate version is already there, and the
-//!   newest cached file is used when apt has no package lists (offline). It needs
-//!   `apt-get update` to have run once; it waits while another apt-get or dpkg runs.
-//!   `--tools-dir DIR` (repeatable) takes busybox and the loaders from unpacked trees
-//!   instead, e.g. `--tools-dir /` for the host's installed packages.
+//!   library packages they depend on, the firmware packages, as `.deb` files in `--cache`
+//!   (default `$XDG_CACHE_HOME/stemcell`, else `~/.cache/stemcell`), reused when the
+//!   candidate version is already there, and the newest cached file is used when apt has
+//!   no package lists (offline). It needs `apt-get update` to have run once; it waits while
+//!   another apt-get or dpkg runs. `--tools-dir DIR` (repeatable) takes busybox and the
+//!   loaders from unpacked trees instead, e.g. `--tools-dir /` for the host's installed
+//!   packages.
 //!
 //! **Reproducible**: the same inputs give byte-identical outputs. Entries are sorted by path;
 //! every entry has uid and gid 0, a fixed mode, the mtime `SOURCE_DATE_EPOCH` (or 0) and an
-//! inode number from its position; gzip is written with mtime 0, no file name and a fixed
-//! level. Nothing of the build host's files (mtimes, owners, directory order, umask, the
-//! paths of the inputs) reaches the archive. The unit tests below build twice from the same inputs laid out
-//! differently and compare bytes; `tests/pxe_boot.rs` does it with the real inputs.
+//! inode number from its position; zstd runs single-threaded at a fixed level (gzip: mtime
+//! 0, no file name and a fixed level). Nothing of the build host's files (mtimes, owners,
+//! directory order, umask, the paths of the inputs) reaches the archive. The unit tests
+//! below build twice from the same inputs laid out differently and compare bytes;
+//! `tests/pxe_boot.rs` does it with the real inputs.
 //!
 //! No `build.sh` is needed: the downloads are plain `apt-get download` and `dpkg-deb -x`
 //! calls made from here.
@@ -51,11 +57,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
+mod drivers;
 mod elf;
 
-/// Kernel modules the stem cell carries (their dependencies are added). Names as `modprobe`
-/// takes them (`-` and `_` are the same). Built-in ones (e.g. `af_packet` in Debian's
-/// kernel) are fine and reported as such; unknown ones are an error.
+/// Kernel modules the stem cell always carries, whatever the driver sets (their
+/// dependencies are added): what it needs on every machine. The hardware drivers come from
+/// the driver sets ([`drivers::DRIVER_SETS`]: every Ethernet and storage driver by default).
+/// Names as `modprobe` takes them (`-` and `_` are the same). Built-in ones (e.g.
+/// `af_packet` in Debian's kernel) are fine and reported as such; unknown ones are an error.
 pub(crate) const DEFAULT_MODULES: &[&str] = &[
     // virtual machines
     "virtio_pci",
@@ -63,29 +72,14 @@ pub(crate) const DEFAULT_MODULES: &[&str] = &[
     "virtio_blk",
     "virtio_scsi",
     "vmxnet3",
-    // server NICs
-    "e1000",
-    "e1000e",
-    "igb",
-    "ixgbe",
-    "i40e",
-    "ice",
-    "mlx4_en",
-    "mlx5_core",
-    "bnxt_en",
-    "tg3",
-    // disks and controllers
+    // the disk layers and controllers nearly every machine has
     "ahci",
-    "ata_piix",
     "nvme",
     "sd_mod",
-    "megaraid_sas",
-    "mpt3sas",
-    // USB sticks and disks (a machine's third disk is often one: the disk rule must see it
-    // to leave it alone, and `removable: true` may pick it)
+    // USB sticks and disks (usb_storage is also in the storage set; here so that a site's
+    // own set still sees a stick: the disk rule must see it to leave it alone)
     "usb_storage",
-    // software RAID 1 for the root (`disk: { raid1: true }`; mdadm is in TOOL_PACKAGES).
-    // Helper A's "all storage drivers" list includes md: keep these when merging.
+    // software RAID 1 for the root (`disk: { raid1: true }`; mdadm is in TOOL_PACKAGES)
     "md_mod",
     "raid1",
     // file systems (vfat's default codepage 437 and iocharset ascii; iso8859-1 and utf8
@@ -275,6 +269,26 @@ const TOOLS: &[Tool] = &[
     },
 ];
 
+/// Where the device firmware comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum FirmwareSource {
+    /// Debian's firmware packages ([`drivers::FIRMWARE_PACKAGES`]) via apt-get.
+    Apt,
+    /// Unpacked trees with `lib/firmware` (or `usr/lib/firmware`); `/` is the host's.
+    Dirs(Vec<PathBuf>),
+    /// No device firmware at all.
+    None,
+}
+
+/// How the initrd is compressed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Compression {
+    /// gzip -9.
+    Gzip,
+    /// zstd -18: about a quarter smaller than gzip and faster to unpack (the default).
+    Zstd,
+}
+
 /// Where the kernel comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum KernelSource {
@@ -303,6 +317,11 @@ pub(crate) struct BuildOptions {
     pub(crate) init: String,
     /// Modules to include (with their dependencies).
     pub(crate) modules: Vec<String>,
+    /// Driver sets or module-tree folders whose modules are included too
+    /// ([`drivers::select`]).
+    pub(crate) drivers: Vec<String>,
+    pub(crate) firmware: FirmwareSource,
+    pub(crate) compression: Compression,
     /// The mtime of every archive entry.
     pub(crate) source_date_epoch: u64,
 }
@@ -319,6 +338,12 @@ impl BuildOptions {
             cache: default_cache(),
             init: INIT.to_string(),
             modules: DEFAULT_MODULES.iter().map(|s| s.to_string()).collect(),
+            drivers: drivers::DEFAULT_DRIVER_SETS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            firmware: FirmwareSource::Apt,
+            compression: Compression::Zstd,
             source_date_epoch: source_date_epoch_from_env()?,
         })
     }
@@ -359,8 +384,20 @@ pub(crate) struct BuildReport {
     pub(crate) initrd_unpacked_bytes: u64,
     /// Entries in the archive (files, directories, links, device nodes).
     pub(crate) entries: usize,
+    pub(crate) compression: Compression,
     /// Modules included, dependencies too (sorted).
     pub(crate) modules: Vec<String>,
+    pub(crate) modules_bytes: u64,
+    /// Modules of the driver sets left out ([`drivers::MODULES_LEFT_OUT`]): path, reason.
+    pub(crate) modules_left_out: Vec<drivers::LeftOut>,
+    pub(crate) driver_sets: Vec<String>,
+    /// Files in `lib/firmware` and their bytes.
+    pub(crate) firmware_files: usize,
+    pub(crate) firmware_bytes: u64,
+    /// Firmware asked for and deliberately not carried: name, modules, reason.
+    pub(crate) firmware_left_out: Vec<(String, Vec<String>, &'static str)>,
+    /// Firmware asked for that no firmware tree has: name, modules.
+    pub(crate) firmware_missing: Vec<(String, Vec<String>)>,
     /// Requested modules that are built into the kernel.
     pub(crate) builtin: Vec<String>,
     /// Package files used (names only).
@@ -386,19 +423,56 @@ impl fmt::Display for BuildReport {
         )?;
         writeln!(
             f,
-            "  {}  {} ({} bytes; {} unpacked, {} entries)",
+            "  {}  {} ({} bytes, {}; {} unpacked, {} entries)",
             self.initrd.display(),
             mb(self.initrd_bytes),
             self.initrd_bytes,
+            match self.compression {
+                Compression::Gzip => "gzip",
+                Compression::Zstd => "zstd",
+            },
             mb(self.initrd_unpacked_bytes),
             self.entries
         )?;
         writeln!(
             f,
-            "  {} modules: {}",
+            "  driver sets: {}",
+            if self.driver_sets.is_empty() {
+                "none".to_string()
+            } else {
+                self.driver_sets.join(" ")
+            }
+        )?;
+        writeln!(
+            f,
+            "  {} modules ({}): {}",
             self.modules.len(),
+            mb(self.modules_bytes),
             self.modules.join(" ")
         )?;
+        for (m, why) in &self.modules_left_out {
+            writeln!(f, "  module left out: {m}: {why}")?;
+        }
+        writeln!(
+            f,
+            "  firmware: {} files ({}) in lib/firmware",
+            self.firmware_files,
+            mb(self.firmware_bytes)
+        )?;
+        for (name, mods, why) in &self.firmware_left_out {
+            writeln!(
+                f,
+                "  firmware left out: {name} (for {}): {why}",
+                mods.join(" ")
+            )?;
+        }
+        for (name, mods) in &self.firmware_missing {
+            writeln!(
+                f,
+                "  firmware missing: {name} (for {}): in none of the firmware packages",
+                mods.join(" ")
+            )?;
+        }
         if !self.builtin.is_empty() {
             writeln!(f, "  built into the kernel: {}", self.builtin.join(" "))?;
         }
@@ -415,6 +489,7 @@ impl fmt::Display for BuildReport {
 
 /// Build the stem cell's kernel and initrd into `opts.out`.
 pub(crate) fn build(opts: &BuildOptions) -> Result<BuildReport> {
+    drivers::check_names(&opts.drivers)?;
     let mut notes = Vec::new();
     let mut packages = Vec::new();
 
@@ -447,13 +522,43 @@ pub(crate) fn build(opts: &BuildOptions) -> Result<BuildReport> {
         opts.tools.clone()
     };
 
+    let firmware_roots = match &opts.firmware {
+        FirmwareSource::Apt => {
+            let mut roots = Vec::new();
+            for pkg in drivers::FIRMWARE_PACKAGES {
+                let deb = fetch_deb(pkg, &opts.cache, &mut notes).map_err(|e| {
+                    anyhow!(
+                        "cannot get the firmware package {pkg}: {e:#}\n\
+                         Debian's device firmware is in its non-free-firmware component, which \
+                         apt's sources must list: add non-free-firmware to the Components: line \
+                         of /etc/apt/sources.list.d/debian.sources (or to the `deb` lines of \
+                         /etc/apt/sources.list), run apt-get update and build again \
+                         (scripts/setup-debian.sh does both); or build without device \
+                         firmware with --no-firmware, or take it from a tree with --firmware-dir"
+                    )
+                })?;
+                packages.push(file_name(&deb));
+                roots.push(unpack(&deb, &opts.cache)?);
+            }
+            roots
+        }
+        FirmwareSource::Dirs(d) => d.clone(),
+        FirmwareSource::None => Vec::new(),
+    };
+
     let mut ar = Archive::default();
     base_layout(&mut ar)?;
     ar.file("init", opts.init.as_bytes().to_vec(), 0o755)?;
     ar.file("usr/libexec/stemcell/lldp", LLDP.as_bytes().to_vec(), 0o755)?;
     ar.file(DISKS_PATH, DISKS.as_bytes().to_vec(), 0o755)?;
     add_tools(&mut ar, &tool_roots, &mut notes)?;
-    let sel = add_modules(&mut ar, &kernel, &opts.modules)?;
+    let sel = add_modules(&mut ar, &kernel, &opts.modules, &opts.drivers)?;
+    let fw = if opts.firmware == FirmwareSource::None {
+        notes.push("no device firmware (--no-firmware)".into());
+        FirmwareAdded::default()
+    } else {
+        add_firmware(&mut ar, &sel, &firmware_roots)?
+    };
     let release = format!(
         "kernel={}\nsource_date_epoch={}\npackages={}\n",
         kernel.version,
@@ -463,7 +568,10 @@ pub(crate) fn build(opts: &BuildOptions) -> Result<BuildReport> {
     ar.file("etc/stemcell-release", release.into_bytes(), 0o644)?;
 
     let cpio = ar.to_newc(opts.source_date_epoch)?;
-    let gz = gzip(&cpio)?;
+    let gz = match opts.compression {
+        Compression::Gzip => gzip(&cpio)?,
+        Compression::Zstd => zstd_compress(&cpio)?,
+    };
     let vmlinuz = fs::read(&kernel.vmlinuz)
         .with_context(|| format!("reading {}", kernel.vmlinuz.display()))?;
 
@@ -481,7 +589,15 @@ pub(crate) fn build(opts: &BuildOptions) -> Result<BuildReport> {
         initrd_bytes: gz.len() as u64,
         initrd_unpacked_bytes: cpio.len() as u64,
         entries: ar.entries.len(),
+        compression: opts.compression,
         modules: sel.modules.keys().cloned().collect(),
+        modules_bytes: sel.modules.values().map(|m| m.data.len() as u64).sum(),
+        modules_left_out: sel.left_out,
+        driver_sets: opts.drivers.clone(),
+        firmware_files: fw.files.len(),
+        firmware_bytes: fw.bytes,
+        firmware_left_out: fw.left_out,
+        firmware_missing: fw.missing,
         builtin: sel.builtin,
         packages,
         notes,
@@ -501,6 +617,18 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
     Ok(())
 }
+
+/// zstd at [`ZSTD_LEVEL`] in one frame with the content size, single-threaded: the same
+/// bytes in give the same bytes out (the library's version is pinned by Cargo.lock).
+fn zstd_compress(data: &[u8]) -> Result<Vec<u8>> {
+    zstd::bulk::compress(data, ZSTD_LEVEL).context("zstd")
+}
+
+/// zstd's level for the initrd. Measured on the default stem cell (98 MB of cpio, zstd
+/// 1.5): -18 makes 23.9 MB in 36 s, -19 23.8 MB in 77 s, -15 26.3 MB in 18 s, -9 26.6 MB in
+/// 3 s; gzip -9 32.5 MB, xz -9e 21.4 MB (but the kernel unpacks xz much more slowly: 9.6 s
+/// to init under TCG against zstd's 6 s).
+const ZSTD_LEVEL: i32 = 18;
 
 fn gzip(data: &[u8]) -> Result<Vec<u8>> {
     let mut enc = flate2::GzBuilder::new()
@@ -903,12 +1031,16 @@ struct Module {
     depends: Vec<String>,
     aliases: Vec<String>,
     softdeps: Vec<String>,
+    /// Files it may ask the firmware loader for (`firmware=`; globs possible).
+    firmware: Vec<String>,
     data: Vec<u8>,
 }
 
 struct Selection {
     modules: BTreeMap<String, Module>,
     builtin: Vec<String>,
+    /// Modules of the driver sets left out on purpose: path, reason.
+    left_out: Vec<drivers::LeftOut>,
 }
 
 fn walk_modules(dir: &Path, rel: &str, out: &mut Vec<String>) -> Result<()> {
@@ -939,10 +1071,16 @@ fn walk_modules(dir: &Path, rel: &str, out: &mut Vec<String>) -> Result<()> {
     Ok(())
 }
 
-fn add_modules(ar: &mut Archive, kernel: &Kernel, requested: &[String]) -> Result<Selection> {
+fn add_modules(
+    ar: &mut Archive,
+    kernel: &Kernel,
+    requested: &[String],
+    sets: &[String],
+) -> Result<Selection> {
     let mut rels = Vec::new();
     walk_modules(&kernel.modules, "", &mut rels)?;
     rels.sort();
+    let (from_sets, left_out) = drivers::select(sets, &rels)?;
     let mut index: BTreeMap<String, String> = BTreeMap::new();
     for r in rels {
         index.entry(module_name(&r)).or_insert(r);
@@ -954,8 +1092,13 @@ fn add_modules(ar: &mut Archive, kernel: &Kernel, requested: &[String]) -> Resul
     let mut sel = Selection {
         modules: BTreeMap::new(),
         builtin: Vec::new(),
+        left_out,
     };
-    let mut wanted: Vec<String> = requested.iter().map(|m| module_name(m)).collect();
+    let mut wanted: Vec<String> = requested
+        .iter()
+        .chain(&from_sets)
+        .map(|m| module_name(m))
+        .collect();
     wanted.sort();
     wanted.dedup();
     let mut queue: Vec<(String, Option<String>)> = wanted.into_iter().map(|m| (m, None)).collect();
@@ -1013,6 +1156,7 @@ fn add_modules(ar: &mut Archive, kernel: &Kernel, requested: &[String]) -> Resul
                 depends,
                 aliases: field("alias"),
                 softdeps: field("softdep"),
+                firmware: field("firmware"),
                 data,
             },
         );
@@ -1066,6 +1210,44 @@ fn add_modules(ar: &mut Archive, kernel: &Kernel, requested: &[String]) -> Resul
         0o644,
     )?;
     Ok(sel)
+}
+
+/// What [`add_firmware`] put into the archive and what it did not.
+#[derive(Default)]
+struct FirmwareAdded {
+    files: BTreeMap<String, PathBuf>,
+    bytes: u64,
+    left_out: Vec<(String, Vec<String>, &'static str)>,
+    missing: Vec<(String, Vec<String>)>,
+}
+
+/// The firmware files the selected modules ask for, from the unpacked firmware trees, into
+/// `lib/firmware` (see [`drivers::plan_firmware`]).
+fn add_firmware(ar: &mut Archive, sel: &Selection, roots: &[PathBuf]) -> Result<FirmwareAdded> {
+    let mut wanted: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (name, m) in &sel.modules {
+        for f in &m.firmware {
+            wanted
+                .entry(f.trim().to_string())
+                .or_default()
+                .insert(name.clone());
+        }
+    }
+    wanted.remove("");
+    let available = drivers::firmware_files(roots)?;
+    let plan = drivers::plan_firmware(&wanted, &available);
+    let mut bytes = 0;
+    for (name, src) in &plan.files {
+        let data = fs::read(src).with_context(|| format!("reading {}", src.display()))?;
+        bytes += data.len() as u64;
+        ar.file(&format!("lib/firmware/{name}"), data, 0o644)?;
+    }
+    Ok(FirmwareAdded {
+        files: plan.files,
+        bytes,
+        left_out: plan.left_out,
+        missing: plan.missing,
+    })
 }
 
 /// Depth-first: `name`'s dependencies, each before what needs it, then `name`.
@@ -1315,9 +1497,32 @@ pub(crate) struct ImageArgs {
     /// An init script to use instead of the built-in image/init.
     #[arg(long, value_name = "FILE")]
     pub(crate) init: Option<PathBuf>,
-    /// Add a kernel module (and what it depends on) to the default set (repeatable).
+    /// Add a kernel module (and what it depends on) to the stem cell (repeatable).
     #[arg(long = "module", value_name = "NAME")]
     pub(crate) modules: Vec<String>,
+    /// Add the modules named in FILE: one per line or separated by spaces, `#` comments.
+    #[arg(long = "modules-file", value_name = "FILE")]
+    pub(crate) modules_file: Vec<PathBuf>,
+    /// The hardware drivers to carry instead of the default `ethernet,storage`: driver
+    /// sets (`ethernet`, `storage`), folders of the kernel's module tree
+    /// (`drivers/net/ethernet/intel`), or `none` for only the base modules and --module
+    /// (comma-separated or repeated).
+    #[arg(long, value_name = "SET", value_delimiter = ',')]
+    pub(crate) drivers: Vec<String>,
+    /// Take device firmware from this tree's lib/firmware instead of Debian's firmware
+    /// packages (repeatable; / takes the host's).
+    #[arg(
+        long = "firmware-dir",
+        value_name = "DIR",
+        conflicts_with = "no_firmware"
+    )]
+    pub(crate) firmware_dir: Vec<PathBuf>,
+    /// Carry no device firmware (and fetch no firmware package).
+    #[arg(long)]
+    pub(crate) no_firmware: bool,
+    /// How to compress the initrd.
+    #[arg(long, value_enum, default_value = "zstd")]
+    pub(crate) compression: Compression,
 }
 
 impl ImageArgs {
@@ -1338,8 +1543,30 @@ impl ImageArgs {
             o.init = fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
         }
         o.modules.extend(self.modules.iter().cloned());
+        for f in &self.modules_file {
+            let text = fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+            o.modules.extend(modules_in(&text));
+        }
+        if !self.drivers.is_empty() {
+            o.drivers = self.drivers.clone();
+        }
+        if self.no_firmware {
+            o.firmware = FirmwareSource::None;
+        } else if !self.firmware_dir.is_empty() {
+            o.firmware = FirmwareSource::Dirs(self.firmware_dir.clone());
+        }
+        o.compression = self.compression;
         Ok(o)
     }
+}
+
+/// Module names in a `--modules-file`: words, `#` to the end of a line a comment.
+fn modules_in(text: &str) -> Vec<String> {
+    text.lines()
+        .map(|l| l.split('#').next().unwrap_or(""))
+        .flat_map(str::split_whitespace)
+        .map(str::to_string)
+        .collect()
 }
 
 /// Run an `image` subcommand, printing what it built.
@@ -1525,6 +1752,9 @@ mod tests {
                 "af_packet".into(),
                 "crc32c_intel".into(),
             ],
+            drivers: Vec::new(),
+            firmware: FirmwareSource::Dirs(Vec::new()),
+            compression: Compression::Gzip,
             source_date_epoch: epoch,
         }
     }
@@ -1664,6 +1894,86 @@ mod tests {
         assert!(entries
             .iter()
             .any(|e| e.0 == "lib/modules/9.9.9-test/kernel/arch/x86/crypto/crc32c-intel.ko"));
+    }
+
+    #[test]
+    fn driver_sets_bring_their_modules_and_the_firmware_they_ask_for() {
+        let t = tempfile::tempdir().unwrap();
+        let (k, tools) = fake_inputs(t.path(), false, 5);
+        let mods = k.join("lib/modules/9.9.9-test/kernel/drivers/net/ethernet");
+        fs::create_dir_all(mods.join("broadcom")).unwrap();
+        fs::write(
+            mods.join("broadcom/tg3.ko"),
+            fake_ko(&[
+                "firmware=tigon/tg3_tso5.bin",
+                "firmware=tigon/tg3*.bin",
+                "firmware=netronome/x.nffw",
+                "firmware=nowhere/gone.bin",
+                "alias=pci:v000014E4d00001644sv*sd*bc*sc*i*",
+                "depends=",
+                "name=tg3",
+            ]),
+        )
+        .unwrap();
+        fs::write(
+            mods.join("some_cs.ko"),
+            fake_ko(&["depends=", "name=some_cs"]),
+        )
+        .unwrap();
+        let fw = t.path().join("fw/lib/firmware/tigon");
+        fs::create_dir_all(&fw).unwrap();
+        for f in ["tg3.bin", "tg3_tso5.bin", "unrelated.bin"] {
+            fs::write(fw.join(f), f).unwrap();
+        }
+        let mut o = options(t.path(), k, tools, 0);
+        o.drivers = vec!["ethernet".into()];
+        o.firmware = FirmwareSource::Dirs(vec![t.path().join("fw")]);
+        o.compression = Compression::Zstd;
+        let r = build(&o).unwrap();
+        assert!(r.modules.contains(&"tg3".to_string()));
+        assert!(!r.modules.contains(&"some_cs".to_string()));
+        assert_eq!(r.modules_left_out.len(), 1);
+        assert_eq!(r.firmware_files, 2);
+        assert_eq!(r.firmware_left_out[0].0, "netronome/x.nffw");
+        assert_eq!(r.firmware_missing[0].0, "nowhere/gone.bin");
+        let text = r.to_string();
+        assert!(text.contains("firmware: 2 files"), "{text}");
+        assert!(
+            text.contains("firmware left out: netronome/x.nffw (for tg3): Netronome"),
+            "{text}"
+        );
+        assert!(
+            text.contains("firmware missing: nowhere/gone.bin (for tg3)"),
+            "{text}"
+        );
+        assert!(text.contains("zstd;"), "{text}");
+        let cpio = zstd::decode_all(&fs::read(&r.initrd).unwrap()[..]).unwrap();
+        assert_eq!(cpio.len() as u64, r.initrd_unpacked_bytes);
+        let entries = parse_newc(&cpio);
+        let names: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
+        assert!(names.contains(&"lib/firmware/tigon/tg3.bin"));
+        assert!(names.contains(&"lib/firmware/tigon/tg3_tso5.bin"));
+        assert!(!names.contains(&"lib/firmware/tigon/unrelated.bin"));
+        assert!(
+            names.contains(&"lib/modules/9.9.9-test/kernel/drivers/net/ethernet/broadcom/tg3.ko")
+        );
+        // The same inputs give the same zstd bytes.
+        let first = fs::read(&r.initrd).unwrap();
+        build(&o).unwrap();
+        assert_eq!(first, fs::read(&r.initrd).unwrap());
+        // --drivers none: only the listed modules.
+        o.drivers = vec!["none".into()];
+        let r = build(&o).unwrap();
+        assert!(!r.modules.contains(&"tg3".to_string()));
+        assert_eq!(r.firmware_files, 0);
+    }
+
+    #[test]
+    fn modules_files_are_words_with_comments() {
+        assert_eq!(
+            modules_in("# site drivers\nixgbe  i40e # Intel\n\n  megaraid_sas\n"),
+            ["ixgbe", "i40e", "megaraid_sas"]
+        );
     }
 
     #[test]

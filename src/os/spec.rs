@@ -148,6 +148,27 @@ impl OsSpec {
             ),
             None => Vec::new(),
         };
+        // Debian's device firmware (firmware-bnx2x, firmware-misc-nonfree, ...) is in the
+        // non-free-firmware component (non-free before bookworm): say so where the package
+        // is named, rather than mmdebstrap's "unable to locate package" later.
+        if !components
+            .iter()
+            .any(|c| c == "non-free-firmware" || c == "non-free")
+        {
+            if let Some(Kind::Seq(items)) = top_node(&root, "packages").map(|n| &n.kind) {
+                for item in items {
+                    if let Kind::Scalar { text, .. } = &item.kind {
+                        let name = text.split('=').next().unwrap_or("").trim();
+                        if name.starts_with("firmware-") && !FREE_FIRMWARE.contains(&name) {
+                            r.add(
+                                item.pos,
+                                format!("{name} is in Debian's non-free-firmware component, which components does not name: add it (components: [main, non-free-firmware])"),
+                            );
+                        }
+                    }
+                }
+            }
+        }
         let trim = match top.get("trim") {
             Some(n) => words(
                 &mut r,
@@ -236,6 +257,9 @@ fn checked(
         None
     }
 }
+
+/// `firmware-*` packages in Debian's main component.
+const FREE_FIRMWARE: &[&str] = &["firmware-linux-free", "firmware-ath9k-htc"];
 
 fn words(
     r: &mut Report,
@@ -388,6 +412,24 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("the OS name \"Bad Name\""), "{e}");
+    }
+
+    #[test]
+    fn firmware_packages_need_the_non_free_firmware_component() {
+        let e = parse("suite: bookworm\npackages:\n  - firmware-linux-free\n  - firmware-bnx2x\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("os/test.yaml:4:5: firmware-bnx2x is in Debian's non-free-firmware component, which components does not name"),
+            "{e}"
+        );
+        assert!(!e.contains("firmware-linux-free"), "{e}");
+        let s = parse(
+            "suite: bookworm\ncomponents: [main, non-free-firmware]\npackages: [firmware-bnx2x, firmware-realtek]\n",
+        )
+        .unwrap();
+        assert_eq!(s.components, ["main", "non-free-firmware"]);
+        assert_eq!(s.packages, ["firmware-bnx2x", "firmware-realtek"]);
     }
 
     #[test]

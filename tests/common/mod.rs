@@ -484,7 +484,13 @@ pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<i32> {
 /// `<target>/stemcell-image` with the shared package cache (`STEMCELL_CACHE`, default
 /// `<target>/stemcell-cache`); its folder.
 pub fn stemcell_image() -> Result<PathBuf, String> {
-    static IMAGE: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    stemcell_image_with_report().map(|(dir, _)| dir)
+}
+
+/// [`stemcell_image`] and what its build printed (the report: modules, firmware, sizes).
+pub fn stemcell_image_with_report() -> Result<(PathBuf, String), String> {
+    static IMAGE: std::sync::OnceLock<Result<(PathBuf, String), String>> =
+        std::sync::OnceLock::new();
     IMAGE
         .get_or_init(|| {
             let out_dir = target_dir().join("stemcell-image");
@@ -495,7 +501,7 @@ pub fn stemcell_image() -> Result<PathBuf, String> {
                 started.elapsed(),
                 text.lines().next().unwrap_or("")
             );
-            Ok(out_dir)
+            Ok((out_dir, text))
         })
         .clone()
 }
