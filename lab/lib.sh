@@ -244,7 +244,7 @@ lab_qemu() {
 		if [ "${LAB_DISK_BUS:-virtio}" = ide ]; then
 			args+=(-device ide-hd,drive=d0,bootindex=2)
 		else
-			args+=(-device virtio-blk-pci,drive=d0,bootindex=2)
+			args+=(-device "virtio-blk-pci,drive=d0,bootindex=2${LAB_DISK_SERIAL:+,serial=$LAB_DISK_SERIAL}")
 		fi
 		if [ "$fw" = uefi-pxe ]; then
 			args+=(-device "virtio-net-pci,netdev=n0,mac=$mac,romfile=,bootindex=${LAB_NIC_BOOTINDEX:-1}")

@@ -18,9 +18,13 @@
 #            and comes back configured as the same host: same OS image, package list,
 #            bundle and Puppet numbers, same hostname on its console and in its page;
 #            finally the replacement is re-armed (`stemcell reinstall`) and reinstalls.
-#   uefi     OVMF, two virtio-net NICs with their iPXE EFI ROM, virtio disk. The machine is
-#            listed by its first NIC with both under `interfaces:` and a `network:` bond of
-#            the two (active-backup, DHCP); the firmware netboots it from its SECOND NIC:
+#            The replacement has two disks and `disk: { raid1: true }`: its root is an md
+#            RAID 1 of both (checked on the disk images).
+#   uefi     OVMF, two virtio-net NICs with their iPXE EFI ROM, three disks (its own, a
+#            bigger virtio decoy, a USB stick): the inventory's `disk: { serial: … }` picks
+#            its own, the others stay untouched. The machine is listed by its first NIC
+#            with both under `interfaces:` and a `network:` bond of the two (active-backup,
+#            DHCP); the firmware netboots it from its SECOND NIC:
 #            it is the listed machine (not an unknown one), the page and API name the NIC it
 #            booted from. The role's Puppet code fails at first (an exec of /bin/false):
 #            `config-failed` with Puppet's error in the events; the test fixes the manifest
@@ -62,7 +66,12 @@ TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 STEMCELL=${2:-${STEMCELL:-$TARGET/debug/stemcell}}
 case "$SCENARIO" in
 bios) FW=bios MAC=52:54:00:de:b1:01 MAC2=52:54:00:de:b1:11 ;;
-uefi) FW=uefi-ipxe MAC=52:54:00:de:b1:02 MAC2='' NIC2=52:54:00:de:b1:22 ;;
+uefi)
+	FW=uefi-ipxe MAC=52:54:00:de:b1:02 MAC2='' NIC2=52:54:00:de:b1:22
+	# Three disks: the install disk (first virtio, by serial), a bigger virtio decoy and a
+	# USB stick; the inventory names the disk by its serial.
+	DISK_SERIAL=SC-UEFI-ROOT DISK_RULE="disk: { serial: $DISK_SERIAL }"
+	;;
 corrupt) FW=bios MAC=52:54:00:de:b1:03 MAC2=52:54:00:de:b1:13 ;;
 *)
 	echo "usage: $0 bios|uefi|corrupt [STEMCELL]" >&2
@@ -158,21 +167,23 @@ seen() {
 # power_on NAME MAC TAP DISK: a QEMU machine, network first; its console is
 # $W/NAME-N.console (N counts its power-ons). Sets QEMU_PID, SERIAL, ON and ON_MS.
 declare -A POWER_ONS
+MORE=()
 power_on() {
 	local n=$((${POWER_ONS[$1]:-0} + 1))
 	POWER_ONS[$1]=$n
 	SERIAL=$W/$1-$n.console
 	ON=$SECONDS
 	ON_MS=$(date +%s%3N)
-	local extra=()
+	# MORE: extra QEMU arguments for this power-on (more disks), set by the caller.
+	local extra=("${MORE[@]}")
 	if [ -n "${NIC2:-}" ]; then
 		# The second NIC boots first (bootindex 1); the first one never netboots.
-		extra=(-netdev "tap,id=n1,ifname=tap1,script=no,downscript=no"
+		extra+=(-netdev "tap,id=n1,ifname=tap1,script=no,downscript=no"
 			-device "virtio-net-pci,netdev=n1,mac=$NIC2,bootindex=1"
 			-qmp "unix:$W/$1-$n.qmp,server=on,wait=off")
 		QMP=$W/$1-$n.qmp
 	fi
-	LAB_DISK_BUS=virtio LAB_NIC_BOOTINDEX=${NIC2:+3} lab_qemu "$NS" "$FW" "$3" "$2" "$4" "$SERIAL" \
+	LAB_DISK_BUS=virtio LAB_NIC_BOOTINDEX=${NIC2:+3} LAB_DISK_SERIAL=${DISK_SERIAL:-} lab_qemu "$NS" "$FW" "$3" "$2" "$4" "$SERIAL" \
 		-m "${DEB_MEM:-2048}" -smp "${DEB_SMP:-1}" "${extra[@]}" || die "QEMU did not start for $1"
 	QEMU_PID=$LAB_PID
 }
@@ -264,6 +275,8 @@ uefi) INTERVAL=1min ;;
 esac
 # inventory MAC [MAC2 ROLE2 HOST2]: the fleet, written atomically (the server watches it).
 inventory() {
+	# DISK_RULE: the first machine's disk (default: the legacy vars.disk, which is a rule too).
+	local disk_line=${DISK_RULE:-"vars: { disk: /dev/vda }"}
 	cat >"$D/inventory.yaml.new" <<EOF
 defaults:
   unknown: ignore
@@ -283,7 +296,7 @@ machines:
   "$1":
     hostname: $HOST
     role: web
-    vars: { disk: /dev/vda }
+    $disk_line
 EOF
 	if [ -n "${NIC2:-}" ]; then
 		cat >>"$D/inventory.yaml.new" <<EOF
@@ -416,7 +429,24 @@ check_role() {
 }
 
 if [ "$SCENARIO" = uefi ]; then
+	truncate -s 6G "$W/decoy.img"
+	truncate -s 256M "$W/stick.img"
+	# shellcheck disable=SC2054 # QEMU's options are comma-separated lists
+	MORE=(-drive "if=none,id=d9,file=$W/decoy.img,format=raw" -device "virtio-blk-pci,drive=d9,serial=SC-DECOY"
+		-device qemu-xhci,id=xhci -drive "if=none,id=u0,file=$W/stick.img,format=raw"
+		-device "usb-storage,bus=xhci.0,drive=u0,removable=on")
 	install_and_converge uefi "$MAC" tap0 "$W/uefi.img" config-failed
+	# The disk rule: the serial named in the inventory, of three disks; the others untouched.
+	if lab_seen "$SERIAL" "^install: disk: /dev/vda .*the only match of the disk rule serial=SC-UEFI-ROOT"; then
+		pass "three disks: the install picked its disk by serial: $(grep -a '^install: disk: ' "$SERIAL" | head -n 1 | tr -d '\r' | cut -c1-160)"
+	else
+		fail "three disks: no 'install: disk: /dev/vda … serial=SC-UEFI-ROOT' line on the console"
+	fi
+	if cmp -s -n $((64 << 20)) "$W/decoy.img" /dev/zero && cmp -s -n $((64 << 20)) "$W/stick.img" /dev/zero; then
+		pass "three disks: the decoy disk and the USB stick are untouched (their first 64 MiB still zero)"
+	else
+		fail "three disks: the decoy disk or the USB stick was written"
+	fi
 	phases uefi "$MAC" "$ON_MS" "$SERIAL"
 	if [ "$(jqm "$MAC" '.last_run.failed')" -gt 0 ] 2>/dev/null; then
 		pass "Puppet's numbers say it: $(jqm "$MAC" '.last_run | "exit \(.exit), \(.failed) failed of \(.total)"')"
@@ -573,6 +603,10 @@ fi
 # ---- the promise: thrown away, replaced, back as the same host ---------------------------------
 power_off
 echo "== old: thrown away. The operator moves $HOST to a new machine's MAC $MAC2 in inventory.yaml" >&3
+# The replacement has two disks and a RAID 1 root (the layout's option): either disk boots.
+DISK_RULE="disk: { raid1: true }"
+truncate -s 4G "$W/new2.img"
+MORE=(-drive "file=$W/new2.img,format=raw,if=virtio")
 inventory "$MAC2"
 moved() { [ "$(jqm "$MAC2" .hostname)" = "$HOST" ] && [ "$(jqm "$MAC2" .listed)" = true ]; }
 if lab_wait 10 "" moved; then
@@ -595,6 +629,16 @@ same() {
 		fail "old and new differ in $2: '$a' vs '$b'"
 	fi
 }
+raid_member() {
+	local start
+	start=$(sfdisk -J "$1" 2>/dev/null | jq -r '.partitiontable.partitions[1].start // empty')
+	[ -n "$start" ] && [ "$(blkid -p -O $((start * 512)) -o value -s TYPE "$1" 2>/dev/null)" = linux_raid_member ]
+}
+if raid_member "$W/new.img" && raid_member "$W/new2.img"; then
+	pass "new: RAID 1: partition 2 of both disks is an md member, and it booted from it: $(grep -a '^install: RAID 1: ' "$SERIAL" | head -n 1 | tr -d '\r' | cut -c1-120)"
+else
+	fail "new: RAID 1: partition 2 is not an md member on both disks"
+fi
 same .os_image "OS image (sha256)"
 same .last_run.packages "package list (digest of dpkg-query -W)"
 same .last_run.bundle "Puppet bundle"
