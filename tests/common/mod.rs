@@ -480,9 +480,11 @@ pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<i32> {
     None
 }
 
-/// The stem cell (vmlinuz, initrd.img), built once per test binary into
-/// `<target>/stemcell-image` with the shared package cache (`STEMCELL_CACHE`, default
-/// `<target>/stemcell-cache`); its folder.
+/// The stem cell (vmlinuz, initrd.img) in `<target>/stemcell-image`, with the shared
+/// package cache (`STEMCELL_CACHE`, default `<target>/stemcell-cache`); its folder. Built
+/// once per `stemcell` binary: a test binary finding it made by this very binary (size,
+/// mtime and inode recorded beside it) reuses it and its build report, so the suite's
+/// binaries do not each spend a build (the reproducibility test builds its own copies).
 pub fn stemcell_image() -> Result<PathBuf, String> {
     stemcell_image_with_report().map(|(dir, _)| dir)
 }
@@ -493,9 +495,36 @@ pub fn stemcell_image_with_report() -> Result<(PathBuf, String), String> {
         std::sync::OnceLock::new();
     IMAGE
         .get_or_init(|| {
-            let out_dir = target_dir().join("stemcell-image");
+            let target = target_dir();
+            let out_dir = target.join("stemcell-image");
+            let cache = std::env::var_os("STEMCELL_CACHE")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| target.join("stemcell-cache"));
             let started = Instant::now();
-            let text = build_stemcell_image(&out_dir)?;
+            let script = r#"set -u
+id=$(stat -L -c '%s %Y %i' "$BIN") || exit 1
+if [ -f "$OUT/.built-by" ] && [ "$(cat "$OUT/.built-by")" = "$id" ] && [ -f "$OUT/.build-report" ]; then
+	cat "$OUT/.build-report"
+	exit 0
+fi
+rm -f "$OUT/.built-by"
+if ! "$BIN" image build --out "$OUT" --cache "$CACHE" >"$OUT.report" 2>&1; then
+	cat "$OUT.report"
+	exit 1
+fi
+mv "$OUT.report" "$OUT/.build-report" && echo "$id" >"$OUT/.built-by" && cat "$OUT/.build-report""#;
+            let out = Command::new("flock")
+                .arg(target.join("stemcell-image.lock"))
+                .args(["sh", "-c", script])
+                .env("BIN", BIN)
+                .env("OUT", &out_dir)
+                .env("CACHE", &cache)
+                .output()
+                .map_err(|e| format!("cannot run flock sh (the stem-cell build): {e}"))?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if !out.status.success() {
+                return Err(format!("{} ({}):\n{text}", out_dir.display(), out.status));
+            }
             eprintln!(
                 "stem cell built in {:.0?}: {}",
                 started.elapsed(),
