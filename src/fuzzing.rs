@@ -248,6 +248,7 @@ pub fn dhcp_decide(input: &[u8]) -> Option<DhcpCase> {
                 Host {
                     hostname: (*name).into(),
                     reserved_ip: *ip,
+                    siblings: Vec::new(),
                 },
             )
         })
