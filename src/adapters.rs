@@ -136,11 +136,7 @@ impl dhcp::Directory for InventoryDirectory {
         inv.machine(&mac).map(|m| dhcp::Host {
             hostname: m.hostname.clone(),
             reserved_ip: m.ip,
-            siblings: if m.nics.is_empty() {
-                Vec::new()
-            } else {
-                m.macs().into_iter().filter(|n| *n != mac).collect()
-            },
+            siblings: m.macs().into_iter().filter(|n| *n != mac).collect(),
         })
     }
 

@@ -100,18 +100,11 @@ pub(crate) struct Machine {
 impl Machine {
     /// Its NICs by label; without `interfaces:`, the key MAC alone, labelled `boot`.
     pub(crate) fn labelled_nics(&self) -> Vec<crate::network::Nic> {
-        if self.nics.is_empty() {
-            vec![crate::network::Nic {
-                name: "boot".into(),
-                mac: self.mac,
-                pos: Pos {
-                    line: self.line,
-                    col: 1,
-                },
-            }]
-        } else {
-            self.nics.clone()
-        }
+        let pos = Pos {
+            line: self.line,
+            col: 1,
+        };
+        crate::network::labelled(&self.nics, self.mac, pos)
     }
 
     /// Every MAC of this machine: its NICs, or its key alone.
@@ -726,16 +719,7 @@ fn read_machine(
         .map(|n| crate::network::read_interfaces(r, n, mac, key_pos))
         .unwrap_or_default();
     let network = m.get("network").and_then(|n| {
-        // Without `interfaces:`, the key MAC is the one NIC `network:` can name (`boot`).
-        let known = if nics.is_empty() {
-            vec![crate::network::Nic {
-                name: "boot".into(),
-                mac,
-                pos: key_pos,
-            }]
-        } else {
-            nics.clone()
-        };
+        let known = crate::network::labelled(&nics, mac, key_pos);
         crate::network::read_network(r, n, &known, &format!("machine {mac} network"))
     });
     m.deny_unknown(

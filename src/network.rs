@@ -114,6 +114,20 @@ pub(crate) fn valid_ifname(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
 }
 
+/// A machine's NICs as `network:` and templates name them: `nics`, or without
+/// `interfaces:` the key MAC alone, labelled `boot`.
+pub(crate) fn labelled(nics: &[Nic], key: MacAddr, pos: Pos) -> Vec<Nic> {
+    if nics.is_empty() {
+        vec![Nic {
+            name: "boot".into(),
+            mac: key,
+            pos,
+        }]
+    } else {
+        nics.to_vec()
+    }
+}
+
 /// `interfaces:` of machine `key`: label → MAC. The key MAC must be one of them.
 pub(crate) fn read_interfaces(r: &mut Report, node: &Node, key: MacAddr, key_pos: Pos) -> Vec<Nic> {
     let what = format!("machine {key} interfaces");

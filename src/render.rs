@@ -134,6 +134,7 @@ impl InstallVars {
     pub(crate) fn new(inv: &Inventory, m: &Machine, server_url: &str, token: &str) -> InstallVars {
         let base = format!("{server_url}/install/{}", m.mac);
         let role = inv.role_of(m);
+        let nics = m.labelled_nics();
         InstallVars {
             mac: m.mac.to_string(),
             boot_nic: m.mac.to_string(),
@@ -169,14 +170,11 @@ impl InstallVars {
                         .collect()
                 })
                 .unwrap_or_default(),
-            nics: m.labelled_nics(),
-            network: m.network.as_ref().map(|plan| {
-                let nics = m.labelled_nics();
-                NetworkVars {
-                    networkd: plan.networkd(&nics),
-                    ifupdown: plan.ifupdown(&nics),
-                }
+            network: m.network.as_ref().map(|plan| NetworkVars {
+                networkd: plan.networkd(&nics),
+                ifupdown: plan.ifupdown(&nics),
             }),
+            nics,
             disk: DiskVars::new(&m.disk),
             vars: inv.merged_vars(m),
         }

@@ -109,36 +109,16 @@ W=$(mktemp -d "/tmp/scdeb-$$-$SCENARIO.XXXXXX")
 chmod 755 "$W"
 D=$W/srv
 HOST=deb-$SCENARIO
-FAILS=0 PASSES=0 QEMU_PID='' SERIAL=''
+QEMU_PID='' SERIAL=''
 
-cleanup() {
-	trap '' PIPE INT TERM HUP
-	lab_cleanup
-	if [ "${KEEP:-}" = 1 ]; then echo "work folder kept: $W" >&3; else rm -rf "$W"; fi
-}
-exec 3>&1
-trap cleanup EXIT
-trap 'echo "FAIL: interrupted" >&3; exit 130' INT TERM HUP
-
-t() { printf "%4ds" $((SECONDS - T0)); }
-pass() {
-	echo "PASS: $(t) $SCENARIO: $*" >&3
-	PASSES=$((PASSES + 1))
-}
-fail() {
-	echo "FAIL: $(t) $SCENARIO: $*" >&3
-	FAILS=$((FAILS + 1))
-}
-show() {
-	[ -f "$1" ] || return 0
-	echo "    ---- last lines of ${1#"$W"/}" >&3
-	tail -n "${2:-30}" "$1" | tr -d '\r' | sed 's/\x1b\[[0-9;?=]*[A-Za-z]//g' | tr -c '\11\12\40-\176' '?' | cut -c1-200 | sed 's/^/    | /' >&3
-}
+# shellcheck source=harness.sh
+. "$ROOT/tests/netns/harness.sh"
 finish() {
 	echo "== $SCENARIO: $PASSES passed, $FAILS failed, $((SECONDS - T0)) s" >&3
 	[ "$FAILS" = 0 ]
 	exit
 }
+# die: as the harness's, with the summary line
 die() {
 	fail "$1"
 	shift

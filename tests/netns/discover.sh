@@ -62,41 +62,10 @@ D=$W/srv
 MAC1=52:54:00:5e:0d:01 # NIC 1: no boot ROM
 MAC2=52:54:00:5e:0d:02 # NIC 2: iPXE; the machine boots from it and stemcell knows it so
 SWITCH=lab-switch-$$
-FAILS=0 PASSES=0 QEMU_PID=''
+QEMU_PID=''
 
-cleanup() {
-	trap '' PIPE INT TERM HUP
-	lab_cleanup
-	if [ "${KEEP:-}" = 1 ]; then echo "work folder kept: $W" >&3; else rm -rf "$W"; fi
-}
-exec 3>&1
-trap cleanup EXIT
-trap 'echo "FAIL: interrupted" >&3; exit 130' INT TERM HUP
-
-t() { printf "%4ds" $((SECONDS - T0)); }
-pass() {
-	echo "PASS: $(t) $SCENARIO: $*" >&3
-	PASSES=$((PASSES + 1))
-}
-fail() {
-	echo "FAIL: $(t) $SCENARIO: $*" >&3
-	FAILS=$((FAILS + 1))
-}
-show() {
-	[ -f "$1" ] || return 0
-	echo "    ---- last lines of ${1#"$W"/}" >&3
-	tail -n "${2:-30}" "$1" | tr -d '\r' | tr -c '\11\12\40-\176' '?' | cut -c1-200 | sed 's/^/    | /' >&3
-}
-die() {
-	fail "$1"
-	shift
-	local f
-	for f in "$@"; do show "$f"; done
-	exit 1
-}
-check() { if "${@:2}"; then pass "$1"; else fail "$1"; fi; }
-# expect DESCRIPTION GOT WANT
-expect() { if [ "$2" = "$3" ]; then pass "$1"; else fail "$1: got '$2', want '$3'"; fi; }
+# shellcheck source=harness.sh
+. "$ROOT/tests/netns/harness.sh"
 # matches DESCRIPTION GOT REGEX
 matches() { if [[ $2 =~ $3 ]]; then pass "$1: $2"; else fail "$1: got '$2', want /$3/"; fi; }
 

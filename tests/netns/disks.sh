@@ -61,39 +61,10 @@ D=$W/srv
 MAC=52:54:00:5e:0d:01
 BIG=BIG-$$
 SMALL=SMALL-$$
-FAILS=0 PASSES=0 QEMU_PID='' SERIAL=''
+QEMU_PID='' SERIAL='' LABEL=disks SHOW_WIDTH=400
 
-cleanup() {
-	trap '' PIPE INT TERM HUP
-	lab_cleanup
-	if [ "${KEEP:-}" = 1 ]; then echo "work folder kept: $W" >&3; else rm -rf "$W"; fi
-}
-exec 3>&1
-trap cleanup EXIT
-trap 'echo "FAIL: interrupted" >&3; exit 130' INT TERM HUP
-
-t() { printf "%4ds" $((SECONDS - T0)); }
-pass() {
-	echo "PASS: $(t) disks: $*" >&3
-	PASSES=$((PASSES + 1))
-}
-fail() {
-	echo "FAIL: $(t) disks: $*" >&3
-	FAILS=$((FAILS + 1))
-}
-show() {
-	[ -f "$1" ] || return 0
-	echo "    ---- last lines of ${1#"$W"/}" >&3
-	tail -n "${2:-30}" "$1" | tr -d '\r' | tr -c '\11\12\40-\176' '?' | cut -c1-400 | sed 's/^/    | /' >&3
-}
-die() {
-	fail "$1"
-	shift
-	local f
-	for f in "$@"; do show "$f"; done
-	exit 1
-}
-check() { if "${@:2}"; then pass "$1"; else fail "$1"; fi; }
+# shellcheck source=harness.sh
+. "$ROOT/tests/netns/harness.sh"
 
 events() { lab_events "$SRV" "$MAC" >"$W/events.txt"; }
 has_event() { events && grep -qE "^$1"$'\t'"$2" "$W/events.txt"; }
