@@ -11,7 +11,8 @@
 //! runs: the stem cell (`<target>/stemcell-image`, as tests/pxe_boot.rs does) and the OS
 //! image (`<target>/os-cache`, rebuilt only when its spec or Debian's package lists change;
 //! about 2 minutes when it is). Each machine is one vCPU under TCG; at most `DEB_PARALLEL`
-//! (default 2) boot at once. Under TCG on 2 cores: bios about 15 minutes (three installs,
+//! (default 2) boot at once, counted across the test binaries running beside it
+//! (`common::Slot`). Under TCG on 2 cores: bios about 15 minutes (three installs,
 //! four boots, four Puppet runs), uefi about 10, corrupt about 4.
 //!
 //! Skips only when the script says it cannot run here (exit 77: not root, or no QEMU,

@@ -437,12 +437,11 @@ pub fn has_event(machine: &serde_json::Value, field: &str, want: &str) -> bool {
 }
 
 /// One of `$VAR` (default 2) places for a QEMU machine: with TCG every vCPU keeps a host
-/// core busy, and firmware and install timeouts do not wait for a starved machine. Each
-/// test binary has its own count.
-pub struct Slot;
-
-static SLOTS_BUSY: std::sync::Mutex<usize> = std::sync::Mutex::new(0);
-static SLOT_FREED: std::sync::Condvar = std::sync::Condvar::new();
+/// core busy, and firmware and install timeouts do not wait for a starved machine. The
+/// places are shared by every test binary running at once (tests/run.sh runs the QEMU
+/// binaries side by side): place `i` is an exclusive lock on `<target>/qemu-slots/i`, held
+/// while the `Slot` lives and let go by the kernel even if the test process dies.
+pub struct Slot(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
 
 impl Slot {
     pub fn take(var: &str) -> Slot {
@@ -451,19 +450,25 @@ impl Slot {
             .and_then(|v| v.parse::<usize>().ok())
             .unwrap_or(2)
             .max(1);
-        let mut busy = SLOTS_BUSY.lock().unwrap_or_else(|e| e.into_inner());
-        while *busy >= max {
-            busy = SLOT_FREED.wait(busy).unwrap_or_else(|e| e.into_inner());
+        let dir = target_dir().join("qemu-slots");
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        loop {
+            for i in 0..max {
+                let path = dir.join(i.to_string());
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&path)
+                    .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+                match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+                    Ok(lock) => return Slot(lock),
+                    Err((_, nix::errno::Errno::EWOULDBLOCK)) => {}
+                    Err((_, e)) => panic!("lock {}: {e}", path.display()),
+                }
+            }
+            std::thread::sleep(Duration::from_millis(250));
         }
-        *busy += 1;
-        Slot
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        *SLOTS_BUSY.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
-        SLOT_FREED.notify_one();
     }
 }
 
