@@ -62,8 +62,13 @@ def cmd_inventory(args):
         lines.append("    role: %s" % ("db" if k % 10 == 0 else "web"))
         if ips is not None:
             lines.append("    ip: %s" % (ips + k))
-        if k % 3 == 0:
-            lines.append("    vars: { disk: /dev/sdb }")
+        # As real sites write them: variables on every machine (where it stands, its asset
+        # tag), and a few more on some.
+        extra = ", disk: /dev/sdb" if k % 3 == 0 else ""
+        lines.append(
+            '    vars: { rack: "r%03d", slot: %d, asset: "A%07d"%s }'
+            % ((offset + k) // 40, (offset + k) % 40, offset + k, extra)
+        )
     with open(out, "w") as f:
         f.write("\n".join(lines) + "\n")
     with open(out + ".macs", "w") as f:

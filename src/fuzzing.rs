@@ -570,6 +570,27 @@ pub fn load_inventory(
     lab_subnets: bool,
 ) -> Result<(), Vec<Positioned>> {
     let ctx = context(kickstarts, os_specs, lab_subnets);
+    // The fast path for plain YAML reads what the general parser reads, or nothing.
+    if let Some(fast) = crate::yaml::fast::parse(text) {
+        assert_eq!(
+            Ok(&fast),
+            crate::yaml::parse(file, text).as_ref(),
+            "the fast YAML path disagrees"
+        );
+    }
+    // Machines read in pieces are the machines read whole, with the same problems.
+    match Inventory::parse_both_ways(file, text, &ctx) {
+        (Ok(a), Ok(b)) => {
+            assert_eq!(a.order, b.order, "pieces vs whole: order");
+            assert_eq!(a.machines, b.machines, "pieces vs whole: machines");
+        }
+        (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "pieces vs whole: problems"),
+        (a, b) => panic!(
+            "pieces vs whole: {} vs {}",
+            a.map_or_else(|e| e.to_string(), |_| "ok".into()),
+            b.map_or_else(|e| e.to_string(), |_| "ok".into())
+        ),
+    }
     let inv = Inventory::parse(file, text, &ctx).map_err(positioned)?;
     inventory_invariants(&inv, &ctx);
     Ok(())

@@ -27,14 +27,214 @@ use crate::values::{
 use crate::yaml::{self, Kind, Node, Pos, Problems, Report};
 
 mod disk;
+mod split;
 #[cfg(feature = "fuzzing")]
 pub(crate) use disk::legacy_ok as legacy_disk_ok;
 pub(crate) use disk::DiskRule;
 #[cfg(test)]
 pub(crate) use disk::Pick;
 
+/// One entry of `machines:` read on its own (possibly on another thread); the checks
+/// across machines are `Seen::add`'s, in file order.
+struct Entry {
+    /// `None`: the key is not a MAC (the problem is in the entry's problems).
+    mac: Option<MacAddr>,
+    key_pos: Pos,
+    machine: Option<(Machine, Pos)>,
+    ip_pos: Option<Pos>,
+}
+
+fn read_entry(r: &mut Report, k: &Node, v: &Node, inv: &Inventory, ctx: &Context) -> Entry {
+    let mut entry = Entry {
+        mac: None,
+        key_pos: k.pos,
+        machine: None,
+        ip_pos: ip_pos_of(v),
+    };
+    let Some(key) = r.string(k, "a machine's MAC address") else {
+        return entry;
+    };
+    match key.parse::<MacAddr>() {
+        Ok(mac) => {
+            entry.mac = Some(mac);
+            entry.machine = read_machine(r, mac, k.pos, v, inv, ctx);
+        }
+        Err(e) => r.add(k.pos, e.to_string()),
+    }
+    entry
+}
+
+/// What the machines read so far claimed: every MAC (a machine's key or one of its
+/// `interfaces:`), hostname and reserved IP, with where.
+#[derive(Default)]
+struct Seen {
+    hostnames: HashMap<String, Pos>,
+    ips: HashMap<Ipv4Addr, Pos>,
+    macs: HashMap<MacAddr, (Pos, String)>,
+}
+
+impl Seen {
+    /// Add the next entry in file order: its problems, unless it repeats an earlier MAC
+    /// (then only that is said), and the machine, unless it clashes with an earlier one.
+    fn add(&mut self, r: &mut Report, inv: &mut Inventory, e: Entry, problems: Vec<yaml::Problem>) {
+        let Some(mac) = e.mac else {
+            r.problems.extend(problems);
+            return;
+        };
+        if let Some((first, what)) = self.macs.get(&mac) {
+            let how = if what.is_empty() {
+                "spelled differently, but the same MAC".to_string()
+            } else {
+                what.clone()
+            };
+            r.add(
+                e.key_pos,
+                format!(
+                    "duplicate machine {mac}: already listed at line {}, column {} ({how})",
+                    first.line, first.col
+                ),
+            );
+            return;
+        }
+        self.macs.insert(mac, (e.key_pos, String::new()));
+        r.problems.extend(problems);
+        let Some((m, host_pos)) = e.machine else {
+            return;
+        };
+        // Every NIC identifies one machine only: a MAC listed for two is an error naming
+        // both places.
+        let mut clash = false;
+        for nic in m.nics.iter().filter(|n| n.mac != mac) {
+            if let Some((first, _)) = self.macs.get(&nic.mac) {
+                r.add(
+                    nic.pos,
+                    format!(
+                        "{} (interface {} of machine {mac}) is already listed at line {}, column {}: a NIC belongs to one machine",
+                        nic.mac, nic.name, first.line, first.col
+                    ),
+                );
+                clash = true;
+            } else {
+                self.macs.insert(
+                    nic.mac,
+                    (
+                        nic.pos,
+                        format!("as interface {} of machine {mac}", nic.name),
+                    ),
+                );
+            }
+        }
+        if clash {
+            return;
+        }
+        let host = m.hostname.to_ascii_lowercase();
+        if let Some(first) = self.hostnames.get(&host) {
+            r.add(
+                host_pos,
+                format!(
+                    "duplicate hostname {:?}: already used at line {}, column {}",
+                    m.hostname, first.line, first.col
+                ),
+            );
+        } else {
+            self.hostnames.insert(host, host_pos);
+        }
+        if let Some((ip, ip_pos)) = m.ip.zip(e.ip_pos) {
+            if let Some(first) = self.ips.get(&ip) {
+                r.add(
+                    ip_pos,
+                    format!(
+                        "duplicate reserved IP {ip}: already reserved at line {}, column {}",
+                        first.line, first.col
+                    ),
+                );
+            } else {
+                self.ips.insert(ip, ip_pos);
+            }
+        }
+        inv.order.push(mac);
+        for nic in m.nics.iter().filter(|n| n.mac != mac) {
+            inv.aliases.insert(nic.mac, mac);
+        }
+        inv.machines.insert(mac, m);
+    }
+}
+
 /// Variables as templates see them.
-pub(crate) type Vars = serde_json::Map<String, Value>;
+///
+/// A list sorted by name rather than a map: a machine has a handful, and a fleet of
+/// 100,000 machines keeps 100,000 of these (a `BTreeMap` spends a 600-byte node on each).
+/// Serialized as a mapping, in name order.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct Vars(Vec<(String, Value)>);
+
+impl Vars {
+    pub(crate) fn new() -> Vars {
+        Vars(Vec::new())
+    }
+
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn get(&self, name: &str) -> Option<&Value> {
+        let i = self
+            .0
+            .binary_search_by(|(k, _)| k.as_str().cmp(name))
+            .ok()?;
+        Some(&self.0[i].1)
+    }
+
+    /// Set `name`, replacing an earlier value.
+    pub(crate) fn insert(&mut self, name: String, value: Value) {
+        match self.0.binary_search_by(|(k, _)| k.as_str().cmp(&name)) {
+            Ok(i) => self.0[i].1 = value,
+            Err(i) => self.0.insert(i, (name, value)),
+        }
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&String, &Value)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+
+    pub(crate) fn shrink_to_fit(&mut self) {
+        self.0.shrink_to_fit();
+    }
+}
+
+impl<'a> IntoIterator for &'a Vars {
+    type Item = (&'a String, &'a Value);
+    type IntoIter = std::iter::Map<
+        std::slice::Iter<'a, (String, Value)>,
+        fn(&'a (String, Value)) -> (&'a String, &'a Value),
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+}
+
+#[cfg(test)]
+impl std::ops::Index<&str> for Vars {
+    type Output = Value;
+
+    fn index(&self, name: &str) -> &Value {
+        self.get(name).unwrap_or(&Value::Null)
+    }
+}
+
+impl FromIterator<(String, Value)> for Vars {
+    fn from_iter<I: IntoIterator<Item = (String, Value)>>(items: I) -> Vars {
+        let mut out = Vars::new();
+        for (k, v) in items {
+            out.insert(k, v);
+        }
+        out
+    }
+}
+
+impl Serialize for Vars {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.iter())
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -65,7 +265,7 @@ pub(crate) struct Role {
     /// Secrets the role's installs may fetch (`/secret/MAC/NAME`), by name.
     pub(crate) secrets: Vec<SecretRef>,
     /// The role's target-disk rule (`disk:`, or its `vars.disk`), if it has one.
-    pub(crate) disk: Option<DiskRule>,
+    pub(crate) disk: Option<Arc<DiskRule>>,
 }
 
 /// A secret a role declares, and where (for `check`'s messages).
@@ -85,8 +285,9 @@ pub(crate) struct Machine {
     pub(crate) vars: Vars,
     pub(crate) line: usize,
     /// How to reach its BMC (defaults ← role ← machine, resolved at load); never shown.
+    /// Boxed: most machines have none, and a fleet keeps one `Machine` per machine.
     #[serde(skip)]
-    pub(crate) power: Option<Power>,
+    pub(crate) power: Option<Box<Power>>,
     /// Every NIC (`interfaces:`), the key MAC among them; empty when only the key is known.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub(crate) nics: Vec<crate::network::Nic>,
@@ -94,7 +295,8 @@ pub(crate) struct Machine {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) network: Option<crate::network::Plan>,
     /// Its target-disk rule: its own, else its role's, else the defaults' (resolved at load).
-    pub(crate) disk: DiskRule,
+    /// Shared with the role or the defaults it came from.
+    pub(crate) disk: Arc<DiskRule>,
 }
 
 impl Machine {
@@ -123,7 +325,7 @@ pub(crate) struct Defaults {
     pub(crate) vars: Vars,
     #[serde(skip)]
     pub(crate) power: PowerLayer,
-    pub(crate) disk: Option<DiskRule>,
+    pub(crate) disk: Option<Arc<DiskRule>>,
 }
 
 /// Which protocol a BMC speaks.
@@ -228,7 +430,7 @@ pub(crate) fn test_machine(mac: &str, hostname: &str, role: &str) -> Machine {
         power: None,
         nics: Vec::new(),
         network: None,
-        disk: DiskRule::default_rule(),
+        disk: Arc::new(DiskRule::default_rule()),
     }
 }
 
@@ -270,10 +472,59 @@ impl Inventory {
     }
 
     pub(crate) fn parse(path: &Path, text: &str, ctx: &Context) -> Result<Inventory, Problems> {
-        let root = yaml::parse(path, text)?;
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Inventory::parse_split(path, text, ctx, split::MIN_SPLIT_BYTES, threads)
+    }
+
+    /// `parse`, reading a `machines:` section of `min_bytes` or more in pieces on `threads`
+    /// threads (`split`).
+    fn parse_split(
+        path: &Path,
+        text: &str,
+        ctx: &Context,
+        min_bytes: usize,
+        threads: usize,
+    ) -> Result<Inventory, Problems> {
+        if let Some(cut) = split::split(text, min_bytes, threads * 4) {
+            if let Ok(root) = yaml::parse(path, &cut.header) {
+                return Inventory::from_tree(path, text, &root, Some((&cut.pieces, threads)), ctx);
+            }
+        }
+        Inventory::parse_whole(path, text, ctx)
+    }
+
+    /// The inventory read in pieces wherever `split` can cut it (however small), and read
+    /// whole: for the fuzzer, which checks the two agree.
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn parse_both_ways(
+        path: &Path,
+        text: &str,
+        ctx: &Context,
+    ) -> (Result<Inventory, Problems>, Result<Inventory, Problems>) {
+        (
+            Inventory::parse_split(path, text, ctx, 0, 2),
+            Inventory::parse_whole(path, text, ctx),
+        )
+    }
+
+    /// `parse` without the split: for files `split` does not cut, and for the ordinary
+    /// error when a piece does not parse.
+    fn parse_whole(path: &Path, text: &str, ctx: &Context) -> Result<Inventory, Problems> {
+        Inventory::from_tree(path, text, &yaml::parse(path, text)?, None, ctx)
+    }
+
+    /// The inventory from its parsed tree; `pieces`: the `machines:` section's entries,
+    /// still to be parsed (the tree has the section empty), and the threads to use.
+    fn from_tree(
+        path: &Path,
+        text: &str,
+        root: &Node,
+        pieces: Option<(&[(usize, &str)], usize)>,
+        ctx: &Context,
+    ) -> Result<Inventory, Problems> {
         let mut r = Report::new(path);
         let mut inv = Inventory::empty(path);
-        let Some(mut top) = r.map(&root, "the inventory") else {
+        let Some(mut top) = r.map(root, "the inventory") else {
             return Err(r.finish(()).unwrap_err());
         };
 
@@ -293,7 +544,7 @@ impl Inventory {
                     inv.defaults.power = read_power(&mut r, p, "defaults.power");
                 }
                 let (dk, vs) = (d.get("disk"), d.get("vars"));
-                inv.defaults.disk = disk::read_level(&mut r, dk, vs, "defaults");
+                inv.defaults.disk = disk::read_level(&mut r, dk, vs, "defaults").map(Arc::new);
                 d.deny_unknown(&mut r, "defaults", &["unknown", "vars", "power", "disk"]);
             }
         }
@@ -318,99 +569,24 @@ impl Inventory {
             }
         }
 
-        let mut hostnames: HashMap<String, Pos> = HashMap::new();
-        let mut ips: HashMap<Ipv4Addr, Pos> = HashMap::new();
-        // Where each MAC was listed: a machine's key, or one of its `interfaces:`.
-        let mut macs: HashMap<MacAddr, (Pos, String)> = HashMap::new();
-        if let Some(n) = top.get("machines") {
+        let mut seen = Seen::default();
+        if let Some((pieces, threads)) = pieces {
+            // In the header the section is empty; its entries are in the pieces.
+            top.get("machines");
+            let read = |r: &mut Report, k: &Node, v: &Node| read_entry(r, k, v, &inv, ctx);
+            let Some(pieces) = split::read_pieces(path, pieces, threads, &read) else {
+                return Inventory::parse_whole(path, text, ctx);
+            };
+            for entry in pieces.into_iter().flatten() {
+                seen.add(&mut r, &mut inv, entry.value, entry.problems);
+            }
+        } else if let Some(n) = top.get("machines") {
             if let Some(mut ms) = r.map(n, "machines") {
                 for (k, v) in ms.entries() {
-                    let Some(key) = r.string(k, "a machine's MAC address") else {
-                        continue;
-                    };
-                    let mac = match key.parse::<MacAddr>() {
-                        Ok(m) => m,
-                        Err(e) => {
-                            r.add(k.pos, e.to_string());
-                            continue;
-                        }
-                    };
-                    if let Some((first, what)) = macs.get(&mac) {
-                        let how = if what.is_empty() {
-                            "spelled differently, but the same MAC".to_string()
-                        } else {
-                            what.clone()
-                        };
-                        r.add(
-                            k.pos,
-                            format!(
-                                "duplicate machine {mac}: already listed at line {}, column {} ({how})",
-                                first.line, first.col
-                            ),
-                        );
-                        continue;
-                    }
-                    macs.insert(mac, (k.pos, String::new()));
-                    let Some(m) = read_machine(&mut r, mac, k.pos, v, &inv, ctx) else {
-                        continue;
-                    };
-                    // Every NIC identifies one machine only: a MAC listed for two is an error
-                    // naming both places.
-                    let mut clash = false;
-                    for nic in m.0.nics.iter().filter(|n| n.mac != mac) {
-                        if let Some((first, _)) = macs.get(&nic.mac) {
-                            r.add(
-                                nic.pos,
-                                format!(
-                                    "{} (interface {} of machine {mac}) is already listed at line {}, column {}: a NIC belongs to one machine",
-                                    nic.mac, nic.name, first.line, first.col
-                                ),
-                            );
-                            clash = true;
-                        } else {
-                            macs.insert(
-                                nic.mac,
-                                (
-                                    nic.pos,
-                                    format!("as interface {} of machine {mac}", nic.name),
-                                ),
-                            );
-                        }
-                    }
-                    if clash {
-                        continue;
-                    }
-                    let host_pos = m.1;
-                    let m = m.0;
-                    if let Some(first) = hostnames.get(&m.hostname.to_ascii_lowercase()) {
-                        r.add(
-                            host_pos,
-                            format!(
-                                "duplicate hostname {:?}: already used at line {}, column {}",
-                                m.hostname, first.line, first.col
-                            ),
-                        );
-                    } else {
-                        hostnames.insert(m.hostname.to_ascii_lowercase(), host_pos);
-                    }
-                    if let Some((ip, ip_pos)) = m.ip.zip(ip_pos_of(v)) {
-                        if let Some(first) = ips.get(&ip) {
-                            r.add(
-                                ip_pos,
-                                format!(
-                                    "duplicate reserved IP {ip}: already reserved at line {}, column {}",
-                                    first.line, first.col
-                                ),
-                            );
-                        } else {
-                            ips.insert(ip, ip_pos);
-                        }
-                    }
-                    inv.order.push(mac);
-                    for nic in m.nics.iter().filter(|n| n.mac != mac) {
-                        inv.aliases.insert(nic.mac, mac);
-                    }
-                    inv.machines.insert(mac, m);
+                    let before = r.problems.len();
+                    let entry = read_entry(&mut r, k, v, &inv, ctx);
+                    let problems = r.problems.split_off(before);
+                    seen.add(&mut r, &mut inv, entry, problems);
                 }
             }
         }
@@ -614,7 +790,7 @@ fn read_role(r: &mut Report, name: &str, node: &Node, ctx: &Context) -> Option<R
         puppet_server,
         power,
         secrets,
-        disk,
+        disk: disk.map(Arc::new),
     })
 }
 
@@ -744,7 +920,7 @@ fn read_machine(
             ip,
             vars,
             line: key_pos.line,
-            power,
+            power: power.map(Box::new),
             nics,
             network,
             disk,
@@ -932,6 +1108,7 @@ fn read_vars(r: &mut Report, node: &Node, what: &str) -> Vars {
             out.insert(name, value);
         }
     }
+    out.shrink_to_fit();
     out
 }
 
@@ -969,7 +1146,7 @@ fn read_value(r: &mut Report, node: &Node, name: &str, depth: usize) -> Option<V
                 .collect(),
         )),
         Kind::Map(entries) => {
-            let mut out = Vars::new();
+            let mut out = serde_json::Map::new();
             for (k, v) in entries {
                 let Some(key) = k.as_str().filter(|s| valid_var_name(s)) else {
                     r.add(
@@ -1121,6 +1298,76 @@ fn fingerprint(path: &Path) -> Option<(u64, u64, i64, i64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The pieces path reads exactly what the whole-file path reads: the same machines in
+    /// the same order, and the same problems (a bad MAC, a MAC spelled twice across pieces,
+    /// a hostname and an IP used twice, a bad variable); the same key written twice in two
+    /// pieces falls back to the whole file's YAML error.
+    #[test]
+    fn reading_machines_in_pieces_is_reading_them_whole() {
+        let mut good = String::from("defaults:\n  vars: { ntp: 198.18.0.1 }\nroles:\n  web: { template: base.sh.j2 }\nmachines:\n");
+        for i in 0..300u32 {
+            good.push_str(&format!(
+                "  \"52:54:00:00:{:02x}:{:02x}\":\n    hostname: m{i}\n    role: web\n    ip: 198.18.{}.{}\n    vars: {{ rack: r{} }}\n\n",
+                i / 256,
+                i % 256,
+                1 + i / 200,
+                i % 200,
+                i / 40
+            ));
+        }
+        let mut bad = good.clone();
+        bad.push_str("  not-a-mac:\n    hostname: x1\n");
+        bad.push_str("  \"52-54-00-00-00-05\":\n    hostname: x2\n");
+        bad.push_str("  \"52:54:00:00:09:99\":\n    hostname: m7\n    role: web\n    ip: 198.18.1.3\n    vars: { bad: \"a;b\" }\n");
+        let mut same_key = good.clone();
+        same_key.push_str("  \"52:54:00:00:00:05\":\n    hostname: x3\n");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("base.sh.j2"), "#!/bin/sh\n").unwrap();
+        let ctx = Context {
+            kickstarts: dir.path().to_path_buf(),
+            ..Context::default()
+        };
+        let path = Path::new("inventory.yaml");
+        for (what, text) in [("good", &good), ("bad", &bad), ("same key", &same_key)] {
+            assert!(split::split(text, 0, 8).is_some(), "{what}: cut");
+            let whole = Inventory::parse_whole(path, text, &ctx);
+            for threads in [1, 2, 3] {
+                let pieces = Inventory::parse_split(path, text, &ctx, 0, threads);
+                match (&whole, &pieces) {
+                    (Ok(a), Ok(b)) => {
+                        assert_eq!(a.order, b.order, "{what}");
+                        assert_eq!(a.machines, b.machines, "{what}");
+                        assert_eq!(a.aliases, b.aliases, "{what}");
+                    }
+                    (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "{what}"),
+                    _ => panic!(
+                        "{what}: {whole:?} vs {pieces:?}",
+                        whole = whole.as_ref().map(|i| i.order.len()),
+                        pieces = pieces.as_ref().map(|i| i.order.len())
+                    ),
+                }
+            }
+            match (what, &whole) {
+                ("good", Ok(inv)) => assert_eq!(inv.order.len(), 300),
+                ("bad", Err(e)) => {
+                    let e = e.to_string();
+                    for want in [
+                        "not-a-mac",
+                        "duplicate machine 52:54:00:00:00:05",
+                        "duplicate hostname \"m7\"",
+                        "duplicate reserved IP 198.18.1.3",
+                        "variable \"bad\"",
+                    ] {
+                        assert!(e.contains(want), "{want} in {e}");
+                    }
+                }
+                ("same key", Err(e)) => assert!(e.to_string().contains("duplicate key"), "{e}"),
+                _ => panic!("{what}: unexpected {}", whole.is_ok()),
+            }
+        }
+    }
+
     use std::fs;
 
     struct Fixture {
@@ -1514,7 +1761,7 @@ machines:
         let one = d("52:54:00:00:00:01");
         assert_eq!(one.serial.as_deref(), Some("S3Z9NB0K123456"));
         assert_eq!(
-            (one.model, one.min_size, one.pick),
+            (one.model.clone(), one.min_size, one.pick),
             (None, None, Pick::Only)
         );
         assert_eq!(one.from, "machine 52:54:00:00:00:01");
@@ -1538,7 +1785,7 @@ machines:
             .parse(&DISKS.replace("  disk: { pick: smallest }\n", ""))
             .unwrap();
         let three = inv.machine(&"52:54:00:00:00:03".parse().unwrap()).unwrap();
-        assert_eq!(three.disk, DiskRule::default_rule());
+        assert_eq!(*three.disk, DiskRule::default_rule());
         assert_eq!(three.disk.describe(), "pick=only");
         // legacy by-path and by-id device paths become those rules
         let inv = f

@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 
 use saphyr_parser::{Event, Parser, ScalarStyle, Span};
 
+pub(crate) mod fast;
+
 /// A position in a file: 1-based line and column.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, PartialOrd, Ord)]
 pub(crate) struct Pos {
@@ -318,10 +320,11 @@ pub(crate) fn parse(file: &Path, text: &str) -> Result<Node, Problems> {
                 let kind = if !quoted && is_null(&value) {
                     Kind::Null
                 } else {
-                    Kind::Scalar {
-                        text: Cow::into_owned(value),
-                        quoted,
-                    }
+                    // The scanner's buffer has room to spare; an inventory keeps
+                    // hundreds of thousands of these.
+                    let mut text = Cow::into_owned(value);
+                    text.shrink_to_fit();
+                    Kind::Scalar { text, quoted }
                 };
                 let node = Node { kind, pos };
                 b.anchored(anchor, &node);
@@ -370,6 +373,20 @@ pub(crate) fn parse(file: &Path, text: &str) -> Result<Node, Problems> {
         kind: Kind::Null,
         pos: Pos { line: 1, col: 1 },
     }))
+}
+
+/// Move every position in `node`'s tree `by` lines down: for a piece of a file parsed on
+/// its own (see `inventory::split`).
+pub(crate) fn shift_lines(node: &mut Node, by: usize) {
+    node.pos.line += by;
+    match &mut node.kind {
+        Kind::Seq(items) => items.iter_mut().for_each(|n| shift_lines(n, by)),
+        Kind::Map(entries) => entries.iter_mut().for_each(|(k, v)| {
+            shift_lines(k, by);
+            shift_lines(v, by);
+        }),
+        Kind::Null | Kind::Scalar { .. } => {}
+    }
 }
 
 fn is_null(s: &str) -> bool {

@@ -9,6 +9,8 @@
 //! Every value reaches a shell script (inside double quotes), so each field has a short
 //! list of allowed characters, checked here at load time.
 
+use std::sync::{Arc, LazyLock};
+
 use serde::Serialize;
 
 use crate::values::value_char;
@@ -155,16 +157,19 @@ pub(super) fn read_level(
     }
 }
 
-/// The most specific rule wins whole; none anywhere is [`DiskRule::default_rule`].
+/// The most specific rule wins whole; none anywhere is [`DiskRule::default_rule`]. A rule
+/// inherited from the role or the defaults is shared, not copied.
 pub(super) fn resolve(
-    defaults: Option<&DiskRule>,
-    role: Option<&DiskRule>,
+    defaults: Option<&Arc<DiskRule>>,
+    role: Option<&Arc<DiskRule>>,
     machine: Option<DiskRule>,
-) -> DiskRule {
+) -> Arc<DiskRule> {
+    static DEFAULT: LazyLock<Arc<DiskRule>> = LazyLock::new(|| Arc::new(DiskRule::default_rule()));
     machine
+        .map(Arc::new)
         .or_else(|| role.cloned())
         .or_else(|| defaults.cloned())
-        .unwrap_or_else(DiskRule::default_rule)
+        .unwrap_or_else(|| DEFAULT.clone())
 }
 
 /// Whether `vars.disk` holds something [`read_legacy`] takes (a device path it turns into
