@@ -15,7 +15,10 @@ use crate::tftp;
 
 /// Which machine an address belongs to: its lease (authoritative mode), else the kernel's
 /// neighbour table (the client just talked to us, so it is there).
-fn mac_for_ip(leases: Option<&Arc<dyn LeaseStore>>, ip: std::net::IpAddr) -> Option<MacAddr> {
+pub(crate) fn mac_for_ip(
+    leases: Option<&Arc<dyn LeaseStore>>,
+    ip: std::net::IpAddr,
+) -> Option<MacAddr> {
     let std::net::IpAddr::V4(v4) = ip else {
         return None;
     };
@@ -222,6 +225,10 @@ impl dhcp::DhcpObserver for Recorder {
                 }
                 if let Some(f) = &ev.boot_file {
                     msg.push_str(&format!(", boot file {f}"));
+                }
+                // An answer with less than the firmware asked for: say why.
+                if let Some(r) = &ev.refusal {
+                    msg.push_str(&format!(" ({r})"));
                 }
             }
             (None, Some(r)) => msg.push_str(&format!(": no answer: {r}")),

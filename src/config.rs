@@ -96,6 +96,9 @@ pub(crate) struct Config {
     pub(crate) http: HttpConfig,
     pub(crate) stemcell: StemcellFiles,
     pub(crate) assets: Option<PathBuf>,
+    /// The boot loaders served over HTTP at `/tftp/` (UEFI HTTP boot's `uefi_http`):
+    /// `loaders`, else `tftp.root`, else Debian's `/usr/lib/ipxe` (see [`read_loaders`]).
+    pub(crate) loaders: PathBuf,
     pub(crate) inventory: PathBuf,
     pub(crate) kickstarts: PathBuf,
     pub(crate) state_dir: PathBuf,
@@ -160,6 +163,7 @@ const TOP_KEYS: &[&str] = &[
     "http",
     "stemcell",
     "assets",
+    "loaders",
     "inventory",
     "kickstarts",
     "state_dir",
@@ -311,6 +315,7 @@ impl Config {
             None => DEFAULT_INSTALLER_BOOTS,
         };
         let run_as = read_run_as(&mut r, top.get("user"), top.get("group"));
+        let loaders = read_loaders(&mut r, top.get("loaders"), &dir, tftp.as_ref());
         let power = read_power_config(&mut r, top.get("power"));
         if let Some(pos) = http.read_auth {
             if admin_token_file.is_none() && read_token_file.is_none() {
@@ -338,6 +343,7 @@ impl Config {
             http,
             stemcell,
             assets,
+            loaders,
             inventory,
             kickstarts,
             state_dir,
@@ -365,7 +371,10 @@ impl Config {
             server_ip,
             interface: self.interface.clone().unwrap_or_default(),
             http_url: http_url.to_string(),
-            boot_files: self.dhcp.boot_files.clone(),
+            boot_files: crate::dhcp::BootFiles {
+                tftp: self.tftp.is_some(),
+                ..self.dhcp.boot_files.clone()
+            },
             subnets: self.dhcp.subnets.clone(),
         };
         settings.validate()?;
@@ -572,6 +581,21 @@ fn read_boot_files(r: &mut Report, n: &Node, bf: &mut BootFiles) {
         "dhcp.boot_files",
         &["bios", "uefi_x64", "uefi_ia32", "arm64", "uefi_http"],
     );
+}
+
+/// `loaders`: the folder UEFI HTTP boot fetches its loader from (at `{http.url}/tftp/`).
+/// Without the key: TFTP's root when TFTP is on (one folder for both), else
+/// `/usr/lib/ipxe` (Debian's ipxe), so an HTTP-boot-only site needs no TFTP section.
+fn read_loaders(
+    r: &mut Report,
+    n: Option<&Node>,
+    dir: &Path,
+    tftp: Option<&TftpConfig>,
+) -> PathBuf {
+    if let Some(s) = n.and_then(|n| r.string(n, "loaders")) {
+        return relative_to(dir, s);
+    }
+    tftp.map_or_else(|| PathBuf::from("/usr/lib/ipxe"), |t| t.root.clone())
 }
 
 /// The `tftp` section; `None` when it says `enabled: false`.
@@ -937,6 +961,30 @@ admin_token_file: admin.token
         );
         let e = parse(&bad).unwrap_err().to_string();
         assert!(e.contains("dhcp.install_token_from_lease"), "{e}");
+    }
+
+    /// `loaders` (UEFI HTTP boot's folder): TFTP's root by default, Debian's iPXE folder
+    /// with TFTP off, or the key, relative to the config; DHCP learns whether TFTP is on.
+    #[test]
+    fn loaders_follow_tftp_unless_set_and_dhcp_knows_when_tftp_is_off() {
+        let ip = Ipv4Addr::new(198, 18, 0, 1);
+        let url = "http://198.18.0.1:8080";
+        let c = parse(&FULL.replace("  root: /usr/lib/ipxe", "  root: tftproot")).unwrap();
+        assert_eq!(c.loaders, PathBuf::from("/etc/stemcell/tftproot"));
+        assert!(c.dhcp_settings(ip, url).unwrap().boot_files.tftp);
+        for no_tftp in [
+            FULL.replace("tftp:\n  root: /usr/lib/ipxe\n", ""),
+            FULL.replace("  root: /usr/lib/ipxe", "  enabled: false"),
+        ] {
+            let c = parse(&no_tftp).unwrap();
+            assert!(c.tftp.is_none());
+            assert_eq!(c.loaders, PathBuf::from("/usr/lib/ipxe"));
+            assert!(!c.dhcp_settings(ip, url).unwrap().boot_files.tftp);
+            let c = parse(&format!("{no_tftp}loaders: efi\n")).unwrap();
+            assert_eq!(c.loaders, PathBuf::from("/etc/stemcell/efi"));
+        }
+        let e = parse(&format!("{FULL}loaders: [a, b]\n")).unwrap_err();
+        assert!(e.to_string().contains(":23:10: loaders"), "{e}");
     }
 
     #[test]

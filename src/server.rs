@@ -89,11 +89,27 @@ fn load(config_path: &Path) -> Result<(Config, Inventory), Fatal> {
 }
 
 /// Files the config and inventory name that are not there: the TFTP root and the boot
-/// files in it (through the same jail TFTP uses, so a symlink out counts as missing), and
-/// the roles' kernels and initrds in the assets folder. Each says where it was named.
+/// files in it (through the same jail TFTP uses, so a symlink out counts as missing), UEFI
+/// HTTP boot's loader in the `loaders` folder (when DHCP hands out boot files), and the
+/// roles' kernels and initrds in the assets folder. Each says where it was named.
 fn missing_files(config: &Config, inv: &Inventory) -> Vec<String> {
     let mut out = Vec::new();
     let cfg = config.file.display();
+    let b = &config.dhcp.boot_files;
+    if config.dhcp.mode != crate::dhcp::Mode::Off {
+        let dir = &config.loaders;
+        let found = match dir.canonicalize() {
+            Ok(root) => crate::jail::resolve(&root, &b.uefi_http).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = found {
+            out.push(format!(
+                "{cfg}: dhcp.boot_files.uefi_http: {} cannot be served over HTTP from loaders {}: {e}",
+                b.uefi_http,
+                dir.display()
+            ));
+        }
+    }
     if let Some(t) = &config.tftp {
         match t.root.canonicalize() {
             Err(e) => out.push(format!(
@@ -101,11 +117,9 @@ fn missing_files(config: &Config, inv: &Inventory) -> Vec<String> {
                 t.root.display()
             )),
             Ok(root) => {
-                let b = &config.dhcp.boot_files;
                 let files = [
                     ("bios", Some(&b.bios)),
                     ("uefi_x64", Some(&b.uefi_x64)),
-                    ("uefi_http", Some(&b.uefi_http)),
                     ("uefi_ia32", b.uefi_ia32.as_ref()),
                     ("arm64", b.arm64.as_ref()),
                 ];

@@ -374,6 +374,75 @@ fn kernel_and_assets_stream_with_range_etag_and_head() {
     assert!(has_event(&m, "message", "fetched stem-cell vmlinuz"), "{m}");
 }
 
+/// UEFI HTTP boot's loader without TFTP: the `loaders` folder at `/tftp/`, with the HEAD
+/// EDK2 sends first (a 405 there ends its HTTP boot) and a Content-Length; jailed; and a
+/// loader that is not there stops `check` with what is missing and where it was looked for.
+#[test]
+fn the_http_boot_loader_is_served_from_loaders_without_tftp() {
+    let dir = tempfile::tempdir().unwrap();
+    lab(dir.path(), INVENTORY);
+    let cfg = dir.path().join("stemcell.yaml");
+    let base = std::fs::read_to_string(&cfg).unwrap();
+    assert!(!base.contains("tftp"), "the lab config has no TFTP: {base}");
+    std::fs::write(&cfg, format!("{base}loaders: efi\n")).unwrap();
+    std::fs::create_dir(dir.path().join("efi")).unwrap();
+    let loader: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
+    std::fs::write(dir.path().join("efi/snponly.efi"), &loader).unwrap();
+    let s = Server::start(dir.path());
+
+    let r = curl(&["-I"], &s.url("/tftp/snponly.efi"));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-length").as_deref(), Some("200000"));
+    let r = curl(&[], &s.url("/tftp/snponly.efi"));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, loader);
+    assert_eq!(curl(&[], &s.url("/tftp/ipxe.efi")).status, 404);
+    for hostile in ["/tftp/../secret.txt", "/tftp/%2e%2e/secret.txt"] {
+        let r = curl(&["--path-as-is"], &s.url(hostile));
+        assert_ne!(
+            r.status, 200,
+            "{hostile} must not escape the loaders folder"
+        );
+    }
+    drop(s);
+
+    // DHCP on (proxy mode, an interface named) and the loader missing: `check` says so.
+    let proxy = base.replace(
+        "dhcp:\n  mode: off\n",
+        "interface: lo\ndhcp:\n  mode: proxy\n",
+    );
+    assert_ne!(proxy, base);
+    std::fs::write(&cfg, format!("{proxy}loaders: nowhere\n")).unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains(
+            "dhcp.boot_files.uefi_http: snponly.efi cannot be served over HTTP from loaders"
+        ) && text.contains("nowhere"),
+        "{text}"
+    );
+    // Found: `check` passes (without the lab's deliberately broken machine).
+    std::fs::write(&cfg, format!("{proxy}loaders: efi\n")).unwrap();
+    let inventory = INVENTORY.split("  \"52:54:00:00:00:02\"").next().unwrap();
+    std::fs::write(dir.path().join("inventory.yaml"), inventory).unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn a_failing_template_is_a_500_and_an_event_never_half_a_script() {
     let dir = tempfile::tempdir().unwrap();

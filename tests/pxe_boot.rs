@@ -77,6 +77,14 @@ fn pxe_uefi_firmware_pxe_authoritative() {
     scenario("uefi-pxe");
 }
 
+/// OVMF's own UEFI HTTP Boot with no TFTP at all: option 60 "HTTPClient" and the loader's
+/// URL from stemcell's DHCP, snponly.efi over HTTP, then the usual install (pxe.sh says
+/// what it checks; docs/firmware.md, "UEFI HTTP Boot", what the firmware does).
+#[test]
+fn pxe_uefi_http_boot_without_tftp() {
+    scenario("uefi-http");
+}
+
 #[test]
 fn pxe_failing_install_does_not_loop() {
     scenario("failing");

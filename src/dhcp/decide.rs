@@ -293,9 +293,17 @@ impl DhcpServer {
             }
         }
         match self.boot_for(class, mac) {
+            // TFTP is off: PXE firmware still gets its file's name. With no boot file in
+            // any offer EDK2's PXE asks again for about a minute (DISCOVER after 4, 8, 16
+            // and 32 s) before it moves on to HTTP boot; with one, its TFTP read meets no
+            // listener (ICMP port unreachable) and fails at once. The event says why.
+            Ok(b) if !b.http && !self.settings.boot_files.tftp => {
+                let why = Refusal::NoTftp { arch: class.arch };
+                (Some(b), Some(why))
+            }
             Ok(b) => (Some(b), None),
             Err(r) => {
-                tracing::warn!(mac = %mac, arch = %class.arch, "no boot file configured for this architecture");
+                tracing::warn!(mac = %mac, arch = %class.arch, refusal = %r, "no boot file for this client");
                 (None, Some(r))
             }
         }
@@ -393,8 +401,8 @@ impl DhcpServer {
         let (boot, refusal) = self.boot_decision(&class, mac, host.is_some());
         let mut ev = self.event(p, msg, port, class);
         ev.known = host.is_some();
+        ev.refusal = refusal;
         let Some(boot) = boot else {
-            ev.refusal = refusal;
             tracing::debug!(mac = %mac, refusal = ?ev.refusal, "network-boot client not answered");
             return Outcome::event_only(mac, ev);
         };
@@ -1147,6 +1155,112 @@ mod tests {
             opt_str(reply(&o), code::VENDOR_CLASS).as_deref(),
             Some("HTTPClient")
         );
+    }
+
+    /// A server for an HTTP-boot-only site: `tftp` off (no tftp section in the config).
+    fn server_without_tftp(mode: Mode) -> DhcpServer {
+        let mut s = settings(mode);
+        s.boot_files.tftp = false;
+        let leases = Arc::new(JournalStore::in_memory(s.pools()));
+        let dir = Dir {
+            hosts: Default::default(),
+            unknown: true,
+        };
+        DhcpServer::new(s, Arc::new(dir), Arc::new(NoObserver), leases).unwrap()
+    }
+
+    /// OVMF's (EDK2 2022.11) HTTP boot DISCOVER, as captured from the firmware in the
+    /// uefi-http scenario: vendor class, arch 16, NDI 1.3.0, an all-zero UUID.
+    const EDK2_HTTP: &[(u8, &[u8])] = &[
+        (57, &[0x05, 0xc0]),
+        (97, &[0; 17]),
+        (94, &[1, 3, 0]),
+        (93, &[0, 16]),
+        (60, b"HTTPClient:Arch:00016:UNDI:003000"),
+    ];
+
+    /// What EDK2's HTTP boot needs in authoritative mode, read back by dhcproto: an
+    /// address, option 60 "HTTPClient" (without it EDK2 takes the offer for an address
+    /// only and keeps looking for a boot URI), the loader's full http:// URL in `file` and
+    /// option 67, no TFTP server name (option 66, sname) and no PXE options (43). The same
+    /// with TFTP off: HTTP boot never needs it.
+    #[test]
+    fn authoritative_http_boot_offer_and_ack_decode_with_dhcproto() {
+        use dhcproto::v4::{DhcpOption, Message, MessageType as M, OptionCode};
+        use dhcproto::{Decodable, Decoder};
+        let url = "http://198.18.0.1:8080/tftp/snponly.efi";
+        for s in [
+            server(Mode::Authoritative),
+            server_without_tftp(Mode::Authoritative),
+        ] {
+            let offer = discover(&s, EDK2_HTTP, T0);
+            assert_eq!(offer.event.as_ref().unwrap().1.refusal, None);
+            let ip = reply(&offer).yiaddr;
+            let ipb = ip.octets();
+            let mut opts = EDK2_HTTP.to_vec();
+            opts.extend([(50, &ipb[..]), (54, &[198, 18, 0, 1][..])]);
+            let ack = handle(&s, &pkt(3, &opts), T0);
+            assert_eq!(ack.event.as_ref().unwrap().1.refusal, None);
+            for (o, want) in [(&offer, M::Offer), (&ack, M::Ack)] {
+                let bytes = reply(o).encode();
+                let m = Message::decode(&mut Decoder::new(&bytes)).unwrap();
+                assert_eq!(m.opts().msg_type(), Some(want));
+                assert_eq!(m.yiaddr(), ip);
+                assert!(ip.octets()[..3] == [198, 18, 0], "{ip}");
+                let fname = m.fname().map(|f| f.split(|&b| b == 0).next().unwrap_or(f));
+                assert_eq!(fname, Some(url.as_bytes()), "{want:?}");
+                assert!(m.sname().is_none_or(|n| n.iter().all(|&b| b == 0)));
+                match m.opts().get(OptionCode::ClassIdentifier) {
+                    Some(DhcpOption::ClassIdentifier(v)) => assert_eq!(v, b"HTTPClient"),
+                    other => panic!("{want:?}: option 60 is {other:?}"),
+                }
+                match m.opts().get(OptionCode::BootfileName) {
+                    Some(DhcpOption::BootfileName(v)) => assert_eq!(v, url.as_bytes()),
+                    other => panic!("{want:?}: option 67 is {other:?}"),
+                }
+                assert!(m.opts().get(OptionCode::TFTPServerName).is_none());
+                assert!(m.opts().get(OptionCode::VendorExtensions).is_none());
+                assert_eq!(
+                    m.opts().get(OptionCode::ServerIdentifier),
+                    Some(&DhcpOption::ServerIdentifier(SERVER))
+                );
+            }
+        }
+    }
+
+    /// TFTP off: PXE firmware is still told its TFTP file (so that its read fails at once
+    /// and it moves on to HTTP boot instead of asking again for a minute), with the reason
+    /// in its event; HTTP boot and iPXE are answered as ever, in both modes.
+    #[test]
+    fn without_tftp_pxe_firmware_is_told_its_file_and_why_it_will_fail() {
+        for mode in [Mode::Authoritative, Mode::Proxy] {
+            let s = server_without_tftp(mode);
+            let o = discover(&s, &[(60, PXE_X64), (93, &[0, 7])], T0);
+            assert_eq!(reply(&o).file, "snponly.efi", "{mode:?}");
+            let ev = &o.event.as_ref().unwrap().1;
+            assert_eq!(ev.boot_file.as_deref(), Some("snponly.efi"));
+            assert_eq!(
+                ev.refusal,
+                Some(Refusal::NoTftp {
+                    arch: Arch::UefiX64
+                }),
+                "{mode:?}"
+            );
+            assert_eq!(ev.refusal.as_ref().unwrap().kind(), "no_tftp");
+            let msg = ev.refusal.as_ref().unwrap().to_string();
+            assert!(
+                msg.starts_with("TFTP is off: x86-64 UEFI PXE firmware"),
+                "{msg}"
+            );
+            for opts in [
+                EDK2_HTTP,
+                &[(60, PXE_X64), (93, &[0, 7]), (77, b"iPXE")][..],
+            ] {
+                let o = discover(&s, opts, T0);
+                assert!(reply(&o).file.starts_with("http://"), "{mode:?} {opts:?}");
+                assert_eq!(o.event.unwrap().1.refusal, None, "{mode:?} {opts:?}");
+            }
+        }
     }
 
     #[test]

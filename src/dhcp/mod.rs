@@ -135,6 +135,11 @@ pub(crate) struct BootFiles {
     /// UEFI HTTP boot (x86-64): fetched as `{http_url}/tftp/{uefi_http}`. Not `ipxe.efi`
     /// by default: Debian's is a symlink out of /usr/lib/ipxe, which the jail refuses.
     pub(crate) uefi_http: String,
+    /// TFTP is served. Without it (an HTTP-boot-only site) PXE firmware is still told its
+    /// TFTP file, with [`Refusal::NoTftp`] in its event: a read nobody answers fails at
+    /// once and the firmware moves on to HTTP boot, where an offer without a file makes
+    /// EDK2 ask again for about a minute (docs/firmware.md, "UEFI HTTP Boot").
+    pub(crate) tftp: bool,
 }
 
 impl Default for BootFiles {
@@ -145,6 +150,7 @@ impl Default for BootFiles {
             uefi_ia32: None,
             arm64: None,
             uefi_http: "snponly.efi".into(),
+            tftp: true,
         }
     }
 }
@@ -325,6 +331,8 @@ pub(crate) enum Refusal {
     UnknownMachine,
     #[error("no boot file is configured for {arch} clients")]
     NoBootFile { arch: Arch },
+    #[error("TFTP is off: {arch} PXE firmware's read of its boot file fails at once and it moves on; UEFI HTTP boot and iPXE are served")]
+    NoTftp { arch: Arch },
     #[error("the address pool of subnet {subnet} is exhausted")]
     PoolExhausted { subnet: String },
     #[error("no address: {reason}")]
@@ -344,6 +352,7 @@ impl Refusal {
         match self {
             Refusal::UnknownMachine => "unknown_machine",
             Refusal::NoBootFile { .. } => "no_boot_file",
+            Refusal::NoTftp { .. } => "no_tftp",
             Refusal::PoolExhausted { .. } => "pool_exhausted",
             Refusal::NoAddress { .. } => "no_address",
             Refusal::NoSubnet { .. } => "no_subnet",

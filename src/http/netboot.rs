@@ -228,18 +228,33 @@ pub(super) async fn asset(
     files::serve(&path, &headers).await
 }
 
-/// The TFTP root over HTTP, for UEFI HTTP boot (its DHCP answer names
-/// `{server_url}/tftp/ipxe.efi`); jailed like the assets.
+/// The boot loaders over HTTP for UEFI HTTP boot (its DHCP answer names
+/// `{server_url}/tftp/{uefi_http}`): the `loaders` folder (TFTP's root unless set; TFTP
+/// itself may be off), jailed like the assets. Firmware sends no MAC, so a whole-file GET
+/// is the machine's event through its address (lease, else the neighbour table), as TFTP's
+/// transfers are; EDK2 asks HEAD first for the size, which is no event.
 pub(super) async fn tftp_over_http(
     State(app): State<App>,
     Path(rel): Path<String>,
+    method: Method,
     headers: HeaderMap,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
 ) -> Response {
-    let Some(tftp) = &app.config.tftp else {
-        return text(StatusCode::NOT_FOUND, "TFTP is not configured\n");
-    };
-    let Some(path) = files::jail(&tftp.root, &rel) else {
+    let Some(path) = files::jail(&app.config.loaders, &rel) else {
+        tracing::warn!(path = %rel, peer = %peer, "loader request refused or not found");
         return text(StatusCode::NOT_FOUND, "not found\n");
     };
+    if method == Method::GET && headers.get(header::RANGE).is_none() {
+        match crate::adapters::mac_for_ip(app.leases.as_ref(), peer.ip()) {
+            Some(mac) => {
+                let id = app.inventory.get().id(mac);
+                app.store
+                    .event(id, "file", format!("fetched loader {rel} over HTTP"));
+            }
+            None => {
+                tracing::debug!(peer = %peer, path = %rel, "loader fetched by an address with no known MAC")
+            }
+        }
+    }
     files::serve(&path, &headers).await
 }
