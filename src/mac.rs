@@ -47,31 +47,29 @@ impl FromStr for MacAddr {
         let err = || MacParseError {
             input: s.to_string(),
         };
-        let t = s.trim();
-        let digits: String = if t.len() == 12 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
-            t.to_string()
-        } else if t.len() == 14 && t.as_bytes()[4] == b'.' && t.as_bytes()[9] == b'.' {
+        let t = s.trim().as_bytes();
+        // Where the twelve hex digits are, by spelling; every other byte must be the
+        // separator. No allocation: MACs are parsed on every request.
+        let (digits, sep): (&[usize], u8) = match t.len() {
+            12 => (&[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], 0),
             // Cisco: 5254.0012.3456
-            t.split('.').collect::<String>()
-        } else if t.len() == 17 {
-            let sep = t.as_bytes()[2];
-            if sep != b':' && sep != b'-' {
-                return Err(err());
+            14 => (&[0, 1, 2, 3, 5, 6, 7, 8, 10, 11, 12, 13], b'.'),
+            17 if t[2] == b':' || t[2] == b'-' => {
+                (&[0, 1, 3, 4, 6, 7, 9, 10, 12, 13, 15, 16], t[2])
             }
-            let parts: Vec<&str> = t.split(sep as char).collect();
-            if parts.len() != 6 || parts.iter().any(|p| p.len() != 2) {
-                return Err(err());
-            }
-            parts.concat()
-        } else {
-            return Err(err());
+            _ => return Err(err()),
         };
-        if digits.len() != 12 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(err());
-        }
+        let hex = |b: u8| char::from(b).to_digit(16).map(|d| d as u8);
         let mut out = [0u8; 6];
         for (i, o) in out.iter_mut().enumerate() {
-            *o = u8::from_str_radix(&digits[i * 2..i * 2 + 2], 16).map_err(|_| err())?;
+            let hi = hex(t[digits[i * 2]]).ok_or_else(err)?;
+            let lo = hex(t[digits[i * 2 + 1]]).ok_or_else(err)?;
+            *o = hi << 4 | lo;
+        }
+        // The separators: every position that is not a digit.
+        let is_digit = |i: usize| digits.contains(&i);
+        if (0..t.len()).any(|i| !is_digit(i) && t[i] != sep) {
+            return Err(err());
         }
         Ok(MacAddr(out))
     }
@@ -143,6 +141,8 @@ mod tests {
             "52:54:00:ab:cd:eg",
             "5254.00ab.cdeg",
             "52.54.00.ab.cd.ef",
+            "5254-00ab.cdef",
+            "+2:54:00:ab:cd:ef",
             "+2:54:00:ab:cd:ef",
             "525400abcdefa",
             "52::54:00:ab:cdef",

@@ -136,11 +136,21 @@ fn labels(l: &[(&str, &str)]) -> String {
     if l.is_empty() {
         return String::new();
     }
-    let parts: Vec<String> = l
-        .iter()
-        .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
-        .collect();
-    format!("{{{}}}", parts.join(","))
+    // Written into one string: this runs for every counted request.
+    let mut out =
+        String::with_capacity(2 + l.iter().map(|(k, v)| k.len() + v.len() + 4).sum::<usize>());
+    out.push('{');
+    for (i, (k, v)) in l.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(k);
+        out.push_str("=\"");
+        out.push_str(&escape(v));
+        out.push('"');
+    }
+    out.push('}');
+    out
 }
 
 impl Metrics {
