@@ -16,7 +16,9 @@ use super::{is_null, Kind, Node, Pos};
 
 /// The tree of `text` if it is in the subset, else `None`.
 pub(crate) fn parse(text: &str) -> Option<Node> {
-    if !text.is_ascii() || text.contains(['\t', '\r']) {
+    // Printable ASCII and newlines only (YAML refuses control characters; tabs and CRs
+    // are the general parser's).
+    if !text.bytes().all(|b| b == b'\n' || (b' '..=b'~').contains(&b)) {
         return None;
     }
     let lines: Vec<Line<'_>> = text
@@ -423,6 +425,9 @@ mod tests {
             "- a\n",
             "~: 1\n~: 2\n",
             "a: {~: 1, null: 2}\n",
+            // found by the fuzzer: a NUL inside a flow mapping
+            "db:\n  vars: { dis\0\0: /dev/sda }\n",
+            "a: b\x7f\n",
         ] {
             assert!(parse(odd).is_none(), "{odd:?} should be left alone");
         }
