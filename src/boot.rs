@@ -148,6 +148,19 @@ pub(crate) struct GrubIgnore<'a> {
 #[template(path = "boot/first.grub", escape = "none")]
 pub(crate) struct GrubFirst;
 
+/// A kernel command line as GRUB script words: each single-quoted (a `;` would end the
+/// command, a `?` could be globbed), none holding a space. GRUB wraps an argument that
+/// holds a space in double quotes when it builds the command line, and the kernel then
+/// takes the whole line as one parameter (seen: no `console=`, so no serial console).
+/// stemcell's values never hold a quote.
+fn grub_words(cmdline: &str) -> String {
+    cmdline
+        .split_whitespace()
+        .map(|w| format!("'{w}'"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// The TFTP path of a NIC's own grub.cfg.
 pub(crate) fn grub_cfg_path(nic: MacAddr) -> String {
     format!("/grub/{nic}.cfg")
@@ -178,7 +191,7 @@ pub(crate) fn grub_cfg_text(
                 role: &m.role,
                 kernel: &kernel,
                 initrd: &initrd,
-                cmdline: &cmdline,
+                cmdline: &grub_words(&cmdline),
                 script: &script,
             }
             .render()?
@@ -200,13 +213,13 @@ pub(crate) fn grub_cfg_text(
             role: "discover",
             kernel: &format!("/stemcell/{mac_s}/vmlinuz"),
             initrd: &format!("/stemcell/{mac_s}/initrd.img"),
-            cmdline: &stemcell_cmdline(
+            cmdline: &grub_words(&stemcell_cmdline(
                 &mac,
                 &mac,
                 url,
                 StemcellMode::Discover(token.ok_or(BootError::NoToken)?),
                 &config.stemcell.cmdline,
-            ),
+            )),
             script: &script,
         }
         .render()?,
@@ -576,14 +589,14 @@ mod tests {
             grub_cfg_text(&config, url, &inv, mac, c, token).unwrap()
         };
 
-        // Install: the stem cell over TFTP, its command line quoted as one argument (the
-        // kernel gets it as written), a retry that loads this machine's config again.
+        // Install: the stem cell over TFTP, each word of its command line quoted on its
+        // own, a retry that loads this machine's config again.
         let s = cfg(web, &Choice::Install, Some("t0k"));
         assert!(
             s.contains("echo 'stemcell: installing web07 as web'"),
             "{s}"
         );
-        assert!(s.contains("linux /stemcell/52:54:00:00:00:07/vmlinuz 'BOOTIF=01-52-54-00-00-00-07 stemcell.url=http://198.18.0.1:8080 stemcell.mac=52:54:00:00:00:07 stemcell.token=t0k panic=30 console=ttyS0'\n"), "{s}");
+        assert!(s.contains("linux /stemcell/52:54:00:00:00:07/vmlinuz 'BOOTIF=01-52-54-00-00-00-07' 'stemcell.url=http://198.18.0.1:8080' 'stemcell.mac=52:54:00:00:00:07' 'stemcell.token=t0k' 'panic=30' 'console=ttyS0'\n"), "{s}");
         assert!(
             s.contains("\ninitrd /stemcell/52:54:00:00:00:07/initrd.img\nboot\n"),
             "{s}"
@@ -603,6 +616,7 @@ mod tests {
         let di: MacAddr = "52:54:00:00:00:08".parse().unwrap();
         let s = cfg(di, &Choice::Install, Some("t1"));
         assert!(s.contains("linux /assets/52:54:00:00:00:08/d/linux 'auto=true;url=http://198.18.0.1:8080/install/52:54:00:00:00:08?token=t1'\n"), "{s}");
+        assert_eq!(grub_words("a=1  b;c\td"), "'a=1' 'b;c' 'd'");
         assert!(
             s.contains("initrd /assets/52:54:00:00:00:08/d/initrd.gz\n"),
             "{s}"
@@ -614,9 +628,10 @@ mod tests {
             .to_string();
         assert!(e.contains("role \"remote\": its kernel http://mirror/linux is an http(s) URL, which GRUB cannot fetch"), "{e}");
 
-        // Installed: the disk's own loader, chainloaded so the firmware checks it; no
-        // such disk: back to the firmware with an error.
+        // Installed: the disk's own GRUB config, else its removable-path loader; no such
+        // disk: back to the firmware.
         let s = cfg(web, &Choice::Local, None);
+        assert!(s.contains("if search --no-floppy --file --set=stemcell_root /boot/grub/grub.cfg; then\n  set root=$stemcell_root\n  configfile ($stemcell_root)/boot/grub/grub.cfg\nfi"), "{s}");
         assert!(
             s.contains("search --no-floppy --file --set=stemcell_esp $stemcell_efi"),
             "{s}"
@@ -645,7 +660,7 @@ mod tests {
         // Discover: the stem cell in discovery mode, by the asking NIC.
         let unknown: MacAddr = "52:54:00:00:00:99".parse().unwrap();
         let s = cfg(unknown, &Choice::Discover, Some("d1"));
-        assert!(s.contains("linux /stemcell/52:54:00:00:00:99/vmlinuz 'BOOTIF=01-52-54-00-00-00-99 stemcell.url=http://198.18.0.1:8080 stemcell.mac=52:54:00:00:00:99 stemcell.mode=discover stemcell.token=d1 panic=30 console=ttyS0'"), "{s}");
+        assert!(s.contains("linux /stemcell/52:54:00:00:00:99/vmlinuz 'BOOTIF=01-52-54-00-00-00-99' 'stemcell.url=http://198.18.0.1:8080' 'stemcell.mac=52:54:00:00:00:99' 'stemcell.mode=discover' 'stemcell.token=d1' 'panic=30' 'console=ttyS0'"), "{s}");
         assert!(
             s.contains("echo 'stemcell: installing unknown as discover'"),
             "{s}"

@@ -478,13 +478,14 @@ if [ "$SCENARIO" = uefi-secureboot ]; then
 		fail "Secure Boot: the events do not show the chain shim -> GRUB -> grub.cfg -> kernel"
 		show "$W/events-$MAC.txt" 30
 	fi
-	if [ "$(lab_count "$SERIAL" 'EFI stub: UEFI Secure Boot is enabled')" -ge 2 ]; then
-		pass "Secure Boot: both kernels (stem cell, installed Debian) say 'EFI stub: UEFI Secure Boot is enabled'"
+	# (The installed system's kernel runs with `quiet`: its EFI stub says nothing.)
+	if lab_seen "$SERIAL" 'EFI stub: UEFI Secure Boot is enabled'; then
+		pass "Secure Boot: the stem cell's kernel (Debian's, signed) says 'EFI stub: UEFI Secure Boot is enabled'"
 	else
-		fail "Secure Boot: 'EFI stub: UEFI Secure Boot is enabled' $(lab_count "$SERIAL" 'EFI stub: UEFI Secure Boot is enabled') times on the console, want 2"
+		fail "Secure Boot: no 'EFI stub: UEFI Secure Boot is enabled' on the console"
 	fi
 	if grep -qE $'^boot\tboot script: installed, boot from local disk.*\(GRUB\)' "$W/events-$MAC.txt"; then
-		pass "Secure Boot: after the install, its grub.cfg said boot from the local disk (GRUB chainloads the disk's shim)"
+		pass "Secure Boot: after the install, its grub.cfg said boot from the local disk (the signed GRUB reads the disk's grub.cfg)"
 	else
 		fail "Secure Boot: no 'installed, boot from local disk (GRUB)' boot event"
 	fi
