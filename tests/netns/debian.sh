@@ -617,6 +617,33 @@ EOF
 		fail "QMP set_link failed on $QMP"
 	fi
 	power_off
+	# The disk's own signed chain, without any network (no NIC): the firmware's removable
+	# path is shim, which loads Debian's signed GRUB, which boots Debian. Its disk and
+	# firmware variables as installed; nothing written (snapshot).
+	SERIAL=$W/disk-only.console
+	cp "$W/uefi.img.VARS.fd" "$W/disk-only.VARS.fd"
+	ON=$SECONDS
+	# shellcheck disable=SC2054 # QEMU's options are comma-separated lists
+	lab_bg "$NS" "$SERIAL.qemu" qemu-system-x86_64 -accel tcg -m "${DEB_MEM:-2048}" -smp "${DEB_SMP:-1}" \
+		-nographic -monitor none -serial "file:$SERIAL" -nic none \
+		-machine q35,smm=on -global driver=cfi.pflash01,property=secure,value=on \
+		-drive if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.ms.fd \
+		-drive "if=pflash,format=raw,unit=1,file=$W/disk-only.VARS.fd" \
+		-drive "if=none,id=d0,file=$W/uefi.img,format=raw,snapshot=on" -device "virtio-blk-pci,drive=d0,serial=$DISK_SERIAL" ||
+		die "QEMU did not start for the disk-only boot"
+	QEMU_PID=$LAB_PID
+	if seen "^$HOST login:" 600; then
+		pass "Secure Boot: without a network the disk's own chain (shim as EFI/BOOT/BOOTX64.EFI, Debian's signed GRUB) boots Debian to '$HOST login:' ($AT s)"
+	else
+		fail "Secure Boot: the disk alone did not boot to '$HOST login:' within 600 s"
+		show "$SERIAL" 20
+	fi
+	if lab_seen "$SERIAL" 'Welcome to GRUB' && ! lab_seen "$SERIAL" 'Access Denied|Security Violation|bad shim signature'; then
+		pass "Secure Boot: the firmware ran the disk's shim and GRUB (no refusal on the console)"
+	else
+		fail "Secure Boot: the disk-only boot shows no GRUB, or a refusal"
+	fi
+	power_off
 	finish
 fi
 
