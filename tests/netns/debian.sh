@@ -29,7 +29,8 @@
 #            GRUB (grubnetx64) -> its grub.cfg -> Debian's signed kernel with the stem cell's
 #            initrd, installs with shim and Debian's signed GRUB on its disk, and its
 #            installed system reports Secure Boot on (the SecureBoot variable, read by
-#            stemcell-converge at boot). Two virtio-net NICs, three disks (its own, a
+#            stemcell-converge at boot); at the end its disk alone (no NIC) boots through
+#            its own shim and GRUB to the login prompt. Two virtio-net NICs, three disks (its own, a
 #            bigger virtio decoy, a USB stick): the inventory's `disk: { serial: … }` picks
 #            its own, the others stay untouched. The machine is listed by its first NIC
 #            with both under `interfaces:` and a `network:` bond of the two (active-backup,
