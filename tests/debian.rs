@@ -12,7 +12,7 @@
 //! image (`<target>/os-cache`, rebuilt only when its spec or Debian's package lists change;
 //! about 2 minutes when it is). Each machine is one vCPU under TCG; at most `DEB_PARALLEL`
 //! (default 2) boot at once. Under TCG on 2 cores: bios about 15 minutes (three installs,
-//! four boots, four Puppet runs), uefi-secureboot about 10, corrupt about 4.
+//! four boots, four Puppet runs), uefi-secureboot about 8, corrupt about 4.
 //!
 //! Skips only when the script says it cannot run here (exit 77: not root, or no QEMU,
 //! OVMF, iPXE, mmdebstrap or jq); a skip is reported as one, and fails under `CI=true`
