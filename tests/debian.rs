@@ -13,7 +13,7 @@
 //! about 2 minutes when it is). Each machine is one vCPU under TCG; at most `DEB_PARALLEL`
 //! (default 2) boot at once, counted across the test binaries running beside it
 //! (`common::Slot`). Under TCG on 2 cores: bios about 15 minutes (three installs,
-//! four boots, four Puppet runs), uefi about 10, corrupt about 4.
+//! four boots, four Puppet runs), uefi-secureboot about 8, corrupt about 4.
 //!
 //! Skips only when the script says it cannot run here (exit 77: not root, or no QEMU,
 //! OVMF, iPXE, mmdebstrap or jq); a skip is reported as one, and fails under `CI=true`
@@ -35,13 +35,16 @@ fn debian_bios_configured_power_cycle_and_replacement() {
     scenario("bios");
 }
 
-/// OVMF, a machine with two NICs netbooting from its second: the listed machine, its
-/// installed system on a bond of both that survives either link being cut; the role's
-/// Puppet code fails (config-failed, the error in the events); fixed in the site's puppet
-/// folder, the machine's timer converges it.
+/// OVMF with Secure Boot enforced (Microsoft's keys): an unsigned loader is refused; the
+/// machine netboots shim -> GRUB -> its grub.cfg -> Debian's signed kernel, installs a
+/// signed chain and its running system reports Secure Boot on. It has two NICs and
+/// netboots from its second: the listed machine, its installed system on a bond of both
+/// that survives either link being cut; the role's Puppet code fails (config-failed, the
+/// error in the events); fixed in the site's puppet folder, the machine's timer converges
+/// it.
 #[test]
-fn debian_uefi_two_nics_bond_and_failing_role_fixed_by_the_timer() {
-    scenario("uefi");
+fn debian_uefi_secureboot_signed_chain_two_nics_bond_and_failing_role_fixed() {
+    scenario("uefi-secureboot");
 }
 
 /// A corrupt image (sha256 mismatch) and a truncated one: failed with the reason, never done.

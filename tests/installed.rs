@@ -166,9 +166,15 @@ fn an_installed_system_reports_booted_then_its_puppet_runs() {
     assert_eq!(late.status, 403);
     assert_eq!(report(&s, &token, "booted", "").status, 403);
     assert_eq!(report(&s, "", "booted", "").status, 403);
-    let r = report(&s, &key, "booted", "boot_id=x\n");
+    let r = report(&s, &key, "booted", "boot_id=x\nsecure_boot=on\n");
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(machine(&s)["state"], "booted");
+    // What the installed system read of Secure Boot is in the event.
+    let events = machine(&s)["events"].to_string();
+    assert!(
+        events.contains("the installed system booted; now booted; Secure Boot on"),
+        "{events}"
+    );
 
     // The bundle: a tar.gz whose sha256 is in its header.
     let b = curl(&[], &s.url("/puppet/bundle.tar.gz"));

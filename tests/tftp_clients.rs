@@ -214,3 +214,109 @@ fn error_8_ends_the_transfer() {
         "{m}"
     );
 }
+
+/// The GRUB loader's names (`loader: grub`), fetched by atftp as shim and GRUB would: shim
+/// and GRUB from the paths `grub:` names, GRUB's first config, the machine's own grub.cfg
+/// (the same decision, events and arming as an iPXE script) and the stem cell's kernel,
+/// counted against `installer_boots` as over HTTP.
+#[test]
+fn the_grub_loaders_names_are_served_per_machine() {
+    if !require("atftp", have_tool("atftp")) {
+        return;
+    }
+    let Some(ns) = Netns::new("g") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mac = "52:54:00:12:34:56";
+    lab(
+        dir.path(),
+        &format!("defaults: {{loader: grub}}\nroles:\n  web: {{template: web.sh.j2}}\nmachines:\n  \"{mac}\": {{hostname: web01, role: web}}\n"),
+    );
+    std::fs::create_dir_all(dir.path().join("tftproot")).unwrap();
+    for f in ["undionly.kpxe", "snponly.efi"] {
+        std::fs::write(dir.path().join("tftproot").join(f), b"ipxe").unwrap();
+    }
+    std::fs::create_dir_all(dir.path().join("signed")).unwrap();
+    std::fs::write(dir.path().join("signed/shim.efi"), b"shim, signed").unwrap();
+    std::fs::write(dir.path().join("signed/grubnet.efi"), b"grub, signed").unwrap();
+    let cfg = dir.path().join("stemcell.yaml");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "server_ip: 127.0.0.1\n",
+        "interface: lo\nserver_ip: 127.0.0.1\ntftp:\n  root: tftproot\ngrub:\n  uefi_x64: {shim: signed/shim.efi, grub: signed/grubnet.efi}\n",
+    );
+    std::fs::write(cfg, text).unwrap();
+    let s = Server::start_in(Some(&ns), dir.path());
+    assert!(
+        s.wait_log("listening for TFTP", Duration::from_secs(10)),
+        "{}",
+        s.log_text()
+    );
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let get = |name: &str| -> Option<Vec<u8>> {
+        let o = out.join(name.replace('/', "_"));
+        let r = ns.exec(&[
+            "atftp",
+            "--get",
+            "-r",
+            name,
+            "-l",
+            o.to_str().unwrap(),
+            "--option",
+            "blksize 1024",
+            "127.0.0.1",
+            "69",
+        ]);
+        r.status.success().then(|| std::fs::read(&o).unwrap())
+    };
+    assert_eq!(get("shimx64.efi").unwrap(), b"shim, signed");
+    assert_eq!(get("grubx64.efi").unwrap(), b"grub, signed");
+    for first in ["/grub/grub.cfg", "/grub/x86_64-efi/grub.cfg"] {
+        let t = String::from_utf8(get(first).unwrap()).unwrap();
+        assert!(
+            t.contains("configfile $prefix/${net_default_mac}.cfg"),
+            "{t}"
+        );
+    }
+    let t = String::from_utf8(get(&format!("/grub/{mac}.cfg")).unwrap()).unwrap();
+    assert!(
+        t.contains(&format!(
+            "linux /stemcell/{mac}/vmlinuz 'BOOTIF=01-52-54-00-12-34-56' "
+        )),
+        "{t}"
+    );
+    assert!(t.contains("'stemcell.token="), "{t}");
+    assert!(
+        t.contains(&format!("initrd /stemcell/{mac}/initrd.img")),
+        "{t}"
+    );
+    let kernel = std::fs::read(dir.path().join("stemcell/vmlinuz")).unwrap();
+    assert_eq!(get(&format!("/stemcell/{mac}/vmlinuz")).unwrap(), kernel);
+    assert_eq!(
+        get(&format!("/stemcell/{mac}/initrd.img")).unwrap(),
+        b"initrd"
+    );
+    assert!(get(&format!("/stemcell/{mac}/other")).is_none());
+    // The same events as an iPXE boot; the fetch armed the install.
+    let api = ns.exec(&["curl", "-s", &s.url(&format!("/api/v1/machines/{mac}"))]);
+    let m: serde_json::Value = serde_json::from_slice(&api.stdout).unwrap();
+    let events = m["events"].to_string();
+    assert!(
+        events.contains("boot script: install as role web (GRUB)"),
+        "{events}"
+    );
+    assert!(
+        events.contains("fetched stem-cell vmlinuz (TFTP)"),
+        "{events}"
+    );
+    assert_eq!(m["state"], "pending", "{m}");
+    assert!(m["phases"]["netboot"].is_number(), "{m}");
+    // installer_boots (3): the fourth whole kernel is refused, the install stopped.
+    assert!(get(&format!("/stemcell/{mac}/vmlinuz")).is_some());
+    assert!(get(&format!("/stemcell/{mac}/vmlinuz")).is_some());
+    assert!(get(&format!("/stemcell/{mac}/vmlinuz")).is_none());
+    let api = ns.exec(&["curl", "-s", &s.url(&format!("/api/v1/machines/{mac}"))]);
+    let m: serde_json::Value = serde_json::from_slice(&api.stdout).unwrap();
+    assert_eq!(m["state"], "failed", "{m}");
+    let t = String::from_utf8(get(&format!("/grub/{mac}.cfg")).unwrap()).unwrap();
+    assert!(t.contains("failed:") && !t.contains("linux "), "{t}");
+}

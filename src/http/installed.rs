@@ -110,10 +110,21 @@ pub(super) async fn report(
     match what.as_str() {
         "booted" => match app.store.booted(mac, key).await {
             Ok(r) => {
+                // `secure_boot=on|off|no-uefi`, as the installed system read it.
+                let sb = body
+                    .lines()
+                    .find_map(|l| l.strip_prefix("secure_boot="))
+                    .filter(|v| matches!(*v, "on" | "off" | "no-uefi"))
+                    .map(|v| match v {
+                        "on" => "; Secure Boot on",
+                        "off" => "; Secure Boot off",
+                        _ => "; BIOS or no UEFI variables",
+                    })
+                    .unwrap_or("");
                 app.store.event(
                     mac,
                     "booted",
-                    format!("the installed system booted; now {}", r.state.as_str()),
+                    format!("the installed system booted; now {}{sb}", r.state.as_str()),
                 );
                 tracing::info!(mac = %mac, "installed system booted");
                 text(StatusCode::OK, "booted\n")

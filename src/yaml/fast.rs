@@ -18,7 +18,10 @@ use super::{is_null, Kind, Node, Pos};
 pub(crate) fn parse(text: &str) -> Option<Node> {
     // Printable ASCII and newlines only (YAML refuses control characters; tabs and CRs
     // are the general parser's).
-    if !text.bytes().all(|b| b == b'\n' || (b' '..=b'~').contains(&b)) {
+    if !text
+        .bytes()
+        .all(|b| b == b'\n' || (b' '..=b'~').contains(&b))
+    {
         return None;
     }
     let lines: Vec<Line<'_>> = text

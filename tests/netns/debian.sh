@@ -20,7 +20,17 @@
 #            finally the replacement is re-armed (`stemcell reinstall`) and reinstalls.
 #            The replacement has two disks and `disk: { raid1: true }`: its root is an md
 #            RAID 1 of both (checked on the disk images).
-#   uefi     OVMF, two virtio-net NICs with their iPXE EFI ROM, three disks (its own, a
+#   uefi-secureboot
+#            OVMF with Secure Boot enforced and Microsoft's keys enrolled (OVMF_CODE_4M.ms.fd,
+#            a copy of OVMF_VARS_4M.ms.fd, q35 with SMM), the firmware's own PXE (no iPXE
+#            ROM): first the proof of enforcement, a machine whose role's loader is iPXE is
+#            handed the unsigned snponly.efi and the firmware refuses it ("Access Denied");
+#            then the machine, whose role's loader is grub, netboots the signed chain shim ->
+#            GRUB (grubnetx64) -> its grub.cfg -> Debian's signed kernel with the stem cell's
+#            initrd, installs with shim and Debian's signed GRUB on its disk, and its
+#            installed system reports Secure Boot on (the SecureBoot variable, read by
+#            stemcell-converge at boot); at the end its disk alone (no NIC) boots through
+#            its own shim and GRUB to the login prompt. Two virtio-net NICs, three disks (its own, a
 #            bigger virtio decoy, a USB stick): the inventory's `disk: { serial: … }` picks
 #            its own, the others stay untouched. The machine is listed by its first NIC
 #            with both under `interfaces:` and a `network:` bond of the two (active-backup,
@@ -66,15 +76,19 @@ TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 STEMCELL=${2:-${STEMCELL:-$TARGET/debug/stemcell}}
 case "$SCENARIO" in
 bios) FW=bios MAC=52:54:00:de:b1:01 MAC2=52:54:00:de:b1:11 ;;
-uefi)
-	FW=uefi-ipxe MAC=52:54:00:de:b1:02 MAC2='' NIC2=52:54:00:de:b1:22
+uefi-secureboot)
+	FW=uefi-secureboot MAC=52:54:00:de:b1:02 MAC2='' NIC2=52:54:00:de:b1:22
+	# The firmware's own PXE on both NICs: Secure Boot refuses the unsigned iPXE ROMs.
+	NIC2_ROM=,romfile=
+	# The enforcement check's machine: its role's loader is iPXE.
+	UNSIGNED=52:54:00:de:b1:2e
 	# Three disks: the install disk (first virtio, by serial), a bigger virtio decoy and a
 	# USB stick; the inventory names the disk by its serial.
 	DISK_SERIAL=SC-UEFI-ROOT DISK_RULE="disk: { serial: $DISK_SERIAL }"
 	;;
 corrupt) FW=bios MAC=52:54:00:de:b1:03 MAC2=52:54:00:de:b1:13 ;;
 *)
-	echo "usage: $0 bios|uefi|corrupt [STEMCELL]" >&2
+	echo "usage: $0 bios|uefi-secureboot|corrupt [STEMCELL]" >&2
 	exit 2
 	;;
 esac
@@ -96,6 +110,14 @@ for f in /usr/lib/ipxe/undionly.kpxe /usr/lib/ipxe/snponly.efi /usr/lib/ipxe/qem
 	[ -r $f ] || skip "no $f (Debian's ipxe, ipxe-qemu)"
 done
 [ "$FW" = bios ] || [ -r /usr/share/ovmf/OVMF.fd ] || skip "no /usr/share/ovmf/OVMF.fd (Debian's ovmf)"
+if [ "$FW" = uefi-secureboot ]; then
+	for f in /usr/share/OVMF/OVMF_CODE_4M.ms.fd /usr/share/OVMF/OVMF_VARS_4M.ms.fd; do
+		[ -r $f ] || skip "no $f (Debian's ovmf)"
+	done
+	[ -r /usr/lib/shim/shimx64.efi.signed ] || skip "no /usr/lib/shim/shimx64.efi.signed (Debian's shim-signed)"
+	[ -r /usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed ] ||
+		skip "no /usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed (Debian's grub-efi-amd64-signed)"
+fi
 [ -c /dev/net/tun ] || skip "no /dev/net/tun"
 [ "${DEB_PREFLIGHT:-}" = 1 ] && exit 0
 [ -x "$STEMCELL" ] || {
@@ -159,7 +181,7 @@ power_on() {
 	if [ -n "${NIC2:-}" ]; then
 		# The second NIC boots first (bootindex 1); the first one never netboots.
 		extra+=(-netdev "tap,id=n1,ifname=tap1,script=no,downscript=no"
-			-device "virtio-net-pci,netdev=n1,mac=$NIC2,bootindex=1"
+			-device "virtio-net-pci,netdev=n1,mac=$NIC2,bootindex=1${NIC2_ROM:-}"
 			-qmp "unix:$W/$1-$n.qmp,server=on,wait=off")
 		QMP=$W/$1-$n.qmp
 	fi
@@ -250,7 +272,7 @@ images: $IMAGES
 puppet: puppet
 EOF
 case "$SCENARIO" in
-uefi) INTERVAL=1min ;;
+uefi-secureboot) INTERVAL=1min ;;
 *) INTERVAL=30min ;;
 esac
 # inventory MAC [MAC2 ROLE2 HOST2]: the fleet, written atomically (the server watches it).
@@ -288,15 +310,22 @@ EOF
 	if [ -n "${2:-}" ]; then
 		printf '  "%s":\n    hostname: %s\n    role: %s\n    vars: { disk: /dev/vda }\n' "$2" "$4" "$3" >>"$D/inventory.yaml.new"
 	fi
+	if [ -n "${UNSIGNED:-}" ]; then
+		# Secure Boot: the machine's role netboots GRUB behind shim; the enforcement
+		# check's machine keeps iPXE, which the firmware must refuse.
+		sed -i 's/^    os: debian-12$/&\n    loader: grub/' "$D/inventory.yaml.new"
+		sed -i 's/^machines:$/  unsigned:\n    template: debian.sh.j2\n    os: debian-12\n    loader: ipxe\n&/' "$D/inventory.yaml.new"
+		printf '  "%s":\n    hostname: deb-unsigned\n    role: unsigned\n    vars: { disk: /dev/vda }\n' "$UNSIGNED" >>"$D/inventory.yaml.new"
+	fi
 	[ "$SCENARIO" = corrupt ] || sed -i '/^  cut:$/,/^    os: debian-12-cut$/d' "$D/inventory.yaml.new"
 	mv "$D/inventory.yaml.new" "$D/inventory.yaml"
 }
 if [ "$SCENARIO" = corrupt ]; then inventory "$MAC" "$MAC2" cut deb-truncated; else inventory "$MAC"; fi
 
-if [ "$SCENARIO" = uefi ]; then
+if [ "$SCENARIO" = uefi-secureboot ]; then
 	# The role's code fails at first: one resource Puppet cannot apply.
 	cat >>"$D/puppet/manifests/web.pp" <<'EOF'
-# stemcell's uefi test: a resource that fails (the test removes it again)
+# stemcell's uefi-secureboot test: a resource that fails (the test removes it again)
 exec { 'stemcell-test-fails':
   command => '/bin/false',
 }
@@ -408,14 +437,70 @@ check_role() {
 	fi
 }
 
-if [ "$SCENARIO" = uefi ]; then
+if [ "$SCENARIO" = uefi-secureboot ]; then
+	# Enforcement first: an unsigned loader (Debian's iPXE, snponly.efi) offered to this
+	# firmware is refused by it before it runs.
+	truncate -s 1G "$W/unsigned.img"
+	# One NIC only (NIC2 is the machine's second NIC, not this one's).
+	NIC2='' power_on unsigned "$UNSIGNED" tap0 "$W/unsigned.img"
+	echo "== unsigned ($UNSIGNED): power-on, $FW, its role's loader is iPXE" >&3
+	denied='BdsDxe: failed to load Boot[0-9A-F]{4} "UEFI PXEv4 [^"]*".*: Access Denied'
+	if seen "$denied" 120; then
+		pass "Secure Boot enforced: the firmware refuses the unsigned snponly.efi ($AT s after power-on): $(grep -aoE "$denied" "$SERIAL" | head -n 1 | sed 's/ from .*:/:/' | cut -c1-120)"
+	else
+		fail "Secure Boot: no 'Access Denied' for the unsigned loader within 120 s"
+		show "$SERIAL" 20
+	fi
+	events "$UNSIGNED"
+	if grep -qE $'^tftp\tsent snponly.efi' "$W/events-$UNSIGNED.txt" && ! grep -q $'^boot\t' "$W/events-$UNSIGNED.txt"; then
+		pass "Secure Boot enforced: snponly.efi was sent over TFTP and never ran (no boot script fetched)"
+	else
+		fail "Secure Boot: the unsigned machine's events do not show snponly.efi sent and no boot script"
+		show "$W/events-$UNSIGNED.txt" 20
+	fi
+	power_off
+
 	truncate -s 6G "$W/decoy.img"
 	truncate -s 256M "$W/stick.img"
 	# shellcheck disable=SC2054 # QEMU's options are comma-separated lists
 	MORE=(-drive "if=none,id=d9,file=$W/decoy.img,format=raw" -device "virtio-blk-pci,drive=d9,serial=SC-DECOY"
 		-device qemu-xhci,id=xhci -drive "if=none,id=u0,file=$W/stick.img,format=raw"
 		-device "usb-storage,bus=xhci.0,drive=u0,removable=on")
-	install_and_converge uefi "$MAC" tap0 "$W/uefi.img" config-failed
+	install_and_converge uefi-secureboot "$MAC" tap0 "$W/uefi.img" config-failed
+	# The signed chain, both times it netbooted: shim, GRUB, its grub.cfg, a kernel
+	# that says Secure Boot is on (the stem cell's, then the installed system's).
+	events "$MAC"
+	if grep -qE $'^dhcp\t.*boot file shimx64.efi' "$W/events-$MAC.txt" &&
+		grep -qE $'^tftp\tsent grubx64.efi' "$W/events-$MAC.txt" &&
+		grep -qE $'^boot\tboot script: install as role web .*\(GRUB\)' "$W/events-$MAC.txt" &&
+		grep -qE $'^tftp\tsent /stemcell/'"$MAC"'/vmlinuz' "$W/events-$MAC.txt"; then
+		pass "Secure Boot: the chain DHCP -> shimx64.efi -> grubx64.efi -> grub.cfg -> the stem cell's kernel over TFTP"
+	else
+		fail "Secure Boot: the events do not show the chain shim -> GRUB -> grub.cfg -> kernel"
+		show "$W/events-$MAC.txt" 30
+	fi
+	# (The installed system's kernel runs with `quiet`: its EFI stub says nothing.)
+	if lab_seen "$SERIAL" 'EFI stub: UEFI Secure Boot is enabled'; then
+		pass "Secure Boot: the stem cell's kernel (Debian's, signed) says 'EFI stub: UEFI Secure Boot is enabled'"
+	else
+		fail "Secure Boot: no 'EFI stub: UEFI Secure Boot is enabled' on the console"
+	fi
+	if grep -qE $'^boot\tboot script: installed, boot from local disk.*\(GRUB\)' "$W/events-$MAC.txt"; then
+		pass "Secure Boot: after the install, its grub.cfg said boot from the local disk (the signed GRUB reads the disk's grub.cfg)"
+	else
+		fail "Secure Boot: no 'installed, boot from local disk (GRUB)' boot event"
+	fi
+	if lab_seen "$SERIAL" '^install: GRUB for UEFI, signed for Secure Boot'; then
+		pass "Secure Boot: the install put shim and Debian's signed GRUB on the disk"
+	else
+		fail "Secure Boot: no 'install: GRUB for UEFI, signed for Secure Boot' line"
+	fi
+	if grep -qE $'^booted\t.*Secure Boot on' "$W/events-$MAC.txt"; then
+		pass "Secure Boot: the running installed system reads it on: $(grep -aE $'^booted\t' "$W/events-$MAC.txt" | head -n 1 | cut -f2)"
+	else
+		fail "Secure Boot: the installed system did not report Secure Boot on"
+		show "$W/events-$MAC.txt" 30
+	fi
 	# The disk rule: the serial named in the inventory, of three disks; the others untouched.
 	if lab_seen "$SERIAL" "^install: disk: /dev/vda .*the only match of the disk rule serial=SC-UEFI-ROOT"; then
 		pass "three disks: the install picked its disk by serial: $(grep -a '^install: disk: ' "$SERIAL" | head -n 1 | tr -d '\r' | cut -c1-160)"
@@ -427,7 +512,7 @@ if [ "$SCENARIO" = uefi ]; then
 	else
 		fail "three disks: the decoy disk or the USB stick was written"
 	fi
-	phases uefi "$MAC" "$ON_MS" "$SERIAL"
+	phases uefi-secureboot "$MAC" "$ON_MS" "$SERIAL"
 	if [ "$(jqm "$MAC" '.last_run.failed')" -gt 0 ] 2>/dev/null; then
 		pass "Puppet's numbers say it: $(jqm "$MAC" '.last_run | "exit \(.exit), \(.failed) failed of \(.total)"')"
 	else
@@ -444,7 +529,7 @@ if [ "$SCENARIO" = uefi ]; then
 	# The fix: the operator removes the failing resource from the site's Puppet code. The
 	# next timer run (puppet_interval 1min after the last run ended) takes the new bundle.
 	runs=$(count_events "$MAC" puppet)
-	sed -i '/^# stemcell.s uefi test/,$d' "$D/puppet/manifests/web.pp"
+	sed -i '/^# stemcell.s uefi-secureboot test/,$d' "$D/puppet/manifests/web.pp"
 	BUNDLE1=$(lab_api "$NS" /puppet/bundle.tar.gz -o /dev/null -D - | tr -d '\r' | sed -n 's/^[Xx]-[Bb]undle-[Ss]ha256: //p')
 	{ [ "$BUNDLE1" != "$BUNDLE0" ] && [ ${#BUNDLE1} = 64 ]; } ||
 		fail "the bundle's digest did not change with the manifest ($BUNDLE0 -> $BUNDLE1)"
@@ -467,7 +552,7 @@ if [ "$SCENARIO" = uefi ]; then
 	fi
 	# The failing run already applied the rest of the role (nginx's page): the fixed run
 	# may change nothing, it must fail nothing.
-	check_role uefi "$MAC" 0
+	check_role uefi-secureboot "$MAC" 0
 	if [ "$(lab_count "$SERIAL" '^stemcell: stem cell starting')" = 1 ]; then
 		pass "the stem cell ran once"
 	else
@@ -531,6 +616,33 @@ EOF
 		fi
 	else
 		fail "QMP set_link failed on $QMP"
+	fi
+	power_off
+	# The disk's own signed chain, without any network (no NIC): the firmware's removable
+	# path is shim, which loads Debian's signed GRUB, which boots Debian. Its disk and
+	# firmware variables as installed; nothing written (snapshot).
+	SERIAL=$W/disk-only.console
+	cp "$W/uefi.img.VARS.fd" "$W/disk-only.VARS.fd"
+	ON=$SECONDS
+	# shellcheck disable=SC2054 # QEMU's options are comma-separated lists
+	lab_bg "$NS" "$SERIAL.qemu" qemu-system-x86_64 -accel tcg -m "${DEB_MEM:-2048}" -smp "${DEB_SMP:-1}" \
+		-nographic -monitor none -serial "file:$SERIAL" -nic none \
+		-machine q35,smm=on -global driver=cfi.pflash01,property=secure,value=on \
+		-drive if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.ms.fd \
+		-drive "if=pflash,format=raw,unit=1,file=$W/disk-only.VARS.fd" \
+		-drive "if=none,id=d0,file=$W/uefi.img,format=raw,snapshot=on" -device "virtio-blk-pci,drive=d0,serial=$DISK_SERIAL" ||
+		die "QEMU did not start for the disk-only boot"
+	QEMU_PID=$LAB_PID
+	if seen "^$HOST login:" 600; then
+		pass "Secure Boot: without a network the disk's own chain (shim as EFI/BOOT/BOOTX64.EFI, Debian's signed GRUB) boots Debian to '$HOST login:' ($AT s)"
+	else
+		fail "Secure Boot: the disk alone did not boot to '$HOST login:' within 600 s"
+		show "$SERIAL" 20
+	fi
+	if lab_seen "$SERIAL" 'Welcome to GRUB' && ! lab_seen "$SERIAL" 'Access Denied|Security Violation|bad shim signature'; then
+		pass "Secure Boot: the firmware ran the disk's shim and GRUB (no refusal on the console)"
+	else
+		fail "Secure Boot: the disk-only boot shows no GRUB, or a refusal"
 	fi
 	power_off
 	finish
