@@ -222,6 +222,8 @@ lab_serve() {
 #   bios       SeaBIOS; e1000 with its iPXE ROM (Debian's ipxe-qemu); IDE disk (/dev/sda)
 #   uefi-ipxe  OVMF; virtio-net with its iPXE EFI ROM; virtio disk (/dev/vda)
 #   uefi-pxe   OVMF's own PXE (virtio-net, romfile=: no iPXE ROM); virtio disk (/dev/vda)
+#   uefi-pxe6  as uefi-pxe, but OVMF's IPv4 is off and its IPv6 on: PXE and HTTP boot over
+#              IPv6 only (the uefi-ipv6 scenario)
 # LAB_DISK_BUS=ide|virtio overrides the disk's bus (ide: /dev/sda, virtio: /dev/vda).
 # UEFI uses a writable copy of OVMF.fd next to DISK. IPv6 is off in OVMF: after iPXE hands
 # control back (an installed machine), the firmware would spend a minute on PXE over IPv6
@@ -237,16 +239,20 @@ lab_qemu() {
 	bios)
 		args+=(-boot n -device "e1000,netdev=n0,mac=$mac" -drive "file=$disk,format=raw,if=${LAB_DISK_BUS:-ide}")
 		;;
-	uefi-ipxe | uefi-pxe)
+	uefi-ipxe | uefi-pxe | uefi-pxe6)
 		[ -e "$disk.OVMF.fd" ] || cp /usr/share/ovmf/OVMF.fd "$disk.OVMF.fd"
-		args+=(-bios "$disk.OVMF.fd" -fw_cfg name=opt/org.tianocore/IPv6Support,string=no
-			-drive "if=none,id=d0,file=$disk,format=raw")
+		if [ "$fw" = uefi-pxe6 ]; then
+			args+=(-bios "$disk.OVMF.fd" -fw_cfg name=opt/org.tianocore/IPv4Support,string=no)
+		else
+			args+=(-bios "$disk.OVMF.fd" -fw_cfg name=opt/org.tianocore/IPv6Support,string=no)
+		fi
+		args+=(-drive "if=none,id=d0,file=$disk,format=raw")
 		if [ "${LAB_DISK_BUS:-virtio}" = ide ]; then
 			args+=(-device ide-hd,drive=d0,bootindex=2)
 		else
 			args+=(-device "virtio-blk-pci,drive=d0,bootindex=2${LAB_DISK_SERIAL:+,serial=$LAB_DISK_SERIAL}")
 		fi
-		if [ "$fw" = uefi-pxe ]; then
+		if [ "$fw" = uefi-pxe ] || [ "$fw" = uefi-pxe6 ]; then
 			args+=(-device "virtio-net-pci,netdev=n0,mac=$mac,romfile=,bootindex=${LAB_NIC_BOOTINDEX:-1}")
 		else
 			args+=(-device "virtio-net-pci,netdev=n0,mac=$mac,bootindex=${LAB_NIC_BOOTINDEX:-1}")

@@ -532,7 +532,7 @@ fn check_dhcp6_http(r: &mut Report, dhcp: &DhcpConfig, http: &HttpConfig) {
         r.add(
             v6.pos,
             format!(
-                "dhcp.ipv6: http.listen {} does not reach {}: machines booting over IPv6 fetch from http://[{}]:{}; listen on [::]:{} (IPv4 and IPv6 alike)",
+                "dhcp.ipv6: http.listen {} does not reach {}: machines booting over IPv6 fetch from http://[{}]:{}; listen on \"[::]:{}\" (quoted in YAML; IPv4 and IPv6 alike)",
                 http.listen,
                 v6.server_ip,
                 v6.server_ip,
@@ -1067,6 +1067,64 @@ kickstarts: kickstarts
 state_dir: /var/lib/stemcell
 admin_token_file: admin.token
 ";
+
+    /// `dhcp.ipv6`: parsed into the DHCPv6 settings; each mistake named with its position.
+    #[test]
+    fn dhcp_ipv6_parses_and_says_what_is_wrong() {
+        let v6 = |block: &str, listen: &str| {
+            FULL.replace(
+                "      lease_time: 1h\n",
+                &format!("      lease_time: 1h\n  ipv6:\n{block}"),
+            )
+            .replace("  listen: 0.0.0.0:8080\n", &format!("  listen: {listen}\n"))
+        };
+        let good =
+            "    server_ip: fd00:5ce1::1\n    prefix: fd00:5ce1::/64\n    dns: [fd00:5ce1::53]\n";
+        let c = parse(&v6(good, "\"[::]:8080\"")).unwrap();
+        let s = c.dhcp6_settings(8080).unwrap().unwrap();
+        assert_eq!(s.http_url, "http://[fd00:5ce1::1]:8080");
+        assert_eq!(s.prefix.to_string(), "fd00:5ce1::/64");
+        assert_eq!(s.dns, vec!["fd00:5ce1::53".parse::<Ipv6Addr>().unwrap()]);
+        assert!(s.tftp);
+        assert!(parse(FULL).unwrap().dhcp6_settings(8080).unwrap().is_none());
+
+        let e = parse(&v6(good, "0.0.0.0:8080")).unwrap_err().to_string();
+        assert!(
+            e.contains("stemcell.yaml:12:5: dhcp.ipv6: http.listen 0.0.0.0:8080 does not reach fd00:5ce1::1"),
+            "{e}"
+        );
+        let e = parse(&v6(
+            "    server_ip: fd00:5ce1::1\n    prefix: fd00:5ce1::/48\n",
+            "\"[::]:8080\"",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains(":13:13: dhcp.ipv6.prefix fd00:5ce1::/48 must be a /64"),
+            "{e}"
+        );
+        let e = parse(&v6(
+            "    server_ip: fd00:1::1\n    prefix: fd00:5ce1::/64\n",
+            "\"[::]:8080\"",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains(":12:16: dhcp.ipv6.server_ip fd00:1::1 is outside"),
+            "{e}"
+        );
+        let e = parse(&v6(
+            "    prefix: fd00:5ce1::/64\n    lease: 1h\n",
+            "\"[::]:8080\"",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("dhcp.ipv6 needs `server_ip:`"), "{e}");
+        assert!(e.contains("unknown key \"lease\" in dhcp.ipv6"), "{e}");
+        let proxy = v6(good, "\"[::]:8080\"").replace("mode: authoritative", "mode: proxy");
+        let e = parse(&proxy).unwrap_err().to_string();
+        assert!(e.contains("dhcp.ipv6 needs dhcp.mode authoritative"), "{e}");
+    }
 
     #[test]
     fn the_install_token_is_bound_to_the_lease_unless_switched_off() {
