@@ -107,6 +107,7 @@ pub(crate) async fn serve(
             tracing::debug!(src = %src, xid = m.xid_u32(), reason = why, "DHCPv6 message ignored");
         }
         if let Some((reply, to)) = o.reply {
+            tracing::debug!(to = %to, xid = m.xid_u32(), received = %m.msg_type, sent = %reply.msg_type, "DHCPv6 reply");
             send(&sock, &reply.encode(), to, &counters).await;
         }
         if let Some((mac, ev)) = o.event {
