@@ -17,7 +17,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 SECONDS_EACH=${1:?usage: fuzz/run.sh SECONDS [TARGET...]}
 shift
-ALL=(dhcp_decode_decide tftp_packet path_jail config_inventory render_hostile_vars)
+ALL=(dhcp_decode_decide dhcp6_decode_decide tftp_packet path_jail config_inventory render_hostile_vars)
 if (($#)); then TARGETS=("$@"); else TARGETS=("${ALL[@]}"); fi
 # Seconds one input may take, and memory a run may hold, before it counts as a finding.
 TIMEOUT=10

@@ -225,6 +225,8 @@ lab_serve() {
 #   uefi-secureboot  as uefi-pxe, with Secure Boot enforced: OVMF_CODE_4M.ms.fd and a copy
 #              of OVMF_VARS_4M.ms.fd (Microsoft's keys enrolled) on a q35 with SMM, whose
 #              flash only SMM code may write
+#   uefi-pxe6  as uefi-pxe, but OVMF's IPv4 is off and its IPv6 on: PXE and HTTP boot over
+#              IPv6 only (the uefi-ipv6 scenario)
 # LAB_DISK_BUS=ide|virtio overrides the disk's bus (ide: /dev/sda, virtio: /dev/vda).
 # UEFI uses a writable copy of OVMF.fd next to DISK. IPv6 is off in OVMF: after iPXE hands
 # control back (an installed machine), the firmware would spend a minute on PXE over IPv6
@@ -240,7 +242,7 @@ lab_qemu() {
 	bios)
 		args+=(-boot n -device "e1000,netdev=n0,mac=$mac" -drive "file=$disk,format=raw,if=${LAB_DISK_BUS:-ide}")
 		;;
-	uefi-ipxe | uefi-pxe | uefi-secureboot)
+	uefi-ipxe | uefi-pxe | uefi-pxe6 | uefi-secureboot)
 		if [ "$fw" = uefi-secureboot ]; then
 			[ -e "$disk.VARS.fd" ] || cp /usr/share/OVMF/OVMF_VARS_4M.ms.fd "$disk.VARS.fd"
 			args+=(-machine q35,smm=on -global driver=cfi.pflash01,property=secure,value=on
@@ -250,8 +252,12 @@ lab_qemu() {
 			[ -e "$disk.OVMF.fd" ] || cp /usr/share/ovmf/OVMF.fd "$disk.OVMF.fd"
 			args+=(-bios "$disk.OVMF.fd")
 		fi
-		args+=(-fw_cfg name=opt/org.tianocore/IPv6Support,string=no
-			-drive "if=none,id=d0,file=$disk,format=raw")
+		if [ "$fw" = uefi-pxe6 ]; then
+			args+=(-fw_cfg name=opt/org.tianocore/IPv4Support,string=no)
+		else
+			args+=(-fw_cfg name=opt/org.tianocore/IPv6Support,string=no)
+		fi
+		args+=(-drive "if=none,id=d0,file=$disk,format=raw")
 		if [ "${LAB_DISK_BUS:-virtio}" = ide ]; then
 			args+=(-device ide-hd,drive=d0,bootindex=2)
 		else

@@ -19,8 +19,10 @@ pub(crate) fn mac_for_ip(
     leases: Option<&Arc<dyn LeaseStore>>,
     ip: std::net::IpAddr,
 ) -> Option<MacAddr> {
-    let std::net::IpAddr::V4(v4) = ip else {
-        return None;
+    let v4 = match ip {
+        std::net::IpAddr::V4(v4) => v4,
+        // DHCPv6 hands out each NIC's EUI-64 address, and link-local addresses carry it too.
+        std::net::IpAddr::V6(v6) => return crate::dhcp6::mac_of_eui64(v6),
     };
     if let Some(l) = leases {
         let now = state::now_ms() / 1000;
@@ -255,6 +257,71 @@ impl dhcp::DhcpObserver for Recorder {
         }
         if let Some(relay) = ev.relay {
             msg.push_str(&format!(" via relay {relay}"));
+        }
+        self.store.event(mac, "dhcp", msg);
+    }
+}
+
+/// DHCPv6 steps as machine events ("DHCPv6 SOLICIT → DHCPv6 ADVERTISE fd00:…, boot file
+/// tftp://…") and the same facts as DHCPv4 (firmware, vendor class, boot NIC; the address
+/// once bound).
+impl crate::dhcp6::Dhcp6Observer for Recorder {
+    fn event(&self, nic: MacAddr, ev: crate::dhcp6::Dhcp6Event) {
+        use crate::dhcp6::MessageType as T;
+        let outcome = ev
+            .sent
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "none".into());
+        self.metrics.inc(
+            "stemcell_dhcp6_packets_total",
+            &[("type", &ev.received.to_string()), ("outcome", &outcome)],
+            1.0,
+        );
+        let netboot = ev.class.boots();
+        if !(ev.known || netboot) {
+            return;
+        }
+        let mac = self.inventory.get().id(nic);
+        let bound =
+            ev.sent == Some(T::Reply) && matches!(ev.received, T::Request | T::Renew | T::Rebind);
+        self.store.observe(
+            mac,
+            ev.known,
+            state::Facts {
+                arch: netboot.then(|| firmware_label(&ev.class)),
+                vendor_class: if netboot {
+                    ev.class.vendor_class.clone()
+                } else {
+                    None
+                },
+                uuid: None,
+                // The IPv4 address stays the machine's address fact (the installer's).
+                ip: None,
+                boot_nic: netboot.then(|| nic.to_string()),
+                hardware: Default::default(),
+            },
+        );
+        let mut msg = ev.received.to_string();
+        if nic != mac {
+            msg.push_str(&format!(" from its NIC {nic}"));
+        }
+        if let Some(sent) = ev.sent {
+            msg.push_str(&format!(" → {sent}"));
+            if let Some(ip) = ev.ip {
+                msg.push_str(&format!(" {ip}"));
+            }
+            if let Some(f) = &ev.boot_file {
+                msg.push_str(&format!(", boot file {f}"));
+            }
+        }
+        if let Some(r) = &ev.refusal {
+            msg.push_str(&format!(": {r}"));
+        }
+        if bound && ev.ip.is_some() {
+            msg.push_str(" (bound)");
+        }
+        if netboot {
+            msg.push_str(&format!(" [{}]", firmware_label(&ev.class)));
         }
         self.store.event(mac, "dhcp", msg);
     }

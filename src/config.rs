@@ -6,11 +6,11 @@
 //! to the config file's folder. Resolving the interface's address happens at `serve` time
 //! (`Config::resolve_server_ip`), so `check` works on a machine without that interface.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 
 use crate::yaml::{self, Kind, Node, Problems, Report};
 
@@ -28,6 +28,19 @@ pub(crate) struct DhcpConfig {
     /// leased (`dhcp.install_token_from_lease`, default on). Off for sites whose installs
     /// reach stemcell through NAT or a proxy, at the cost SECURITY.md describes.
     pub(crate) install_token_from_lease: bool,
+    /// `dhcp.ipv6`: DHCPv6 for network boot over IPv6 (authoritative mode only).
+    pub(crate) ipv6: Option<Dhcp6Config>,
+}
+
+/// `dhcp.ipv6`: one /64 on the interface, our address in it, lifetimes and name servers.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Dhcp6Config {
+    pub(crate) server_ip: Ipv6Addr,
+    pub(crate) prefix: Ipv6Network,
+    pub(crate) lease_time: Duration,
+    pub(crate) dns: Vec<Ipv6Addr>,
+    /// Where `dhcp.ipv6` was written.
+    pub(crate) pos: yaml::Pos,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -404,6 +417,7 @@ impl Config {
             }
         }
         top.deny_unknown(&mut r, "the config file", TOP_KEYS);
+        check_dhcp6_http(&mut r, &dhcp, &http);
 
         let needs_interface = dhcp.mode != DhcpMode::Off || tftp.is_some();
         if needs_interface && interface.is_none() && r.problems.is_empty() {
@@ -461,6 +475,30 @@ impl Config {
         };
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// The DHCPv6 service's view of the config (`dhcp.ipv6`), validated; `None` without
+    /// it. Machines booting over IPv6 are told `http://[server_ip]:PORT` (the port HTTP
+    /// actually listens on).
+    pub(crate) fn dhcp6_settings(
+        &self,
+        http_port: u16,
+    ) -> Result<Option<crate::dhcp6::Dhcp6Settings>, crate::dhcp6::Dhcp6Error> {
+        let Some(v6) = &self.dhcp.ipv6 else {
+            return Ok(None);
+        };
+        let settings = crate::dhcp6::Dhcp6Settings {
+            interface: self.interface.clone().unwrap_or_default(),
+            server_ip: v6.server_ip,
+            prefix: v6.prefix,
+            lease_time: v6.lease_time,
+            dns: v6.dns.clone(),
+            http_url: format!("http://[{}]:{http_port}", v6.server_ip),
+            tftp: self.tftp.is_some(),
+            boot_files: self.dhcp.boot_files.clone(),
+        };
+        settings.validate()?;
+        Ok(Some(settings))
     }
 
     /// The server's address: `server_ip`, else the interface's first IPv4 address.
@@ -573,6 +611,29 @@ fn read_interface(r: &mut Report, n: &Node) -> Option<String> {
     Some(s)
 }
 
+/// Machines booting over IPv6 fetch over HTTP from `http://[dhcp.ipv6.server_ip]:PORT`:
+/// HTTP must listen there (`[::]:PORT` serves IPv4 and IPv6 alike).
+fn check_dhcp6_http(r: &mut Report, dhcp: &DhcpConfig, http: &HttpConfig) {
+    let Some(v6) = &dhcp.ipv6 else { return };
+    let ok = match http.listen.ip() {
+        std::net::IpAddr::V6(a) => a.is_unspecified() || a == v6.server_ip,
+        std::net::IpAddr::V4(_) => false,
+    };
+    if !ok {
+        r.add(
+            v6.pos,
+            format!(
+                "dhcp.ipv6: http.listen {} does not reach {}: machines booting over IPv6 fetch from http://[{}]:{}; listen on \"[::]:{}\" (quoted in YAML; IPv4 and IPv6 alike)",
+                http.listen,
+                v6.server_ip,
+                v6.server_ip,
+                http.listen.port(),
+                http.listen.port()
+            ),
+        );
+    }
+}
+
 fn read_dhcp(r: &mut Report, node: Option<&Node>, top: yaml::Pos) -> DhcpConfig {
     let mut dhcp = DhcpConfig {
         mode: DhcpMode::Proxy,
@@ -580,6 +641,7 @@ fn read_dhcp(r: &mut Report, node: Option<&Node>, top: yaml::Pos) -> DhcpConfig 
         subnet_pos: Vec::new(),
         boot_files: BootFiles::default(),
         install_token_from_lease: true,
+        ipv6: None,
     };
     if let Some(mut m) = node.and_then(|n| r.map(n, "dhcp")) {
         if let Some(n) = m.get("mode") {
@@ -606,11 +668,25 @@ fn read_dhcp(r: &mut Report, node: Option<&Node>, top: yaml::Pos) -> DhcpConfig 
                 .boolean(n, "dhcp.install_token_from_lease")
                 .unwrap_or(true);
         }
+        if let Some(n) = m.get("ipv6") {
+            dhcp.ipv6 = read_dhcp6(r, n);
+        }
         m.deny_unknown(
             r,
             "dhcp",
-            &["mode", "subnets", "boot_files", "install_token_from_lease"],
+            &[
+                "mode",
+                "subnets",
+                "boot_files",
+                "install_token_from_lease",
+                "ipv6",
+            ],
         );
+    }
+    if let Some(v6) = &dhcp.ipv6 {
+        if dhcp.mode != DhcpMode::Authoritative {
+            r.add(v6.pos, "dhcp.ipv6 needs dhcp.mode authoritative: stemcell's DHCPv6 hands every NIC its address with the boot file (UEFI's PXE over IPv6 needs an address in the same ADVERTISE); there is no DHCPv6 proxy mode (docs/firmware.md, \"IPv6 (DHCPv6)\")");
+        }
     }
     if dhcp.mode == DhcpMode::Authoritative && dhcp.subnets.is_empty() {
         r.add(
@@ -889,6 +965,75 @@ fn read_stemcell(r: &mut Report, node: Option<&Node>, dir: &Path) -> StemcellFil
     stemcell
 }
 
+/// `dhcp.ipv6: {server_ip, prefix, lease_time, dns}`.
+fn read_dhcp6(r: &mut Report, node: &Node) -> Option<Dhcp6Config> {
+    let mut m = r.map(node, "dhcp.ipv6")?;
+    let server_ip = match m.get("server_ip") {
+        Some(n) => r.parsed::<Ipv6Addr>(
+            n,
+            "dhcp.ipv6.server_ip",
+            "an IPv6 address such as fd00:5ce1::1",
+        ),
+        None => {
+            r.add(node.pos, "dhcp.ipv6 needs `server_ip:` (stemcell's IPv6 address on the interface, such as fd00:5ce1::1)");
+            None
+        }
+    };
+    let prefix = match m.get("prefix") {
+        Some(n) => r
+            .parsed::<Ipv6Network>(n, "dhcp.ipv6.prefix", "an IPv6 /64 such as fd00:5ce1::/64")
+            .and_then(|p| {
+                if p.prefix() != 64 {
+                    r.add(n.pos, format!("dhcp.ipv6.prefix {p} must be a /64: each NIC gets its EUI-64 address in it"));
+                    return None;
+                }
+                Some(Ipv6Network::new(p.network(), 64).expect("a /64"))
+            }),
+        None => {
+            r.add(node.pos, "dhcp.ipv6 needs `prefix:` (the link's /64, such as fd00:5ce1::/64)");
+            None
+        }
+    };
+    if let (Some(ip), Some(p), Some(n)) = (server_ip, prefix, m.get("server_ip")) {
+        if !p.contains(ip) {
+            r.add(
+                n.pos,
+                format!("dhcp.ipv6.server_ip {ip} is outside dhcp.ipv6.prefix {p}"),
+            );
+        }
+    }
+    let mut lease_time = Duration::from_secs(3600);
+    if let Some(n) = m.get("lease_time") {
+        match n.as_str().and_then(parse_duration) {
+            Some(d) if d >= Duration::from_secs(60) => lease_time = d,
+            _ => r.add(
+                n.pos,
+                "dhcp.ipv6.lease_time must be a duration of at least 60s, such as 3600, 30m or 12h",
+            ),
+        }
+    }
+    let mut dns = Vec::new();
+    if let Some(n) = m.get("dns") {
+        for item in r.list(n, "dhcp.ipv6.dns").unwrap_or_default() {
+            if let Some(ip) = r.parsed::<Ipv6Addr>(item, "dhcp.ipv6.dns", "an IPv6 address") {
+                dns.push(ip);
+            }
+        }
+    }
+    m.deny_unknown(
+        r,
+        "dhcp.ipv6",
+        &["server_ip", "prefix", "lease_time", "dns"],
+    );
+    Some(Dhcp6Config {
+        server_ip: server_ip?,
+        prefix: prefix?,
+        lease_time,
+        dns,
+        pos: node.pos,
+    })
+}
+
 fn parse_subnet(r: &mut Report, node: &Node) -> Option<Subnet> {
     let mut m = r.map(node, "a dhcp.subnets entry")?;
     let net = match m.get("subnet") {
@@ -1028,6 +1173,64 @@ kickstarts: kickstarts
 state_dir: /var/lib/stemcell
 admin_token_file: admin.token
 ";
+
+    /// `dhcp.ipv6`: parsed into the DHCPv6 settings; each mistake named with its position.
+    #[test]
+    fn dhcp_ipv6_parses_and_says_what_is_wrong() {
+        let v6 = |block: &str, listen: &str| {
+            FULL.replace(
+                "      lease_time: 1h\n",
+                &format!("      lease_time: 1h\n  ipv6:\n{block}"),
+            )
+            .replace("  listen: 0.0.0.0:8080\n", &format!("  listen: {listen}\n"))
+        };
+        let good =
+            "    server_ip: fd00:5ce1::1\n    prefix: fd00:5ce1::/64\n    dns: [fd00:5ce1::53]\n";
+        let c = parse(&v6(good, "\"[::]:8080\"")).unwrap();
+        let s = c.dhcp6_settings(8080).unwrap().unwrap();
+        assert_eq!(s.http_url, "http://[fd00:5ce1::1]:8080");
+        assert_eq!(s.prefix.to_string(), "fd00:5ce1::/64");
+        assert_eq!(s.dns, vec!["fd00:5ce1::53".parse::<Ipv6Addr>().unwrap()]);
+        assert!(s.tftp);
+        assert!(parse(FULL).unwrap().dhcp6_settings(8080).unwrap().is_none());
+
+        let e = parse(&v6(good, "0.0.0.0:8080")).unwrap_err().to_string();
+        assert!(
+            e.contains("stemcell.yaml:12:5: dhcp.ipv6: http.listen 0.0.0.0:8080 does not reach fd00:5ce1::1"),
+            "{e}"
+        );
+        let e = parse(&v6(
+            "    server_ip: fd00:5ce1::1\n    prefix: fd00:5ce1::/48\n",
+            "\"[::]:8080\"",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains(":13:13: dhcp.ipv6.prefix fd00:5ce1::/48 must be a /64"),
+            "{e}"
+        );
+        let e = parse(&v6(
+            "    server_ip: fd00:1::1\n    prefix: fd00:5ce1::/64\n",
+            "\"[::]:8080\"",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains(":12:16: dhcp.ipv6.server_ip fd00:1::1 is outside"),
+            "{e}"
+        );
+        let e = parse(&v6(
+            "    prefix: fd00:5ce1::/64\n    lease: 1h\n",
+            "\"[::]:8080\"",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("dhcp.ipv6 needs `server_ip:`"), "{e}");
+        assert!(e.contains("unknown key \"lease\" in dhcp.ipv6"), "{e}");
+        let proxy = v6(good, "\"[::]:8080\"").replace("mode: authoritative", "mode: proxy");
+        let e = parse(&proxy).unwrap_err().to_string();
+        assert!(e.contains("dhcp.ipv6 needs dhcp.mode authoritative"), "{e}");
+    }
 
     #[test]
     fn the_install_token_is_bound_to_the_lease_unless_switched_off() {

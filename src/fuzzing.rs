@@ -957,3 +957,78 @@ fn compare_scripts(hot: &str, cold: &str) {
         }
     }
 }
+
+// ---- DHCPv6 -----------------------------------------------------------------------------
+
+/// Bytes → our DHCPv6 decoder → the pure decision. The first byte picks the source's
+/// interface id (an EUI-64 link-local address or not), the unknown-machine policy and
+/// whether TFTP is configured. The decoder never panics and reads what it decoded, encoded
+/// again, as the same message; every reply re-decodes with the request's transaction id,
+/// our server id, the client's id, and, when it gives an address, exactly the address of
+/// the MAC the event names, inside the prefix; a reply never goes anywhere but the source.
+pub fn dhcp6_decode_decide(input: &[u8]) {
+    use crate::dhcp6::wire::{self as w6, code as c6};
+    use crate::dhcp6::{Dhcp6Server, Dhcp6Settings};
+    let [sel, bytes @ ..] = input else { return };
+    let Ok(m) = w6::decode(bytes) else { return };
+    // Re-encoding what was decoded gives a message that decodes the same.
+    let mut again = w6::Message::new(m.msg_type, m.xid);
+    again.options = m.options.clone();
+    let b2 = again.encode();
+    let m2 = w6::decode(&b2).expect("a decoded message re-encodes to a decodable one");
+    assert_eq!(m2, m, "decode → encode → decode changed the message");
+
+    struct Dir(bool);
+    impl Directory for Dir {
+        fn lookup(&self, mac: MacAddr) -> Option<Host> {
+            (mac.0[5] & 1 == 0).then(|| Host {
+                hostname: "h".into(),
+                ..Default::default()
+            })
+        }
+        fn answer_unknown(&self) -> bool {
+            self.0
+        }
+    }
+    let settings = Dhcp6Settings {
+        interface: "br0".into(),
+        server_ip: "fd00:5ce1::1".parse().unwrap(),
+        prefix: "fd00:5ce1::/64".parse().unwrap(),
+        lease_time: Duration::from_secs(3600),
+        dns: vec!["fd00:5ce1::53".parse().unwrap()],
+        http_url: "http://[fd00:5ce1::1]:8080".into(),
+        tftp: sel & 2 != 0,
+        boot_files: BootFiles::default(),
+    };
+    let duid = vec![0, 3, 0, 1, 2, 0, 0, 0, 0, 1];
+    let server = Dhcp6Server::new(settings.clone(), duid.clone(), Arc::new(Dir(sel & 4 != 0)))
+        .expect("valid settings");
+    let ip: std::net::Ipv6Addr = if sel & 1 != 0 {
+        "fe80::5054:ff:fe5e:66".parse().unwrap()
+    } else {
+        "fe80::1".parse().unwrap()
+    };
+    let src = std::net::SocketAddrV6::new(ip, 546, 0, 2);
+    let o = server.handle(&m, src);
+    let Some((reply, to)) = o.reply else { return };
+    assert_eq!(to, src, "replies go back to the source");
+    let (mac, ev) = o.event.expect("a reply comes with an event");
+    let r = w6::decode(&reply.encode()).expect("our reply decodes");
+    assert_eq!(r.xid, m.xid);
+    assert_eq!(r.options.get(c6::SERVER_ID), Some(duid.as_slice()));
+    assert_eq!(r.options.get(c6::CLIENT_ID), m.options.get(c6::CLIENT_ID));
+    for a in r.ia_na.iter().flat_map(|ia| &ia.addrs) {
+        assert_eq!(*a, settings.address_of(mac), "an address not the MAC's own");
+        assert!(settings.prefix.contains(*a));
+        assert_eq!(Some(*a), ev.ip);
+    }
+    if let Some(url) = r.options.get(c6::BOOTFILE_URL) {
+        let url = std::str::from_utf8(url).expect("a UTF-8 URL");
+        assert!(
+            url.starts_with("tftp://[fd00:5ce1::1]/")
+                || url.starts_with("http://[fd00:5ce1::1]:8080/"),
+            "{url}"
+        );
+        assert!(ev.boot_file.as_deref() == Some(url));
+    }
+}

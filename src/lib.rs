@@ -13,6 +13,7 @@ pub mod cli;
 mod client;
 mod config;
 mod dhcp;
+mod dhcp6;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod http;

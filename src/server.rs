@@ -23,6 +23,7 @@ use crate::adapters::{InventoryDirectory, Recorder, TftpRecorder};
 use crate::boot;
 use crate::config::Config;
 use crate::dhcp;
+use crate::dhcp6;
 use crate::http::{self, App};
 use crate::inventory::{self, Inventory};
 use crate::leases::{self, LeaseStore};
@@ -237,6 +238,9 @@ pub(crate) struct Prepared {
     tls: Option<(tokio::net::TcpListener, tokio_rustls::TlsAcceptor)>,
     tftp: Option<(tokio::net::UdpSocket, tftp::TftpConfig)>,
     dhcp: Option<(Arc<dhcp::DhcpServer>, dhcp::Sockets)>,
+    /// `dhcp.ipv6`: the DHCPv6 server and its socket, and TFTP's socket on the IPv6 address.
+    dhcp6: Option<(Arc<dhcp6::Dhcp6Server>, tokio::net::UdpSocket)>,
+    tftp6: Option<tokio::net::UdpSocket>,
 }
 
 /// Raise the open-file soft limit to the hard limit: every HTTP connection, TFTP transfer
@@ -283,6 +287,9 @@ pub(crate) async fn prepare(config_path: &Path) -> Result<Prepared, Fatal> {
         .then(|| config.dhcp_settings(server_ip, ""))
         .transpose()
         .map_err(Fatal::config)?;
+    let dhcp6_settings = config
+        .dhcp6_settings(config.http.listen.port())
+        .map_err(Fatal::config)?;
 
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
@@ -309,7 +316,7 @@ pub(crate) async fn prepare(config_path: &Path) -> Result<Prepared, Fatal> {
     // TFTP: on the server's address, on the configured interface only.
     let tftp = match &config.tftp {
         Some(t) => Some((
-            bind_tftp(config.interface.as_deref(), server_ip).map_err(Fatal::bind)?,
+            bind_tftp(config.interface.as_deref(), server_ip.into()).map_err(Fatal::bind)?,
             t.clone(),
         )),
         None => None,
@@ -318,6 +325,18 @@ pub(crate) async fn prepare(config_path: &Path) -> Result<Prepared, Fatal> {
     let dhcp_sockets = match &dhcp_settings {
         Some(settings) => Some(dhcp::Sockets::bind(settings).map_err(Fatal::bind)?),
         None => None,
+    };
+
+    // DHCPv6 and TFTP over IPv6 (`dhcp.ipv6`): on the same interface only.
+    let dhcp6_socket = match &dhcp6_settings {
+        Some(s) => Some(dhcp6::bind(&s.interface).map_err(Fatal::bind)?),
+        None => None,
+    };
+    let tftp6 = match (&dhcp6_settings, &config.tftp) {
+        (Some(s), Some(_)) => {
+            Some(bind_tftp(config.interface.as_deref(), s.server_ip.into()).map_err(Fatal::bind)?)
+        }
+        _ => None,
     };
 
     let state_dir_error = |e: std::io::Error| {
@@ -397,6 +416,16 @@ pub(crate) async fn prepare(config_path: &Path) -> Result<Prepared, Fatal> {
         }
         _ => None,
     };
+    let dhcp6 = match (dhcp6_settings, dhcp6_socket) {
+        (Some(mut settings), Some((socket, duid))) => {
+            settings.http_url = format!("http://[{}]:{}", settings.server_ip, addr.port());
+            let directory = Arc::new(InventoryDirectory(live.clone()));
+            let server =
+                dhcp6::Dhcp6Server::new(settings, duid, directory).map_err(Fatal::config)?;
+            Some((Arc::new(server), socket))
+        }
+        _ => None,
+    };
     Ok(Prepared {
         app,
         live,
@@ -404,6 +433,8 @@ pub(crate) async fn prepare(config_path: &Path) -> Result<Prepared, Fatal> {
         tls,
         tftp,
         dhcp,
+        dhcp6,
+        tftp6,
     })
 }
 
@@ -421,6 +452,8 @@ pub(crate) async fn run(p: Prepared, shutdown: CancellationToken) -> Result<(), 
         tls,
         tftp,
         dhcp,
+        dhcp6,
+        tftp6,
     } = p;
     let store = app.store.clone();
     let leases = app.leases.clone();
@@ -433,11 +466,31 @@ pub(crate) async fn run(p: Prepared, shutdown: CancellationToken) -> Result<(), 
             leases: leases.clone(),
             inventory: app.inventory.clone(),
         });
-        let token = shutdown.clone();
         let files: Arc<dyn tftp::TftpFiles> = Arc::new(http::grub::GrubTftp { app: app.clone() });
+        if let Some(socket6) = tftp6 {
+            let (token, tcfg, observer) = (shutdown.clone(), tcfg.clone(), observer.clone());
+            let files = files.clone();
+            tasks.spawn(async move {
+                let r = tftp::serve_with(socket6, tcfg, observer, Some(files), token).await;
+                ("TFTP over IPv6", r.map_err(anyhow::Error::from))
+            });
+        }
+        let token = shutdown.clone();
         tasks.spawn(async move {
             let r = tftp::serve_with(socket, tcfg, observer, Some(files), token).await;
             ("TFTP", r.map_err(anyhow::Error::from))
+        });
+    }
+    if let Some((server, socket)) = dhcp6 {
+        let observer = Arc::new(Recorder {
+            store: store.clone(),
+            metrics: app.metrics.clone(),
+            inventory: app.inventory.clone(),
+        });
+        let token = shutdown.clone();
+        tasks.spawn(async move {
+            let r = dhcp6::serve(server, socket, observer, Default::default(), token).await;
+            ("DHCPv6", r.map_err(anyhow::Error::from))
         });
     }
     if let Some((server, sockets)) = dhcp {
@@ -538,14 +591,23 @@ async fn flush_journals(store: &Store, leases: Option<&dyn LeaseStore>) -> anyho
     Ok(())
 }
 
-/// TFTP's listening socket: `server_ip:69`, bound to the interface so that nothing on
-/// another interface is ever answered, and so replies leave from the address asked.
+/// TFTP's listening socket: `server_ip:69` (IPv4, or `dhcp.ipv6.server_ip`), bound to the
+/// interface so that nothing on another interface is ever answered, and so replies leave
+/// from the address asked.
 fn bind_tftp(
     interface: Option<&str>,
-    server_ip: std::net::Ipv4Addr,
+    server_ip: std::net::IpAddr,
 ) -> anyhow::Result<tokio::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    let domain = if server_ip.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+    if server_ip.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
     if let Some(i) = interface {
         s.bind_device(Some(i.as_bytes()))
             .with_context(|| format!("cannot bind TFTP to interface {i}"))?;

@@ -96,3 +96,10 @@ fn dhcp_proxy_beside_dnsmasq() {
 fn dhcp_pool_exhaustion() {
     scenario("tiny");
 }
+
+/// DHCPv6 (`dhcp.ipv6`) against ISC dhclient -6: the MAC's EUI-64 address, the same after a
+/// restart, RELEASE answered.
+#[test]
+fn dhcp_authoritative_dhcpv6_with_dhclient() {
+    scenario("auth-dhcpv6");
+}

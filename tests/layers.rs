@@ -203,6 +203,7 @@ fn lower_layers_do_not_use_upper_ones() {
         "metrics",
         "leases",
         "dhcp",
+        "dhcp6",
         "tftp",
         "state",
         "config",

@@ -85,6 +85,13 @@ fn pxe_uefi_http_boot_without_tftp() {
     scenario("uefi-http");
 }
 
+/// OVMF with IPv4 off netboots over IPv6: DHCPv6 (address and tftp:// boot-file URL, option
+/// 59) and TFTP over IPv6 from stemcell; iPXE and the stem cell then use IPv4 (see pxe.sh).
+#[test]
+fn pxe_uefi_ipv6_dhcpv6_and_tftp_over_ipv6() {
+    scenario("uefi-ipv6");
+}
+
 #[test]
 fn pxe_failing_install_does_not_loop() {
     scenario("failing");

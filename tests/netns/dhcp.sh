@@ -17,6 +17,8 @@
 #   relay             authoritative behind isc-dhcp-relay (another subnet)
 #   proxy             proxy mode beside dnsmasq, the site's DHCP server (198.18.0.2)
 #   tiny              a two-address pool, exhausted
+#   auth-dhcpv6       authoritative with dhcp.ipv6: dhclient -6 binds the MAC's EUI-64 address
+#                     in fd00:5ce1::/64, gets the same one after a server restart, releases it
 #   all               every scenario above, one after the other
 #
 # PROBE (with PROBE_ARGS) is a command that takes `IFACE MAC discover ARCH [ipxe] [WAIT_MS]`
@@ -36,7 +38,7 @@ export PATH="$PATH:/usr/sbin:/sbin"
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 # shellcheck source=../../lab/lib.sh
 . "$ROOT/lab/lib.sh"
-SCENARIOS="auth-lease auth-renew auth-reservation auth-pxe relay proxy tiny"
+SCENARIOS="auth-lease auth-renew auth-reservation auth-pxe relay proxy tiny auth-dhcpv6"
 SCENARIO=${1:-}
 STEMCELL=${2:-}
 shift 2 || true
@@ -502,6 +504,63 @@ scenario_tiny() {
     probe c0 52:54:00:5c:00:74 discover 7 1000 >"$W/p-tiny.out" 2>&1
     check "tiny pool: a PXE client gets no offer either" "$W/p-tiny.out" "^NO REPLY$"
     check_api "tiny pool: its event says why" 52:54:00:5c:00:74 '"kind":"dhcp","message":"DHCPDISCOVER: no answer: the address pool of subnet 198\.18\.0\.0/24 is exhausted'
+    stop_server TERM
+}
+
+# authoritative with DHCPv6 (dhcp.ipv6), against ISC dhclient -6 as a real DHCPv6 client
+scenario_auth_dhcpv6() {
+    local d=$W/auth-dhcpv6 mac=52:54:00:5c:00:61 want
+    write_config auth-dhcpv6 authoritative
+    ip -n $SRV addr add fd00:5ce1::1/64 dev br0 nodad
+    sed -i "s|^  listen: .*|  listen: \"[::]:$PORT\"|" "$d/stemcell.yaml"
+    sed -i '/^  boot_files:/a\  ipv6:\n    server_ip: fd00:5ce1::1\n    prefix: fd00:5ce1::/64\n    lease_time: 10m\n    dns: [fd00:5ce1::1]' "$d/stemcell.yaml"
+    start_server auth-dhcpv6
+    check "DHCPv6 listens on port 547 on br0" "$LOG" "DHCPv6 listening on UDP" "interface=br0" "addr=\[::\]:547"
+
+    # The MAC's modified EUI-64 interface id, worked out here independently of stemcell.
+    IFS=: read -r m1 m2 m3 m4 m5 m6 <<<"$mac"
+    want=$(printf 'fd00:5ce1::%x:%x:%x:%x' $((0x$m1$m2 ^ 0x0200)) $((0x${m3}ff)) $((0xfe$m4)) $((0x$m5$m6)))
+    setmac c0 $mac
+    # dhclient -6 needs c0's link-local address settled (DAD done).
+    for _ in $(seq 100); do
+        ip -n $CLI -6 addr show dev c0 scope link | grep -q tentative || break
+        sleep 0.05
+    done
+    v6run() { # NAME: one exchange (dhclient -6 -1), hook environments in NAME.env.REASON
+        local f rc
+        rm -f "$W"/dhclient.c0.*
+        inns $CLI timeout 30 dhclient -6 -v -1 -cf /dev/null -sf "$W/dhclient-hook.sh" \
+            -lf "$W/$1.leases" -pf "$W/$1.pid" c0 >"$W/$1.log" 2>&1
+        rc=$?
+        for f in "$W"/dhclient.c0.*; do [ -f "$f" ] && mv "$f" "$W/$1.env.${f##*.}"; done
+        [ $rc = 0 ] || fail "dhclient -6 $1 exited with $rc"
+    }
+    v6stop() { # NAME: release and stop
+        local f
+        rm -f "$W"/dhclient.c0.*
+        inns $CLI timeout 20 dhclient -6 -v -r -cf /dev/null -sf "$W/dhclient-hook.sh" \
+            -lf "$W/$1.leases" -pf "$W/$1.pid" c0 >>"$W/$1.log" 2>&1
+        for f in "$W"/dhclient.c0.*; do [ -f "$f" ] && mv "$f" "$W/$1.env.${f##*.}"; done
+    }
+    v6run v6a
+    check "dhclient -6 bound the MAC's EUI-64 address $want (computed here)" \
+        "$W/v6a.env.BOUND6" "^new_ip6_address=$want$"
+    check "... and the name server" "$W/v6a.env.BOUND6" "^new_dhcp6_name_servers=fd00:5ce1::1$"
+    check "... after a SOLICIT, ADVERTISE, REQUEST and REPLY" "$W/v6a.log" "RCV: Advertise message"
+    check "... with a 600 s valid lifetime" "$W/v6a.leases" "max-life 600"
+    v6stop v6a
+    check "dhclient -6 -r sent a RELEASE" "$W/v6a.log" "XMT: Release"
+    check "... answered with a REPLY to the client's link-local address and port (the address came from the MAC in its DUID-LLT: c0's link-local predates its MAC)" "$LOG" \
+        "DEBUG.*DHCPv6 reply" "to=\[fe80::[0-9a-f:]+%[0-9]+\]:546" "received=DHCPv6 RELEASE" "sent=DHCPv6 REPLY"
+
+    # Nothing is stored: after a restart the same NIC gets the same address again.
+    stop_server KILL
+    start_server auth-dhcpv6
+    rm -f "$W/v6b.leases"
+    v6run v6b
+    check "after SIGKILL and a restart the same address again (computed, nothing stored)" \
+        "$W/v6b.env.BOUND6" "^new_ip6_address=$want$"
+    v6stop v6b
     stop_server TERM
 }
 

@@ -25,6 +25,14 @@
 #              address from dnsmasq's offer, the URL from stemcell's; PXE's REQUEST on
 #              port 4011 (HTTP boot never asks there). Not in CI (pxe_boot.rs): run it by
 #              hand; the CI budget pays for one HTTP boot scenario.
+#   uefi-ipv6  OVMF's own PXE over IPv6 only (its IPv4 off; virtio-net, no iPXE ROM);
+#              stemcell authoritative for DHCPv6 (dhcp.ipv6, fd00:5ce1::/64) and DHCPv4.
+#              The firmware SOLICITs, is ADVERTISEd an EUI-64 address and
+#              tftp://[fd00:5ce1::1]/snponly.efi, REQUESTs, and fetches snponly.efi over
+#              TFTP on IPv6. snponly.efi is iPXE, which configures IPv4 (the link has no
+#              router advertisement for its IPv6) and fetches the boot script; the stem cell
+#              speaks DHCPv4 only. Power-on 1 only: install, reboot into the installed
+#              system (its firmware asks over IPv6 again and is told to boot from disk).
 #   failing    SeaBIOS as in bios; the machine's role template exits 3
 #   discover   an unlisted machine with two NICs and two disks is discovered (its own
 #              script, tests/netns/discover.sh, which says what it checks)
@@ -85,8 +93,9 @@ uefi-ipxe) FW=uefi-ipxe MODE=proxy ;;
 uefi-pxe) FW=uefi-pxe MODE=authoritative ;;
 uefi-http) FW=uefi-http MODE=authoritative ;;
 uefi-http-proxy) FW=uefi-http MODE=proxy ;;
+uefi-ipv6) FW=uefi-pxe6 MODE=authoritative ;;
 *)
-	echo "usage: $0 bios|uefi-ipxe|uefi-pxe|uefi-http|uefi-http-proxy|failing|debian-installer|discover [STEMCELL]" >&2
+	echo "usage: $0 bios|uefi-ipxe|uefi-pxe|uefi-http|uefi-http-proxy|uefi-ipv6|failing|debian-installer|discover [STEMCELL]" >&2
 	exit 2
 	;;
 esac
@@ -135,6 +144,7 @@ uefi-http) MAC=52:54:00:5e:00:0a ;;
 uefi-http-proxy) MAC=52:54:00:5e:00:0b ;;
 failing) MAC=52:54:00:5e:00:04 ;;
 debian-installer) MAC=52:54:00:5e:00:05 ;;
+uefi-ipv6) MAC=52:54:00:5e:00:16 ;;
 esac
 HOST=pxe-$SCENARIO
 ROLE=base
@@ -222,6 +232,10 @@ fi
 # uefi-ipxe: $SITE, bridged in through a veth, runs dnsmasq at 198.18.0.2 (addresses only).
 lab_netns "$SRV" || die "cannot create namespace $SRV"
 { lab_bridge "$SRV" && lab_tap "$SRV" tap0; } || die "cannot set up br0 and tap0 in $SRV"
+if [ "$SCENARIO" = uefi-ipv6 ]; then
+	# nodad: stemcell binds TFTP to this address at once (a tentative address cannot be bound).
+	ip -n "$SRV" addr add fd00:5ce1::1/64 dev br0 nodad || die "cannot add fd00:5ce1::1 to br0"
+fi
 if [ "$MODE" = proxy ]; then
 	{ lab_netns "$SITE" && lab_veth "$SRV" "$SITE" s0 198.18.0.2/24; } || die "cannot set up $SITE"
 	lab_bg "$SITE" "$W/dnsmasq.log" dnsmasq -d --conf-file=/dev/null --port=0 --interface=s0 \
@@ -243,6 +257,12 @@ if [ "$SCENARIO" = debian-installer ]; then
       lease_time: 1h' lab_config "$D" "$MODE" "$IMAGE"
 elif [ "$FW" = uefi-http ]; then
 	LAB_TFTP_ROOT='' lab_config "$D" "$MODE" "$IMAGE" # no tftp section: no TFTP at all
+elif [ "$SCENARIO" = uefi-ipv6 ]; then
+	# HTTP on [::]: iPXE and the stem cell use IPv4, UEFI HTTP boot over IPv6 would use IPv6.
+	LAB_LISTEN='"[::]:8080"' LAB_DHCP_MORE='  ipv6:
+    server_ip: fd00:5ce1::1
+    prefix: fd00:5ce1::/64
+    lease_time: 1h' lab_config "$D" "$MODE" "$IMAGE"
 else
 	lab_config "$D" "$MODE" "$IMAGE"
 fi
@@ -324,6 +344,36 @@ if [ "$SCENARIO" = debian-installer ]; then
 	# it; Debian's installer ignores it): real iPXE hands the kernel its ';' intact.
 	check "iPXE passed 'ds=nocloud;s=…/nocloud/$MAC/TOKEN/' to the kernel, ';' and all" \
 		lab_seen "$SERIAL" "ds=nocloud;s=http://[^ ]*/nocloud/$MAC/[0-9a-f]+/"
+	power_off
+elif [ "$SCENARIO" = uefi-ipv6 ]; then
+	# ---- OVMF over IPv6: DHCPv6, TFTP over IPv6, then iPXE and the stem cell over IPv4 ------
+	echo "== power-on 1: OVMF, IPv4 off in the firmware, empty disk, network first" >&3
+	A6="fd00:5ce1::5054:ff:fe5e:16" # the NIC's EUI-64 address in the prefix
+	power_on 1
+	serial "Start PXE over IPv6" 300 "the firmware starts PXE over IPv6"
+	serial "^stemcell: install done" 900 "power-on 1 installs"
+	check_state installed
+	INSTALL_DONE_BANNERS=$(banners)
+	serial "^stemcell-installed: host=$HOST role=$ROLE" 600 "it rebooted by itself into its installed system"
+	check "the machine rebooted by itself: firmware banners on its console $INSTALL_DONE_BANNERS at the install's end, $(banners) now" \
+		test "$(banners)" -gt "$INSTALL_DONE_BANNERS"
+	events_in_order "the events: DHCPv6 SOLICIT/ADVERTISE and REQUEST/REPLY with the address and tftp:// URL, snponly.efi over TFTP on IPv6, iPXE over IPv4, boot script, stem cell, install, done, then DHCPv6 again and the local-disk boot script" \
+		dhcp:"^DHCPv6 SOLICIT → DHCPv6 ADVERTISE $A6, boot file tftp://\[fd00:5ce1::1\]/snponly\.efi \[x86-64 UEFI\]" \
+		dhcp:"^DHCPv6 REQUEST → DHCPv6 REPLY $A6, boot file tftp://\[fd00:5ce1::1\]/snponly\.efi \(bound\)" \
+		tftp:"sent snponly\.efi \([0-9]+ bytes.*from \[$A6\]" \
+		dhcp:"DHCPACK 198\.18\.0\.1[0-9][0-9], boot file http://[^ ]*/boot/$MAC\.ipxe \[x86-64 UEFI \(iPXE\)\]" \
+		boot:"^boot script: install as role $ROLE" \
+		file:"^fetched stem-cell initrd\.img" \
+		install:"^install script served" \
+		done:"" \
+		dhcp:"^DHCPv6 REQUEST → DHCPv6 REPLY $A6" \
+		boot:"^boot script: installed, boot from local disk"
+	expect "no DHCPv4 from the firmware itself: DHCPv4 events before the first iPXE one" \
+		"$(sed '/(iPXE)/Q' "$W/events.txt" | grep -c $'^dhcp\tDHCP[A-Z]* ')" 0
+	check "the stem cell's own lease came over DHCPv4 from 198.18.0.1 (it speaks no DHCPv6)" \
+		lab_seen "$SERIAL" "^stemcell: eth0 has .* from DHCP server 198.18.0.1"
+	echo "    $(wc -l <"$W/events.txt") events; the IPv6 ones:" >&3
+	grep -aE 'DHCPv6|\[fd00' "$W/events.txt" | head -n 8 | cut -c1-160 | sed 's/^/    /' >&3
 	power_off
 elif [ "$SCENARIO" != failing ]; then
 	echo "== power-on 1: $FW, empty disk, network first" >&3
