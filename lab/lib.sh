@@ -222,6 +222,9 @@ lab_serve() {
 #   bios       SeaBIOS; e1000 with its iPXE ROM (Debian's ipxe-qemu); IDE disk (/dev/sda)
 #   uefi-ipxe  OVMF; virtio-net with its iPXE EFI ROM; virtio disk (/dev/vda)
 #   uefi-pxe   OVMF's own PXE (virtio-net, romfile=: no iPXE ROM); virtio disk (/dev/vda)
+#   uefi-secureboot  as uefi-pxe, with Secure Boot enforced: OVMF_CODE_4M.ms.fd and a copy
+#              of OVMF_VARS_4M.ms.fd (Microsoft's keys enrolled) on a q35 with SMM, whose
+#              flash only SMM code may write
 # LAB_DISK_BUS=ide|virtio overrides the disk's bus (ide: /dev/sda, virtio: /dev/vda).
 # UEFI uses a writable copy of OVMF.fd next to DISK. IPv6 is off in OVMF: after iPXE hands
 # control back (an installed machine), the firmware would spend a minute on PXE over IPv6
@@ -237,16 +240,24 @@ lab_qemu() {
 	bios)
 		args+=(-boot n -device "e1000,netdev=n0,mac=$mac" -drive "file=$disk,format=raw,if=${LAB_DISK_BUS:-ide}")
 		;;
-	uefi-ipxe | uefi-pxe)
-		[ -e "$disk.OVMF.fd" ] || cp /usr/share/ovmf/OVMF.fd "$disk.OVMF.fd"
-		args+=(-bios "$disk.OVMF.fd" -fw_cfg name=opt/org.tianocore/IPv6Support,string=no
+	uefi-ipxe | uefi-pxe | uefi-secureboot)
+		if [ "$fw" = uefi-secureboot ]; then
+			[ -e "$disk.VARS.fd" ] || cp /usr/share/OVMF/OVMF_VARS_4M.ms.fd "$disk.VARS.fd"
+			args+=(-machine q35,smm=on -global driver=cfi.pflash01,property=secure,value=on
+				-drive if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.ms.fd
+				-drive "if=pflash,format=raw,unit=1,file=$disk.VARS.fd")
+		else
+			[ -e "$disk.OVMF.fd" ] || cp /usr/share/ovmf/OVMF.fd "$disk.OVMF.fd"
+			args+=(-bios "$disk.OVMF.fd")
+		fi
+		args+=(-fw_cfg name=opt/org.tianocore/IPv6Support,string=no
 			-drive "if=none,id=d0,file=$disk,format=raw")
 		if [ "${LAB_DISK_BUS:-virtio}" = ide ]; then
 			args+=(-device ide-hd,drive=d0,bootindex=2)
 		else
 			args+=(-device "virtio-blk-pci,drive=d0,bootindex=2${LAB_DISK_SERIAL:+,serial=$LAB_DISK_SERIAL}")
 		fi
-		if [ "$fw" = uefi-pxe ]; then
+		if [ "$fw" != uefi-ipxe ]; then
 			args+=(-device "virtio-net-pci,netdev=n0,mac=$mac,romfile=,bootindex=${LAB_NIC_BOOTINDEX:-1}")
 		else
 			args+=(-device "virtio-net-pci,netdev=n0,mac=$mac,bootindex=${LAB_NIC_BOOTINDEX:-1}")

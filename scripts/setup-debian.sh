@@ -13,6 +13,13 @@ PACKAGES=(
   openipmi ipmitool systemd-container kmod
 )
 
+# Secure Boot and the GRUB loader (issue 14): Debian's signed shim and network GRUB that
+# stemcell serves to machines whose loader is grub; ovmf (above) has the Secure Boot
+# firmware (OVMF_CODE_4M.ms.fd, OVMF_VARS_4M.ms.fd). shim-signed's postinst only runs
+# grub-install on a host booted through UEFI with an EFI/<distributor> folder; elsewhere it
+# installs the files and nothing else.
+PACKAGES+=(shim-signed grub-efi-amd64-signed)
+
 # cloud-init only for its schema check (tests/installers.rs): never for this host's boot.
 if [ ! -e /etc/cloud/cloud-init.disabled ]; then
   mkdir -p /etc/cloud

@@ -137,11 +137,16 @@ impl dhcp::Directory for InventoryDirectory {
             hostname: m.hostname.clone(),
             reserved_ip: m.ip,
             siblings: m.macs().into_iter().filter(|n| *n != mac).collect(),
+            loader: inv.loader_of(Some(m)),
         })
     }
 
     fn answer_unknown(&self) -> bool {
         self.0.get().defaults.unknown == inventory::UnknownPolicy::Discover
+    }
+
+    fn unknown_loader(&self) -> dhcp::Loader {
+        self.0.get().loader_of(None)
     }
 }
 

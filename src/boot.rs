@@ -24,6 +24,20 @@ pub(crate) enum BootError {
     Render(#[from] RenderError),
     #[error("boot script template: {0}")]
     Template(#[from] askama::Error),
+    #[error("role {role:?}: its {what} {url} is an http(s) URL, which GRUB cannot fetch (Debian's grubnetx64 has TFTP only); put the file in the assets folder for machines whose loader is grub")]
+    GrubNeedsTftp {
+        role: String,
+        what: &'static str,
+        url: String,
+    },
+}
+
+/// How the loader fetches the installer: iPXE over HTTP from the server's URL, GRUB over
+/// TFTP (paths on the server it booted from; see `http::grub` for the names).
+#[derive(Clone, Copy, Debug)]
+enum Fetch<'a> {
+    Http(&'a str),
+    Tftp,
 }
 
 /// What a machine's boot script tells it to do.
@@ -95,6 +109,111 @@ pub(crate) struct IgnoreScript<'a> {
     pub(crate) mac: &'a str,
 }
 
+#[derive(Template)]
+#[template(path = "boot/install.grub", escape = "none")]
+pub(crate) struct GrubInstall<'a> {
+    pub(crate) mac: &'a str,
+    pub(crate) hostname: &'a str,
+    pub(crate) role: &'a str,
+    pub(crate) kernel: &'a str,
+    pub(crate) initrd: &'a str,
+    pub(crate) cmdline: &'a str,
+    pub(crate) script: &'a str,
+}
+
+#[derive(Template)]
+#[template(path = "boot/local.grub", escape = "none")]
+pub(crate) struct GrubLocal<'a> {
+    pub(crate) mac: &'a str,
+    pub(crate) hostname: &'a str,
+}
+
+#[derive(Template)]
+#[template(path = "boot/failed.grub", escape = "none")]
+pub(crate) struct GrubFailed<'a> {
+    pub(crate) mac: &'a str,
+    pub(crate) hostname: &'a str,
+    pub(crate) reason: &'a str,
+}
+
+#[derive(Template)]
+#[template(path = "boot/ignore.grub", escape = "none")]
+pub(crate) struct GrubIgnore<'a> {
+    pub(crate) mac: &'a str,
+}
+
+/// The grub.cfg every GRUB machine fetches first (`/grub/grub.cfg`): it loads its own,
+/// `/grub/MAC.cfg` ([`grub_cfg_text`]).
+#[derive(Template)]
+#[template(path = "boot/first.grub", escape = "none")]
+pub(crate) struct GrubFirst;
+
+/// The TFTP path of a NIC's own grub.cfg.
+pub(crate) fn grub_cfg_path(nic: MacAddr) -> String {
+    format!("/grub/{nic}.cfg")
+}
+
+/// Pure: the grub.cfg for a choice, the same decision as [`boot_script_text`] says to
+/// iPXE: kernel and initrd over TFTP (`/stemcell/MAC/…`, `/assets/MAC/…`), the stem cell's
+/// command line with the server's HTTP `url`.
+pub(crate) fn grub_cfg_text(
+    config: &Config,
+    url: &str,
+    inv: &Inventory,
+    mac: MacAddr,
+    choice: &Choice,
+    token: Option<&str>,
+) -> Result<String, BootError> {
+    let mac_s = mac.to_string();
+    let machine = inv.machine(&mac);
+    let script = grub_cfg_path(mac);
+    Ok(match (choice, machine) {
+        (Choice::Install, Some(m)) => {
+            let token = token.ok_or(BootError::NoToken)?;
+            let (kernel, initrd, cmdline) =
+                installer(config, Fetch::Tftp, url, inv, m, mac, token)?;
+            GrubInstall {
+                mac: &mac_s,
+                hostname: &m.hostname,
+                role: &m.role,
+                kernel: &kernel,
+                initrd: &initrd,
+                cmdline: &cmdline,
+                script: &script,
+            }
+            .render()?
+        }
+        (Choice::Local, Some(m)) => GrubLocal {
+            mac: &mac_s,
+            hostname: &m.hostname,
+        }
+        .render()?,
+        (Choice::Failed(reason), Some(m)) => GrubFailed {
+            mac: &mac_s,
+            hostname: &m.hostname,
+            reason: &ipxe_text(reason),
+        }
+        .render()?,
+        (Choice::Discover, _) => GrubInstall {
+            mac: &mac_s,
+            hostname: "unknown",
+            role: "discover",
+            kernel: &format!("/stemcell/{mac_s}/vmlinuz"),
+            initrd: &format!("/stemcell/{mac_s}/initrd.img"),
+            cmdline: &stemcell_cmdline(
+                &mac,
+                &mac,
+                url,
+                StemcellMode::Discover(token.ok_or(BootError::NoToken)?),
+                &config.stemcell.cmdline,
+            ),
+            script: &script,
+        }
+        .render()?,
+        _ => GrubIgnore { mac: &mac_s }.render()?,
+    })
+}
+
 /// Make a free-text reason safe to echo in an iPXE script (one line, no expansions).
 pub(crate) fn ipxe_text(s: &str) -> String {
     s.chars()
@@ -136,7 +255,8 @@ pub(crate) fn boot_script_text(
     Ok(match (choice, machine) {
         (Choice::Install, Some(m)) => {
             let token = token.ok_or(BootError::NoToken)?;
-            let (kernel, initrd, cmdline) = installer(config, url, inv, m, mac, token)?;
+            let (kernel, initrd, cmdline) =
+                installer(config, Fetch::Http(url), url, inv, m, mac, token)?;
             InstallScript {
                 mac: &mac_s,
                 hostname: &m.hostname,
@@ -179,10 +299,11 @@ pub(crate) fn boot_script_text(
     })
 }
 
-/// Kernel URL, initrd URL and command line for a machine's install boot from its NIC
-/// `nic`.
+/// Kernel, initrd (URLs for iPXE, TFTP paths for GRUB) and command line for a machine's
+/// install boot from its NIC `nic`; `url` is the server's HTTP URL the installer uses.
 fn installer(
     config: &Config,
+    fetch: Fetch<'_>,
     url: &str,
     inv: &Inventory,
     m: &Machine,
@@ -193,12 +314,20 @@ fn installer(
     let role = inv
         .role_of(m)
         .ok_or_else(|| BootError::NoRole(m.role.clone()))?;
-    let locate = |s: &str| -> String {
-        if s.starts_with("http://") || s.starts_with("https://") {
-            s.to_string()
-        } else {
-            format!("{url}/assets/{s}?mac={mac}")
-        }
+    let locate = |s: &str, what: &'static str| -> Result<String, BootError> {
+        let remote = s.starts_with("http://") || s.starts_with("https://");
+        Ok(match fetch {
+            Fetch::Http(_) if remote => s.to_string(),
+            Fetch::Http(base) => format!("{base}/assets/{s}?mac={mac}"),
+            Fetch::Tftp if remote => {
+                return Err(BootError::GrubNeedsTftp {
+                    role: role.name.clone(),
+                    what,
+                    url: s.to_string(),
+                })
+            }
+            Fetch::Tftp => format!("/assets/{mac}/{s}"),
+        })
     };
     match &role.kernel {
         Some(k) => {
@@ -207,12 +336,21 @@ fn installer(
                 Some(c) => render::cmdline(c, &vars)?,
                 None => String::new(),
             };
-            let initrd = role.initrd.as_deref().map(locate).unwrap_or_default();
-            Ok((locate(k), initrd, cmdline))
+            let initrd = match role.initrd.as_deref() {
+                Some(i) => locate(i, "initrd")?,
+                None => String::new(),
+            };
+            Ok((locate(k, "kernel")?, initrd, cmdline))
         }
         None => Ok((
-            format!("{url}/stemcell/vmlinuz?mac={mac}"),
-            format!("{url}/stemcell/initrd.img?mac={mac}"),
+            match fetch {
+                Fetch::Http(base) => format!("{base}/stemcell/vmlinuz?mac={mac}"),
+                Fetch::Tftp => format!("/stemcell/{mac}/vmlinuz"),
+            },
+            match fetch {
+                Fetch::Http(base) => format!("{base}/stemcell/initrd.img?mac={mac}"),
+                Fetch::Tftp => format!("/stemcell/{mac}/initrd.img"),
+            },
             stemcell_cmdline(
                 &mac,
                 &nic,
@@ -402,5 +540,143 @@ mod tests {
             "panic=0",
         );
         assert!(s.ends_with("panic=30 panic=0"), "{s}");
+    }
+
+    /// A site whose machines netboot GRUB: `web` installs with the stem cell, `asset`
+    /// with its own kernel from the assets folder, `remote` from an http URL (which GRUB
+    /// cannot fetch).
+    fn grub_site() -> (tempfile::TempDir, Config, Inventory) {
+        let dir = tempfile::tempdir().unwrap();
+        let ks = dir.path().join("kickstarts");
+        std::fs::create_dir_all(&ks).unwrap();
+        std::fs::write(ks.join("t.sh.j2"), "true\n").unwrap();
+        let config = Config::parse(
+            &dir.path().join("stemcell.yaml"),
+            "interface: br0\nserver_ip: 198.18.0.1\nstemcell:\n  cmdline: console=ttyS0\n",
+        )
+        .unwrap();
+        let text = "defaults:\n  unknown: discover\n  loader: grub\nroles:\n  web:\n    template: t.sh.j2\n  asset:\n    template: t.sh.j2\n    kernel: d/linux\n    initrd: d/initrd.gz\n    cmdline: auto=true;url={{ install_url }}\n  remote:\n    template: t.sh.j2\n    kernel: http://mirror/linux\nmachines:\n  \"52:54:00:00:00:07\": {hostname: web07, role: web}\n  \"52:54:00:00:00:08\": {hostname: di08, role: asset}\n  \"52:54:00:00:00:09\": {hostname: rm09, role: remote}\n";
+        let ctx = crate::inventory::Context {
+            kickstarts: ks,
+            os_specs: dir.path().join("os"),
+            subnets: vec![],
+        };
+        let inv = Inventory::parse(Path::new("i.yaml"), text, &ctx).unwrap();
+        (dir, config, inv)
+    }
+
+    use std::path::Path;
+
+    #[test]
+    fn grub_cfg_for_each_choice() {
+        let (_dir, config, inv) = grub_site();
+        let url = "http://198.18.0.1:8080";
+        let web: MacAddr = "52:54:00:00:00:07".parse().unwrap();
+        let cfg = |mac: MacAddr, c: &Choice, token: Option<&str>| {
+            grub_cfg_text(&config, url, &inv, mac, c, token).unwrap()
+        };
+
+        // Install: the stem cell over TFTP, its command line quoted as one argument (the
+        // kernel gets it as written), a retry that loads this machine's config again.
+        let s = cfg(web, &Choice::Install, Some("t0k"));
+        assert!(
+            s.contains("echo 'stemcell: installing web07 as web'"),
+            "{s}"
+        );
+        assert!(s.contains("linux /stemcell/52:54:00:00:00:07/vmlinuz 'BOOTIF=01-52-54-00-00-00-07 stemcell.url=http://198.18.0.1:8080 stemcell.mac=52:54:00:00:00:07 stemcell.token=t0k panic=30 console=ttyS0'\n"), "{s}");
+        assert!(
+            s.contains("\ninitrd /stemcell/52:54:00:00:00:07/initrd.img\nboot\n"),
+            "{s}"
+        );
+        assert!(
+            s.trim_end()
+                .ends_with("sleep 10\nconfigfile /grub/52:54:00:00:00:07.cfg"),
+            "{s}"
+        );
+        assert!(matches!(
+            grub_cfg_text(&config, url, &inv, web, &Choice::Install, None),
+            Err(BootError::NoToken)
+        ));
+
+        // A role's own kernel comes from the assets folder over TFTP; its `;` stays inside
+        // the quotes (unquoted, GRUB would end the command there).
+        let di: MacAddr = "52:54:00:00:00:08".parse().unwrap();
+        let s = cfg(di, &Choice::Install, Some("t1"));
+        assert!(s.contains("linux /assets/52:54:00:00:00:08/d/linux 'auto=true;url=http://198.18.0.1:8080/install/52:54:00:00:00:08?token=t1'\n"), "{s}");
+        assert!(
+            s.contains("initrd /assets/52:54:00:00:00:08/d/initrd.gz\n"),
+            "{s}"
+        );
+        // An http kernel cannot be fetched by Debian's network GRUB: a clear error.
+        let rm: MacAddr = "52:54:00:00:00:09".parse().unwrap();
+        let e = grub_cfg_text(&config, url, &inv, rm, &Choice::Install, Some("t"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("role \"remote\": its kernel http://mirror/linux is an http(s) URL, which GRUB cannot fetch"), "{e}");
+
+        // Installed: the disk's own loader, chainloaded so the firmware checks it; no
+        // such disk: back to the firmware with an error.
+        let s = cfg(web, &Choice::Local, None);
+        assert!(
+            s.contains("search --no-floppy --file --set=stemcell_esp $stemcell_efi"),
+            "{s}"
+        );
+        assert!(
+            s.contains("chainloader ($stemcell_esp)$stemcell_efi\n  boot\n"),
+            "{s}"
+        );
+        assert!(s.contains("/EFI/BOOT/BOOTX64.EFI") && s.contains("/EFI/BOOT/BOOTAA64.EFI"));
+        assert!(s.trim_end().ends_with("exit 1"), "{s}");
+        assert!(!s.contains("linux "), "{s}");
+
+        // Failed: wait, no install; the reason made safe to echo inside quotes.
+        let s = cfg(
+            web,
+            &Choice::Failed("disk 'sda' gone; $(reboot)".into()),
+            None,
+        );
+        assert!(
+            s.contains("echo 'stemcell: the install of web07 failed: disk _sda_ gone_ _(reboot)'"),
+            "{s}"
+        );
+        assert!(s.contains("sleep 30\nexit 1"), "{s}");
+        assert!(!s.contains("linux "), "{s}");
+
+        // Discover: the stem cell in discovery mode, by the asking NIC.
+        let unknown: MacAddr = "52:54:00:00:00:99".parse().unwrap();
+        let s = cfg(unknown, &Choice::Discover, Some("d1"));
+        assert!(s.contains("linux /stemcell/52:54:00:00:00:99/vmlinuz 'BOOTIF=01-52-54-00-00-00-99 stemcell.url=http://198.18.0.1:8080 stemcell.mac=52:54:00:00:00:99 stemcell.mode=discover stemcell.token=d1 panic=30 console=ttyS0'"), "{s}");
+        assert!(
+            s.contains("echo 'stemcell: installing unknown as discover'"),
+            "{s}"
+        );
+
+        // Ignore: nothing loaded, back to the firmware.
+        let s = cfg(unknown, &Choice::Ignore, None);
+        assert!(
+            s.contains("is not in the inventory; not netbooting it'\nexit 1"),
+            "{s}"
+        );
+        assert!(!s.contains("linux "), "{s}");
+
+        // The same decisions as iPXE's, from the same choice.
+        let ipxe =
+            boot_script_text(&config, url, &inv, web, &Choice::Install, Some("t0k")).unwrap();
+        assert!(
+            ipxe.contains("kernel http://198.18.0.1:8080/stemcell/vmlinuz?mac=52:54:00:00:00:07"),
+            "{ipxe}"
+        );
+    }
+
+    #[test]
+    fn grubs_first_config_loads_the_machines_own_by_its_mac() {
+        let s = GrubFirst.render().unwrap();
+        assert!(
+            s.contains("configfile $prefix/${net_default_mac}.cfg"),
+            "{s}"
+        );
+        let mac: MacAddr = "52:54:00:00:00:07".parse().unwrap();
+        // GRUB's net_default_mac is lower-case with colons, as MacAddr prints.
+        assert_eq!(grub_cfg_path(mac), "/grub/52:54:00:00:00:07.cfg");
     }
 }

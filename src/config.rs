@@ -121,6 +121,85 @@ pub(crate) struct Config {
     pub(crate) power: PowerConfig,
     /// `user:` (and `group:`): whom `serve` becomes once every socket is bound.
     pub(crate) run_as: Option<RunAs>,
+    /// `grub:`: where shim and GRUB's network image are, per UEFI architecture (the
+    /// machines whose loader is grub get them over TFTP).
+    pub(crate) grub: Vec<GrubFiles>,
+}
+
+/// The files of one architecture's GRUB chain (defaults: Debian's packages).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct GrubFiles {
+    pub(crate) arch: &'static crate::dhcp::GrubArch,
+    pub(crate) shim: PathBuf,
+    pub(crate) grub: PathBuf,
+    /// Where `grub.ARCH` was written; `None`: Debian's defaults.
+    pub(crate) pos: Option<yaml::Pos>,
+}
+
+impl GrubFiles {
+    /// The files that are not there (or not files), each with the package that ships
+    /// the default one.
+    pub(crate) fn missing(&self) -> Vec<String> {
+        let a = self.arch;
+        [
+            (&self.shim, "shim", a.shim_package),
+            (&self.grub, "grub", a.grub_package),
+        ]
+        .into_iter()
+        .filter(|(p, _, _)| !p.is_file())
+        .map(|(p, key, package)| {
+            format!(
+                "grub.{}.{key}: {} is missing (Debian's package {package} installs it)",
+                a.key,
+                p.display()
+            )
+        })
+        .collect()
+    }
+}
+
+/// Debian's files for every architecture in [`crate::dhcp::GRUB_ARCHES`].
+fn default_grub() -> Vec<GrubFiles> {
+    crate::dhcp::GRUB_ARCHES
+        .iter()
+        .map(|a| GrubFiles {
+            arch: a,
+            shim: PathBuf::from(a.shim_path),
+            grub: PathBuf::from(a.grub_path),
+            pos: None,
+        })
+        .collect()
+}
+
+/// `grub: { uefi_x64: { shim: PATH, grub: PATH }, arm64: {...} }`.
+fn read_grub(r: &mut Report, node: Option<&Node>, dir: &Path) -> Vec<GrubFiles> {
+    let mut out = default_grub();
+    let Some(mut m) = node.and_then(|n| r.map(n, "grub")) else {
+        return out;
+    };
+    for files in &mut out {
+        let key = files.arch.key;
+        let Some(n) = m.get(key) else { continue };
+        files.pos = Some(n.pos);
+        let Some(mut f) = r.map(n, &format!("grub.{key}")) else {
+            continue;
+        };
+        for (name, slot) in [("shim", &mut files.shim), ("grub", &mut files.grub)] {
+            if let Some(v) = f.get(name) {
+                if let Some(s) = r.string(v, &format!("grub.{key}.{name}")) {
+                    if s.is_empty() {
+                        r.add(v.pos, format!("grub.{key}.{name} must be a file path"));
+                    } else {
+                        *slot = relative_to(dir, s);
+                    }
+                }
+            }
+        }
+        f.deny_unknown(r, &format!("grub.{key}"), &["shim", "grub"]);
+    }
+    let keys: Vec<&str> = crate::dhcp::GRUB_ARCHES.iter().map(|a| a.key).collect();
+    m.deny_unknown(r, "grub", &keys);
+    out
 }
 
 /// The account `serve` switches to after binding, as written, with where it was written
@@ -174,6 +253,7 @@ const TOP_KEYS: &[&str] = &[
     "user",
     "group",
     "power",
+    "grub",
 ];
 
 /// How stemcell calls BMCs (the BMCs themselves are in the inventory).
@@ -312,6 +392,7 @@ impl Config {
         };
         let run_as = read_run_as(&mut r, top.get("user"), top.get("group"));
         let power = read_power_config(&mut r, top.get("power"));
+        let grub = read_grub(&mut r, top.get("grub"), &dir);
         if let Some(pos) = http.read_auth {
             if admin_token_file.is_none() && read_token_file.is_none() {
                 r.add(pos, "http.read_auth needs admin_token_file or read_token_file: otherwise nobody could read the API or the page");
@@ -351,6 +432,7 @@ impl Config {
             installer_boots,
             power,
             run_as,
+            grub,
         })
     }
 
@@ -1103,6 +1185,38 @@ admin_token_file: admin.token
         assert!(
             shown.starts_with("/nonexistent/stemcell.yaml: cannot read"),
             "{shown}"
+        );
+    }
+
+    #[test]
+    fn grub_files_default_to_debians_and_can_be_moved() {
+        let c = parse("dhcp: {mode: off}\n").unwrap();
+        let x64 = c.grub.iter().find(|g| g.arch.key == "uefi_x64").unwrap();
+        assert_eq!(x64.shim, Path::new("/usr/lib/shim/shimx64.efi.signed"));
+        assert_eq!(
+            x64.grub,
+            Path::new("/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed")
+        );
+        assert_eq!(x64.pos, None);
+        let c = parse("dhcp: {mode: off}\ngrub:\n  uefi_x64: {shim: sb/shim.efi, grub: /nowhere/grubnet.efi}\n").unwrap();
+        let x64 = c.grub.iter().find(|g| g.arch.key == "uefi_x64").unwrap();
+        assert_eq!(x64.shim, Path::new("/etc/stemcell/sb/shim.efi"));
+        assert!(x64.pos.is_some());
+        // A missing file names the key, the path and the package that ships the default.
+        let missing = x64.missing();
+        assert!(missing.iter().any(|m| m == "grub.uefi_x64.shim: /etc/stemcell/sb/shim.efi is missing (Debian's package shim-signed installs it)"), "{missing:?}");
+        assert!(missing.iter().any(|m| m == "grub.uefi_x64.grub: /nowhere/grubnet.efi is missing (Debian's package grub-efi-amd64-signed installs it)"), "{missing:?}");
+        let e = parse("dhcp: {mode: off}\ngrub:\n  uefi_x86: {shim: a}\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("stemcell.yaml:3:3: unknown key \"uefi_x86\" in grub"),
+            "{e}"
+        );
+        let e = parse("dhcp: {mode: off}\ngrub:\n  arm64: {shim: a, loader: b}\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("unknown key \"loader\" in grub.arm64"),
+            "{e}"
         );
     }
 

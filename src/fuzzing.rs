@@ -249,6 +249,7 @@ pub fn dhcp_decide(input: &[u8]) -> Option<DhcpCase> {
                     hostname: (*name).into(),
                     reserved_ip: *ip,
                     siblings: Vec::new(),
+                    loader: Default::default(),
                 },
             )
         })

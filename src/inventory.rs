@@ -19,7 +19,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::dhcp::Subnet;
+use crate::dhcp::{Loader, Subnet};
 use crate::mac::MacAddr;
 use crate::values::{
     cmdline_char, safe_relative, valid_hostname, valid_name, valid_var_name, value_char,
@@ -66,6 +66,9 @@ pub(crate) struct Role {
     pub(crate) secrets: Vec<SecretRef>,
     /// The role's target-disk rule (`disk:`, or its `vars.disk`), if it has one.
     pub(crate) disk: Option<DiskRule>,
+    /// `loader: ipxe|grub`; `None`: the defaults'.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) loader: Option<Loader>,
 }
 
 /// A secret a role declares, and where (for `check`'s messages).
@@ -124,6 +127,8 @@ pub(crate) struct Defaults {
     #[serde(skip)]
     pub(crate) power: PowerLayer,
     pub(crate) disk: Option<DiskRule>,
+    /// `defaults.loader`: the site's network loader (iPXE unless it says grub).
+    pub(crate) loader: Loader,
 }
 
 /// Which protocol a BMC speaks.
@@ -250,6 +255,7 @@ impl Inventory {
                 vars: Vars::new(),
                 power: PowerLayer::default(),
                 disk: None,
+                loader: Loader::Ipxe,
             },
             roles: BTreeMap::new(),
             machines: HashMap::new(),
@@ -294,7 +300,14 @@ impl Inventory {
                 }
                 let (dk, vs) = (d.get("disk"), d.get("vars"));
                 inv.defaults.disk = disk::read_level(&mut r, dk, vs, "defaults");
-                d.deny_unknown(&mut r, "defaults", &["unknown", "vars", "power", "disk"]);
+                if let Some(l) = read_loader(&mut r, d.get("loader"), "defaults.loader") {
+                    inv.defaults.loader = l;
+                }
+                d.deny_unknown(
+                    &mut r,
+                    "defaults",
+                    &["unknown", "vars", "power", "disk", "loader"],
+                );
             }
         }
 
@@ -433,6 +446,20 @@ impl Inventory {
 
     pub(crate) fn role_of(&self, m: &Machine) -> Option<&Role> {
         self.roles.get(&m.role)
+    }
+
+    /// The network loader a machine (or, for `None`, an unknown one) runs: its role's,
+    /// else the defaults'.
+    pub(crate) fn loader_of(&self, m: Option<&Machine>) -> Loader {
+        m.and_then(|m| self.role_of(m))
+            .and_then(|r| r.loader)
+            .unwrap_or(self.defaults.loader)
+    }
+
+    /// Whether any machine could be handed GRUB (the defaults or a role say so).
+    pub(crate) fn uses_grub(&self) -> bool {
+        self.defaults.loader == Loader::Grub
+            || self.roles.values().any(|r| r.loader == Some(Loader::Grub))
     }
 
     /// Variables as a template sees them: defaults ← role ← machine (a later level
@@ -581,6 +608,7 @@ fn read_role(r: &mut Report, name: &str, node: &Node, ctx: &Context) -> Option<R
     }
     let (dk, vs) = (m.get("disk"), m.get("vars"));
     let disk = disk::read_level(r, dk, vs, &format!("role {name:?}"));
+    let loader = read_loader(r, m.get("loader"), &format!("role {name:?} loader"));
     if (initrd.is_some() || cmdline.is_some()) && kernel.is_none() {
         r.add(
             node.pos,
@@ -601,6 +629,7 @@ fn read_role(r: &mut Report, name: &str, node: &Node, ctx: &Context) -> Option<R
             "power",
             "secrets",
             "disk",
+            "loader",
         ],
     );
     Some(Role {
@@ -615,7 +644,21 @@ fn read_role(r: &mut Report, name: &str, node: &Node, ctx: &Context) -> Option<R
         power,
         secrets,
         disk,
+        loader,
     })
+}
+
+/// `loader: ipxe|grub`.
+fn read_loader(r: &mut Report, n: Option<&Node>, what: &str) -> Option<Loader> {
+    let n = n?;
+    let l = n.as_str().and_then(Loader::parse);
+    if l.is_none() {
+        r.add(
+            n.pos,
+            format!("{what} must be ipxe or grub (grub: shim and GRUB for UEFI and Secure Boot)"),
+        );
+    }
+    l
 }
 
 fn read_machine(
@@ -1179,6 +1222,47 @@ mod tests {
         assert_eq!(inv.machine(&key).unwrap().macs(), vec![key, second]);
         assert_eq!(inv.machines.len(), 2, "one machine, not two");
         assert!(inv.machine(&key).unwrap().network.is_some());
+    }
+
+    #[test]
+    fn the_loader_comes_from_the_role_else_the_defaults() {
+        let f = Fixture::new();
+        let text = "defaults:\n  loader: grub\nroles:\n  web: {template: web.sh.j2}\n  old: {template: web.sh.j2, loader: ipxe}\nmachines:\n  52:54:00:00:00:01: {hostname: a, role: web}\n  52:54:00:00:00:02: {hostname: b, role: old}\n";
+        let inv = f.parse(text).unwrap();
+        let m = |s: &str| inv.machine(&s.parse().unwrap());
+        assert_eq!(inv.loader_of(m("52:54:00:00:00:01")), Loader::Grub);
+        assert_eq!(inv.loader_of(m("52:54:00:00:00:02")), Loader::Ipxe);
+        assert_eq!(
+            inv.loader_of(None),
+            Loader::Grub,
+            "unknown machines: the defaults'"
+        );
+        assert!(inv.uses_grub());
+        // Without `loader:` anywhere: iPXE, as before.
+        let inv = f.parse(GOOD).unwrap();
+        assert_eq!(inv.loader_of(None), Loader::Ipxe);
+        assert!(!inv.uses_grub());
+        let inv = f
+            .parse("roles:\n  sb: {template: web.sh.j2, loader: grub}\nmachines: {}\n")
+            .unwrap();
+        assert!(inv.uses_grub());
+        // A wrong value says where and what is allowed.
+        let e = err(
+            &f,
+            "defaults:\n  loader: pxelinux\nroles: {}\nmachines: {}\n",
+        );
+        assert!(
+            e.contains("inventory.yaml:2:11: defaults.loader must be ipxe or grub"),
+            "{e}"
+        );
+        let e = err(
+            &f,
+            "roles:\n  web:\n    template: web.sh.j2\n    loader: GRUB\nmachines: {}\n",
+        );
+        assert!(
+            e.contains("inventory.yaml:4:13: role \"web\" loader must be ipxe or grub"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -121,6 +121,29 @@ fn missing_files(config: &Config, inv: &Inventory) -> Vec<String> {
             }
         }
     }
+    // GRUB's chain, when some machine's loader is grub: over TFTP, from Debian's packages.
+    if inv.uses_grub() {
+        if config.tftp.is_none() {
+            out.push(format!(
+                "{}: the loader grub (defaults.loader or a role's loader) needs TFTP: GRUB's network image fetches everything over TFTP; enable the tftp section in {cfg}",
+                inv.file.display()
+            ));
+        }
+        for g in &config.grub {
+            // Debian's arm64 files are only there on hosts that serve arm64 machines: a
+            // missing default is an error for x86-64 and where `grub:` names the file.
+            if g.pos.is_none() && g.arch.arch != crate::dhcp::Arch::UefiX64 {
+                for m in g.missing() {
+                    tracing::warn!("{cfg}: {m}; arm64 machines whose loader is grub cannot boot");
+                }
+                continue;
+            }
+            let at = g.pos.map(|p| format!(":{p}")).unwrap_or_default();
+            for m in g.missing() {
+                out.push(format!("{cfg}{at}: {m}"));
+            }
+        }
+    }
     // Every secret a role declares, for each of its machines: the host's file or the role's.
     for mac in &inv.order {
         let Some(m) = inv.machine(mac) else { continue };
@@ -397,8 +420,9 @@ pub(crate) async fn run(p: Prepared, shutdown: CancellationToken) -> Result<(), 
             inventory: app.inventory.clone(),
         });
         let token = shutdown.clone();
+        let files: Arc<dyn tftp::TftpFiles> = Arc::new(http::grub::GrubTftp { app: app.clone() });
         tasks.spawn(async move {
-            let r = tftp::serve(socket, tcfg, observer, token).await;
+            let r = tftp::serve_with(socket, tcfg, observer, Some(files), token).await;
             ("TFTP", r.map_err(anyhow::Error::from))
         });
     }

@@ -72,6 +72,26 @@ impl Default for TftpConfig {
     }
 }
 
+/// What a [`TftpFiles`] name stands for: a file anywhere (named by the server's own
+/// config, never by the client) or bytes made for this request.
+#[derive(Debug)]
+pub(crate) enum Served {
+    File(PathBuf),
+    Bytes(Vec<u8>),
+}
+
+/// The future [`TftpFiles::open`] returns: `None` for a name it does not serve.
+pub(crate) type Opening<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Option<Result<Served, Refusal>>> + Send + 'a>,
+>;
+
+/// Names served from outside the root, asked before the root is: GRUB's chain (shim and
+/// GRUB from Debian's packages, its configs and the kernels they load, made per machine).
+/// `name` has no leading `/`.
+pub(crate) trait TftpFiles: Send + Sync + 'static {
+    fn open<'a>(&'a self, name: &'a str, peer: SocketAddr) -> Opening<'a>;
+}
+
 /// Receives one event per request the service answered (or refused).
 pub(crate) trait TftpObserver: Send + Sync + 'static {
     fn transfer(&self, event: TransferEvent);
@@ -151,6 +171,9 @@ pub(crate) enum Refusal {
     UnsupportedMode(String),
     #[error("server busy")]
     Busy,
+    /// A served name refused for the machine's sake (e.g. an install that was stopped).
+    #[error("{0}")]
+    Denied(String),
     #[error("I/O error: {0}")]
     Io(String),
 }
@@ -180,7 +203,8 @@ impl Refusal {
             | Refusal::InvalidName
             | Refusal::NotAFile
             | Refusal::PermissionDenied
-            | Refusal::WriteRequest => ErrorCode::AccessViolation,
+            | Refusal::WriteRequest
+            | Refusal::Denied(_) => ErrorCode::AccessViolation,
             Refusal::UnsupportedMode(_) => ErrorCode::IllegalOperation,
             Refusal::Busy | Refusal::Io(_) => ErrorCode::NotDefined,
         }
@@ -208,16 +232,29 @@ struct Service {
     root: PathBuf,
     config: TftpConfig,
     observer: Arc<dyn TftpObserver>,
+    files: Option<Arc<dyn TftpFiles>>,
     local_ip: IpAddr,
 }
 
 /// Serves TFTP on `socket` until `shutdown` is cancelled, then cancels the transfers in
 /// flight and returns once they have ended. Errors: the root cannot be resolved, or the
 /// socket fails in a way that is not about one packet.
+#[cfg(test)]
 pub(crate) async fn serve(
     socket: UdpSocket,
     config: TftpConfig,
     observer: Arc<dyn TftpObserver>,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    serve_with(socket, config, observer, None, shutdown).await
+}
+
+/// [`serve`], with names `files` serves before the root is looked at.
+pub(crate) async fn serve_with(
+    socket: UdpSocket,
+    config: TftpConfig,
+    observer: Arc<dyn TftpObserver>,
+    files: Option<Arc<dyn TftpFiles>>,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
     let root = tokio::fs::canonicalize(&config.root).await.map_err(|e| {
@@ -234,6 +271,7 @@ pub(crate) async fn serve(
         root,
         config,
         observer,
+        files,
         local_ip: local.ip(),
     });
     let transfers = shutdown.child_token();
@@ -409,7 +447,7 @@ async fn run_transfer(
             let opened = tokio::select! {
                 biased;
                 () = token.cancelled() => None,
-                opened = open(&service.root, &request) => Some(opened),
+                opened = open(service, &request, peer) => Some(opened),
             };
             match opened {
                 None => TransferOutcome::Cancelled { bytes: 0 },
@@ -482,30 +520,60 @@ async fn bind_transfer_socket(local_ip: IpAddr, peer: SocketAddr) -> io::Result<
     Ok(socket)
 }
 
-/// Finds and opens the requested file inside the root, in one trip to the blocking pool.
-async fn open(root: &Path, request: &Request) -> Result<(std::fs::File, u64), Refusal> {
+/// What a transfer reads from.
+type Source = Box<dyn std::io::Read + Send>;
+
+/// Finds and opens the requested file: a name the service's [`TftpFiles`] serves, else a
+/// file inside the root, in one trip to the blocking pool.
+async fn open(
+    service: &Service,
+    request: &Request,
+    peer: SocketAddr,
+) -> Result<(Source, u64), Refusal> {
     match &request.mode {
         Mode::Octet | Mode::Netascii => {}
         Mode::Mail => return Err(Refusal::UnsupportedMode("mail".to_owned())),
         Mode::Other(mode) => return Err(Refusal::UnsupportedMode(mode.clone())),
     }
-    let root = root.to_owned();
+    if let Some(files) = &service.files {
+        let name = request.filename.trim_start_matches('/');
+        match files.open(name, peer).await {
+            None => {}
+            Some(Err(refusal)) => return Err(refusal),
+            Some(Ok(Served::Bytes(b))) => {
+                let len = b.len() as u64;
+                return Ok((Box::new(std::io::Cursor::new(b)), len));
+            }
+            Some(Ok(Served::File(path))) => {
+                let opened = tokio::task::spawn_blocking(move || open_file(&path));
+                let (file, len) = opened.await.map_err(|e| Refusal::Io(e.to_string()))??;
+                return Ok((Box::new(file), len));
+            }
+        }
+    }
+    let root = service.root.clone();
     let requested = request.filename.clone();
     let opened = tokio::task::spawn_blocking(move || {
         let path = jail::resolve(&root, &requested)?;
-        // Checked before opening: opening a FIFO would wait for a writer.
-        let metadata = std::fs::metadata(&path).map_err(|e| Refusal::from_io(&e))?;
-        if !metadata.is_file() {
-            return Err(Refusal::NotAFile);
-        }
-        let file = std::fs::File::open(&path).map_err(|e| Refusal::from_io(&e))?;
-        let metadata = file.metadata().map_err(|e| Refusal::from_io(&e))?;
-        if !metadata.is_file() {
-            return Err(Refusal::NotAFile);
-        }
-        Ok((file, metadata.len()))
+        open_file(&path)
     });
-    opened.await.map_err(|e| Refusal::Io(e.to_string()))?
+    let (file, len) = opened.await.map_err(|e| Refusal::Io(e.to_string()))??;
+    Ok((Box::new(file), len))
+}
+
+/// Opens a regular file (not a FIFO, device or folder) and says its size.
+fn open_file(path: &Path) -> Result<(std::fs::File, u64), Refusal> {
+    // Checked before opening: opening a FIFO would wait for a writer.
+    let metadata = std::fs::metadata(path).map_err(|e| Refusal::from_io(&e))?;
+    if !metadata.is_file() {
+        return Err(Refusal::NotAFile);
+    }
+    let file = std::fs::File::open(path).map_err(|e| Refusal::from_io(&e))?;
+    let metadata = file.metadata().map_err(|e| Refusal::from_io(&e))?;
+    if !metadata.is_file() {
+        return Err(Refusal::NotAFile);
+    }
+    Ok((file, metadata.len()))
 }
 
 /// Sends an ERROR packet; errors are never retransmitted (RFC 1350 §7), so failure is only
@@ -557,7 +625,7 @@ impl Sender {
     fn new(
         socket: UdpSocket,
         peer: SocketAddr,
-        file: std::fs::File,
+        file: Source,
         options: &TransferOptions,
         netascii: bool,
         retries: u32,
@@ -773,15 +841,15 @@ struct ReadAhead {
     chunk: Vec<u8>,
     pos: usize,
     /// The file, while no read is in flight; `None` at the end of the file.
-    file: Option<std::fs::File>,
+    file: Option<Source>,
     next: Option<ChunkRead>,
 }
 
 /// A chunk being read on the blocking pool; it hands the file back with the bytes.
-type ChunkRead = JoinHandle<io::Result<(std::fs::File, Vec<u8>)>>;
+type ChunkRead = JoinHandle<io::Result<(Source, Vec<u8>)>>;
 
 impl ReadAhead {
-    fn new(file: std::fs::File) -> ReadAhead {
+    fn new(file: Source) -> ReadAhead {
         ReadAhead {
             chunk: Vec::new(),
             pos: 0,

@@ -14,8 +14,8 @@ use super::wire::{
 };
 use super::Counters;
 use super::{
-    DhcpError, DhcpEvent, DhcpObserver, DhcpSettings, Directory, Host, Mode, Refusal, Subnet,
-    DHCP_CLIENT_PORT, DHCP_SERVER_PORT, PXE_PORT,
+    DhcpError, DhcpEvent, DhcpObserver, DhcpSettings, Directory, Host, Loader, Mode, Refusal,
+    Subnet, DHCP_CLIENT_PORT, DHCP_SERVER_PORT, PXE_PORT,
 };
 use crate::leases::{AllocError, Durable, LeaseStore, UnixTime};
 use crate::mac::MacAddr;
@@ -256,6 +256,20 @@ impl DhcpServer {
                 file: format!("{}/tftp/{}", self.http_url, file),
                 http: true,
                 vendor_class: "HTTPClient",
+                pxe_options: false,
+            });
+        }
+        // GRUB machines get shim, which loads GRUB from the same folder. BIOS has no
+        // GRUB chain here: those machines keep iPXE.
+        let loader = match self.directory.lookup(mac) {
+            Some(h) => h.loader,
+            None => self.directory.unknown_loader(),
+        };
+        if let (Loader::Grub, Some(g)) = (loader, super::grub_arch(class.arch)) {
+            return Ok(Boot {
+                file: g.shim.to_string(),
+                http: false,
+                vendor_class: "PXEClient",
                 pxe_options: false,
             });
         }
@@ -825,6 +839,66 @@ mod tests {
     }
 
     #[test]
+    fn grub_machines_get_shim_on_uefi_and_ipxe_elsewhere() {
+        let grub = Host {
+            hostname: "sb01".into(),
+            loader: Loader::Grub,
+            ..Host::default()
+        };
+        let s = server_with(Mode::Proxy, false, &[(mac(), grub)]);
+        type Case<'a> = (Vec<(u8, &'a [u8])>, &'a str);
+        let cases: Vec<Case> = vec![
+            // UEFI x64 and ARM64 PXE: shim, which loads GRUB from the same folder.
+            (vec![(60, PXE_X64), (93, &[0, 7])], "shimx64.efi"),
+            (vec![(60, PXE_X64), (93, &[0, 9])], "shimx64.efi"),
+            (
+                vec![(60, b"PXEClient:Arch:00011:UNDI:003000"), (93, &[0, 11])],
+                "shimaa64.efi",
+            ),
+            // BIOS has no GRUB chain: iPXE as before.
+            (vec![(60, PXE_BIOS), (93, &[0, 0])], "undionly.kpxe"),
+            // A client already running iPXE still gets its script.
+            (
+                vec![(60, PXE_X64), (93, &[0, 7]), (77, b"iPXE")],
+                "http://198.18.0.1:8080/boot/52:54:00:12:34:56.ipxe",
+            ),
+        ];
+        for (opts, want) in cases {
+            let o = handle(&s, &pkt(1, &opts), T0);
+            let r = reply(&o);
+            assert_eq!(r.file, want, "{opts:?}");
+            assert_eq!(opt_str(r, code::BOOTFILE_NAME).as_deref(), Some(want));
+            assert_eq!(o.event.unwrap().1.boot_file.as_deref(), Some(want));
+        }
+        // The same machine with the iPXE loader: snponly.efi.
+        let ipxe = Host {
+            hostname: "sb01".into(),
+            ..Host::default()
+        };
+        let s = server_with(Mode::Proxy, false, &[(mac(), ipxe)]);
+        let o = handle(&s, &pkt(1, &[(60, PXE_X64), (93, &[0, 7])]), T0);
+        assert_eq!(reply(&o).file, "snponly.efi");
+        // Unknown machines follow the directory's default loader.
+        struct GrubByDefault;
+        impl Directory for GrubByDefault {
+            fn lookup(&self, _: MacAddr) -> Option<Host> {
+                None
+            }
+            fn answer_unknown(&self) -> bool {
+                true
+            }
+            fn unknown_loader(&self) -> Loader {
+                Loader::Grub
+            }
+        }
+        let st = settings(Mode::Proxy);
+        let leases = Arc::new(JournalStore::in_memory(st.pools()));
+        let s = DhcpServer::new(st, Arc::new(GrubByDefault), Arc::new(NoObserver), leases).unwrap();
+        let o = handle(&s, &pkt(1, &[(60, PXE_X64), (93, &[0, 7])]), T0);
+        assert_eq!(reply(&o).file, "shimx64.efi");
+    }
+
+    #[test]
     fn arm64_without_a_configured_file_is_refused_with_a_reason() {
         let s = server(Mode::Proxy);
         let o = handle(
@@ -1172,6 +1246,7 @@ mod tests {
                     hostname: "web01".into(),
                     reserved_ip: Some(reserved),
                     siblings: Vec::new(),
+                    loader: Loader::Ipxe,
                 },
             )],
         );
@@ -1197,6 +1272,7 @@ mod tests {
             hostname: "web01".into(),
             reserved_ip: Some(reserved),
             siblings,
+            loader: Loader::Ipxe,
         };
         let s = server_with(
             Mode::Authoritative,

@@ -119,6 +119,77 @@ pub(crate) enum Mode {
     Off,
 }
 
+/// Which network loader a machine runs after its firmware: iPXE (the default) or GRUB
+/// behind shim (UEFI only; Secure Boot machines need it: Debian's iPXE is not signed).
+/// Chosen per site (the inventory's `defaults.loader`) and per role (`loader:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Loader {
+    #[default]
+    Ipxe,
+    Grub,
+}
+
+impl Loader {
+    pub(crate) fn parse(s: &str) -> Option<Loader> {
+        match s {
+            "ipxe" => Some(Loader::Ipxe),
+            "grub" => Some(Loader::Grub),
+            _ => None,
+        }
+    }
+}
+
+/// The GRUB chain of one UEFI architecture: the names firmware and shim ask TFTP for,
+/// the Debian files behind them and the packages that ship those. The one table of
+/// arch-specific GRUB file names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct GrubArch {
+    pub(crate) arch: Arch,
+    /// The `stemcell.yaml` key under `grub:` (`uefi_x64`, `arm64`).
+    pub(crate) key: &'static str,
+    /// What DHCP hands out: shim, signed by Microsoft's UEFI CA.
+    pub(crate) shim: &'static str,
+    pub(crate) shim_path: &'static str,
+    pub(crate) shim_package: &'static str,
+    /// What shim loads next from the same TFTP folder: GRUB's signed network image.
+    pub(crate) grub: &'static str,
+    pub(crate) grub_path: &'static str,
+    pub(crate) grub_package: &'static str,
+    /// GRUB's platform folder: it tries `/grub/PLATFORM/grub.cfg`, then `/grub/grub.cfg`.
+    pub(crate) platform: &'static str,
+}
+
+pub(crate) const GRUB_ARCHES: [GrubArch; 2] = [
+    GrubArch {
+        arch: Arch::UefiX64,
+        key: "uefi_x64",
+        shim: "shimx64.efi",
+        shim_path: "/usr/lib/shim/shimx64.efi.signed",
+        shim_package: "shim-signed",
+        grub: "grubx64.efi",
+        grub_path: "/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed",
+        grub_package: "grub-efi-amd64-signed",
+        platform: "x86_64-efi",
+    },
+    GrubArch {
+        arch: Arch::UefiArm64,
+        key: "arm64",
+        shim: "shimaa64.efi",
+        shim_path: "/usr/lib/shim/shimaa64.efi.signed",
+        shim_package: "shim-signed",
+        grub: "grubaa64.efi",
+        grub_path: "/usr/lib/grub/arm64-efi-signed/grubnetaa64.efi.signed",
+        grub_package: "grub-efi-arm64-signed",
+        platform: "arm64-efi",
+    },
+];
+
+/// The GRUB chain for a firmware architecture, if GRUB has one (not BIOS, not IA32).
+pub(crate) fn grub_arch(arch: Arch) -> Option<&'static GrubArch> {
+    GRUB_ARCHES.iter().find(|g| g.arch == arch)
+}
+
 /// Boot files by client class. TFTP file names (relative to the TFTP root), also served
 /// over HTTP under `{http_url}/tftp/`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -267,6 +338,8 @@ pub(crate) struct Host {
     pub(crate) reserved_ip: Option<Ipv4Addr>,
     /// The machine's other NICs: its reserved address moves from them to the NIC asking.
     pub(crate) siblings: Vec<MacAddr>,
+    /// Its loader (its role's, else the inventory's default).
+    pub(crate) loader: Loader,
 }
 
 /// The inventory as DHCP sees it. Implemented by the main crate; calls must be quick and
@@ -276,6 +349,10 @@ pub(crate) trait Directory: Send + Sync {
     /// The inventory's policy for unknown machines: `discover` (true) boots them,
     /// `ignore` (false) gives them no boot file.
     fn answer_unknown(&self) -> bool;
+    /// The loader unknown machines get (the inventory's `defaults.loader`).
+    fn unknown_loader(&self) -> Loader {
+        Loader::Ipxe
+    }
 }
 
 /// Where DHCP reports what it did. Implemented by the main crate (machine events,

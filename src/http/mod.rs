@@ -13,6 +13,7 @@
 
 mod api;
 pub(crate) mod files;
+pub(crate) mod grub;
 mod install;
 mod installed;
 pub(crate) mod listen;

@@ -10,7 +10,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::{files, parse_mac, text, App};
-use crate::boot::{boot_script_text, choice_for, Choice};
+use crate::boot::{boot_script_text, choice_for, grub_cfg_text, Choice};
+use crate::dhcp::Loader;
 use crate::mac::MacAddr;
 use crate::state::{self};
 
@@ -70,6 +71,16 @@ pub(crate) async fn boot_script_for(
     app: &App,
     nic: MacAddr,
 ) -> Result<(Choice, String), ScriptError> {
+    boot_config_for(app, nic, Loader::Ipxe).await
+}
+
+/// As [`boot_script_for`], for either loader: an iPXE script or a grub.cfg, from the same
+/// decision with the same events and state changes.
+pub(crate) async fn boot_config_for(
+    app: &App,
+    nic: MacAddr,
+    loader: Loader,
+) -> Result<(Choice, String), ScriptError> {
     let inv = app.inventory.get();
     let machine = inv.machine(&nic);
     // Any NIC of a listed machine is that machine: its state lives under its key MAC.
@@ -96,7 +107,11 @@ pub(crate) async fn boot_script_for(
         (Choice::Discover, _) => "boot script: unknown machine, discovery boot".into(),
         _ => "boot script: not in the inventory, ignored".into(),
     };
-    let script = boot_script_text(
+    let render = match loader {
+        Loader::Ipxe => boot_script_text,
+        Loader::Grub => grub_cfg_text,
+    };
+    let script = render(
         &app.config,
         &app.server_url,
         &inv,
@@ -104,11 +119,14 @@ pub(crate) async fn boot_script_for(
         &choice,
         token.as_deref(),
     )?;
-    let message = if nic == mac {
+    let mut message = if nic == mac {
         message
     } else {
         format!("{message} (netbooted from its NIC {nic})")
     };
+    if loader == Loader::Grub {
+        message.push_str(" (GRUB)");
+    }
     app.store.event(mac, "boot", message);
     Ok((choice, script))
 }
@@ -133,6 +151,34 @@ fn file_event(app: &App, q: &MacQuery, headers: &HeaderMap, what: &str) {
     }
 }
 
+/// The refusal of an armed machine's installer kernel once it has been booted
+/// `installer_boots` times without `done` or `failed` (see [`installer_kernel`]), for
+/// HTTP and TFTP alike: `None` when it may boot (and the boot was counted).
+pub(crate) async fn installer_boot_refused(
+    app: &App,
+    mac: MacAddr,
+) -> Option<(StatusCode, &'static str)> {
+    match app
+        .store
+        .installer_booted(mac, app.config.installer_boots)
+        .await
+    {
+        Ok(true) => None,
+        Ok(false) => Some((
+            StatusCode::CONFLICT,
+            "this machine's install was stopped: its installer booted too often without \
+             reporting done or failed; re-arm it\n",
+        )),
+        Err(e) => {
+            tracing::error!(mac = %mac, error = %e, "cannot record the installer boot");
+            Some((
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cannot record this boot; see the server log\n",
+            ))
+        }
+    }
+}
+
 /// A whole-file GET of an armed machine's installer kernel is one boot into the installer:
 /// counted, and refused (409) once the machine has booted it `installer_boots` times
 /// without `done` or `failed` — the install is then stopped (failed, with the reason) and
@@ -147,25 +193,9 @@ async fn installer_kernel(
     if method != Method::GET || headers.get(header::RANGE).is_some() {
         return None;
     }
-    match app
-        .store
-        .installer_booted(mac, app.config.installer_boots)
+    installer_boot_refused(app, mac)
         .await
-    {
-        Ok(true) => None,
-        Ok(false) => Some(text(
-            StatusCode::CONFLICT,
-            "this machine's install was stopped: its installer booted too often without \
-             reporting done or failed; re-arm it\n",
-        )),
-        Err(e) => {
-            tracing::error!(mac = %mac, error = %e, "cannot record the installer boot");
-            Some(text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "cannot record this boot; see the server log\n",
-            ))
-        }
-    }
+        .map(|(status, why)| text(status, why))
 }
 
 pub(super) async fn stemcell_file(
