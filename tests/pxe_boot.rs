@@ -25,7 +25,8 @@ use std::process::Command;
 use std::time::Instant;
 
 use common::{
-    build_stemcell_image, helper, skip, stemcell_image, Slot, BIN as STEMCELL, SKIP_EXIT,
+    build_stemcell_image, helper, skip, stemcell_image, stemcell_image_arm64, Slot,
+    BIN as STEMCELL, SKIP_EXIT,
 };
 
 /// The BIOS machine is also watched on the inventory page in headless Chromium: its row
@@ -132,7 +133,13 @@ fn scenario_watched(name: &str, watched: bool) {
     if !preflight(name, &format!("the {name} PXE test")) {
         return;
     }
-    let image = match stemcell_image() {
+    // The arm64 machine boots the arm64 stem cell (`stemcell image build --arch arm64`).
+    let image = if name == "arm64" {
+        stemcell_image_arm64()
+    } else {
+        stemcell_image()
+    };
+    let image = match image {
         Ok(dir) => dir,
         Err(e) => panic!("the stem-cell image build failed:\n{e}"),
     };
@@ -166,6 +173,15 @@ fn scenario_watched(name: &str, watched: bool) {
     );
     // Shown with --nocapture; kept quiet otherwise.
     println!("{stdout}(took {:.0?})", started.elapsed());
+}
+
+/// ARM64: qemu-system-aarch64's virt machine with AAVMF netboots by DHCP arch 11 into
+/// GRUB (Debian has no arm64 iPXE), then the arm64 stem cell, installs with the `base`
+/// role (systemd-boot as BOOTAA64.EFI) and reboots by itself into the installed system
+/// from its disk.
+#[test]
+fn pxe_arm64_aavmf_grub() {
+    scenario("arm64");
 }
 
 /// Honest skips, proved on a real PXE test: with QEMU missing from PATH, the UEFI PXE test
