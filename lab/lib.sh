@@ -21,6 +21,7 @@
 #   lab_stop PID                  SIGTERM, then SIGKILL after 5 s
 #   lab_cleanup                   stops every process in the namespaces, deletes them
 #   lab_build_image BIN OUT CACHE the stem cell (vmlinuz, initrd.img) into OUT
+#                                 (LAB_IMAGE_ARCH=arm64: the arm64 one)
 #   lab_config DIR MODE [IMAGE]   a stemcell folder: stemcell.yaml, admin.token, kickstarts/
 #   lab_check BIN DIR             `stemcell check` of DIR (output in DIR/check.txt)
 #   lab_serve NS BIN DIR [LOG]    starts stemcell in NS and returns once it is ready; sets
@@ -120,7 +121,7 @@ lab_cleanup() {
 }
 
 lab_build_image() {
-	"$1" image build --out "$2" --cache "$3"
+	"$1" image build --arch "${LAB_IMAGE_ARCH:-amd64}" --out "$2" --cache "$3"
 }
 
 # lab_config DIR MODE [IMAGE]: a stemcell folder. MODE: authoritative, proxy or off. IMAGE:
@@ -227,6 +228,10 @@ lab_serve() {
 #              flash only SMM code may write
 #   uefi-pxe6  as uefi-pxe, but OVMF's IPv4 is off and its IPv6 on: PXE and HTTP boot over
 #              IPv6 only (the uefi-ipv6 scenario)
+#   aarch64    qemu-system-aarch64's virt machine (cortex-a57, TCG) with AAVMF (Debian's
+#              qemu-efi-aarch64) as pflash: its read-only code and a writable copy of its
+#              variable store next to DISK; its own PXE on virtio-net (romfile=: QEMU's
+#              default ROM is x86 iPXE); virtio disk (/dev/vda); console ttyAMA0
 # LAB_DISK_BUS=ide|virtio overrides the disk's bus (ide: /dev/sda, virtio: /dev/vda).
 # UEFI uses a writable copy of OVMF.fd next to DISK. IPv6 is off in OVMF: after iPXE hands
 # control back (an installed machine), the firmware would spend a minute on PXE over IPv6
@@ -268,6 +273,16 @@ lab_qemu() {
 		else
 			args+=(-device "virtio-net-pci,netdev=n0,mac=$mac,bootindex=${LAB_NIC_BOOTINDEX:-1}")
 		fi
+		;;
+	aarch64)
+		[ -e "$disk.AAVMF_VARS.fd" ] || cp /usr/share/AAVMF/AAVMF_VARS.fd "$disk.AAVMF_VARS.fd"
+		args=(-M virt -cpu cortex-a57 "${args[@]}"
+			-drive if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/AAVMF/AAVMF_CODE.fd
+			-drive "if=pflash,format=raw,unit=1,file=$disk.AAVMF_VARS.fd"
+			-drive "if=none,id=d0,file=$disk,format=raw" -device virtio-blk-pci,drive=d0,bootindex=2
+			-device "virtio-net-pci,netdev=n0,mac=$mac,romfile=,bootindex=${LAB_NIC_BOOTINDEX:-1}")
+		lab_bg "$ns" "$serial.qemu" qemu-system-aarch64 "${args[@]}" "$@"
+		return
 		;;
 	*)
 		echo "lab_qemu: unknown firmware $fw" >&2

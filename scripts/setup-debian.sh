@@ -52,6 +52,18 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 EOF
 fi
 
+# ARM64 (issue 14, `stemcell image build --arch arm64` and tests/netns/pxe.sh's arm64
+# scenario): QEMU's aarch64 machine and its UEFI firmware (AAVMF); the stem cell's arm64
+# packages and GRUB's signed arm64 network loader are fetched with `apt-get download
+# PKG:arm64`, so dpkg must know the architecture (nothing arm64 is installed on this host).
+PACKAGES+=(qemu-system-arm qemu-efi-aarch64)
+if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+  echo "setup: adding the arm64 architecture to dpkg (for apt-get download PKG:arm64)"
+  dpkg --add-architecture arm64
+fi
+ARM64_LISTS_MISSING=
+[ -n "$(find /var/lib/apt/lists -maxdepth 1 -name '*_binary-arm64_Packages*' 2>/dev/null | head -1)" ] || ARM64_LISTS_MISSING=1
+
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -61,7 +73,8 @@ export DEBIAN_FRONTEND=noninteractive
 # must exist and be fresh (a stale list names a kernel version the archive has dropped).
 # (Again at once when the non-free-firmware component has no list yet.)
 if ((${#missing[@]})) || [ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*_Packages' -mmin -720 2>/dev/null | head -1)" ] ||
-    [ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*_non-free-firmware_*Packages*' 2>/dev/null | head -1)" ]; then
+    [ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*_non-free-firmware_*Packages*' 2>/dev/null | head -1)" ] ||
+    [ -n "$ARM64_LISTS_MISSING" ]; then
   apt-get -o DPkg::Lock::Timeout=600 update -qq || echo "setup: apt-get update failed; going on with the lists there are" >&2
 fi
 if ((${#missing[@]})); then

@@ -159,6 +159,26 @@ fn missing_files(config: &Config, inv: &Inventory) -> Vec<String> {
             }
         }
     }
+    // ARM64 machines (DHCP arch 11) get GRUB's chain whatever their loader (Debian has no
+    // arm64 iPXE) unless dhcp.boot_files.arm64 names the site's own: its files, as above.
+    if !inv.uses_grub() && config.tftp.is_some() && config.dhcp.boot_files.arm64.is_none() {
+        for g in config
+            .grub
+            .iter()
+            .filter(|g| g.arch.arch == crate::dhcp::Arch::UefiArm64)
+        {
+            for m in g.missing() {
+                match g.pos {
+                    Some(p) => out.push(format!("{cfg}:{p}: {m}")),
+                    // Most sites have no arm64 machines: said, not warned (an arm64
+                    // machine that asks finds its TFTP refusal in its events).
+                    None => tracing::info!(
+                        "{cfg}: {m}; arm64 machines (DHCP arch 11, GRUB by default) cannot boot"
+                    ),
+                }
+            }
+        }
+    }
     // Every secret a role declares, for each of its machines: the host's file or the role's.
     for mac in &inv.order {
         let Some(m) = inv.machine(mac) else { continue };

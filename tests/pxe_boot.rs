@@ -8,6 +8,8 @@
 //! The stem cell (kernel and initrd) is built once per test run, before the first scenario,
 //! with `stemcell image build` into `<target>/stemcell-image`; downloaded Debian packages
 //! are kept in `<target>/stemcell-cache` (the first build fetches the kernel package).
+//! The arm64 scenario's stem cell is built the same way with `--arch arm64` into
+//! `<target>/stemcell-image-arm64` (about 3 minutes the first time, then reused).
 //! QEMU runs with TCG on few cores, so at most `PXE_PARALLEL` (default 2) machines boot at
 //! once, counted across every test binary running at the time (tests/run.sh runs this one
 //! beside tests/debian.rs and tests/disk_rule.rs; `common::Slot`); the whole set takes about
@@ -27,7 +29,8 @@ use std::process::Command;
 use std::time::Instant;
 
 use common::{
-    build_stemcell_image, helper, skip, stemcell_image, Slot, BIN as STEMCELL, SKIP_EXIT,
+    build_stemcell_image, helper, skip, stemcell_image, stemcell_image_arm64, Slot,
+    BIN as STEMCELL, SKIP_EXIT,
 };
 
 /// The BIOS machine is also watched on the inventory page in headless Chromium: its row
@@ -149,7 +152,13 @@ fn scenario_watched(name: &str, watched: bool) {
     if !preflight(name, &format!("the {name} PXE test")) {
         return;
     }
-    let image = match stemcell_image() {
+    // The arm64 machine boots the arm64 stem cell (`stemcell image build --arch arm64`).
+    let image = if name == "arm64" {
+        stemcell_image_arm64()
+    } else {
+        stemcell_image()
+    };
+    let image = match image {
         Ok(dir) => dir,
         Err(e) => panic!("the stem-cell image build failed:\n{e}"),
     };
@@ -183,6 +192,15 @@ fn scenario_watched(name: &str, watched: bool) {
     );
     // Shown with --nocapture; kept quiet otherwise.
     println!("{stdout}(took {:.0?})", started.elapsed());
+}
+
+/// ARM64: qemu-system-aarch64's virt machine with AAVMF netboots by DHCP arch 11 into
+/// GRUB (Debian has no arm64 iPXE), then the arm64 stem cell, installs with the `base`
+/// role (systemd-boot as BOOTAA64.EFI) and reboots by itself into the installed system
+/// from its disk.
+#[test]
+fn pxe_arm64_aavmf_grub() {
+    scenario("arm64");
 }
 
 /// Honest skips, proved on a real PXE test: with QEMU missing from PATH, the UEFI PXE test

@@ -265,6 +265,21 @@ impl DhcpServer {
             Some(h) => h.loader,
             None => self.directory.unknown_loader(),
         };
+        // Debian has no iPXE for ARM64: unless the site names its own arm64 loader
+        // (`dhcp.boot_files.arm64`) or the machine's loader is grub (shim first, for Secure
+        // Boot), arch 11 gets GRUB's signed network image directly: without Secure Boot
+        // (AAVMF's default) shim adds nothing but three failed TFTP requests
+        // (docs/firmware.md, "ARM64 (AAVMF)").
+        if class.arch == Arch::UefiArm64 && files.arm64.is_none() && loader != Loader::Grub {
+            if let Some(g) = super::grub_arch(class.arch) {
+                return Ok(Boot {
+                    file: g.grub.to_string(),
+                    http: false,
+                    vendor_class: "PXEClient",
+                    pxe_options: false,
+                });
+            }
+        }
         if let (Loader::Grub, Some(g)) = (loader, super::grub_arch(class.arch)) {
             return Ok(Boot {
                 file: g.shim.to_string(),
@@ -907,13 +922,50 @@ mod tests {
     }
 
     #[test]
-    fn arm64_without_a_configured_file_is_refused_with_a_reason() {
+    fn arm64_gets_the_grub_chain_by_default_or_the_sites_own_loader() {
+        // Arch 11, loader ipxe (the default): GRUB all the same (Debian has no arm64 iPXE),
+        // directly (no shim).
+        let arm64 = [
+            (60, &b"PXEClient:Arch:00011:UNDI:003000"[..]),
+            (93, &[0, 11][..]),
+        ];
+        let s = server(Mode::Proxy);
+        let o = handle(&s, &pkt(1, &arm64), T0);
+        let r = reply(&o);
+        assert_eq!(
+            opt_str(r, code::BOOTFILE_NAME).as_deref(),
+            Some("grubaa64.efi")
+        );
+        let (_, ev) = o.event.unwrap();
+        assert_eq!(ev.class.arch, Arch::UefiArm64);
+        assert_eq!(ev.refusal, None);
+        // x86-64 UEFI with the same (default) loader keeps iPXE.
+        let o = handle(&s, &pkt(1, &[(60, PXE_X64), (93, &[0, 7])]), T0);
+        assert_eq!(
+            opt_str(reply(&o), code::BOOTFILE_NAME).as_deref(),
+            Some("snponly.efi")
+        );
+        // A site's own arm64 loader (an iPXE it built) wins.
+        let mut set = settings(Mode::Proxy);
+        set.boot_files.arm64 = Some("ipxe-arm64.efi".into());
+        let leases = Arc::new(JournalStore::in_memory(set.pools()));
+        let dir = Arc::new(Dir {
+            hosts: Default::default(),
+            unknown: true,
+        });
+        let s = DhcpServer::new(set, dir, Arc::new(NoObserver), leases).unwrap();
+        let o = handle(&s, &pkt(1, &arm64), T0);
+        assert_eq!(
+            opt_str(reply(&o), code::BOOTFILE_NAME).as_deref(),
+            Some("ipxe-arm64.efi")
+        );
+        // ARM64 HTTP boot (arch 19) has no default: refused with the reason.
         let s = server(Mode::Proxy);
         let o = handle(
             &s,
             &pkt(
                 1,
-                &[(60, b"PXEClient:Arch:00011:UNDI:003000"), (93, &[0, 11])],
+                &[(60, b"HTTPClient:Arch:00019:UNDI:003000"), (93, &[0, 19])],
             ),
             T0,
         );

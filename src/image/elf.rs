@@ -23,6 +23,30 @@ pub(crate) fn is_elf64le(d: &[u8]) -> bool {
     d.len() >= 64 && d[..4] == *b"\x7fELF" && d[4] == 2 && d[5] == 1
 }
 
+/// `e_machine` values of the architectures the stem cell is built for.
+pub(crate) const EM_X86_64: u16 = 62;
+pub(crate) const EM_AARCH64: u16 = 183;
+
+/// The machine an ELF64 file is built for (`e_machine`): [`EM_X86_64`], [`EM_AARCH64`], ...
+pub(crate) fn machine(d: &[u8]) -> Option<u16> {
+    if !is_elf64le(d) {
+        return None;
+    }
+    le16(d, 0x12)
+}
+
+/// A name for an `e_machine` value, for error messages.
+pub(crate) fn machine_name(m: u16) -> String {
+    match m {
+        EM_X86_64 => "x86-64".into(),
+        EM_AARCH64 => "aarch64".into(),
+        3 => "i386".into(),
+        40 => "arm".into(),
+        243 => "riscv".into(),
+        n => format!("ELF machine {n}"),
+    }
+}
+
 const PT_LOAD: u32 = 1;
 const PT_DYNAMIC: u32 = 2;
 const PT_INTERP: u32 = 3;
@@ -136,6 +160,12 @@ pub(crate) fn section<'a>(d: &'a [u8], name: &str) -> Option<&'a [u8]> {
 /// PT_INTERP (when given) and PT_DYNAMIC with DT_NEEDED entries and DT_STRTAB.
 #[cfg(test)]
 pub(crate) fn fake_program(interp: Option<&str>, needed: &[&str]) -> Vec<u8> {
+    fake_program_for(EM_X86_64, interp, needed)
+}
+
+/// [`fake_program`] for the machine `m`.
+#[cfg(test)]
+pub(crate) fn fake_program_for(m: u16, interp: Option<&str>, needed: &[&str]) -> Vec<u8> {
     const BASE: u64 = 0x40_0000;
     let nph = if interp.is_some() { 3 } else { 2 };
     let mut d = vec![0u8; 64 + 56 * nph];
@@ -143,6 +173,7 @@ pub(crate) fn fake_program(interp: Option<&str>, needed: &[&str]) -> Vec<u8> {
     d[4] = 2;
     d[5] = 1;
     d[6] = 1;
+    d[0x12..0x14].copy_from_slice(&m.to_le_bytes());
     d[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
     d[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
     d[0x38..0x3a].copy_from_slice(&(nph as u16).to_le_bytes());
@@ -199,6 +230,11 @@ mod tests {
             Some("/lib64/ld-linux-x86-64.so.2")
         );
         assert_eq!(needed(&p).unwrap(), ["libz.so.1", "libc.so.6"]);
+        assert_eq!(machine(&p), Some(EM_X86_64));
+        let a = fake_program_for(EM_AARCH64, Some("/lib/ld-linux-aarch64.so.1"), &[]);
+        assert_eq!(machine(&a), Some(EM_AARCH64));
+        assert_eq!(machine_name(EM_AARCH64), "aarch64");
+        assert_eq!(machine(b"#!/bin/sh\n"), None);
         let lib = fake_program(None, &["libc.so.6"]);
         assert_eq!(interpreter(&lib), None);
         assert_eq!(needed(&lib).unwrap(), ["libc.so.6"]);

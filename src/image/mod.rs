@@ -2,8 +2,8 @@
 //!
 //! `stemcell image build --out DIR` writes `DIR/vmlinuz` and `DIR/initrd.img`.
 //!
-//! * **Kernel**: Debian's. `linux-image-amd64` names the versioned package
-//!   (`linux-image-6.1.0-N-amd64`), which is fetched with `apt-get download` into the cache
+//! * **Kernel**: Debian's. `linux-image-amd64` (`linux-image-arm64` with `--arch arm64`)
+//!   names the versioned package (`linux-image-6.1.0-N-amd64`), which is fetched with `apt-get download` into the cache
 //!   folder and unpacked there with `dpkg-deb -x`. Nothing is installed and `/boot` is not
 //!   touched. `--kernel-deb FILE` uses a package file instead; `--kernel-dir DIR` an unpacked
 //!   tree (`DIR/boot/vmlinuz-VERSION` and `DIR/lib/modules/VERSION`, so `--kernel-dir /`
@@ -14,7 +14,8 @@
 //!   `--init FILE` overrides it), the tools an install of a real OS needs (sfdisk and blkid
 //!   from fdisk and util-linux, mke2fs and Debian's `mke2fs.conf` from e2fsprogs, mkfs.fat,
 //!   zstd, GNU tar; see `TOOLS`), the boot loaders the `base` template puts on disks
-//!   (extlinux and its `mbr.bin`, systemd-boot's `systemd-bootx64.efi`), the shared
+//!   (extlinux and its `mbr.bin`, systemd-boot's `systemd-bootx64.efi`; on arm64
+//!   `systemd-bootaa64.efi` only), the shared
 //!   libraries the dynamically linked ones need — their `DT_NEEDED` entries resolved,
 //!   transitively, within the unpacked library packages they depend on (libc6 included),
 //!   never from the build host — and the kernel modules in [`DEFAULT_MODULES`], those of
@@ -43,6 +44,23 @@
 //! directory order, umask, the paths of the inputs) reaches the archive. The unit tests
 //! below build twice from the same inputs laid out differently and compare bytes;
 //! `tests/pxe_boot.rs` does it with the real inputs.
+//!
+//! **Architectures** (`--arch`, [`Arch`]): `amd64` (the default) or `arm64`. Everything
+//! comes from that architecture's packages: `linux-image-arm64` (its `vmlinuz` is an
+//! uncompressed arm64 `Image` with the EFI stub: GRUB, systemd-boot and QEMU's `-kernel`
+//! boot it as it is), `busybox-static:arm64`, the tools and their libraries (in
+//! `lib/aarch64-linux-gnu`, loader `/lib/ld-linux-aarch64.so.1`), systemd-boot's
+//! `systemd-bootaa64.efi` (no extlinux: Debian builds it for x86 only, and arm64 machines
+//! are UEFI). The firmware packages are `Architecture: all`, shared by both. A foreign
+//! architecture needs `dpkg --add-architecture arm64` and `apt-get update` on the build
+//! host (scripts/setup-debian.sh does it); nothing of it is installed. Every program,
+//! library and module taken is checked to be an ELF file for that machine (`e_machine`),
+//! and the kernel image too (an x86 bzImage is refused for arm64, an arm64 Image for
+//! amd64): a wrong-architecture package in the cache or a `--tools-dir` tree is an error
+//! naming the file. x86-only base modules (`crc32c_intel`, `vmxnet3`) are left out of
+//! arm64 stem cells ([`default_modules`]); the driver sets are the same folders of the
+//! arm64 kernel's tree (which has its own SoC NICs and SATA controllers besides the PCI
+//! ones).
 //!
 //! No `build.sh` is needed: the downloads are plain `apt-get download` and `dpkg-deb -x`
 //! calls made from here.
@@ -103,6 +121,89 @@ pub(crate) const DEFAULT_MODULES: &[&str] = &[
     "hid_generic",
 ];
 
+/// Modules of [`DEFAULT_MODULES`] only x86 kernels have: left out of arm64 stem cells.
+const X86_ONLY_MODULES: &[&str] = &["crc32c_intel", "vmxnet3"];
+
+/// The base modules for `arch`: [`DEFAULT_MODULES`] less what its kernel cannot have.
+pub(crate) fn default_modules(arch: Arch) -> Vec<String> {
+    DEFAULT_MODULES
+        .iter()
+        .filter(|m| arch == Arch::Amd64 || !X86_ONLY_MODULES.contains(m))
+        .map(|s| s.to_string())
+        .collect()
+}
+
+/// The machine architecture a stem cell is built for (`--arch`): Debian's name for it.
+/// Everything comes from that architecture's packages (`apt-get download PKG:ARCH`; for
+/// a foreign one the host needs `dpkg --add-architecture ARCH` and `apt-get update`), and
+/// every program, library and module is checked to be built for it (ELF `e_machine`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Arch {
+    /// x86-64 (BIOS and UEFI machines).
+    Amd64,
+    /// 64-bit ARM (UEFI machines: DHCP arch 11).
+    Arm64,
+}
+
+impl Arch {
+    /// Debian's architecture name (`dpkg --print-architecture`).
+    pub(crate) fn debian(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "amd64",
+            Arch::Arm64 => "arm64",
+        }
+    }
+
+    /// The multiarch triplet: where Debian keeps its libraries (`lib/TRIPLET`).
+    fn triplet(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "x86_64-linux-gnu",
+            Arch::Arm64 => "aarch64-linux-gnu",
+        }
+    }
+
+    /// The ELF `e_machine` of its programs and kernel modules.
+    fn elf_machine(self) -> u16 {
+        match self {
+            Arch::Amd64 => elf::EM_X86_64,
+            Arch::Arm64 => elf::EM_AARCH64,
+        }
+    }
+
+    /// Where Debian's packages keep shared libraries, searched in order.
+    fn library_dirs(self) -> Vec<String> {
+        let t = self.triplet();
+        let mut v = vec![format!("lib/{t}"), format!("usr/lib/{t}")];
+        if self == Arch::Amd64 {
+            v.push("lib64".into());
+        }
+        v.extend(["lib".into(), "usr/lib".into()]);
+        v
+    }
+
+    /// Where the stem cell keeps them: a directory Debian's dynamic loader searches without
+    /// an `ld.so.cache`.
+    fn initrd_library_dir(self) -> String {
+        format!("lib/{}", self.triplet())
+    }
+
+    /// The packages the tools come from: [`TOOL_PACKAGES`] less those Debian does not
+    /// build for this architecture (extlinux is x86 only: arm64 machines are all UEFI).
+    pub(crate) fn tool_packages(self) -> Vec<&'static str> {
+        TOOL_PACKAGES
+            .iter()
+            .copied()
+            .filter(|p| self == Arch::Amd64 || *p != "extlinux")
+            .collect()
+    }
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.debian())
+    }
+}
+
 /// The stem cell's init, compiled in (`--init FILE` replaces it).
 pub(crate) const INIT: &str = include_str!("../../image/init");
 
@@ -135,19 +236,6 @@ pub(crate) const TOOL_PACKAGES: &[&str] = &[
 /// Dependencies that are libraries without the `lib` prefix.
 const LIBRARY_PACKAGES_WITHOUT_LIB_PREFIX: &[&str] = &["zlib1g"];
 
-/// Where shared libraries live in Debian's packages (amd64), searched in order.
-const LIBRARY_DIRS: &[&str] = &[
-    "lib/x86_64-linux-gnu",
-    "usr/lib/x86_64-linux-gnu",
-    "lib64",
-    "lib",
-    "usr/lib",
-];
-
-/// Where the stem cell keeps them: a directory Debian's dynamic loader searches without an
-/// `ld.so.cache`.
-const INITRD_LIBRARY_DIR: &str = "lib/x86_64-linux-gnu";
-
 /// A file taken from the tools trees (the first of `from` found) into `to` in the initrd.
 struct Tool {
     from: &'static [&'static str],
@@ -157,6 +245,9 @@ struct Tool {
     purpose: &'static str,
     /// Other names for it (symlinks beside it): `mkfs.ext4` for `mke2fs`.
     links: &'static [&'static str],
+    /// Only in stem cells for this architecture (the UEFI loader has a name per
+    /// architecture); `None`: in all.
+    only: Option<Arch>,
 }
 
 // GNU and util-linux tools go to /usr/sbin and /usr/bin: the init's PATH looks there
@@ -169,6 +260,7 @@ const TOOLS: &[Tool] = &[
         required: true,
         purpose: "the stem cell's userland",
         links: &[],
+        only: None,
     },
     Tool {
         from: &["usr/bin/extlinux"],
@@ -177,6 +269,7 @@ const TOOLS: &[Tool] = &[
         required: false,
         purpose: "BIOS installs (extlinux)",
         links: &[],
+        only: Some(Arch::Amd64),
     },
     Tool {
         from: &["usr/lib/EXTLINUX/mbr.bin"],
@@ -185,6 +278,7 @@ const TOOLS: &[Tool] = &[
         required: false,
         purpose: "BIOS installs (MBR boot code)",
         links: &[],
+        only: Some(Arch::Amd64),
     },
     Tool {
         from: &["usr/lib/systemd/boot/efi/systemd-bootx64.efi"],
@@ -193,6 +287,16 @@ const TOOLS: &[Tool] = &[
         required: false,
         purpose: "UEFI installs (systemd-boot)",
         links: &[],
+        only: Some(Arch::Amd64),
+    },
+    Tool {
+        from: &["usr/lib/systemd/boot/efi/systemd-bootaa64.efi"],
+        to: "usr/lib/systemd/boot/efi/systemd-bootaa64.efi",
+        mode: 0o644,
+        required: false,
+        purpose: "UEFI installs (systemd-boot, arm64)",
+        links: &[],
+        only: Some(Arch::Arm64),
     },
     Tool {
         from: &["sbin/sfdisk", "usr/sbin/sfdisk"],
@@ -201,6 +305,7 @@ const TOOLS: &[Tool] = &[
         required: false,
         purpose: "GPT partitioning (sfdisk)",
         links: &[],
+        only: None,
     },
     Tool {
         from: &["sbin/blkid", "usr/sbin/blkid"],
@@ -209,6 +314,7 @@ const TOOLS: &[Tool] = &[
         required: false,
         purpose: "file system UUIDs (blkid)",
         links: &[],
+        only: None,
     },
     Tool {
         from: &["sbin/mke2fs", "usr/sbin/mke2fs"],
@@ -217,6 +323,7 @@ const TOOLS: &[Tool] = &[
         required: false,
         purpose: "ext4 file systems (mke2fs)",
         links: &["mkfs.ext4"],
+        only: None,
     },
     Tool {
         // Debian's defaults (features GRUB can read), not the ones compiled into mke2fs.
@@ -226,6 +333,7 @@ const TOOLS: &[Tool] = &[
         required: false,
         purpose: "Debian's mke2fs defaults",
         links: &[],
+        only: None,
     },
     Tool {
         from: &["sbin/mkfs.fat", "usr/sbin/mkfs.fat"],
@@ -234,6 +342,7 @@ const TOOLS: &[Tool] = &[
         required: false,
         purpose: "EFI system partitions (mkfs.fat)",
         links: &["mkfs.vfat"],
+        only: None,
     },
     Tool {
         from: &["usr/bin/zstd", "bin/zstd"],
@@ -242,6 +351,7 @@ const TOOLS: &[Tool] = &[
         required: false,
         purpose: "OS image streams (zstd)",
         links: &[],
+        only: None,
     },
     Tool {
         from: &["sbin/mdadm", "usr/sbin/mdadm"],
@@ -250,6 +360,7 @@ const TOOLS: &[Tool] = &[
         required: false,
         purpose: "software RAID 1 installs (mdadm)",
         links: &[],
+        only: None,
     },
     Tool {
         from: &["bin/tar", "usr/bin/tar"],
@@ -258,6 +369,7 @@ const TOOLS: &[Tool] = &[
         required: false,
         purpose: "OS image extraction with xattrs and numeric owners (GNU tar)",
         links: &[],
+        only: None,
     },
     Tool {
         from: &["usr/bin/perl"],
@@ -266,6 +378,7 @@ const TOOLS: &[Tool] = &[
         required: false,
         purpose: "LLDP neighbours in discovery (perl: a packet socket)",
         links: &[],
+        only: None,
     },
 ];
 
@@ -305,6 +418,8 @@ pub(crate) enum KernelSource {
 pub(crate) struct BuildOptions {
     /// Folder that receives `vmlinuz` and `initrd.img` (created if missing).
     pub(crate) out: PathBuf,
+    /// The machines' architecture: every package, program and module is for it.
+    pub(crate) arch: Arch,
     pub(crate) kernel: KernelSource,
     /// Which kernel when the tree holds several.
     pub(crate) kernel_version: Option<String>,
@@ -327,17 +442,19 @@ pub(crate) struct BuildOptions {
 }
 
 impl BuildOptions {
-    /// Defaults: Debian's kernel and tools via apt-get, the default cache, the built-in
-    /// init, [`DEFAULT_MODULES`], and `SOURCE_DATE_EPOCH` from the environment (else 0).
-    pub(crate) fn new(out: impl Into<PathBuf>) -> Result<BuildOptions> {
+    /// Defaults: Debian's kernel and tools for `arch` via apt-get, the default cache, the
+    /// built-in init, [`default_modules`], and `SOURCE_DATE_EPOCH` from the environment
+    /// (else 0).
+    pub(crate) fn new(out: impl Into<PathBuf>, arch: Arch) -> Result<BuildOptions> {
         Ok(BuildOptions {
             out: out.into(),
+            arch,
             kernel: KernelSource::Apt,
             kernel_version: None,
             tools: Vec::new(),
             cache: default_cache(),
             init: INIT.to_string(),
-            modules: DEFAULT_MODULES.iter().map(|s| s.to_string()).collect(),
+            modules: default_modules(arch),
             drivers: drivers::DEFAULT_DRIVER_SETS
                 .iter()
                 .map(|s| s.to_string())
@@ -375,6 +492,7 @@ pub(crate) fn default_cache() -> PathBuf {
 /// What a build produced.
 #[derive(Clone, Debug)]
 pub(crate) struct BuildReport {
+    pub(crate) arch: Arch,
     pub(crate) kernel_version: String,
     pub(crate) vmlinuz: PathBuf,
     pub(crate) initrd: PathBuf,
@@ -413,7 +531,11 @@ fn mb(n: u64) -> String {
 
 impl fmt::Display for BuildReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "stem cell: kernel {}", self.kernel_version)?;
+        writeln!(
+            f,
+            "stem cell: kernel {} ({})",
+            self.kernel_version, self.arch
+        )?;
         writeln!(
             f,
             "  {}  {} ({} bytes)",
@@ -493,10 +615,11 @@ pub(crate) fn build(opts: &BuildOptions) -> Result<BuildReport> {
     let mut notes = Vec::new();
     let mut packages = Vec::new();
 
+    let arch = opts.arch;
     let kernel_root = match &opts.kernel {
         KernelSource::Apt => {
-            let pkg = kernel_package()?;
-            let deb = fetch_deb(&pkg, &opts.cache, &mut notes)?;
+            let pkg = kernel_package(arch)?;
+            let deb = fetch_deb(&pkg, arch, &opts.cache, &mut notes)?;
             packages.push(file_name(&deb));
             unpack(&deb, &opts.cache)?
         }
@@ -507,13 +630,15 @@ pub(crate) fn build(opts: &BuildOptions) -> Result<BuildReport> {
         KernelSource::Dir(d) => d.clone(),
     };
     let kernel = find_kernel(&kernel_root, opts.kernel_version.as_deref())?;
+    check_kernel_image(&kernel.vmlinuz, arch)?;
 
     let tool_roots = if opts.tools.is_empty() {
         let mut roots = Vec::new();
-        let libs = library_packages(TOOL_PACKAGES)?;
-        let all = TOOL_PACKAGES.iter().map(|p| p.to_string()).chain(libs);
+        let tools = arch.tool_packages();
+        let libs = library_packages(&tools, arch)?;
+        let all = tools.iter().map(|p| p.to_string()).chain(libs);
         for pkg in all {
-            let deb = fetch_deb(&pkg, &opts.cache, &mut notes)?;
+            let deb = fetch_deb(&pkg, arch, &opts.cache, &mut notes)?;
             packages.push(file_name(&deb));
             roots.push(unpack(&deb, &opts.cache)?);
         }
@@ -526,7 +651,7 @@ pub(crate) fn build(opts: &BuildOptions) -> Result<BuildReport> {
         FirmwareSource::Apt => {
             let mut roots = Vec::new();
             for pkg in drivers::FIRMWARE_PACKAGES {
-                let deb = fetch_deb(pkg, &opts.cache, &mut notes).map_err(|e| {
+                let deb = fetch_deb(pkg, arch, &opts.cache, &mut notes).map_err(|e| {
                     anyhow!(
                         "cannot get the firmware package {pkg}: {e:#}\n\
                          Debian's device firmware is in its non-free-firmware component, which \
@@ -551,8 +676,8 @@ pub(crate) fn build(opts: &BuildOptions) -> Result<BuildReport> {
     ar.file("init", opts.init.as_bytes().to_vec(), 0o755)?;
     ar.file("usr/libexec/stemcell/lldp", LLDP.as_bytes().to_vec(), 0o755)?;
     ar.file(DISKS_PATH, DISKS.as_bytes().to_vec(), 0o755)?;
-    add_tools(&mut ar, &tool_roots, &mut notes)?;
-    let sel = add_modules(&mut ar, &kernel, &opts.modules, &opts.drivers)?;
+    add_tools(&mut ar, &tool_roots, arch, &mut notes)?;
+    let sel = add_modules(&mut ar, &kernel, arch, &opts.modules, &opts.drivers)?;
     let fw = if opts.firmware == FirmwareSource::None {
         notes.push("no device firmware (--no-firmware)".into());
         FirmwareAdded::default()
@@ -560,7 +685,7 @@ pub(crate) fn build(opts: &BuildOptions) -> Result<BuildReport> {
         add_firmware(&mut ar, &sel, &firmware_roots)?
     };
     let release = format!(
-        "kernel={}\nsource_date_epoch={}\npackages={}\n",
+        "arch={arch}\nkernel={}\nsource_date_epoch={}\npackages={}\n",
         kernel.version,
         opts.source_date_epoch,
         packages.join(" ")
@@ -582,6 +707,7 @@ pub(crate) fn build(opts: &BuildOptions) -> Result<BuildReport> {
     write_atomic(&initrd_path, &gz)?;
 
     Ok(BuildReport {
+        arch,
         kernel_version: kernel.version,
         vmlinuz: vmlinuz_path,
         initrd: initrd_path,
@@ -801,8 +927,13 @@ fn base_layout(ar: &mut Archive) -> Result<()> {
 // ---------------------------------------------------------------------------------------
 // Tools: busybox, the boot loaders and their libraries
 
-fn add_tools(ar: &mut Archive, roots: &[PathBuf], notes: &mut Vec<String>) -> Result<()> {
-    for tool in TOOLS {
+fn add_tools(
+    ar: &mut Archive,
+    roots: &[PathBuf],
+    arch: Arch,
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    for tool in TOOLS.iter().filter(|t| t.only.is_none_or(|a| a == arch)) {
         let Some(src) = tool
             .from
             .iter()
@@ -833,8 +964,9 @@ fn add_tools(ar: &mut Archive, roots: &[PathBuf], notes: &mut Vec<String>) -> Re
                 src.display()
             );
         }
+        check_machine(&src, &data, arch)?;
         if tool.mode & 0o111 != 0 && elf::is_dynamic_program(&data) {
-            add_libraries(ar, roots, tool.to, &data)?;
+            add_libraries(ar, roots, arch, tool.to, &data)?;
         }
         ar.file(tool.to, data, tool.mode)?;
         let name = tool.to.rsplit('/').next().unwrap_or(tool.to);
@@ -842,6 +974,54 @@ fn add_tools(ar: &mut Archive, roots: &[PathBuf], notes: &mut Vec<String>) -> Re
         for link in tool.links {
             ar.symlink(&format!("{dir}/{link}"), name)?;
         }
+    }
+    Ok(())
+}
+
+/// An ELF file built for another machine than `arch` is an error naming both (the wrong
+/// architecture's package in a cache or tools tree); anything that is not ELF passes.
+fn check_machine(path: &Path, data: &[u8], arch: Arch) -> Result<()> {
+    match elf::machine(data) {
+        Some(m) if m != arch.elf_machine() => bail!(
+            "{} is built for {}, not for {} (the stem cell's --arch): a package of the wrong architecture in the cache or a --tools-dir/--kernel-dir tree",
+            path.display(),
+            elf::machine_name(m),
+            elf::machine_name(arch.elf_machine())
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// The kernel image must boot on `arch`: an x86 bzImage ("HdrS" at 0x202) or an arm64
+/// Image ("ARM\x64" at 0x38), or gzip (Debian's arm64 vmlinuz is a gzipped Image).
+fn check_kernel_image(path: &Path, arch: Arch) -> Result<()> {
+    let mut head = [0u8; 0x206];
+    let n = {
+        use std::io::Read;
+        let mut f = fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut n = 0;
+        while n < head.len() {
+            match f.read(&mut head[n..])? {
+                0 => break,
+                k => n += k,
+            }
+        }
+        n
+    };
+    let head = &head[..n];
+    let x86 = head.get(0x202..0x206) == Some(b"HdrS");
+    let arm64 = head.get(0x38..0x3c) == Some(b"ARM\x64");
+    let gzip = head.starts_with(&[0x1f, 0x8b]);
+    let other = match arch {
+        Arch::Amd64 if arm64 || gzip => Some("an arm64 kernel"),
+        Arch::Arm64 if x86 => Some("an x86 kernel (bzImage)"),
+        _ => None,
+    };
+    if let Some(what) = other {
+        bail!(
+            "{} is {what}, not one for {arch} (the stem cell's --arch)",
+            path.display()
+        );
     }
     Ok(())
 }
@@ -870,7 +1050,13 @@ fn resolve_in_tree(root: &Path, rel: &str) -> Option<PathBuf> {
 
 /// The dynamic loader and every shared library `program` needs, transitively (DT_NEEDED),
 /// taken from the unpacked packages in `roots` and put where the loader looks.
-fn add_libraries(ar: &mut Archive, roots: &[PathBuf], program: &str, data: &[u8]) -> Result<()> {
+fn add_libraries(
+    ar: &mut Archive,
+    roots: &[PathBuf],
+    arch: Arch,
+    program: &str,
+    data: &[u8],
+) -> Result<()> {
     let find = |rels: &[String]| {
         rels.iter()
             .find_map(|rel| roots.iter().find_map(|r| resolve_in_tree(r, rel)))
@@ -882,6 +1068,7 @@ fn add_libraries(ar: &mut Archive, roots: &[PathBuf], program: &str, data: &[u8]
                 anyhow!("{program} asks for the loader {interp}, which no package has (libc6?)")
             })?;
             let bytes = fs::read(&src).with_context(|| format!("reading {}", src.display()))?;
+            check_machine(&src, &bytes, arch)?;
             ar.file(&rel, bytes, 0o755)?;
         }
     }
@@ -894,11 +1081,12 @@ fn add_libraries(ar: &mut Archive, roots: &[PathBuf], program: &str, data: &[u8]
         if soname.contains('/') {
             bail!("{by} needs the library {soname:?} by path; only plain sonames are resolved");
         }
-        let dest = format!("{INITRD_LIBRARY_DIR}/{soname}");
+        let dest = format!("{}/{soname}", arch.initrd_library_dir());
         if ar.entries.contains_key(&dest) {
             continue;
         }
-        let candidates: Vec<String> = LIBRARY_DIRS
+        let candidates: Vec<String> = arch
+            .library_dirs()
             .iter()
             .map(|d| format!("{d}/{soname}"))
             .collect();
@@ -913,6 +1101,7 @@ fn add_libraries(ar: &mut Archive, roots: &[PathBuf], program: &str, data: &[u8]
             )
         })?;
         let bytes = fs::read(&src).with_context(|| format!("reading {}", src.display()))?;
+        check_machine(&src, &bytes, arch)?;
         let more = elf::needed(&bytes)
             .ok_or_else(|| anyhow!("{}: not a shared library", src.display()))?;
         queue.extend(more.into_iter().map(|n| (n, soname.clone())));
@@ -925,12 +1114,12 @@ fn add_libraries(ar: &mut Archive, roots: &[PathBuf], program: &str, data: &[u8]
 /// set of alternatives), transitively: every package named `lib…` (and
 /// [`LIBRARY_PACKAGES_WITHOUT_LIB_PREFIX`]). Programs' own dependencies (`dpkg`,
 /// `readline-common`) are not followed: the stem cell needs their libraries, not them.
-fn library_packages(packages: &[&str]) -> Result<Vec<String>> {
+fn library_packages(packages: &[&str], arch: Arch) -> Result<Vec<String>> {
     let mut seen: BTreeSet<String> = BTreeSet::new();
     let mut queue: Vec<String> = packages.iter().map(|p| p.to_string()).collect();
     let mut libs = Vec::new();
     while let Some(p) = queue.pop() {
-        let fields = apt_show(&p)?;
+        let (_, fields) = apt_candidate(&p, arch)?;
         for field in ["Pre-Depends", "Depends"] {
             let Some(deps) = fields.get(field) else {
                 continue;
@@ -1074,6 +1263,7 @@ fn walk_modules(dir: &Path, rel: &str, out: &mut Vec<String>) -> Result<()> {
 fn add_modules(
     ar: &mut Archive,
     kernel: &Kernel,
+    arch: Arch,
     requested: &[String],
     sets: &[String],
 ) -> Result<Selection> {
@@ -1126,6 +1316,7 @@ fn add_modules(
         };
         let path = kernel.modules.join(rel);
         let data = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        check_machine(&path, &data, arch)?;
         let info = modinfo(&data).ok_or_else(|| {
             anyhow!(
                 "{}: no .modinfo section (not a kernel module?)",
@@ -1284,20 +1475,37 @@ fn load_order(
 // ---------------------------------------------------------------------------------------
 // Debian packages: apt-get download, dpkg-deb -x
 
-/// The versioned kernel package `linux-image-amd64` depends on.
-fn kernel_package() -> Result<String> {
-    let fields = apt_show("linux-image-amd64")?;
+/// The versioned kernel package `linux-image-ARCH` depends on.
+fn kernel_package(arch: Arch) -> Result<String> {
+    let meta = format!("linux-image-{arch}");
+    let (_, fields) = apt_candidate(&meta, arch)?;
     let depends = fields
         .get("Depends")
-        .ok_or_else(|| anyhow!("linux-image-amd64 has no Depends field"))?;
+        .ok_or_else(|| anyhow!("{meta} has no Depends field"))?;
     depends
         .split([',', '|'])
         .filter_map(|d| d.split_whitespace().next())
         .find(|d| d.starts_with("linux-image-"))
         .map(str::to_string)
-        .ok_or_else(|| {
-            anyhow!("linux-image-amd64 does not depend on a linux-image package: {depends}")
-        })
+        .ok_or_else(|| anyhow!("{meta} does not depend on a linux-image package: {depends}"))
+}
+
+/// `pkg` for `arch`: the name apt knows it by (`PKG:ARCH`, or plain `PKG` for an
+/// `Architecture: all` package, which takes no qualifier) and the candidate's fields.
+fn apt_candidate(pkg: &str, arch: Arch) -> Result<(String, BTreeMap<String, String>)> {
+    let qualified = format!("{pkg}:{arch}");
+    match apt_show(&qualified) {
+        Ok(f) => Ok((qualified, f)),
+        Err(e) => match apt_show(pkg) {
+            Ok(f) if f.get("Architecture").map(String::as_str) == Some("all") => {
+                Ok((pkg.to_string(), f))
+            }
+            _ if arch != Arch::Amd64 => Err(e.context(format!(
+                "no {arch} package {pkg}: apt needs the architecture (dpkg --add-architecture {arch}; apt-get update; scripts/setup-debian.sh does both)"
+            ))),
+            _ => Err(e),
+        },
+    }
 }
 
 /// `apt-cache show --no-all-versions PKG`: the candidate's fields.
@@ -1327,8 +1535,9 @@ fn apt_show(pkg: &str) -> Result<BTreeMap<String, String>> {
     Ok(fields)
 }
 
-fn cached_debs(pkg: &str, cache: &Path) -> Vec<PathBuf> {
+fn cached_debs(pkg: &str, arch: Arch, cache: &Path) -> Vec<PathBuf> {
     let prefix = format!("{pkg}_");
+    let ends = [format!("_{arch}.deb"), "_all.deb".to_string()];
     let mut v: Vec<PathBuf> = fs::read_dir(cache)
         .into_iter()
         .flatten()
@@ -1336,7 +1545,7 @@ fn cached_debs(pkg: &str, cache: &Path) -> Vec<PathBuf> {
         .map(|e| e.path())
         .filter(|p| {
             let n = file_name(p);
-            n.starts_with(&prefix) && n.ends_with(".deb")
+            n.starts_with(&prefix) && ends.iter().any(|e| n.ends_with(e.as_str()))
         })
         .collect();
     v.sort();
@@ -1344,13 +1553,13 @@ fn cached_debs(pkg: &str, cache: &Path) -> Vec<PathBuf> {
 }
 
 /// The candidate version of `pkg` as a `.deb` in `cache`, downloaded if it is not there.
-fn fetch_deb(pkg: &str, cache: &Path, notes: &mut Vec<String>) -> Result<PathBuf> {
+fn fetch_deb(pkg: &str, arch: Arch, cache: &Path, notes: &mut Vec<String>) -> Result<PathBuf> {
     fs::create_dir_all(cache).with_context(|| format!("creating {}", cache.display()))?;
-    let fields = match apt_show(pkg) {
+    let (name, fields) = match apt_candidate(pkg, arch) {
         Ok(f) => f,
         Err(e) => {
             // Offline (no package lists): the newest file already in the cache will do.
-            if let Some(f) = cached_debs(pkg, cache).pop() {
+            if let Some(f) = cached_debs(pkg, arch, cache).pop() {
                 notes.push(format!(
                     "apt-cache failed ({e:#}); using cached {}",
                     file_name(&f)
@@ -1361,23 +1570,26 @@ fn fetch_deb(pkg: &str, cache: &Path, notes: &mut Vec<String>) -> Result<PathBuf
         }
     };
     let version = &fields["Version"];
-    let arch = fields
+    let deb_arch = fields
         .get("Architecture")
         .map(String::as_str)
-        .unwrap_or("amd64");
-    let path = cache.join(format!("{pkg}_{}_{arch}.deb", version.replace(':', "%3a")));
+        .unwrap_or(arch.debian());
+    let path = cache.join(format!(
+        "{pkg}_{}_{deb_arch}.deb",
+        version.replace(':', "%3a")
+    ));
     if path.is_file() {
         return Ok(path);
     }
     wait_for_apt()?;
     let out = Command::new("apt-get")
-        .args(["download", "-q", &format!("{pkg}={version}")])
+        .args(["download", "-q", &format!("{name}={version}")])
         .current_dir(cache)
         .output()
         .context("running apt-get download")?;
     if !out.status.success() || !path.is_file() {
         bail!(
-            "apt-get download {pkg}={version} in {} failed: {}{}",
+            "apt-get download {name}={version} in {} failed: {}{}",
             cache.display(),
             String::from_utf8_lossy(&out.stdout).trim(),
             String::from_utf8_lossy(&out.stderr).trim()
@@ -1477,6 +1689,10 @@ pub(crate) struct ImageArgs {
     /// Folder to write vmlinuz and initrd.img into.
     #[arg(long, value_name = "DIR")]
     pub(crate) out: PathBuf,
+    /// The machines' architecture: Debian's kernel, tools and libraries for it (arm64 from
+    /// another host needs `dpkg --add-architecture arm64` and `apt-get update`).
+    #[arg(long, value_enum, default_value = "amd64")]
+    pub(crate) arch: Arch,
     /// A kernel package file (linux-image-*.deb) instead of fetching Debian's current one.
     #[arg(long, value_name = "FILE", conflicts_with = "kernel_dir")]
     pub(crate) kernel_deb: Option<PathBuf>,
@@ -1528,7 +1744,7 @@ pub(crate) struct ImageArgs {
 impl ImageArgs {
     /// The build these arguments ask for (`SOURCE_DATE_EPOCH` is read from the environment).
     pub(crate) fn options(&self) -> Result<BuildOptions> {
-        let mut o = BuildOptions::new(&self.out)?;
+        let mut o = BuildOptions::new(&self.out, self.arch)?;
         if let Some(d) = &self.kernel_deb {
             o.kernel = KernelSource::Deb(d.clone());
         } else if let Some(d) = &self.kernel_dir {
@@ -1598,6 +1814,7 @@ mod tests {
         d[4] = 2;
         d[5] = 1;
         d[6] = 1;
+        d[0x12..0x14].copy_from_slice(&elf::EM_X86_64.to_le_bytes());
         let modinfo_off = d.len();
         d.extend_from_slice(&modinfo);
         let shstr_off = d.len();
@@ -1741,6 +1958,7 @@ mod tests {
     fn options(root: &Path, kdir: PathBuf, tdir: PathBuf, epoch: u64) -> BuildOptions {
         BuildOptions {
             out: root.join("out"),
+            arch: Arch::Amd64,
             kernel: KernelSource::Dir(kdir),
             kernel_version: None,
             tools: vec![tdir],
@@ -2075,6 +2293,114 @@ mod tests {
             .filter(|n| n.starts_with("lib/x86_64-linux-gnu/"))
             .collect();
         assert_eq!(libs_in.len(), 4, "{libs_in:?}");
+    }
+
+    #[test]
+    fn arm64_takes_aarch64_programs_and_refuses_x86_ones() {
+        let t = tempfile::tempdir().unwrap();
+        let (k, tools) = fake_inputs(t.path(), false, 5);
+        // The kernel tree is x86's (its modules say so): an arm64 build refuses it.
+        let mut o = options(t.path(), k.clone(), tools.clone(), 0);
+        o.arch = Arch::Arm64;
+        o.modules = vec!["ext4".into()];
+        let e = build(&o).unwrap_err().to_string();
+        assert!(
+            e.contains("ext4.ko is built for x86-64, not for aarch64"),
+            "{e}"
+        );
+        // An arm64 tree: modules, loader, libraries and the arm64 UEFI loader.
+        let k64 = t.path().join("kernel64");
+        let mods = k64.join("lib/modules/9.9.9-arm64/kernel/fs/ext4");
+        fs::create_dir_all(&mods).unwrap();
+        let mut ko = fake_ko(&["depends=", "name=ext4"]);
+        ko[0x12..0x14].copy_from_slice(&elf::EM_AARCH64.to_le_bytes());
+        fs::write(mods.join("ext4.ko"), ko).unwrap();
+        fs::create_dir_all(k64.join("boot")).unwrap();
+        let mut image = vec![0u8; 64];
+        image[0x38..0x3c].copy_from_slice(b"ARM\x64");
+        fs::write(k64.join("boot/vmlinuz-9.9.9-arm64"), &image).unwrap();
+        let efi = tools.join("usr/lib/systemd/boot/efi");
+        fs::create_dir_all(&efi).unwrap();
+        fs::write(efi.join("systemd-bootaa64.efi"), b"MZ arm64").unwrap();
+        fs::write(efi.join("systemd-bootx64.efi"), b"MZ x64").unwrap();
+        fs::create_dir_all(tools.join("usr/bin")).unwrap();
+        let interp = Some("/lib/ld-linux-aarch64.so.1");
+        fs::write(
+            tools.join("usr/bin/zstd"),
+            elf::fake_program_for(elf::EM_AARCH64, interp, &["libc.so.6"]),
+        )
+        .unwrap();
+        let multi = tools.join("lib/aarch64-linux-gnu");
+        fs::create_dir_all(&multi).unwrap();
+        fs::write(multi.join("ld-linux-aarch64.so.1"), b"the loader").unwrap();
+        std::os::unix::fs::symlink(
+            "aarch64-linux-gnu/ld-linux-aarch64.so.1",
+            tools.join("lib/ld-linux-aarch64.so.1"),
+        )
+        .unwrap();
+        // An x86 libc where the aarch64 one belongs: refused by name.
+        fs::write(multi.join("libc.so.6"), elf::fake_program(None, &[])).unwrap();
+        o.kernel = KernelSource::Dir(k64.clone());
+        let e = build(&o).unwrap_err().to_string();
+        assert!(
+            e.contains("libc.so.6 is built for x86-64, not for aarch64"),
+            "{e}"
+        );
+        fs::write(
+            multi.join("libc.so.6"),
+            elf::fake_program_for(elf::EM_AARCH64, None, &[]),
+        )
+        .unwrap();
+        let r = build(&o).unwrap();
+        assert_eq!(r.arch, Arch::Arm64);
+        assert!(r
+            .to_string()
+            .starts_with("stem cell: kernel 9.9.9-arm64 (arm64)"));
+        let entries = unpacked(&r);
+        let names: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
+        for n in [
+            "lib/ld-linux-aarch64.so.1",
+            "lib/aarch64-linux-gnu/libc.so.6",
+            "usr/lib/systemd/boot/efi/systemd-bootaa64.efi",
+            "lib/modules/9.9.9-arm64/kernel/fs/ext4/ext4.ko",
+        ] {
+            assert!(names.contains(&n), "no {n} in {names:?}");
+        }
+        // No x86 loaders in an arm64 stem cell (no BIOS on arm64).
+        for n in [
+            "usr/lib/systemd/boot/efi/systemd-bootx64.efi",
+            "usr/lib/EXTLINUX/mbr.bin",
+        ] {
+            assert!(!names.contains(&n), "{n} in an arm64 stem cell");
+        }
+        let release = &entries
+            .iter()
+            .find(|e| e.0 == "etc/stemcell-release")
+            .unwrap()
+            .4;
+        assert!(release.starts_with(b"arch=arm64\nkernel=9.9.9-arm64\n"));
+        // An x86 kernel image is refused for arm64.
+        let mut bz = vec![0u8; 0x300];
+        bz[0x202..0x206].copy_from_slice(b"HdrS");
+        fs::write(k64.join("boot/vmlinuz-9.9.9-arm64"), &bz).unwrap();
+        let e = build(&o).unwrap_err().to_string();
+        assert!(
+            e.contains("is an x86 kernel (bzImage), not one for arm64"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn base_modules_per_architecture() {
+        let amd = default_modules(Arch::Amd64);
+        let arm = default_modules(Arch::Arm64);
+        assert_eq!(amd.len(), DEFAULT_MODULES.len());
+        assert!(arm.contains(&"virtio_net".to_string()));
+        assert!(!arm.contains(&"crc32c_intel".to_string()));
+        assert!(!arm.contains(&"vmxnet3".to_string()));
+        assert!(!Arch::Arm64.tool_packages().contains(&"extlinux"));
+        assert!(Arch::Amd64.tool_packages().contains(&"extlinux"));
+        assert_eq!(Arch::Arm64.initrd_library_dir(), "lib/aarch64-linux-gnu");
     }
 
     #[test]

@@ -499,45 +499,62 @@ pub fn stemcell_image_with_report() -> Result<(PathBuf, String), String> {
     static IMAGE: std::sync::OnceLock<Result<(PathBuf, String), String>> =
         std::sync::OnceLock::new();
     IMAGE
-        .get_or_init(|| {
-            let target = target_dir();
-            let out_dir = target.join("stemcell-image");
-            let cache = std::env::var_os("STEMCELL_CACHE")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| target.join("stemcell-cache"));
-            let started = Instant::now();
-            let script = r#"set -u
+        .get_or_init(|| cached_stemcell_image("stemcell-image", "amd64"))
+        .clone()
+}
+
+/// The arm64 stem cell (`stemcell image build --arch arm64`) in
+/// `<target>/stemcell-image-arm64`, cached as [`stemcell_image`] is (same package cache,
+/// same lock; the host needs dpkg's arm64 architecture, scripts/setup-debian.sh).
+#[allow(dead_code)] // not every test binary boots arm64
+pub fn stemcell_image_arm64() -> Result<PathBuf, String> {
+    static IMAGE: std::sync::OnceLock<Result<(PathBuf, String), String>> =
+        std::sync::OnceLock::new();
+    IMAGE
+        .get_or_init(|| cached_stemcell_image("stemcell-image-arm64", "arm64"))
+        .clone()
+        .map(|(dir, _)| dir)
+}
+
+/// `stemcell image build --arch ARCH` into `<target>/NAME`, reused while this binary made it.
+fn cached_stemcell_image(name: &str, arch: &str) -> Result<(PathBuf, String), String> {
+    let target = target_dir();
+    let out_dir = target.join(name);
+    let cache = std::env::var_os("STEMCELL_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target.join("stemcell-cache"));
+    let started = Instant::now();
+    let script = r#"set -u
 id=$(stat -L -c '%s %Y %i' "$BIN") || exit 1
 if [ -f "$OUT/.built-by" ] && [ "$(cat "$OUT/.built-by")" = "$id" ] && [ -f "$OUT/.build-report" ]; then
 	cat "$OUT/.build-report"
 	exit 0
 fi
 rm -f "$OUT/.built-by"
-if ! "$BIN" image build --out "$OUT" --cache "$CACHE" >"$OUT.report" 2>&1; then
+if ! "$BIN" image build --arch "$ARCH" --out "$OUT" --cache "$CACHE" >"$OUT.report" 2>&1; then
 	cat "$OUT.report"
 	exit 1
 fi
 mv "$OUT.report" "$OUT/.build-report" && echo "$id" >"$OUT/.built-by" && cat "$OUT/.build-report""#;
-            let out = Command::new("flock")
-                .arg(target.join("stemcell-image.lock"))
-                .args(["sh", "-c", script])
-                .env("BIN", BIN)
-                .env("OUT", &out_dir)
-                .env("CACHE", &cache)
-                .output()
-                .map_err(|e| format!("cannot run flock sh (the stem-cell build): {e}"))?;
-            let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            if !out.status.success() {
-                return Err(format!("{} ({}):\n{text}", out_dir.display(), out.status));
-            }
-            eprintln!(
-                "stem cell built in {:.0?}: {}",
-                started.elapsed(),
-                text.lines().next().unwrap_or("")
-            );
-            Ok((out_dir, text))
-        })
-        .clone()
+    let out = Command::new("flock")
+        .arg(target.join("stemcell-image.lock"))
+        .args(["sh", "-c", script])
+        .env("BIN", BIN)
+        .env("OUT", &out_dir)
+        .env("CACHE", &cache)
+        .env("ARCH", arch)
+        .output()
+        .map_err(|e| format!("cannot run flock sh (the stem-cell build): {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        return Err(format!("{} ({}):\n{text}", out_dir.display(), out.status));
+    }
+    eprintln!(
+        "stem cell built in {:.0?}: {}",
+        started.elapsed(),
+        text.lines().next().unwrap_or("")
+    );
+    Ok((out_dir, text))
 }
 
 /// `stemcell image build --out OUT_DIR` with the shared package cache, under a file lock

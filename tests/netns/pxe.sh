@@ -34,6 +34,15 @@
 #              speaks DHCPv4 only. Power-on 1 only: install, reboot into the installed
 #              system (its firmware asks over IPv6 again and is told to boot from disk).
 #   failing    SeaBIOS as in bios; the machine's role template exits 3
+#   arm64      qemu-system-aarch64's virt machine (TCG) with AAVMF (Debian's qemu-efi-aarch64)
+#              and its own PXE; stemcell authoritative, no loader configured: DHCP arch 11
+#              gets GRUB's signed network image by default, without shim (Debian's
+#              grub-efi-arm64-signed, fetched as an arm64 package into the cache with
+#              shim-signed, which grub: also names; Debian has no arm64 iPXE), GRUB
+#              its grub.cfg over TFTP, then the arm64 stem cell (STEMCELL_IMAGE, else built
+#              with --arch arm64), which installs with the base role (systemd-boot as
+#              \EFI\BOOT\BOOTAA64.EFI); the machine reboots by itself, GRUB is told to boot
+#              the disk and the installed system prints its line. One power-on only (TCG).
 #   discover   an unlisted machine with two NICs and two disks is discovered (its own
 #              script, tests/netns/discover.sh, which says what it checks)
 #   debian-installer
@@ -94,8 +103,9 @@ uefi-pxe) FW=uefi-pxe MODE=authoritative ;;
 uefi-http) FW=uefi-http MODE=authoritative ;;
 uefi-http-proxy) FW=uefi-http MODE=proxy ;;
 uefi-ipv6) FW=uefi-pxe6 MODE=authoritative ;;
+arm64) FW=aarch64 MODE=authoritative ;;
 *)
-	echo "usage: $0 bios|uefi-ipxe|uefi-pxe|uefi-http|uefi-http-proxy|uefi-ipv6|failing|debian-installer|discover [STEMCELL]" >&2
+	echo "usage: $0 bios|uefi-ipxe|uefi-pxe|uefi-http|uefi-http-proxy|uefi-ipv6|arm64|failing|debian-installer|discover [STEMCELL]" >&2
 	exit 2
 	;;
 esac
@@ -105,7 +115,17 @@ skip() {
 	exit 77
 }
 [ "$(id -u)" = 0 ] || skip "not root (network namespaces and tap devices need root)"
-command -v qemu-system-x86_64 >/dev/null || skip "no qemu-system-x86_64 (Debian's qemu-system-x86)"
+if [ "$FW" = aarch64 ]; then
+	command -v qemu-system-aarch64 >/dev/null || skip "no qemu-system-aarch64 (Debian's qemu-system-arm)"
+	for f in /usr/share/AAVMF/AAVMF_CODE.fd /usr/share/AAVMF/AAVMF_VARS.fd; do
+		[ -r $f ] || skip "no $f (Debian's qemu-efi-aarch64)"
+	done
+	# The arm64 stem cell and loaders are arm64 packages: apt-get download PKG:arm64.
+	dpkg --print-foreign-architectures | grep -qx arm64 ||
+		skip "dpkg has no arm64 architecture (dpkg --add-architecture arm64; apt-get update: scripts/setup-debian.sh)"
+else
+	command -v qemu-system-x86_64 >/dev/null || skip "no qemu-system-x86_64 (Debian's qemu-system-x86)"
+fi
 for f in /usr/lib/ipxe/undionly.kpxe /usr/lib/ipxe/snponly.efi; do
 	[ -r $f ] || skip "no $f (Debian's ipxe)"
 done
@@ -145,6 +165,7 @@ uefi-http-proxy) MAC=52:54:00:5e:00:0b ;;
 failing) MAC=52:54:00:5e:00:04 ;;
 debian-installer) MAC=52:54:00:5e:00:05 ;;
 uefi-ipv6) MAC=52:54:00:5e:00:16 ;;
+arm64) MAC=52:54:00:5e:00:a4 ;;
 esac
 HOST=pxe-$SCENARIO
 ROLE=base
@@ -221,7 +242,8 @@ check_state() {
 IMAGE=${STEMCELL_IMAGE:-}
 if [ -z "$IMAGE" ]; then
 	IMAGE=$W/image
-	lab_build_image "$STEMCELL" "$IMAGE" "${STEMCELL_CACHE:-${CARGO_TARGET_DIR:-$ROOT/target}/stemcell-cache}" \
+	[ "$FW" = aarch64 ] && LAB_IMAGE_ARCH=arm64
+	LAB_IMAGE_ARCH=${LAB_IMAGE_ARCH:-amd64} lab_build_image "$STEMCELL" "$IMAGE" "${STEMCELL_CACHE:-${CARGO_TARGET_DIR:-$ROOT/target}/stemcell-cache}" \
 		>"$W/image-build.txt" 2>&1 || die "stemcell image build failed" "$W/image-build.txt"
 	pass "stem cell built ($(head -n 1 "$W/image-build.txt"))"
 fi
@@ -246,8 +268,35 @@ if [ "$MODE" = proxy ]; then
 	pass "dnsmasq is the site's DHCP server (198.18.0.2, addresses .200-.250, nothing about booting)"
 fi
 
+# ---- arm64: Debian's arm64 shim and signed network GRUB ---------------------------------
+# arm64 packages, so not installable beside this host's own: fetched once with apt-get
+# download into the cache and unpacked there (grub: in stemcell.yaml names them).
+ARM64_LOADERS=${STEMCELL_CACHE:-${CARGO_TARGET_DIR:-$ROOT/target}/stemcell-cache}/arm64-loaders
+arm64_loaders() {
+	local pkg deb
+	mkdir -p "$ARM64_LOADERS/root" || return 1
+	for pkg in shim-signed grub-efi-arm64-signed; do
+		deb=$(find "$ARM64_LOADERS" -maxdepth 1 -name "${pkg}_*_arm64.deb" | sort | tail -n 1)
+		if [ -z "$deb" ]; then
+			(cd "$ARM64_LOADERS" && apt-get download -q "$pkg:arm64") || return 1
+			deb=$(find "$ARM64_LOADERS" -maxdepth 1 -name "${pkg}_*_arm64.deb" | sort | tail -n 1)
+		fi
+		dpkg-deb -x "$deb" "$ARM64_LOADERS/root" || return 1
+	done
+}
+if [ "$FW" = aarch64 ]; then
+	arm64_loaders >"$W/arm64-loaders.txt" 2>&1 || die "cannot fetch Debian's arm64 shim and GRUB" "$W/arm64-loaders.txt"
+	pass "Debian's arm64 loaders: $(cd "$ARM64_LOADERS" && echo shim-signed_*_arm64.deb grub-efi-arm64-signed_*_arm64.deb)"
+fi
+
 # ---- stemcell ----------------------------------------------------------------------------
-if [ "$SCENARIO" = debian-installer ]; then
+if [ "$FW" = aarch64 ]; then
+	# No boot_files.arm64 and no loader: arch 11's default (GRUB's chain) is what is tested.
+	LAB_CMDLINE=console=ttyAMA0 lab_config "$D" "$MODE" "$IMAGE"
+	printf 'grub:\n  arm64:\n    shim: %s\n    grub: %s\n' \
+		"$ARM64_LOADERS/root/usr/lib/shim/shimaa64.efi.signed" \
+		"$ARM64_LOADERS/root/usr/lib/grub/arm64-efi-signed/grubnetaa64.efi.signed" >>"$D/stemcell.yaml"
+elif [ "$SCENARIO" = debian-installer ]; then
 	# Debian's installer asks for name servers when DHCP names none (and waits there).
 	LAB_SUBNETS='    - subnet: 198.18.0.0/24
       pool: [198.18.0.100, 198.18.0.199]
@@ -374,6 +423,35 @@ elif [ "$SCENARIO" = uefi-ipv6 ]; then
 		lab_seen "$SERIAL" "^stemcell: eth0 has .* from DHCP server 198.18.0.1"
 	echo "    $(wc -l <"$W/events.txt") events; the IPv6 ones:" >&3
 	grep -aE 'DHCPv6|\[fd00' "$W/events.txt" | head -n 8 | cut -c1-160 | sed 's/^/    /' >&3
+elif [ "$SCENARIO" = arm64 ]; then
+	# ---- arm64: AAVMF -> shim -> GRUB -> the arm64 stem cell; install, reboot, the disk ----
+	echo "== power-on 1: AAVMF (aarch64 under TCG), empty disk, network first" >&3
+	QEMU_MORE=(-m 1024)
+	power_on 1
+	serial "^stemcell: install done" 900 "power-on 1 installs with the arm64 stem cell"
+	check_state installed
+	INSTALL_DONE_BANNERS=$(banners)
+	serial "^stemcell-installed: host=$HOST role=$ROLE" 600 "it rebooted by itself into its installed system"
+	check "the machine rebooted by itself: AAVMF's PXE banners on its console $INSTALL_DONE_BANNERS at the install's end, $(banners) now" \
+		test "$(banners)" -gt "$INSTALL_DONE_BANNERS"
+	check "the stem cell ran Debian's arm64 kernel" lab_seen "$SERIAL" "^stemcell: stem cell starting: kernel [^ ]*-arm64, mode install, machine"
+	check "the installed system is the arm64 stem cell from the disk (mode installed)" \
+		lab_seen "$SERIAL" "^stemcell: stem cell starting: kernel [^ ]*-arm64, mode installed"
+	events_in_order "power-on 1's events: DHCP arch 11 gets GRUB, GRUB over TFTP, GRUB's config, the stem cell over TFTP, install, systemd-boot as BOOTAA64.EFI, done, then GRUB told to boot the disk" \
+		dhcp:"DHCPACK 198\.18\.0\.1[0-9][0-9], boot file grubaa64\.efi \[ARM64 UEFI\]" \
+		tftp:"sent grubaa64\.efi \([0-9]+ bytes" \
+		boot:"^boot script: install as role $ROLE" \
+		file:"^fetched stem-cell vmlinuz" \
+		file:"^fetched stem-cell initrd\.img" \
+		install:"^install script served" \
+		log:"^install: firmware: uefi \(aarch64\)" \
+		log:"^install: boot loader: systemd-boot \(UEFI, .EFI.BOOT.BOOTAA64\.EFI\)" \
+		log:"installed: boots from /dev/vda via uefi" \
+		done:"" \
+		boot:"^boot script: installed, boot from local disk"
+	echo "    $(wc -l <"$W/events.txt") events, $(count_events log "") log lines" >&3
+	check "the stem cell's own lease came from 198.18.0.1" \
+		lab_seen "$SERIAL" "^stemcell: eth0 has .* from DHCP server 198\.18\.0\.1"
 	power_off
 elif [ "$SCENARIO" != failing ]; then
 	echo "== power-on 1: $FW, empty disk, network first" >&3
