@@ -13,7 +13,7 @@
 //! QEMU runs with TCG on few cores, so at most `PXE_PARALLEL` (default 2) machines boot at
 //! once, counted across every test binary running at the time (tests/run.sh runs this one
 //! beside tests/debian.rs and tests/disk_rule.rs; `common::Slot`); the whole set takes about
-//! 6 minutes on 2 cores when it runs alone.
+//! 12 minutes on 2 cores when it runs alone.
 //!
 //! Skips only when the script says it cannot run here (exit 77: not root, or no QEMU,
 //! OVMF, iPXE or dnsmasq); a skip is reported as one, and fails under `CI=true`
