@@ -36,6 +36,11 @@ pub(super) struct Split<'t> {
 /// Cut `text` as described above; `None` when it cannot be cut safely or is too small.
 /// `pieces` is how many pieces to aim for.
 pub(super) fn split(text: &str, min_bytes: usize, pieces: usize) -> Option<Split<'_>> {
+    // Line numbers here are counted at '\n' only: a file with other line breaks YAML knows
+    // (a lone CR; NEL, LS, PS) is read whole.
+    if text.contains(['\r', '\u{85}', '\u{2028}', '\u{2029}']) {
+        return None;
+    }
     // Byte offset of each line start.
     let mut starts = Vec::new();
     let mut at = 0;
@@ -268,6 +273,8 @@ roles:
             "machines:\n    a: 1\n  b: 2\n",
             "machines:\n\ta: 1\n",
             "roles: {}\n",
+            // found by the fuzzer: CRs are line breaks to YAML, not here
+            "# a\rb\r\nmachines:\n  52:54:00:00:00:01: {}\n",
         ] {
             assert!(split(bad, 0, 2).is_none(), "{bad:?}");
         }
