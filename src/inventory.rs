@@ -492,8 +492,18 @@ impl Inventory {
         threads: usize,
     ) -> Result<Inventory, Problems> {
         if let Some(cut) = split::split(text, min_bytes, threads * 4) {
-            if let Ok(root) = yaml::parse(path, &cut.header) {
-                return Inventory::from_tree(path, text, &root, Some((&cut.pieces, threads)), ctx);
+            // The header must read as YAML with `machines:` where the cut saw it (not, say,
+            // inside a multi-line scalar), and an inventory with any problem is read again
+            // whole: the problems are then exactly the ones the whole file gives.
+            let root = yaml::parse(path, &cut.header)
+                .ok()
+                .filter(|root| split::section_is_where_cut(root, cut.key_line));
+            if let Some(root) = root {
+                let read =
+                    Inventory::from_tree(path, text, &root, Some((&cut.pieces, threads)), ctx);
+                if read.is_ok() {
+                    return read;
+                }
             }
         }
         Inventory::parse_whole(path, text, ctx)
@@ -1341,6 +1351,24 @@ fn fingerprint(path: &Path) -> Option<(u64, u64, i64, i64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Files the fuzzer (and reasoning) found where the header alone reads differently
+    /// from the whole file: each gives the whole file's answer.
+    #[test]
+    fn odd_files_read_in_pieces_give_the_whole_files_answer() {
+        let ctx = Context::default();
+        let path = Path::new("inventory.yaml");
+        for text in [
+            // A root block scalar, and a NUL inside the section.
+            "|\n\n# x\nroles:\n  web: {}\nmachines:\n  \"52:54:00:12:34:56\":\n    \0ip: 1\n",
+            // `machines:` inside a multi-line quoted scalar of the defaults.
+            "defaults:\n  vars: { a: \"x\nmachines:\n  52:54:00:00:00:01: { hostname: y }\n\" }\n",
+        ] {
+            let whole = Inventory::parse_whole(path, text, &ctx).map(|i| i.order);
+            let pieces = Inventory::parse_split(path, text, &ctx, 0, 2).map(|i| i.order);
+            assert_eq!(format!("{whole:?}"), format!("{pieces:?}"), "{text:?}");
+        }
+    }
 
     /// The pieces path reads exactly what the whole-file path reads: the same machines in
     /// the same order, and the same problems (a bad MAC, a MAC spelled twice across pieces,

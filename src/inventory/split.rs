@@ -29,6 +29,8 @@ pub(super) const MIN_SPLIT_BYTES: usize = 512 * 1024;
 pub(super) struct Split<'t> {
     /// The file with the body's lines emptied (line numbers kept).
     pub(super) header: String,
+    /// The 1-based line of `machines:`.
+    pub(super) key_line: usize,
     /// Pieces of the body: the 1-based line number of each piece's first line, its text.
     pub(super) pieces: Vec<(usize, &'t str)>,
 }
@@ -126,7 +128,24 @@ pub(super) fn split(text: &str, min_bytes: usize, pieces: usize) -> Option<Split
         }
     }
     header.push_str(&text[end_byte(body_end)..]);
-    Some(Split { header, pieces })
+    Some(Split {
+        header,
+        key_line: key + 1,
+        pieces,
+    })
+}
+
+/// Whether the header's tree has the top-level key `machines` at `line`, column 1, with
+/// nothing as its value: the section the cut emptied.
+pub(super) fn section_is_where_cut(root: &Node, line: usize) -> bool {
+    let Kind::Map(entries) = &root.kind else {
+        return false;
+    };
+    entries.iter().any(|(k, v)| {
+        k.as_str() == Some("machines")
+            && k.pos == yaml::Pos { line, col: 1 }
+            && matches!(v.kind, Kind::Null)
+    })
 }
 
 /// `&name` or `*name` where YAML would read an anchor or an alias (after the start of the
