@@ -13,6 +13,23 @@ use crate::metrics::Metrics;
 use crate::state::{self, Store};
 use crate::tftp;
 
+/// A DHCP or DHCPv6 event's answer, as its text says it: " → OFFER 198.18.0.100, boot
+/// file snponly.efi".
+fn push_answer(
+    msg: &mut String,
+    sent: impl std::fmt::Display,
+    ip: Option<impl std::fmt::Display>,
+    boot_file: Option<&str>,
+) {
+    msg.push_str(&format!(" → {sent}"));
+    if let Some(ip) = ip {
+        msg.push_str(&format!(" {ip}"));
+    }
+    if let Some(f) = boot_file {
+        msg.push_str(&format!(", boot file {f}"));
+    }
+}
+
 /// Which machine an address belongs to: its lease (authoritative mode), else the kernel's
 /// neighbour table (the client just talked to us, so it is there).
 pub(crate) fn mac_for_ip(
@@ -226,13 +243,7 @@ impl dhcp::DhcpObserver for Recorder {
         }
         match (&ev.sent, &ev.refusal) {
             (Some(sent), _) => {
-                msg.push_str(&format!(" → {sent}"));
-                if let Some(ip) = ev.ip {
-                    msg.push_str(&format!(" {ip}"));
-                }
-                if let Some(f) = &ev.boot_file {
-                    msg.push_str(&format!(", boot file {f}"));
-                }
+                push_answer(&mut msg, sent, ev.ip, ev.boot_file.as_deref());
                 // An answer with less than the firmware asked for: say why.
                 if let Some(r) = &ev.refusal {
                     msg.push_str(&format!(" ({r})"));
@@ -306,13 +317,7 @@ impl crate::dhcp6::Dhcp6Observer for Recorder {
             msg.push_str(&format!(" from its NIC {nic}"));
         }
         if let Some(sent) = ev.sent {
-            msg.push_str(&format!(" → {sent}"));
-            if let Some(ip) = ev.ip {
-                msg.push_str(&format!(" {ip}"));
-            }
-            if let Some(f) = &ev.boot_file {
-                msg.push_str(&format!(", boot file {f}"));
-            }
+            push_answer(&mut msg, sent, ev.ip, ev.boot_file.as_deref());
         }
         if let Some(r) = &ev.refusal {
             msg.push_str(&format!(": {r}"));

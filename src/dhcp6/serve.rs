@@ -10,6 +10,8 @@ use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
+use crate::dhcp::Counters;
+
 use super::{wire, Dhcp6Error, Dhcp6Observer, Dhcp6Server, ALL_SERVERS, SERVER_PORT};
 
 /// Bind the server socket on `interface` only. Also returns our DUID: DUID-LL of the
@@ -50,15 +52,6 @@ pub(crate) fn bind(interface: &str) -> Result<(UdpSocket, Vec<u8>), Dhcp6Error> 
     s.join_multicast_v6(&ALL_SERVERS, index).map_err(err)?;
     s.set_multicast_if_v6(index).map_err(err)?;
     Ok((UdpSocket::from_std(s.into()).map_err(err)?, duid))
-}
-
-/// Packet counters (debug log and tests).
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub(crate) received: AtomicU64,
-    pub(crate) malformed: AtomicU64,
-    pub(crate) ignored: AtomicU64,
-    pub(crate) sent: AtomicU64,
 }
 
 /// Serve until `shutdown`. Malformed messages and send errors are logged, never fatal.
@@ -123,7 +116,10 @@ async fn send(sock: &UdpSocket, bytes: &[u8], to: SocketAddrV6, counters: &Count
         Ok(_) => {
             counters.sent.fetch_add(1, Ordering::Relaxed);
         }
-        Err(e) => tracing::warn!(to = %to, error = %e, "cannot send DHCPv6 reply"),
+        Err(e) => {
+            counters.send_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(to = %to, error = %e, "cannot send DHCPv6 reply");
+        }
     }
 }
 
