@@ -40,7 +40,7 @@ pub(super) struct Split<'t> {
 pub(super) fn split(text: &str, min_bytes: usize, pieces: usize) -> Option<Split<'_>> {
     // Line numbers here are counted at '\n' only: a file with other line breaks YAML knows
     // (a lone CR; NEL, LS, PS) is read whole.
-    if text.contains(['\r', '\u{85}', '\u{2028}', '\u{2029}']) {
+    if text.len() < min_bytes || text.contains(['\r', '\u{85}', '\u{2028}', '\u{2029}']) {
         return None;
     }
     // Byte offset of each line start.
