@@ -140,6 +140,9 @@ pub(crate) struct Config {
     /// `grub:`: where shim and GRUB's network image are, per UEFI architecture (the
     /// machines whose loader is grub get them over TFTP).
     pub(crate) grub: Vec<GrubFiles>,
+    /// `store.postgres`: leases and machine state in a database several servers share;
+    /// `None`: the journals in `state_dir`.
+    pub(crate) postgres: Option<crate::pg::PgConfig>,
 }
 
 /// The files of one architecture's GRUB chain (defaults: Debian's packages).
@@ -271,6 +274,7 @@ const TOP_KEYS: &[&str] = &[
     "group",
     "power",
     "grub",
+    "store",
 ];
 
 /// How stemcell calls BMCs (the BMCs themselves are in the inventory).
@@ -411,6 +415,7 @@ impl Config {
         let loaders = read_loaders(&mut r, top.get("loaders"), &dir, tftp.as_ref());
         let power = read_power_config(&mut r, top.get("power"));
         let grub = read_grub(&mut r, top.get("grub"), &dir);
+        let postgres = read_store(&mut r, top.get("store"), &dir);
         if let Some(pos) = http.read_auth {
             if admin_token_file.is_none() && read_token_file.is_none() {
                 r.add(pos, "http.read_auth needs admin_token_file or read_token_file: otherwise nobody could read the API or the page");
@@ -453,6 +458,7 @@ impl Config {
             power,
             run_as,
             grub,
+            postgres,
         })
     }
 
@@ -558,6 +564,44 @@ fn relative_to(dir: &Path, p: String) -> PathBuf {
 }
 
 /// `user:` and `group:`: account names (letters, digits, `_ . -`, as useradd allows).
+/// `store: { postgres: { url: ..., password_file: ... } }`.
+fn read_store(r: &mut Report, node: Option<&Node>, dir: &Path) -> Option<crate::pg::PgConfig> {
+    let mut m = r.map(node?, "store")?;
+    let pg = m.get("postgres");
+    m.deny_unknown(r, "store", &["postgres"]);
+    let pg = pg?;
+    let mut m = r.map(pg, "store.postgres")?;
+    let url = match m.get("url") {
+        Some(n) => r.string(n, "store.postgres.url").and_then(|s| {
+            if s.trim().is_empty() {
+                r.add(n.pos, "store.postgres.url is empty");
+                return None;
+            }
+            if let Err(e) = s.parse::<tokio_postgres::Config>() {
+                r.add(n.pos, format!("store.postgres.url: {e}"));
+                return None;
+            }
+            Some(s)
+        }),
+        None => {
+            r.add(
+                pg.pos,
+                "store.postgres needs url: (postgresql://USER@HOST/DB, or host=/run/postgresql dbname=DB user=USER)",
+            );
+            None
+        }
+    };
+    let password_file = m
+        .get("password_file")
+        .and_then(|n| r.string(n, "store.postgres.password_file"))
+        .map(|s| relative_to(dir, s));
+    m.deny_unknown(r, "store.postgres", &["url", "password_file"]);
+    Some(crate::pg::PgConfig {
+        url: url?,
+        password_file,
+    })
+}
+
 fn read_run_as(r: &mut Report, user: Option<&Node>, group: Option<&Node>) -> Option<RunAs> {
     let name = |r: &mut Report, n: &Node, key: &str| {
         let s = r.string(n, key)?;

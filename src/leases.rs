@@ -5,8 +5,8 @@
 //! [`LeaseStore`] trait that DHCP calls. The default store, [`JournalStore`], keeps the
 //! allocator in memory and writes one JSON line per lease change to an append-only
 //! journal (`state_dir/leases.journal`); an ACK may leave only after its line is synced,
-//! so the caller gets a [`Durable`] to await. A shared database backend can implement the
-//! same trait later.
+//! so the caller gets a [`Durable`] to await. [`PgLeaseStore`] (`store.postgres`) keeps the
+//! same contract on a PostgreSQL database several servers share.
 //!
 //! It knows nothing of DHCP packets: the DHCP module decides which message means what
 //! (RFC 2131 §4.3) and calls `offer`, `bind`, `release`, `decline` or `forget_offer`.
@@ -28,6 +28,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::journal::{Commit, Journal, JournalStats};
 use crate::mac::MacAddr;
+
+mod pg;
+pub(crate) use pg::PgLeaseStore;
 
 /// Seconds since the Unix epoch. Injected everywhere so decisions are testable.
 pub(crate) type UnixTime = u64;
@@ -93,6 +96,8 @@ pub(crate) enum AllocError {
     ReservedQuarantined(Ipv4Addr),
     #[error("reserved address {0} is held by another client ({1})")]
     ReservedHeld(Ipv4Addr, MacAddr),
+    #[error("the lease database is unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// Why a requested address is refused (the DHCP module answers with a DHCPNAK).
@@ -795,6 +800,8 @@ pub(crate) struct Binding {
 enum DurableInner {
     Done,
     Journal(Commit),
+    /// A database commit; `AddrInUse` when another server holds the address.
+    Db(tokio::sync::oneshot::Receiver<io::Result<()>>),
 }
 
 impl Durable {
@@ -818,6 +825,9 @@ impl Durable {
         match self.0 {
             DurableInner::Done => Ok(()),
             DurableInner::Journal(c) => c.wait().await,
+            DurableInner::Db(rx) => rx
+                .await
+                .unwrap_or_else(|_| Err(io::Error::other("lease database writer stopped"))),
         }
     }
 }
@@ -827,6 +837,7 @@ impl std::fmt::Debug for Durable {
         f.write_str(match self.0 {
             DurableInner::Done => "Durable::Done",
             DurableInner::Journal(_) => "Durable::Journal",
+            DurableInner::Db(_) => "Durable::Db",
         })
     }
 }

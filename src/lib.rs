@@ -27,6 +27,7 @@ mod mac;
 mod metrics;
 mod network;
 mod os;
+mod pg;
 mod power;
 mod privilege;
 mod puppet;

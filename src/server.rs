@@ -374,6 +374,13 @@ pub(crate) async fn prepare(config_path: &Path) -> Result<Prepared, Fatal> {
 
     let store = Arc::new(Store::open(&config.state_dir).map_err(state_dir_error)?);
     let leases: Option<Arc<dyn LeaseStore>> = match &dhcp_settings {
+        Some(s) if s.mode == dhcp::Mode::Authoritative && config.postgres.is_some() => {
+            let pg = config.postgres.as_ref().expect("checked");
+            let store = leases::PgLeaseStore::open(pg, leases::Allocator::new(s.pools()))
+                .await
+                .map_err(|e| Fatal::bind(anyhow::anyhow!("lease store (store.postgres): {e}")))?;
+            Some(Arc::new(store))
+        }
         Some(s) if s.mode == dhcp::Mode::Authoritative => {
             let path = config.state_dir.join("leases.journal");
             let store = leases::JournalStore::open(&path, s.pools()).map_err(|e| {

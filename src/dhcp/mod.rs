@@ -83,6 +83,8 @@ pub(crate) struct Counters {
     pub(crate) acked_on_disk: AtomicU64,
     /// Requests dropped by the per-client or per-relay rate limit.
     pub(crate) rate_limited: AtomicU64,
+    /// Binds another server sharing the lease database won first (answered with a NAK).
+    pub(crate) lost_races: AtomicU64,
 }
 
 impl Counters {
@@ -91,7 +93,7 @@ impl Counters {
     }
 
     /// Each counter with its metric label, for `/metrics`.
-    pub(crate) fn snapshot(&self) -> [(&'static str, u64); 8] {
+    pub(crate) fn snapshot(&self) -> [(&'static str, u64); 9] {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("received", g(&self.received)),
@@ -102,6 +104,7 @@ impl Counters {
             ("journal_error", g(&self.journal_errors)),
             ("ack_on_disk_time", g(&self.acked_on_disk)),
             ("rate_limited", g(&self.rate_limited)),
+            ("lost_race", g(&self.lost_races)),
         ]
     }
 }

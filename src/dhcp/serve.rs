@@ -205,6 +205,24 @@ async fn recv_loop(
                             server.observer().event(mac, ev);
                         }
                     }
+                    Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                        // Another server sharing the lease database won the address: a
+                        // NAK sends the client back to DISCOVER at once.
+                        Counters::bump(&server.counters().lost_races);
+                        let reason = format!("{e}");
+                        let to = if out.reply.giaddr.is_unspecified() {
+                            SocketAddrV4::new(std::net::Ipv4Addr::BROADCAST, 68)
+                        } else {
+                            out.to
+                        };
+                        tracing::warn!(to = %to, error = %e, "lease lost to another server; DHCPNAK");
+                        send(&server, &sock, &out.reply.into_nak(&reason).encode(), to).await;
+                        if let Some((mac, mut ev)) = event {
+                            ev.sent = Some(wire::MessageType::Nak);
+                            ev.refusal = Some(super::Refusal::Nak { reason });
+                            server.observer().event(mac, ev);
+                        }
+                    }
                     Err(e) => {
                         Counters::bump(&server.counters().journal_errors);
                         let now = now_unix();
@@ -223,7 +241,16 @@ async fn recv_loop(
                                     server.observer().event(mac, ev);
                                 }
                             }
-                            None => tracing::error!(error = %e, to = %out.to, "lease not durable; ACK not sent"),
+                            None => {
+                                tracing::error!(error = %e, to = %out.to, "lease not durable; ACK not sent");
+                                if let Some((mac, mut ev)) = event {
+                                    ev.sent = None;
+                                    ev.refusal = Some(super::Refusal::NoAddress {
+                                        reason: format!("the lease could not be stored, no ACK sent ({e})"),
+                                    });
+                                    server.observer().event(mac, ev);
+                                }
+                            }
                         }
                     }
                 }

@@ -281,6 +281,28 @@ impl Reply {
         r
     }
 
+    /// This ACK turned into a DHCPNAK saying `reason` (RFC 2131 table 3: no address, no
+    /// parameters; the server identifier and relay information kept), for when the lease
+    /// it announced could not be committed because another server holds the address.
+    pub(crate) fn into_nak(mut self, reason: &str) -> Reply {
+        self.options
+            .retain(|(c, _)| matches!(*c, code::SERVER_ID | code::RELAY_AGENT_INFO));
+        self.options
+            .insert(0, (code::MESSAGE_TYPE, vec![MessageType::Nak.to_u8()]));
+        self.options
+            .push((code::MESSAGE, reason.as_bytes().to_vec()));
+        self.ciaddr = Ipv4Addr::UNSPECIFIED;
+        self.yiaddr = Ipv4Addr::UNSPECIFIED;
+        self.siaddr = Ipv4Addr::UNSPECIFIED;
+        self.sname.clear();
+        self.file.clear();
+        if !self.giaddr.is_unspecified() {
+            // RFC 2131 §4.3.2: the relay must broadcast a NAK.
+            self.flags |= FLAG_BROADCAST;
+        }
+        self
+    }
+
     /// Set an option (replacing an earlier value of the same code).
     pub(crate) fn set(&mut self, code: u8, data: Vec<u8>) {
         match self.options.iter_mut().find(|(c, _)| *c == code) {
