@@ -64,6 +64,11 @@ fi
 ARM64_LISTS_MISSING=
 [ -n "$(find /var/lib/apt/lists -maxdepth 1 -name '*_binary-arm64_Packages*' 2>/dev/null | head -1)" ] || ARM64_LISTS_MISSING=1
 
+# PostgreSQL (issue 15, `store.postgres`): the tests run private clusters of their own
+# (tests/common/pg.rs: Debian's initdb and pg_ctl as the postgres account, a socket folder
+# of the test's, no TCP); the bench runs Kea and stemcell against the same server.
+PACKAGES+=(postgresql)
+
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -100,6 +105,13 @@ if ! dpkg-query -W -f='${Status}' lldpd 2>/dev/null | grep -q "install ok instal
 fi
 if [ -d /run/systemd/system ] && systemctl is-enabled -q lldpd.service 2>/dev/null; then
   systemctl disable -q --now lldpd.service
+fi
+
+# Debian's own cluster, started (only on its Unix socket and localhost, as packaged).
+if command -v pg_lsclusters >/dev/null && pg_lsclusters -h 2>/dev/null | grep -q ' down '; then
+  pg_lsclusters -h | awk '$4 == "down" { print $1, $2 }' | while read -r v c; do
+    pg_ctlcluster "$v" "$c" start || echo "setup: cannot start PostgreSQL cluster $v/$c" >&2
+  done
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

@@ -332,12 +332,14 @@ async fn write_loop(
     let mut last_try = Instant::now();
     loop {
         let mut batch: Vec<Op> = Vec::new();
-        if backlog.is_empty() {
+        if backlog.is_empty() && client.is_some() {
             match rx.recv().await {
                 Some(op) => batch.push(op),
                 None => return,
             }
         } else {
+            // Down, or changes waiting: wake at least every second to reconnect (no new
+            // change may come while offers are refused).
             match tokio::time::timeout(RETRY_EVERY, rx.recv()).await {
                 Ok(Some(op)) => batch.push(op),
                 Ok(None) => return,
@@ -360,6 +362,12 @@ async fn write_loop(
                     Err(e) => stats.down(e.to_string()),
                 }
             }
+        }
+        if batch.is_empty() {
+            if client.is_some() {
+                stats.up();
+            }
+            continue;
         }
         let result = match &client {
             Some(c) => commit(c, &server, &batch)

@@ -611,3 +611,75 @@ pub fn debian_rootfs() -> PathBuf {
     );
     tar
 }
+
+/// A DHCPACK seen on the wire: when, to whom, which address, for how long.
+#[derive(Debug, Clone)]
+pub struct Ack {
+    pub at: f64,
+    pub mac: String,
+    pub ip: String,
+    pub lease: u64,
+    /// The sender's address (the server, or the relay it answered through).
+    pub server: String,
+}
+
+/// Every DHCPACK with an address in a pcap file (Ethernet link type); a record still being
+/// written at the end is not read.
+pub fn acks_in(pcap: &[u8]) -> Vec<Ack> {
+    use dhcproto::v4::{DhcpOption, Message, MessageType, OptionCode};
+    use dhcproto::{Decodable, Decoder};
+    let mut out = Vec::new();
+    if pcap.len() < 24 {
+        return out;
+    }
+    let u32le = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    let nanos = match u32le(&pcap[0..4]) {
+        0xa1b2_c3d4 => false,
+        0xa1b2_3c4d => true,
+        m => panic!("not a little-endian pcap file (magic {m:#x})"),
+    };
+    assert_eq!(u32le(&pcap[20..24]), 1, "link type is Ethernet");
+    let mut off = 24;
+    while off + 16 <= pcap.len() {
+        let sec = u32le(&pcap[off..]) as f64;
+        let frac = u32le(&pcap[off + 4..]) as f64;
+        let len = u32le(&pcap[off + 8..]) as usize;
+        if off + 16 + len > pcap.len() {
+            break;
+        }
+        let frame = &pcap[off + 16..off + 16 + len];
+        off += 16 + len;
+        let at = sec + frac / if nanos { 1e9 } else { 1e6 };
+        if frame.len() < 42 || frame[12..14] != [8, 0] {
+            continue;
+        }
+        let ip = &frame[14..];
+        let ihl = usize::from(ip[0] & 0xf) * 4;
+        if ip[9] != 17 || ip.len() < ihl + 8 {
+            continue;
+        }
+        let Ok(m) = Message::decode(&mut Decoder::new(&ip[ihl + 8..])) else {
+            continue;
+        };
+        if m.opts().msg_type() != Some(MessageType::Ack) || m.yiaddr().is_unspecified() {
+            continue;
+        }
+        let lease = match m.opts().get(OptionCode::AddressLeaseTime) {
+            Some(DhcpOption::AddressLeaseTime(s)) => u64::from(*s),
+            _ => panic!("an ACK without a lease time: {m:?}"),
+        };
+        let mac = m.chaddr()[..6]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        out.push(Ack {
+            at,
+            mac,
+            ip: m.yiaddr().to_string(),
+            lease,
+            server: std::net::Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]).to_string(),
+        });
+    }
+    out
+}
