@@ -284,6 +284,20 @@ def cmd_report(args):
             r = list(rows[-1])
             r[5] = "—"
             rows[-1] = tuple(r)
+    if "dhcppg.sc" in s or "dhcppg.kea" in s:
+        ratio_row("DHCP on PostgreSQL: sustained DORA/s, < 1% drops, committed leases", "dhcppg.sc",
+                  "dhcppg.kea", "", "≥ 2× Kea", 2.0, peer_name=" (Kea, PostgreSQL backend, 1 thread)")
+        common = sorted(int(m.group(1)) for m in (re.match(r"dhcppg\.cpu\.sc\.(\d+)$", k) for k in s)
+                        if m and ("dhcppg.cpu.kea." + m.group(1)) in s)
+        if common:
+            rate = common[-1]
+            for key, what in (("cpu", "server"), ("dbcpu", "database server")):
+                ratio_row("DHCP on PostgreSQL: %s CPU per DORA at %s/s, both keeping up (µs)" % (what, format(rate, ",")),
+                          "dhcppg.%s.sc.%d" % (key, rate), "dhcppg.%s.kea.%d" % (key, rate), "",
+                          "(reported; lower is better)", 0, higher=False, peer_name=" (Kea)")
+                r = list(rows[-1])
+                r[5] = "—"
+                rows[-1] = tuple(r)
     if "storm.machines" in s:
         n = [int(x) for x in s["storm.machines"]]
         done = [int(x) for x in s.get("storm.completed", [])]

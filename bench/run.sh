@@ -5,7 +5,7 @@
 # target/bench/results.md. Run as root on Debian 12 from anywhere: `bash bench/run.sh`.
 # See bench/README.md for what each number means.
 #
-# Knobs (environment): ONLY="tftp http dhcp storm inventory" (a subset, in that order),
+# Knobs (environment): ONLY="tftp http dhcp dhcppg storm inventory" (a subset, in that order),
 # REPS=3 (runs per measurement; medians are reported), CHEAP_REPS=5 (TFTP and the
 # inventory), WRK_SECS=5, DHCP_PERIOD=5,
 # DHCP_ROUNDS=$REPS, PERFDHCP_BIGBUF=1, STORM_MACHINES=1000, STORM_MAX_TRANSFERS (stemcell's
@@ -36,7 +36,7 @@ DHCP_PERIOD=${DHCP_PERIOD:-5}
 DHCP_ROUNDS=${DHCP_ROUNDS:-$REPS}
 STORM_MACHINES=${STORM_MACHINES:-1000}
 INV_MACHINES=${INV_MACHINES:-100000}
-ONLY=${ONLY:-"tftp http dhcp storm inventory"}
+ONLY=${ONLY:-"tftp http dhcp dhcppg storm inventory"}
 OUT_DIR=$REPO/target/bench
 
 P=scb$$
@@ -51,8 +51,17 @@ CREATED_POLICY=
 cleanup() {
     trap '' PIPE INT TERM HUP
     lab_cleanup
+    pg_down
     [ -n "$CREATED_POLICY" ] && rm -f /usr/sbin/policy-rc.d
     if [ "${KEEP:-}" = 1 ]; then echo "work folder kept: $W" >&2; else rm -rf "$W"; fi
+}
+# The private PostgreSQL cluster of the DHCP-on-PostgreSQL benchmark, if one runs.
+PGD=
+pg_down() {
+    [ -n "$PGD" ] || return 0
+    (cd / && runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGD/data" -m immediate -w stop >/dev/null 2>&1)
+    rm -rf "$PGD"
+    PGD=
 }
 trap cleanup EXIT
 trap 'echo "bench: interrupted" >&2; exit 130' INT TERM HUP
@@ -414,6 +423,128 @@ EOF
     done
 fi
 
+# ==== 3b. DHCP with the leases in PostgreSQL ===================================================
+# Kea 2.2 with its PostgreSQL lease backend and stemcell with store.postgres, on one private
+# PostgreSQL cluster (fsync and synchronous_commit on, as packaged), each server started on a
+# freshly made database for every run; the same perfdhcp rule as above (< 1% drops both ways,
+# ≥ 95% of the rate), a ladder of rates for each, alternating who goes first.
+if want dhcppg; then
+    PGBIN=$(find /usr/lib/postgresql -maxdepth 2 -name bin -type d 2>/dev/null | sort -V | tail -1)
+    [ -x "$PGBIN/initdb" ] || die "PostgreSQL's server is missing (apt-get install postgresql)"
+    log "DHCP on PostgreSQL: perfdhcp against Kea (PostgreSQL lease backend, 1 thread) and stemcell (store.postgres), one database server"
+    PGD=$(mktemp -d "/tmp/$P-pg.XXXXXX")
+    PGPW=bench-$$-$RANDOM$RANDOM
+    mkdir -p "$PGD/sock" && echo "$PGPW" >"$PGD/pw" && chown -R postgres:postgres "$PGD"
+    (cd / && runuser -u postgres -- "$PGBIN/initdb" -D "$PGD/data" -U stemcell --pwfile "$PGD/pw" -A scram-sha-256 >"$W/initdb.log" 2>&1) ||
+        { cat "$W/initdb.log" >&2; die "initdb failed"; }
+    (cd / && runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGD/data" -l "$PGD/log" -w -o "-k $PGD/sock -c listen_addresses='' -c max_connections=50" start >/dev/null) ||
+        { cat "$PGD/log" >&2; die "PostgreSQL did not start"; }
+    pgq() { PGPASSWORD=$PGPW psql -X -q -At -v ON_ERROR_STOP=1 -h "$PGD/sock" -U stemcell -d "${2:-postgres}" -c "$1"; }
+    NS_PKS=$P-pk-s NS_PKC=$P-pk-c NS_PSS=$P-ps-s NS_PSC=$P-ps-c
+    for pair in "$NS_PKS $NS_PKC" "$NS_PSS $NS_PSC"; do
+        read -r srv_ns cli_ns <<<"$pair"
+        netns "$srv_ns"; netns "$cli_ns"
+        lab_link "$srv_ns" s0 198.18.0.1/16 "$cli_ns" c0 198.18.0.2/16 || die "veth"
+    done
+    PD=$W/dhcppg-sc
+    LAB_IFACE=s0 LAB_TFTP_ROOT='' LAB_SUBNETS='    - subnet: 198.18.0.0/16
+      pool: [198.18.1.0, 198.18.255.250]
+      router: 198.18.0.1
+      dns: [198.18.0.1]
+      lease_time: 1h' write_config "$PD" authoritative
+    "${LIB[@]}" inventory 10 "$PD/inventory.yaml" --prefix 52:54:03 || die "inventory"
+    cp "$PGD/pw" "$PD/pg.password"
+    printf 'store:\n  postgres:\n    url: "host=%s dbname=stemcell user=stemcell"\n    password_file: pg.password\n' "$PGD/sock" >>"$PD/stemcell.yaml"
+    PK=$W/kea-pg
+    mkdir -p "$PK"
+    cat >"$PK/kea-dhcp4.json" <<EOF
+{ "Dhcp4": {
+    "interfaces-config": { "interfaces": [ "s0" ], "dhcp-socket-type": "udp" },
+    "lease-database": { "type": "postgresql", "name": "kea", "user": "stemcell", "password": "$PGPW", "host": "$PGD/sock" },
+    "multi-threading": { "enable-multi-threading": false },
+    "valid-lifetime": 3600,
+    "subnet4": [ { "id": 1, "subnet": "198.18.0.0/16",
+                   "pools": [ { "pool": "198.18.1.0 - 198.18.255.250" } ],
+                   "option-data": [ { "name": "routers", "data": "198.18.0.1" },
+                                    { "name": "domain-name-servers", "data": "198.18.0.1" } ] } ],
+    "loggers": [ { "name": "kea-dhcp4", "severity": "WARN", "output_options": [ { "output": "$PK/kea.log" } ] } ]
+} }
+EOF
+    # pg_fresh DB: an empty database DB (Kea's with its schema from kea-admin)
+    pg_fresh() {
+        { pgq "DROP DATABASE IF EXISTS $1 WITH (FORCE)" && pgq "CREATE DATABASE $1"; } || die "cannot make database $1"
+        if [ "$1" = kea ]; then
+            kea-admin db-init pgsql -u stemcell -p "$PGPW" -n kea -h "$PGD/sock" >"$PK/kea-admin.log" 2>&1 ||
+                { cat "$PK/kea-admin.log" >&2; die "kea-admin db-init pgsql failed"; }
+        fi
+    }
+    pg_start_server() { # kea|sc: sets SRV_PID, SNS, CNS
+        if [ "$1" = kea ]; then
+            SNS=$NS_PKS CNS=$NS_PKC
+            pg_fresh kea
+            rm -f "$PK"/*.pid
+            KEA_PIDFILE_DIR=$PK KEA_LOCKFILE_DIR=$PK ip netns exec $SNS kea-dhcp4 -c "$PK/kea-dhcp4.json" >>"$PK/kea.out" 2>&1 &
+            SRV_PID=$!
+            wait_for 20 udp_bound $SNS 67 || { tail "$PK/kea.out" "$PK/kea.log" >&2; die "Kea (PostgreSQL) did not start"; }
+        else
+            SNS=$NS_PSS CNS=$NS_PSC
+            pg_fresh stemcell
+            rm -rf "$PD/state"
+            start_stemcell $SNS "$PD"
+            SRV_PID=$SC_PID
+        fi
+    }
+    proc_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+    # The database's CPU: every process of the cluster (the postmaster's children included).
+    db_ticks() {
+        local t=0 p pm
+        pm=$(head -1 "$PGD/data/postmaster.pid")
+        for p in $pm $(pgrep -P "$pm"); do t=$((t + $(proc_ticks "$p"))); done
+        echo $t
+    }
+    pg_run() { # kea|sc RATE: 0 if it kept up
+        local srv=$1 rate=$2 out achieved drops ra sent acks t0 t1 d0 d1 us db ok=1
+        pg_start_server "$srv"
+        out=$W/perfdhcp-pg.$srv.$rate.out
+        t0=$(proc_ticks "$SRV_PID") d0=$(db_ticks)
+        inns "$CNS" timeout $((DHCP_PERIOD + 20)) perfdhcp -4 -r "$rate" -R 50000 -p "$DHCP_PERIOD" -l 198.18.0.2 198.18.0.1 >"$out" 2>&1
+        t1=$(proc_ticks "$SRV_PID") d1=$(db_ticks)
+        stop_pid "$SRV_PID"
+        read -r achieved drops ra sent acks < <("${LIB[@]}" perfdhcp "$out")
+        if $PY -c "import sys; a,d,r,rate=map(float,sys.argv[1:]); sys.exit(0 if d<1 and r<1 and a>=0.95*rate else 1)" "$achieved" "$drops" "$ra" "$rate"; then ok=0; fi
+        us=$(calc "round(($t1 - $t0) * 1e6 / $(getconf CLK_TCK) / max(1, $acks), 1)")
+        db=$(calc "round(($d1 - $d0) * 1e6 / $(getconf CLK_TCK) / max(1, $acks), 1)")
+        if [ $ok = 0 ]; then sample "dhcppg.cpu.$srv.$rate" "$us"; sample "dhcppg.dbcpu.$srv.$rate" "$db"; fi
+        log "  $srv @ $rate/s: sent $sent, achieved $achieved/s, drops $drops% / $ra%; CPU per DORA: server $us µs, database $db µs -> $([ $ok = 0 ] && echo kept up || echo fell behind)"
+        return $ok
+    }
+    PG_LADDER=(500 1000 1500 2000 2500 3000 4000 5000 6000 7000 8000 10000 12000 14000 16000 20000)
+    declare -A PBEST PPREV
+    for round in $(seq "$DHCP_ROUNDS"); do
+        order="kea sc"; ((round % 2)) || order="sc kea"
+        for srv in $order; do
+            i=0
+            if [ -n "${PPREV[$srv]:-}" ]; then # later rounds start one step below the last result
+                for j in "${!PG_LADDER[@]}"; do [ "${PG_LADDER[$j]}" = "${PPREV[$srv]}" ] && i=$((j > 0 ? j - 1 : 0)); done
+            fi
+            PBEST[$srv]=0
+            while [ "$i" -lt ${#PG_LADDER[@]} ]; do
+                if pg_run "$srv" "${PG_LADDER[$i]}"; then
+                    PBEST[$srv]=${PG_LADDER[$i]}; i=$((i + 1))
+                elif [ "${PBEST[$srv]}" = 0 ] && [ "$i" -gt 0 ]; then
+                    i=$((i - 1)) # started too high this round: step down
+                else
+                    break
+                fi
+            done
+            sample "dhcppg.$srv" "${PBEST[$srv]}"
+            PPREV[$srv]=${PBEST[$srv]}
+        done
+        log "  round $round: Kea (PostgreSQL) ${PBEST[kea]}/s, stemcell (PostgreSQL) ${PBEST[sc]}/s"
+    done
+    pg_down
+fi
+
 # ==== 4. Boot storm ===========================================================================
 if want storm; then
     log "Boot storm: $STORM_MACHINES machines through PXE DHCP, TFTP undionly.kpxe, iPXE DHCP, boot script, kernel + initrd"
@@ -503,7 +634,7 @@ log "done in $((SECONDS - T0)) s"
     echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) at the end;"
     echo "stemcell $("$BIN" --version 2>/dev/null | awk '{print $2}') (binary of $(date -u -r "$BIN" '+%Y-%m-%d %H:%M UTC')),"
     echo "tftp-hpa $(dpkg-query -W -f='${Version}' tftpd-hpa), nginx $(dpkg-query -W -f='${Version}' nginx),"
-    echo "Kea $(dpkg-query -W -f='${Version}' kea-dhcp4-server), atftp $(dpkg-query -W -f='${Version}' atftp), wrk $(dpkg-query -W -f='${Version}' wrk)."
+    echo "Kea $(dpkg-query -W -f='${Version}' kea-dhcp4-server), PostgreSQL $(dpkg-query -W -f='${Version}' postgresql 2>/dev/null), atftp $(dpkg-query -W -f='${Version}' atftp), wrk $(dpkg-query -W -f='${Version}' wrk)."
     echo "$CHEAP_REPS runs of TFTP and the inventory, $REPS of HTTP, DHCP and the storm; peer and stemcell alternate."
     echo
     "${LIB[@]}" report "$SAMPLES"

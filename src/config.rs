@@ -1516,6 +1516,43 @@ admin_token_file: admin.token
     }
 
     #[test]
+    fn store_postgres() {
+        let c = parse("dhcp: {mode: off}\n").unwrap();
+        assert_eq!(c.postgres, None, "the journals without store:");
+        let c = parse("dhcp: {mode: off}\nstore:\n  postgres:\n    url: \"host=/run/postgresql dbname=sc\"\n    password_file: db.pw\n").unwrap();
+        let pg = c.postgres.unwrap();
+        assert_eq!(pg.url, "host=/run/postgresql dbname=sc");
+        assert!(pg.password_file.unwrap().ends_with("db.pw"));
+        for (text, want) in [
+            (
+                "store:\n  postgres: {password_file: x}\n",
+                "stemcell.yaml:3:13: store.postgres needs url:",
+            ),
+            (
+                "store:\n  postgres: {url: \"\"}\n",
+                "store.postgres.url is empty",
+            ),
+            (
+                "store:\n  postgres: {url: \"postgresql://[::1\"}\n",
+                "store.postgres.url: ",
+            ),
+            (
+                "store:\n  postgres: {url: x, pasword_file: y}\n",
+                "unknown key \"pasword_file\" in store.postgres",
+            ),
+            (
+                "store:\n  mysql: {url: x}\n",
+                "unknown key \"mysql\" in store",
+            ),
+        ] {
+            let e = parse(&format!("dhcp: {{mode: off}}\n{text}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("90"), Some(Duration::from_secs(90)));
         assert_eq!(parse_duration("30m"), Some(Duration::from_secs(1800)));
