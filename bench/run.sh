@@ -518,7 +518,7 @@ EOF
         log "  $srv @ $rate/s: sent $sent, achieved $achieved/s, drops $drops% / $ra%; CPU per DORA: server $us µs, database $db µs -> $([ $ok = 0 ] && echo kept up || echo fell behind)"
         return $ok
     }
-    PG_LADDER=(500 1000 1500 2000 2500 3000 4000 5000 6000 7000 8000 10000 12000 14000 16000 20000)
+    PG_LADDER=(200 400 600 800 1000 1500 2000 2500 3000 4000 5000 6000 8000 10000 12000 16000 20000)
     declare -A PBEST PPREV
     for round in $(seq "$DHCP_ROUNDS"); do
         order="kea sc"; ((round % 2)) || order="sc kea"

@@ -8,8 +8,8 @@
 //! bind that did land leaves only after its transaction committed, as with the journal.
 //!
 //! One writer task owns the connection and commits every change that queued up while the
-//! previous commit ran in one transaction (group commit: the statements are pipelined, one
-//! round of WAL flush for all of them). A second connection LISTENs: every change any
+//! previous commit ran in one transaction, as one statement over arrays (group commit: one
+//! round trip, one WAL flush, one announcement per hundred rows for all of them). A second connection LISTENs: every change any
 //! writer makes is announced by a trigger, and the mirror applies the others' changes.
 //! After a reconnect the mirror is reloaded from the table, so nothing announced during
 //! the gap is missed.
@@ -27,7 +27,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use ipnetwork::Ipv4Network;
-use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{Client, Statement};
 
@@ -46,12 +45,16 @@ const BACKLOG_MAX: usize = 100_000;
 const BATCH_MAX: usize = 2048;
 const RETRY_EVERY: Duration = Duration::from_secs(1);
 
+/// A batch of changes in one statement (one trigger firing, one round trip). A row is
+/// taken only if it is free, already this MAC's, released or expired: the rows returned
+/// are the changes that took.
 const UPSERT: &str = "INSERT INTO stemcell_lease4 AS l (ip, mac, state, expires, server, updated) \
-     VALUES ($1, $2, $3, $4, $5, now()) \
+     SELECT ip, mac, state, expires, $5, now() \
+     FROM unnest($1::inet[], $2::text[], $3::text[], $4::int8[]) AS t(ip, mac, state, expires) \
      ON CONFLICT (ip) DO UPDATE SET mac = EXCLUDED.mac, state = EXCLUDED.state, \
      expires = EXCLUDED.expires, server = EXCLUDED.server, updated = now() \
      WHERE l.mac = EXCLUDED.mac OR l.state = 'released' OR l.expires <= $6 \
-     RETURNING 1";
+     RETURNING l.ip";
 
 struct Op {
     /// None: a flush (answered once everything before it is committed).
@@ -111,16 +114,6 @@ fn parse_state(s: &str) -> Option<RecordState> {
         "declined" => RecordState::Declined,
         _ => return None,
     })
-}
-
-/// What the trigger announces.
-#[derive(Deserialize)]
-struct Announced {
-    ip: Ipv4Addr,
-    mac: String,
-    state: String,
-    expires: i64,
-    server: String,
 }
 
 impl PgLeaseStore {
@@ -254,6 +247,15 @@ fn row_record(ip: IpAddr, mac: &str, state: &str, expires: i64) -> Option<Record
     })
 }
 
+/// One announced row (`ip mac state expires server`) and who wrote it.
+fn announced(line: &str) -> Option<(Record, &str)> {
+    let mut f = line.split(' ');
+    let (ip, mac, state, expires, server) = (f.next()?, f.next()?, f.next()?, f.next()?, f.next()?);
+    let ip: Ipv4Addr = ip.parse().ok()?;
+    let r = row_record(IpAddr::V4(ip), mac, state, expires.parse().ok()?)?;
+    Some((r, server))
+}
+
 /// Apply the other servers' announced changes to the mirror, reconnecting (and reloading)
 /// whenever the connection drops.
 async fn listen_loop(
@@ -290,15 +292,15 @@ async fn listen_loop(
         };
         // The receiver ends when the connection's task ends (the connection dropped).
         while let Some(n) = notes.recv().await {
-            let Ok(a) = serde_json::from_str::<Announced>(n.payload()) else {
-                tracing::warn!(payload = n.payload(), "lease announcement not understood");
-                continue;
-            };
-            if *a.server == *server {
-                continue;
-            }
-            if let Some(r) = row_record(IpAddr::V4(a.ip), &a.mac, &a.state, a.expires) {
-                lock(&alloc).apply(&r);
+            let mut a = lock(&alloc);
+            for line in n.payload().lines() {
+                match announced(line) {
+                    Some((_, w)) if w == &*server => {}
+                    Some((r, _)) => {
+                        a.apply(&r);
+                    }
+                    None => tracing::warn!(line, "lease announcement not understood"),
+                }
             }
         }
         drop(client);
@@ -445,46 +447,69 @@ async fn write_loop(
 }
 
 /// One transaction for the whole batch; for each record, whether this server's write took.
+/// A statement may not change one row twice, so an address that comes again starts the
+/// next statement (all pipelined in the one transaction, in order).
 async fn commit(
     conn: &Conn,
     server: &str,
     batch: &[Op],
 ) -> Result<Vec<bool>, tokio_postgres::Error> {
     let client = &conn.client;
-    let recs: Vec<(&Record, UnixTime)> = batch
-        .iter()
-        .filter_map(|op| op.rec.as_ref().map(|r| (r, op.now)))
-        .collect();
+    let recs: Vec<&Record> = batch.iter().filter_map(|op| op.rec.as_ref()).collect();
     if recs.is_empty() {
         // A flush: the connection answering is enough (everything before it committed).
         client.simple_query("").await?;
         return Ok(Vec::new());
     }
-    let stmt = &conn.upsert;
+    let now = batch
+        .iter()
+        .map(|op| op.now)
+        .max()
+        .unwrap_or(0)
+        .min(i64::MAX as u64) as i64;
+    let mut parts: Vec<&[&Record]> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut start = 0;
+    for (i, r) in recs.iter().enumerate() {
+        if !seen.insert(r.ip) {
+            parts.push(&recs[start..i]);
+            seen.clear();
+            seen.insert(r.ip);
+            start = i;
+        }
+    }
+    parts.push(&recs[start..]);
     client.batch_execute("BEGIN").await?;
-    let rows = futures_util::future::join_all(recs.iter().map(|(r, now)| {
-        let ip = IpAddr::V4(r.ip);
-        let mac = r.mac.to_string();
-        let state = state_str(r.state);
-        let expires = r.expires.min(i64::MAX as u64) as i64;
-        let now = (*now).min(i64::MAX as u64) as i64;
-        let stmt = stmt.clone();
+    let results = futures_util::future::join_all(parts.iter().map(|part| {
+        let ips: Vec<IpAddr> = part.iter().map(|r| IpAddr::V4(r.ip)).collect();
+        let macs: Vec<String> = part.iter().map(|r| r.mac.to_string()).collect();
+        let states: Vec<&str> = part.iter().map(|r| state_str(r.state)).collect();
+        let expires: Vec<i64> = part
+            .iter()
+            .map(|r| r.expires.min(i64::MAX as u64) as i64)
+            .collect();
         async move {
             client
-                .query_opt(&stmt, &[&ip, &mac, &state, &expires, &server, &now])
+                .query(
+                    &conn.upsert,
+                    &[&ips, &macs, &states, &expires, &server, &now],
+                )
                 .await
         }
     }))
     .await;
-    let mut won = Vec::with_capacity(rows.len());
-    for r in rows {
-        match r {
-            Ok(row) => won.push(row.is_some()),
+    let mut won = Vec::with_capacity(recs.len());
+    for (part, rows) in parts.iter().zip(results) {
+        let rows = match rows {
+            Ok(rows) => rows,
             Err(e) => {
                 let _ = client.batch_execute("ROLLBACK").await;
                 return Err(e);
             }
-        }
+        };
+        let took: std::collections::HashSet<IpAddr> =
+            rows.iter().map(|row| row.get::<_, IpAddr>(0)).collect();
+        won.extend(part.iter().map(|r| took.contains(&IpAddr::V4(r.ip))));
     }
     client.batch_execute("COMMIT").await?;
     Ok(won)
