@@ -52,6 +52,11 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 EOF
 fi
 
+# Several servers sharing machine state and leases in PostgreSQL (issue 15,
+# `store.postgres`): tests/postgres_state.rs runs a private cluster of its own with
+# Debian's server binaries (/usr/lib/postgresql/N/bin, as the postgres user).
+PACKAGES+=(postgresql)
+
 # ARM64 (issue 14, `stemcell image build --arch arm64` and tests/netns/pxe.sh's arm64
 # scenario): QEMU's aarch64 machine and its UEFI firmware (AAVMF); the stem cell's arm64
 # packages and GRUB's signed arm64 network loader are fetched with `apt-get download

@@ -206,6 +206,7 @@ fn lower_layers_do_not_use_upper_ones() {
         "dhcp6",
         "tftp",
         "state",
+        "pg",
         "config",
         "inventory",
         "network",
