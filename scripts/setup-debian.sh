@@ -52,6 +52,13 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 EOF
 fi
 
+# Several servers sharing machine state and leases in PostgreSQL (issue 15,
+# `store.postgres`): tests/postgres.rs and tests/postgres_state.rs run private clusters of
+# their own with Debian's server binaries (/usr/lib/postgresql/N/bin, as the postgres
+# user; a socket folder of the test's, no TCP); the bench runs Kea and stemcell against
+# one server.
+PACKAGES+=(postgresql)
+
 # ARM64 (issue 14, `stemcell image build --arch arm64` and tests/netns/pxe.sh's arm64
 # scenario): QEMU's aarch64 machine and its UEFI firmware (AAVMF); the stem cell's arm64
 # packages and GRUB's signed arm64 network loader are fetched with `apt-get download
@@ -63,11 +70,6 @@ if ! dpkg --print-foreign-architectures | grep -qx arm64; then
 fi
 ARM64_LISTS_MISSING=
 [ -n "$(find /var/lib/apt/lists -maxdepth 1 -name '*_binary-arm64_Packages*' 2>/dev/null | head -1)" ] || ARM64_LISTS_MISSING=1
-
-# PostgreSQL (issue 15, `store.postgres`): the tests run private clusters of their own
-# (tests/common/pg.rs: Debian's initdb and pg_ctl as the postgres account, a socket folder
-# of the test's, no TCP); the bench runs Kea and stemcell against the same server.
-PACKAGES+=(postgresql)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -98,6 +98,11 @@ pub(crate) struct Journal {
 pub(crate) struct Commit(Option<oneshot::Receiver<Result<(), String>>>);
 
 impl Commit {
+    /// A commit answered by another writer (`None`: nothing to wait for).
+    pub(crate) fn from_receiver(rx: Option<oneshot::Receiver<Result<(), String>>>) -> Commit {
+        Commit(rx)
+    }
+
     /// Wait until the line is on disk (`fdatasync` returned). A non-durable append resolves
     /// at once; a durable one whose writer has stopped is an error, never a silent success.
     pub(crate) async fn wait(self) -> io::Result<()> {

@@ -24,7 +24,6 @@ pub(crate) const SCHEMA_VERSION: i32 = 1;
 /// `ip mac state expires server`).
 pub(crate) const LEASE_CHANNEL: &str = "stemcell_lease";
 /// The channel machine changes are announced on (payload: the MAC and the writer).
-#[allow(dead_code)] // the machine-state store on PostgreSQL uses it
 pub(crate) const MACHINE_CHANNEL: &str = "stemcell_machine";
 
 /// How long connecting may take before it counts as a failure.
@@ -93,6 +92,12 @@ CREATE TRIGGER stemcell_machine_notify AFTER INSERT OR UPDATE OR DELETE ON stemc
     FOR EACH ROW EXECUTE FUNCTION stemcell_machine_notify();
 CREATE TRIGGER stemcell_event_notify AFTER INSERT ON stemcell_event
     FOR EACH ROW EXECUTE FUNCTION stemcell_machine_notify();
+
+-- Secrets every server sharing the database uses alike (the discovery key).
+CREATE TABLE stemcell_secret (
+    name    text PRIMARY KEY,
+    value   bytea NOT NULL
+);
 "#,
 ];
 

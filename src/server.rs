@@ -372,7 +372,12 @@ pub(crate) async fn prepare(config_path: &Path) -> Result<Prepared, Fatal> {
         crate::privilege::check_readable(&config, target).map_err(Fatal::bind)?;
     }
 
-    let store = Arc::new(Store::open(&config.state_dir).map_err(state_dir_error)?);
+    let store = Arc::new(match &config.postgres {
+        Some(pg) => Store::open_pg(pg)
+            .await
+            .map_err(|e| Fatal::bind(anyhow::anyhow!("machine store (store.postgres): {e}")))?,
+        None => Store::open(&config.state_dir).map_err(state_dir_error)?,
+    });
     let leases: Option<Arc<dyn LeaseStore>> = match &dhcp_settings {
         Some(s) if s.mode == dhcp::Mode::Authoritative && config.postgres.is_some() => {
             let pg = config.postgres.as_ref().expect("checked");
@@ -871,6 +876,12 @@ pub(crate) fn render_machine(config_path: &Path, mac: MacAddr) -> Result<String,
         .and_then(|r| r.token.clone())
         .unwrap_or_else(|| "TOKEN-ISSUED-AT-BOOT".to_string());
     let mut out = format!("# boot script ({choice:?}) for {mac}\n");
+    if config.postgres.is_some() {
+        // `render` reads the state directory's journal only (no database connection).
+        out.push_str(
+            "# machine state lives in store.postgres: this shows the machine without it\n",
+        );
+    }
     out.push_str(
         &boot::boot_script_text(&config, &url, &inv, mac, &choice, Some(&token))
             .map_err(Fatal::config)?,

@@ -15,16 +15,23 @@
 //! home), then `configured` or `config-failed` (Puppet's outcome, on every run).
 //! `stalled` is never stored: it is how an installed machine that has not phoned home
 //! within the configured time looks (see [`effective_at`]).
+//!
+//! With `store.postgres` the lines go to a database several servers share instead of the
+//! journal, and this store's map becomes a mirror the others' changes are read into (see
+//! [`pg`]); the rest of this module does not change.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::journal::Journal;
+use crate::journal::{Commit, Journal, JournalStats};
 use crate::mac::MacAddr;
+use crate::pg::{PgConfig, PgError};
+
+mod pg;
 
 /// Events kept per machine (older ones are dropped, oldest first).
 pub(crate) const EVENTS_KEPT: usize = 200;
@@ -237,7 +244,7 @@ impl Record {
 
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-enum Line {
+pub(super) enum Line {
     Record(Box<Record>),
     Event {
         mac: MacAddr,
@@ -278,7 +285,7 @@ pub(crate) enum StateError {
     BadKey,
     #[error("{0}")]
     NotNow(&'static str),
-    #[error("state journal: {0}")]
+    #[error("machine state not stored: {0}")]
     Io(#[from] std::io::Error),
 }
 
@@ -288,12 +295,54 @@ pub(crate) struct Change {
     pub(crate) mac: MacAddr,
 }
 
+/// Where the lines go: the state directory's journal, or a database several servers
+/// share (see [`pg`]).
+enum Sink {
+    Journal(Journal),
+    Pg(pg::PgSink),
+}
+
+impl Sink {
+    /// Write a line (under the store's lock, so the order of lines is the order of
+    /// changes); with `durable`, the commit resolves once it is stored.
+    fn append(&self, line: Line, durable: bool) -> Commit {
+        match self {
+            Sink::Journal(j) => {
+                j.append(&serde_json::to_string(&line).unwrap_or_default(), durable)
+            }
+            Sink::Pg(p) => p.append(line, durable),
+        }
+    }
+
+    fn flush(&self) -> Commit {
+        match self {
+            Sink::Journal(j) => j.flush(),
+            Sink::Pg(p) => p.flush(),
+        }
+    }
+
+    fn stats(&self) -> JournalStats {
+        match self {
+            Sink::Journal(j) => j.stats(),
+            Sink::Pg(p) => p.stats(),
+        }
+    }
+
+    /// Re-read a machine from where other servers write it too (the journal is this
+    /// server's alone: nothing to do).
+    async fn refresh(&self, mac: MacAddr) {
+        if let Sink::Pg(p) = self {
+            p.refresh(mac).await;
+        }
+    }
+}
+
 pub(crate) struct Store {
     /// Keys discovery tokens: a discovering stem cell's report must carry the token its
     /// boot script named, so nobody can invent machines with a POST.
     discovery_key: [u8; 32],
-    inner: Mutex<Inner>,
-    journal: Journal,
+    inner: Arc<Mutex<Inner>>,
+    sink: Sink,
     changes: tokio::sync::broadcast::Sender<Change>,
 }
 
@@ -407,11 +456,8 @@ pub(crate) fn read_records(state_dir: &Path) -> std::io::Result<HashMap<MacAddr,
         .collect())
 }
 
-impl Store {
-    pub(crate) fn open(state_dir: &Path) -> std::io::Result<Store> {
-        let (journal, lines) = Journal::open(&state_dir.join("machines.journal"), parse_line)?;
-        let n = lines.len();
-        let machines = replay(lines);
+impl Inner {
+    fn new(machines: HashMap<MacAddr, Entry>, lines: usize) -> Inner {
         // The bound on unlisted machines holds across restarts: the remembered ones queue
         // up again, oldest seen first.
         let mut seen: Vec<(u64, MacAddr)> = machines
@@ -424,19 +470,52 @@ impl Store {
             .map(|(m, e)| (e.record.as_ref().map_or(0, |r| r.last_seen), *m))
             .collect();
         seen.sort_unstable();
+        Inner {
+            machines,
+            unlisted: seen.into_iter().map(|(_, m)| m).collect(),
+            lines_since_compact: lines,
+            live_estimate: 0,
+        }
+    }
+}
+
+impl Store {
+    pub(crate) fn open(state_dir: &Path) -> std::io::Result<Store> {
+        let (journal, lines) = Journal::open(&state_dir.join("machines.journal"), parse_line)?;
+        let n = lines.len();
+        let machines = replay(lines);
         let store = Store {
             discovery_key: discovery_key(state_dir)?,
-            inner: Mutex::new(Inner {
-                machines,
-                unlisted: seen.into_iter().map(|(_, m)| m).collect(),
-                lines_since_compact: n,
-                live_estimate: 0,
-            }),
-            journal,
+            inner: Arc::new(Mutex::new(Inner::new(machines, n))),
+            sink: Sink::Journal(journal),
             changes: tokio::sync::broadcast::channel(4096).0,
         };
         store.maybe_compact(&mut store.lock(), true);
         Ok(store)
+    }
+
+    /// The store in a PostgreSQL database that several servers share (`store.postgres`):
+    /// connects, migrates, and loads every machine. The discovery key is the database's
+    /// (made by the first server), so a discovery token from any server is good at all.
+    pub(crate) async fn open_pg(cfg: &PgConfig) -> Result<Store, PgError> {
+        let changes = tokio::sync::broadcast::channel(4096).0;
+        let mut shared = None;
+        let (sink, key) = pg::PgSink::open(cfg, |machines| {
+            let inner = Arc::new(Mutex::new(Inner::new(machines, 0)));
+            shared = Some(inner.clone());
+            pg::Mirror {
+                inner,
+                changes: changes.clone(),
+            }
+        })
+        .await?;
+        let inner = shared.expect("the mirror is made by open");
+        Ok(Store {
+            discovery_key: key,
+            inner,
+            sink: Sink::Pg(sink),
+            changes,
+        })
     }
 
     /// The token a discovering stem cell for `mac` must show (stateless: a keyed hash).
@@ -457,12 +536,12 @@ impl Store {
 
     /// Wait until every line written so far (events too) is on disk (shutdown).
     pub(crate) async fn flush(&self) -> std::io::Result<()> {
-        self.journal.flush().wait().await
+        self.sink.flush().wait().await
     }
 
-    /// The journal's write errors and backlog (`/metrics`).
-    pub(crate) fn journal_stats(&self) -> crate::journal::JournalStats {
-        self.journal.stats()
+    /// The journal's (or the database writer's) errors and backlog (`/metrics`).
+    pub(crate) fn journal_stats(&self) -> JournalStats {
+        self.sink.stats()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -470,9 +549,24 @@ impl Store {
     }
 
     fn maybe_compact(&self, inner: &mut Inner, force: bool) {
+        let journal = match &self.sink {
+            Sink::Journal(j) => j,
+            Sink::Pg(p) => {
+                // A database keeps no history to compact; records dropped while it was
+                // away are written again whole (events dropped are gone).
+                if p.is_up() && p.take_lost() {
+                    for e in inner.machines.values() {
+                        if let Some(r) = &e.record {
+                            p.append(Line::Record(Box::new(r.clone())), false);
+                        }
+                    }
+                }
+                return;
+            }
+        };
         // Lines the journal had to drop (a long full disk) are superseded by a snapshot,
         // whatever the sizes say.
-        let lost = self.journal.take_lost();
+        let lost = journal.take_lost();
         let force = force || lost;
         // Cheap test first: most events end here without touching the machine map.
         if !force && inner.lines_since_compact <= 4 * inner.live_estimate + 10_000 {
@@ -508,12 +602,12 @@ impl Store {
             }
         }
         inner.lines_since_compact = lines.len();
-        self.journal.compact(lines);
+        journal.compact(lines);
     }
 
     /// Write a record (under the lock, so journal order is change order).
-    fn put(&self, inner: &mut Inner, r: Record, durable: bool) -> crate::journal::Commit {
-        let line = serde_json::to_string(&Line::Record(Box::new(r.clone()))).unwrap_or_default();
+    fn put(&self, inner: &mut Inner, r: Record, durable: bool) -> Commit {
+        let line = Line::Record(Box::new(r.clone()));
         let mac = r.mac;
         inner
             .machines
@@ -524,7 +618,7 @@ impl Store {
             })
             .record = Some(r);
         inner.lines_since_compact += 1;
-        let c = self.journal.append(&line, durable);
+        let c = self.sink.append(line, durable);
         self.maybe_compact(inner, false);
         let _ = self.changes.send(Change { mac });
         c
@@ -569,11 +663,10 @@ impl Store {
             kind: kind.to_string(),
             message: message.into(),
         };
-        let line = serde_json::to_string(&Line::Event {
+        let line = Line::Event {
             mac,
             event: event.clone(),
-        })
-        .unwrap_or_default();
+        };
         let mut inner = self.lock();
         if !inner.machines.contains_key(&mac) {
             self.remember_unlisted(&mut inner, mac);
@@ -587,7 +680,7 @@ impl Store {
         }
         e.events.push_back(event.clone());
         inner.lines_since_compact += 1;
-        self.journal.append(&line, false);
+        self.sink.append(line, false);
         self.maybe_compact(&mut inner, false);
         drop(inner);
         let _ = self.changes.send(Change { mac });
@@ -611,9 +704,8 @@ impl Store {
             });
             if forgettable {
                 inner.machines.remove(&old);
-                let line = serde_json::to_string(&Line::Forget { mac: old }).unwrap_or_default();
                 inner.lines_since_compact += 1;
-                self.journal.append(&line, false);
+                self.sink.append(Line::Forget { mac: old }, false);
             }
         }
     }
@@ -675,6 +767,14 @@ impl Store {
     /// The install token of a listed machine that is due to install, creating (durably)
     /// one if it has none yet.
     pub(crate) async fn arm(&self, mac: MacAddr) -> Result<String, StateError> {
+        // Another server sharing the database may have armed it already: its token is
+        // the one to hand out, not a new one.
+        let armed = self.record(&mac).is_some_and(|r| {
+            r.token.is_some() && matches!(r.state, Lifecycle::Pending | Lifecycle::Installing)
+        });
+        if !armed {
+            self.sink.refresh(mac).await;
+        }
         let (token, commit) = 'arm: {
             let mut inner = self.lock();
             let now = now_ms();
@@ -694,7 +794,7 @@ impl Store {
                 }
                 // The token may still be on its way to disk (another request made it, or
                 // its write failed on a full disk): it is handed out only once durable.
-                break 'arm (t, self.journal.flush());
+                break 'arm (t, self.sink.flush());
             }
             if matches!(r.state, Lifecycle::Unknown | Lifecycle::Discovered) {
                 r.state = Lifecycle::Pending;
@@ -757,6 +857,45 @@ impl Store {
         Ok(allowed)
     }
 
+    /// As [`Store::check_token`], and a token that misses is looked up once more in the
+    /// database other servers share before it is refused: another server may have armed
+    /// the machine, and its announcement not have arrived yet. (The journal: no second
+    /// look.)
+    pub(crate) async fn check_token_fresh(&self, mac: &MacAddr, token: &str) -> bool {
+        if self.check_token(mac, token) {
+            return true;
+        }
+        if token.is_empty() {
+            return false;
+        }
+        self.sink.refresh(*mac).await;
+        self.check_token(mac, token)
+    }
+
+    /// As [`Store::knows_token`], with the second look of [`Store::check_token_fresh`].
+    pub(crate) async fn knows_token_fresh(&self, mac: &MacAddr, token: &str) -> bool {
+        if self.knows_token(mac, token) {
+            return true;
+        }
+        if token.is_empty() {
+            return false;
+        }
+        self.sink.refresh(*mac).await;
+        self.knows_token(mac, token)
+    }
+
+    /// As [`Store::check_key`], with the second look of [`Store::check_token_fresh`].
+    pub(crate) async fn check_key_fresh(&self, mac: &MacAddr, key: &str) -> bool {
+        if self.check_key(mac, key) {
+            return true;
+        }
+        if key.is_empty() {
+            return false;
+        }
+        self.sink.refresh(*mac).await;
+        self.check_key(mac, key)
+    }
+
     /// Whether `token` is this machine's current install token.
     pub(crate) fn check_token(&self, mac: &MacAddr, token: &str) -> bool {
         match self.record(mac).and_then(|r| r.token) {
@@ -782,6 +921,11 @@ impl Store {
         token: Option<&str>,
         f: impl FnOnce(&mut Record, u64),
     ) -> Result<Record, StateError> {
+        // An operator's change, or a token this server has not seen: start from the
+        // shared database's copy (another server may have changed the machine).
+        if !token.is_some_and(|t| self.check_token(&mac, t)) {
+            self.sink.refresh(mac).await;
+        }
         let (r, commit) = {
             let mut inner = self.lock();
             let now = now_ms();
@@ -894,6 +1038,9 @@ impl Store {
         key: &str,
         f: impl FnOnce(&mut Record, u64),
     ) -> Result<Record, StateError> {
+        if !self.check_key(&mac, key) {
+            self.sink.refresh(mac).await;
+        }
         let (r, commit) = {
             let mut inner = self.lock();
             let Some(mut r) = inner.machines.get(&mac).and_then(|e| e.record.clone()) else {
@@ -924,10 +1071,13 @@ impl Store {
         mac: MacAddr,
         token: &str,
     ) -> Result<(Record, bool), StateError> {
+        if !self.knows_token(&mac, token) {
+            self.sink.refresh(mac).await;
+        }
         if let Some(r) = self.repeated(&mac, token, |s| s.on_disk()) {
             // The first answer may have been a failed write that is still pending: repeat
             // the success only once it is durable.
-            self.journal.flush().wait().await?;
+            self.sink.flush().wait().await?;
             return Ok((r, false));
         }
         self.transition(mac, Some(token), |r, now| {
@@ -950,8 +1100,11 @@ impl Store {
         token: Option<&str>,
         reason: String,
     ) -> Result<(Record, bool), StateError> {
+        if token.is_some_and(|t| !self.knows_token(&mac, t)) {
+            self.sink.refresh(mac).await;
+        }
         if let Some(r) = token.and_then(|t| self.repeated(&mac, t, |s| s == Lifecycle::Failed)) {
-            self.journal.flush().wait().await?;
+            self.sink.flush().wait().await?;
             return Ok((r, false));
         }
         self.transition(mac, token, |r, _| {
@@ -1272,7 +1425,7 @@ mod tests {
         let ev = s.events(&mac());
         assert_eq!(ev.len(), EVENTS_KEPT);
         assert_eq!(ev[0].message, "line 20");
-        s.journal.flush().wait().await.unwrap();
+        s.sink.flush().wait().await.unwrap();
         drop(s);
         let s = Store::open(dir.path()).unwrap();
         assert_eq!(s.events(&mac()).len(), EVENTS_KEPT);

@@ -1,5 +1,5 @@
 //! Several stemcell servers sharing leases in PostgreSQL (`store.postgres`): the real
-//! binary in network namespaces, a private PostgreSQL cluster (tests/common/pg.rs), ISC
+//! binary in network namespaces, a private PostgreSQL cluster (tests/common/postgres.rs), ISC
 //! dhclient, perfdhcp and isc-dhcp-relay as the peers, tcpdump for what was really sent.
 //!
 //! - two servers on one subnet: both answer, a lease one gave is renewed by the other after
@@ -11,16 +11,14 @@
 //!   takes new leases again by itself.
 
 mod common;
-#[path = "common/pg.rs"]
-mod pg;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::postgres::PgCluster as Pg;
 use common::*;
-use pg::Pg;
 
 const DB: &str = "stemcell";
 
@@ -70,7 +68,7 @@ fn server_dir(root: &Path, name: &str, iface: &str, ip: &str, subnets: &str, pg:
     assert!(config.contains("authoritative"), "{config}");
     std::fs::write(
         dir.join("stemcell.yaml"),
-        format!("{config}{}", pg.store_yaml(DB)),
+        format!("{config}{}", pg.store_yaml()),
     )
     .unwrap();
     std::fs::create_dir_all(dir.join("state")).unwrap();
@@ -320,7 +318,7 @@ fn two_servers_on_one_subnet_share_leases_and_survive_sigkill() {
     if !tools_present(&["dhclient", "curl"]) {
         return;
     }
-    let Some(pg) = Pg::start(DB) else { return };
+    let Some(pg) = Pg::start() else { return };
     let Some(s) = site("pgt") else { return };
     let root = tempfile::tempdir().unwrap();
     let w = root.path();
@@ -406,7 +404,7 @@ fn perfdhcp_against_two_servers_never_leases_an_address_twice() {
     if !tools_present(&["perfdhcp", "tcpdump", "curl"]) {
         return;
     }
-    let Some(pg) = Pg::start(DB) else { return };
+    let Some(pg) = Pg::start() else { return };
     let Some(s) = site("pgr") else { return };
     let Some(p2) = Netns::new("pgr2") else { return };
     let root = tempfile::tempdir().unwrap();
@@ -480,7 +478,7 @@ fn two_racks_behind_relays_each_with_its_server_share_one_database() {
     if !tools_present(&["dhclient", "dhcrelay"]) {
         return;
     }
-    let Some(pg) = Pg::start(DB) else { return };
+    let Some(pg) = Pg::start() else { return };
     let Some(s) = site("pgk") else { return };
     let (Some(r1), Some(r2)) = (Netns::new("pgk1"), Netns::new("pgk2")) else {
         return;
@@ -571,7 +569,7 @@ fn database_crash_under_load_loses_nothing_acknowledged_and_recovers() {
     if !tools_present(&["perfdhcp", "tcpdump", "curl", "dhclient"]) {
         return;
     }
-    let Some(pg) = Pg::start(DB) else { return };
+    let Some(pg) = Pg::start() else { return };
     let Some(s) = site("pgo") else { return };
     let root = tempfile::tempdir().unwrap();
     let w = root.path();

@@ -87,14 +87,18 @@ pub(super) fn refuse_off_lease(
 
 /// The refusal (403, recorded as an event on the machine) of `what` unless it carries
 /// `mac`'s live install token and, in authoritative mode, comes from its leased address.
-fn refuse_without_live_token(
+async fn refuse_without_live_token(
     app: &App,
     mac: MacAddr,
     peer: IpAddr,
     token: Option<&str>,
     what: &str,
 ) -> Option<Response> {
-    if !token.is_some_and(|t| app.store.check_token(&mac, t)) {
+    let live = match token {
+        Some(t) => app.store.check_token_fresh(&mac, t).await,
+        None => false,
+    };
+    if !live {
         tracing::warn!(mac = %mac, "{what} refused: wrong or missing token");
         app.store.event(
             mac,
@@ -152,7 +156,9 @@ pub(super) async fn nocloud(
         peer.ip(),
         Some(&token),
         &format!("nocloud {file}"),
-    ) {
+    )
+    .await
+    {
         return r;
     }
     let body = match (file.as_str(), app.inventory.get().machine(&mac)) {
@@ -191,7 +197,7 @@ async fn serve_install_script(
         );
     };
     if let Some(r) =
-        refuse_without_live_token(app, mac, peer.ip(), token.as_deref(), "install script")
+        refuse_without_live_token(app, mac, peer.ip(), token.as_deref(), "install script").await
     {
         return r;
     }
@@ -306,7 +312,9 @@ pub(super) async fn converge_script(
         peer.ip(),
         q.token.as_deref(),
         "converge bootstrap",
-    ) {
+    )
+    .await
+    {
         return r;
     }
     let token = q.token.unwrap_or_default();
@@ -377,12 +385,14 @@ pub(super) async fn install_callback(
     let token = q.token.unwrap_or_default();
     // A request carrying this machine's token (live or spent) from an address the machine
     // does not lease is refused and recorded; one without it is refused below, unrecorded.
-    if matches!(action.as_str(), "log" | "done" | "failed") && app.store.knows_token(&mac, &token) {
+    if matches!(action.as_str(), "log" | "done" | "failed")
+        && app.store.knows_token_fresh(&mac, &token).await
+    {
         if let Some(r) = refuse_off_lease(&app, mac, peer.ip(), &format!("install {action}")) {
             return r;
         }
     }
-    if action == "log" && !app.store.check_token(&mac, &token) {
+    if action == "log" && !app.store.check_token_fresh(&mac, &token).await {
         tracing::warn!(mac = %mac, "install log refused: wrong or missing token");
         return text(StatusCode::FORBIDDEN, "wrong or missing install token\n");
     }
@@ -467,11 +477,11 @@ pub(super) async fn secret(
     };
     // Only the live token: a spent one (after done or failed) or an old one (re-armed)
     // fetches nothing.
-    if !q
-        .token
-        .as_deref()
-        .is_some_and(|t| app.store.check_token(&mac, t))
-    {
+    let live = match q.token.as_deref() {
+        Some(t) => app.store.check_token_fresh(&mac, t).await,
+        None => false,
+    };
+    if !live {
         tracing::warn!(mac = %mac, secret = %name, "secret refused: wrong, missing or spent install token");
         return text(
             StatusCode::FORBIDDEN,

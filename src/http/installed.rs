@@ -103,7 +103,7 @@ pub(super) async fn report(
         Err(r) => return r.into_response(),
     };
     let key = bearer(&headers);
-    if !app.store.check_key(&mac, key) {
+    if !app.store.check_key_fresh(&mac, key).await {
         tracing::warn!(mac = %mac, report = %what, "report refused: wrong or missing machine key");
         return text(StatusCode::FORBIDDEN, "wrong or missing machine key\n");
     }

@@ -333,7 +333,7 @@ pub(crate) fn state_reject(mac: MacAddr, e: crate::state::StateError) -> Reject 
         ),
         StateError::NotNow(why) => Reject(StatusCode::CONFLICT, format!("{why}\n")),
         StateError::Io(e) => {
-            tracing::error!(mac = %mac, error = %e, "state journal write failed");
+            tracing::error!(mac = %mac, error = %e, "machine state write failed");
             Reject(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "state could not be saved; try again\n".into(),

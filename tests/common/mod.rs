@@ -11,6 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod postgres;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_stemcell");
 
 /// stemcell's readiness contract: once every socket (HTTP, TFTP, DHCP) is bound it logs one
