@@ -8,7 +8,7 @@
 //! bind that did land leaves only after its transaction committed, as with the journal.
 //!
 //! One writer task owns the connection and commits every change that queued up while the
-//! previous commit ran in one transaction, as one statement over arrays (group commit: one
+//! previous commit ran as one statement over arrays, committed by itself (group commit: one
 //! round trip, one WAL flush, one announcement per hundred rows for all of them). A second connection LISTENs: every change any
 //! writer makes is announced by a trigger, and the mirror applies the others' changes.
 //! After a reconnect the mirror is reloaded from the table, so nothing announced during
@@ -41,7 +41,7 @@ use crate::pg::{self, PgConfig, PgError};
 /// Changes waiting for the database beyond which releases and declines are dropped
 /// (counted): they only free addresses early, the leases expire by themselves.
 const BACKLOG_MAX: usize = 100_000;
-/// Most changes committed in one transaction.
+/// Most changes committed in one batch.
 const BATCH_MAX: usize = 2048;
 const RETRY_EVERY: Duration = Duration::from_secs(1);
 
@@ -446,9 +446,10 @@ async fn write_loop(
     }
 }
 
-/// One transaction for the whole batch; for each record, whether this server's write took.
-/// A statement may not change one row twice, so an address that comes again starts the
-/// next statement (all pipelined in the one transaction, in order).
+/// The whole batch, committed; for each record, whether this server's write took. One
+/// statement (it commits by itself: no BEGIN and COMMIT round trips); a statement may not
+/// change one row twice, so an address that comes again starts the next statement (all
+/// pipelined, in order, each committed before its answer).
 async fn commit(
     conn: &Conn,
     server: &str,
@@ -479,7 +480,6 @@ async fn commit(
         }
     }
     parts.push(&recs[start..]);
-    client.batch_execute("BEGIN").await?;
     let results = futures_util::future::join_all(parts.iter().map(|part| {
         let ips: Vec<IpAddr> = part.iter().map(|r| IpAddr::V4(r.ip)).collect();
         let macs: Vec<String> = part.iter().map(|r| r.mac.to_string()).collect();
@@ -500,18 +500,13 @@ async fn commit(
     .await;
     let mut won = Vec::with_capacity(recs.len());
     for (part, rows) in parts.iter().zip(results) {
-        let rows = match rows {
-            Ok(rows) => rows,
-            Err(e) => {
-                let _ = client.batch_execute("ROLLBACK").await;
-                return Err(e);
-            }
-        };
+        // A failed statement fails the batch: its waiters get no ACK. Statements before it
+        // may have committed; their clients hear nothing, retry, and find their lease.
+        let rows = rows?;
         let took: std::collections::HashSet<IpAddr> =
             rows.iter().map(|row| row.get::<_, IpAddr>(0)).collect();
         won.extend(part.iter().map(|r| took.contains(&IpAddr::V4(r.ip))));
     }
-    client.batch_execute("COMMIT").await?;
     Ok(won)
 }
 
