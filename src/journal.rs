@@ -59,9 +59,11 @@ enum Op {
     Append {
         line: Vec<u8>,
         ack: Option<oneshot::Sender<Result<(), String>>>,
+        seq: u64,
     },
     Compact {
         contents: Vec<u8>,
+        seq: u64,
     },
     Flush(oneshot::Sender<Result<(), String>>),
 }
@@ -73,6 +75,8 @@ struct Stats {
     backlog_bytes: AtomicU64,
     dropped_lines: AtomicU64,
     lost: AtomicBool,
+    /// Every append and compaction up to this sequence number is on disk (synced).
+    synced: AtomicU64,
 }
 
 /// A copy of a journal's counters.
@@ -92,14 +96,22 @@ pub(crate) struct JournalStats {
 pub(crate) struct Journal {
     tx: mpsc::Sender<Op>,
     stats: Arc<Stats>,
+    /// The last sequence number given, held while its op is sent: the writer sees them in
+    /// order.
+    seq: Arc<std::sync::Mutex<u64>>,
 }
 
-/// A pending commit: await it for durability.
-pub(crate) struct Commit(Option<oneshot::Receiver<Result<(), String>>>);
+/// A pending commit: await it for durability. [`Commit::seq`] names its line for
+/// [`Journal::flush_to`].
+pub(crate) struct Commit(Option<oneshot::Receiver<Result<(), String>>>, u64);
 
 impl Commit {
     /// Wait until the line is on disk (`fdatasync` returned). A non-durable append resolves
     /// at once; a durable one whose writer has stopped is an error, never a silent success.
+    pub(crate) fn seq(&self) -> u64 {
+        self.1
+    }
+
     pub(crate) async fn wait(self) -> io::Result<()> {
         match self.0 {
             None => Ok(()),
@@ -299,6 +311,9 @@ impl Journal {
 
     /// Start the writer thread for `file`, whose first `good_len` bytes are good records.
     fn spawn(path: &Path, file: File, good_len: u64) -> io::Result<Journal> {
+        // What an earlier run wrote may not have been synced: once it is, every line read
+        // back counts as durable (`flush_to`).
+        file.sync_data()?;
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(Stats::default());
         let w = Writer {
@@ -311,11 +326,17 @@ impl Journal {
             failing_since: None,
             last_report: None,
             last_attempt: None,
+            taken: 0,
+            hole: None,
         };
         thread::Builder::new()
             .name("journal".into())
             .spawn(move || w.run(rx))?;
-        Ok(Journal { tx, stats })
+        Ok(Journal {
+            tx,
+            stats,
+            seq: Arc::default(),
+        })
     }
 
     /// The writer's counters.
@@ -340,6 +361,8 @@ impl Journal {
         let mut bytes = Vec::with_capacity(line.len() + 1);
         bytes.extend_from_slice(line.as_bytes());
         bytes.push(b'\n');
+        let mut seq = self.seq.lock().unwrap_or_else(|e| e.into_inner());
+        *seq += 1;
         if durable {
             // If the writer is gone the sender is dropped with the op, so `wait` reports
             // "journal writer stopped".
@@ -347,14 +370,16 @@ impl Journal {
             let _ = self.tx.send(Op::Append {
                 line: bytes,
                 ack: Some(ack),
+                seq: *seq,
             });
-            Commit(Some(rx))
+            Commit(Some(rx), *seq)
         } else {
             let _ = self.tx.send(Op::Append {
                 line: bytes,
                 ack: None,
+                seq: *seq,
             });
-            Commit(None)
+            Commit(None, *seq)
         }
     }
 
@@ -366,14 +391,28 @@ impl Journal {
             contents.extend_from_slice(l.as_bytes());
             contents.push(b'\n');
         }
-        let _ = self.tx.send(Op::Compact { contents });
+        let mut seq = self.seq.lock().unwrap_or_else(|e| e.into_inner());
+        *seq += 1;
+        let _ = self.tx.send(Op::Compact {
+            contents,
+            seq: *seq,
+        });
     }
 
     /// Resolves once everything sent so far is synced.
     pub(crate) fn flush(&self) -> Commit {
         let (ack, rx) = oneshot::channel();
         let _ = self.tx.send(Op::Flush(ack));
-        Commit(Some(rx))
+        Commit(Some(rx), 0)
+    }
+
+    /// Resolves once the append numbered `seq` ([`Commit::seq`]) is synced: at once when
+    /// it already is (no sync to wait for), else as [`Journal::flush`].
+    pub(crate) fn flush_to(&self, seq: u64) -> Commit {
+        if self.stats.synced.load(Ordering::Acquire) >= seq {
+            return Commit(None, seq);
+        }
+        self.flush()
     }
 }
 
@@ -390,6 +429,10 @@ struct Writer {
     failing_since: Option<Instant>,
     last_report: Option<Instant>,
     last_attempt: Option<Instant>,
+    /// The highest sequence number taken into `pending` or `snapshot`.
+    taken: u64,
+    /// The first line dropped since the last snapshot: nothing from it on counts as synced.
+    hole: Option<u64>,
 }
 
 type Ack = oneshot::Sender<Result<(), String>>;
@@ -442,28 +485,32 @@ impl Writer {
 
     fn take(&mut self, op: Op, acks: &mut Vec<Ack>) {
         match op {
-            Op::Append { line, ack } => {
+            Op::Append { line, ack, seq } => {
                 let backlog = self.pending.len() + self.snapshot.as_ref().map_or(0, Vec::len);
                 if self.failing_since.is_some() && backlog + line.len() > BACKLOG_MAX {
                     // The disk has refused writes for long enough to fill the backlog: drop
                     // the line (its waiter hears so) and have the owner write a snapshot.
                     self.stats.dropped_lines.fetch_add(1, Ordering::Relaxed);
                     self.stats.lost.store(true, Ordering::Relaxed);
+                    self.hole.get_or_insert(seq);
                     if let Some(a) = ack {
                         let _ = a.send(Err("journal backlog is full (disk full?)".into()));
                     }
                     return;
                 }
                 self.pending.extend_from_slice(&line);
+                self.taken = self.taken.max(seq);
                 if let Some(a) = ack {
                     acks.push(a);
                 }
             }
             Op::Flush(a) => acks.push(a),
-            Op::Compact { contents } => {
+            Op::Compact { contents, seq } => {
                 // Everything before the snapshot is superseded by it.
                 self.pending.clear();
                 self.snapshot = Some(contents);
+                self.taken = self.taken.max(seq);
+                self.hole = None;
             }
         }
     }
@@ -472,6 +519,10 @@ impl Writer {
     /// back to its last good length and everything stays pending.
     fn write(&mut self, sync: bool) -> io::Result<()> {
         let r = self.try_write(sync);
+        if sync && r.is_ok() {
+            let upto = self.hole.map_or(self.taken, |h| h - 1);
+            self.stats.synced.fetch_max(upto, Ordering::Release);
+        }
         let backlog = self.pending.len() + self.snapshot.as_ref().map_or(0, Vec::len);
         self.stats
             .backlog_bytes
@@ -685,6 +736,34 @@ mod tests {
         assert_eq!(fs::read(&p).unwrap(), b"r1\nr2\ngarbage");
     }
 
+    /// `flush_to` waits for a sync only while the line is not yet synced: a pending
+    /// machine's boot script, whose token is long on disk, waits for nothing.
+    #[tokio::test]
+    async fn flush_to_waits_only_for_lines_not_yet_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("j.log");
+        fs::write(&p, b"old\n").unwrap();
+        let (j, _) = Journal::open(&p, any).unwrap();
+        // What the file held at open was synced then.
+        assert!(j.flush_to(0).0.is_none());
+        let c = j.append("token", false);
+        let seq = c.seq();
+        assert!(seq > 0);
+        c.wait().await.unwrap();
+        assert!(
+            j.flush_to(seq).0.is_some(),
+            "a line written without a sync is not durable yet"
+        );
+        j.flush_to(seq).wait().await.unwrap();
+        assert!(j.flush_to(seq).0.is_none(), "synced: nothing to wait for");
+        let later = j.append("event", false).seq();
+        assert!(later > seq);
+        assert!(j.flush_to(seq).0.is_none());
+        assert!(j.flush_to(later).0.is_some());
+        j.append("durable", true).wait().await.unwrap();
+        assert!(j.flush_to(later).0.is_none());
+    }
+
     #[tokio::test]
     async fn many_concurrent_durable_appends_all_land() {
         let dir = tempfile::tempdir().unwrap();
@@ -714,6 +793,8 @@ mod tests {
             failing_since: None,
             last_report: None,
             last_attempt: None,
+            taken: 0,
+            hole: None,
         }
     }
 
@@ -727,6 +808,7 @@ mod tests {
             Op::Append {
                 line: format!("{line}\n").into_bytes(),
                 ack: Some(tx),
+                seq: w.taken + 1,
             },
             acks,
         );
@@ -797,6 +879,7 @@ mod tests {
         w.take(
             Op::Compact {
                 contents: b"snap\n".to_vec(),
+                seq: 99,
             },
             &mut acks,
         );
@@ -806,8 +889,11 @@ mod tests {
             .create(true)
             .open(&p)
             .unwrap();
+        assert_eq!(w.stats.synced.load(Ordering::Relaxed), 0);
         w.write(true).unwrap();
         assert_eq!(fs::read_to_string(&p).unwrap(), "snap\n");
+        // The snapshot supersedes the dropped line: everything up to it is durable.
+        assert_eq!(w.stats.synced.load(Ordering::Relaxed), 99);
     }
 
     fn libc_enospc() -> i32 {

@@ -257,6 +257,8 @@ pub(crate) const UNLISTED_KEPT: usize = 10_000;
 struct Entry {
     record: Option<Record>,
     events: VecDeque<Event>,
+    /// The journal's number for the last line of `record` (`Journal::flush_to`).
+    seq: u64,
 }
 
 struct Inner {
@@ -341,6 +343,7 @@ fn replay(lines: Vec<Line>) -> HashMap<MacAddr, Entry> {
                     .or_insert_with(|| Entry {
                         record: None,
                         events: VecDeque::new(),
+                        seq: 0,
                     })
                     .record = Some(r);
             }
@@ -348,6 +351,7 @@ fn replay(lines: Vec<Line>) -> HashMap<MacAddr, Entry> {
                 let e = machines.entry(mac).or_insert_with(|| Entry {
                     record: None,
                     events: VecDeque::new(),
+                    seq: 0,
                 });
                 if e.events.len() >= EVENTS_KEPT {
                     e.events.pop_front();
@@ -515,16 +519,15 @@ impl Store {
     fn put(&self, inner: &mut Inner, r: Record, durable: bool) -> crate::journal::Commit {
         let line = serde_json::to_string(&Line::Record(Box::new(r.clone()))).unwrap_or_default();
         let mac = r.mac;
-        inner
-            .machines
-            .entry(mac)
-            .or_insert_with(|| Entry {
-                record: None,
-                events: VecDeque::new(),
-            })
-            .record = Some(r);
-        inner.lines_since_compact += 1;
         let c = self.journal.append(&line, durable);
+        let e = inner.machines.entry(mac).or_insert_with(|| Entry {
+            record: None,
+            events: VecDeque::new(),
+            seq: 0,
+        });
+        e.record = Some(r);
+        e.seq = c.seq();
+        inner.lines_since_compact += 1;
         self.maybe_compact(inner, false);
         let _ = self.changes.send(Change { mac });
         c
@@ -581,6 +584,7 @@ impl Store {
         let e = inner.machines.entry(mac).or_insert_with(|| Entry {
             record: None,
             events: VecDeque::new(),
+            seq: 0,
         });
         if e.events.len() >= EVENTS_KEPT {
             e.events.pop_front();
@@ -625,6 +629,23 @@ impl Store {
         let mut inner = self.lock();
         if !listed && !inner.machines.contains_key(&mac) {
             self.remember_unlisted(&mut inner, mac);
+        }
+        // Seen again within a minute with nothing new (every boot script of a known
+        // machine): only `last_seen` moves, without copying the record three times.
+        if let Some(r) = inner.machines.get_mut(&mac).and_then(|e| e.record.as_mut()) {
+            let same = |new: &Option<String>, old: &Option<String>| new.is_none() || new == old;
+            if (listed || r.state != Lifecycle::Unknown)
+                && (facts.hardware.is_empty() || facts.hardware == r.facts.hardware)
+                && same(&facts.arch, &r.facts.arch)
+                && same(&facts.vendor_class, &r.facts.vendor_class)
+                && same(&facts.uuid, &r.facts.uuid)
+                && same(&facts.ip, &r.facts.ip)
+                && same(&facts.boot_nic, &r.facts.boot_nic)
+                && now.saturating_sub(r.last_seen) <= 60_000
+            {
+                r.last_seen = now;
+                return;
+            }
         }
         let mut r = inner
             .machines
@@ -694,7 +715,10 @@ impl Store {
                 }
                 // The token may still be on its way to disk (another request made it, or
                 // its write failed on a full disk): it is handed out only once durable.
-                break 'arm (t, self.journal.flush());
+                // Once its line is synced there is nothing to wait for (every boot script
+                // of a pending machine used to wait for a sync of the events since).
+                let seq = inner.machines.get(&mac).map_or(u64::MAX, |e| e.seq);
+                break 'arm (t, self.journal.flush_to(seq));
             }
             if matches!(r.state, Lifecycle::Unknown | Lifecycle::Discovered) {
                 r.state = Lifecycle::Pending;
