@@ -58,6 +58,9 @@ pub(crate) struct LocalAddr(pub(crate) SocketAddr);
 /// The routes answered here (GET and HEAD): machines' boot scripts and files.
 const ROUTES: [&str; 5] = ["/boot/", "/stemcell/", "/assets/", "/tftp/", "/os/"];
 
+/// Bodies up to this size are copied behind their head and sent in one write.
+const INLINE_MAX: usize = 16 << 10;
+
 /// Headers a head may have to be parsed here; more (hyper allows 100) go to hyper.
 const MAX_HEADERS: usize = 48;
 
@@ -257,7 +260,10 @@ async fn respond(
             }
         }
     };
-    let mut head = Vec::with_capacity(256 + if head_only { 0 } else { data.len() });
+    // A small body goes out in one write with its head; a large one (the stem cell's
+    // kernel from memory) right after it, never copied.
+    let inline = !head_only && may_have_body && data.len() <= INLINE_MAX;
+    let mut head = Vec::with_capacity(256 + if inline { data.len() } else { 0 });
     head.extend_from_slice(b"HTTP/1.1 ");
     head.extend_from_slice(status.as_str().as_bytes());
     head.push(b' ');
@@ -269,7 +275,7 @@ async fn respond(
         head.extend_from_slice(value.as_bytes());
         head.extend_from_slice(b"\r\n");
     }
-    if may_have_body && !parts.headers.contains_key(header::CONTENT_LENGTH) {
+    if may_have_body && !head_only && !parts.headers.contains_key(header::CONTENT_LENGTH) {
         let len = file.as_ref().map_or(data.len() as u64, |f| f.count);
         head.extend_from_slice(format!("content-length: {len}\r\n").as_bytes());
     }
@@ -285,10 +291,15 @@ async fn respond(
         return Ok(true);
     }
     let Some(f) = file else {
-        if may_have_body {
-            head.extend_from_slice(&data);
+        if inline || !may_have_body || data.is_empty() {
+            if inline {
+                head.extend_from_slice(&data);
+            }
+            write_all(stream, &head, false).await?;
+        } else {
+            write_all(stream, &head, true).await?;
+            write_all(stream, &data, false).await?;
         }
-        write_all(stream, &head, false).await?;
         return Ok(true);
     };
     write_all(stream, &head, f.count > 0).await?;
