@@ -21,12 +21,13 @@
 //!
 //! It knows nothing of what the lines mean: replay hands them back to the owner.
 
+use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -37,6 +38,130 @@ pub(crate) const BACKLOG_MAX: usize = 32 << 20;
 
 /// How often a failing journal retries its backlog.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
+
+/// How long lines nobody waits for may gather before the writer wakes for them: one
+/// write (and one thread wake-up) for many events instead of one each. A durable append
+/// never waits for it.
+const LINGER: Duration = Duration::from_millis(5);
+
+/// Ops waiting for the writer, in order.
+#[derive(Default)]
+struct Queue {
+    state: Mutex<QueueState>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct QueueState {
+    ops: VecDeque<Op>,
+    /// The writer waits with nothing queued: the next op must wake it.
+    parked: bool,
+    /// Something is waited for (a durable append, a flush, a compaction, a long queue).
+    urgent: bool,
+    /// Every handle is gone: write what is queued and stop.
+    closed: bool,
+    /// The writer has stopped (or panicked): ops are dropped, so their waiters hear so.
+    dead: bool,
+}
+
+/// What [`Queue::recv_timeout`] got instead of an op.
+enum Recv {
+    Timeout,
+    Closed,
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn send(&self, op: Op, urgent: bool) {
+        let mut s = self.lock();
+        if s.dead {
+            return;
+        }
+        s.ops.push_back(op);
+        let urgent = urgent || s.ops.len() >= 1024;
+        s.urgent |= urgent;
+        let wake = urgent || s.parked;
+        s.parked = false;
+        drop(s);
+        if wake {
+            self.wake.notify_one();
+        }
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.wake.notify_one();
+    }
+
+    fn try_recv(&self) -> Option<Op> {
+        self.lock().ops.pop_front()
+    }
+
+    /// The next op, waiting as long as it takes; `None` once closed and empty. Woken for
+    /// lines nobody waits for, it lets more gather for [`LINGER`] first.
+    fn recv(&self) -> Option<Op> {
+        let mut s = self.lock();
+        loop {
+            if let Some(op) = s.ops.pop_front() {
+                return Some(op);
+            }
+            if s.closed {
+                return None;
+            }
+            s.parked = true;
+            s.urgent = false;
+            s = self.wake.wait(s).unwrap_or_else(|e| e.into_inner());
+            s.parked = false;
+            if !s.urgent && !s.closed && !s.ops.is_empty() {
+                s = self
+                    .wake
+                    .wait_timeout_while(s, LINGER, |s| !s.urgent && !s.closed)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+        }
+    }
+
+    fn recv_timeout(&self, d: Duration) -> Result<Op, Recv> {
+        let mut s = self.lock();
+        if let Some(op) = s.ops.pop_front() {
+            return Ok(op);
+        }
+        if s.closed {
+            return Err(Recv::Closed);
+        }
+        s.parked = true;
+        s = self
+            .wake
+            .wait_timeout(s, d)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+        s.parked = false;
+        match s.ops.pop_front() {
+            Some(op) => Ok(op),
+            None if s.closed => Err(Recv::Closed),
+            None => Err(Recv::Timeout),
+        }
+    }
+}
+
+/// The handles' side of the queue: when the last handle drops it, the writer finishes.
+struct Sender(Arc<Queue>);
+
+impl Sender {
+    fn send(&self, op: Op, urgent: bool) {
+        self.0.send(op, urgent);
+    }
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
 
 /// A journal that cannot be used as it is.
 #[derive(Debug, thiserror::Error)]
@@ -94,7 +219,7 @@ pub(crate) struct JournalStats {
 /// handle is dropped, after writing what it was given.
 #[derive(Clone)]
 pub(crate) struct Journal {
-    tx: mpsc::Sender<Op>,
+    tx: Arc<Sender>,
     stats: Arc<Stats>,
     /// The last sequence number given, held while its op is sent: the writer sees them in
     /// order.
@@ -314,7 +439,8 @@ impl Journal {
         // What an earlier run wrote may not have been synced: once it is, every line read
         // back counts as durable (`flush_to`).
         file.sync_data()?;
-        let (tx, rx) = mpsc::channel();
+        let rx = Arc::new(Queue::default());
+        let tx = Arc::new(Sender(rx.clone()));
         let stats = Arc::new(Stats::default());
         let w = Writer {
             path: path.to_path_buf(),
@@ -367,18 +493,24 @@ impl Journal {
             // If the writer is gone the sender is dropped with the op, so `wait` reports
             // "journal writer stopped".
             let (ack, rx) = oneshot::channel();
-            let _ = self.tx.send(Op::Append {
-                line: bytes,
-                ack: Some(ack),
-                seq: *seq,
-            });
+            self.tx.send(
+                Op::Append {
+                    line: bytes,
+                    ack: Some(ack),
+                    seq: *seq,
+                },
+                true,
+            );
             Commit(Some(rx), *seq)
         } else {
-            let _ = self.tx.send(Op::Append {
-                line: bytes,
-                ack: None,
-                seq: *seq,
-            });
+            self.tx.send(
+                Op::Append {
+                    line: bytes,
+                    ack: None,
+                    seq: *seq,
+                },
+                false,
+            );
             Commit(None, *seq)
         }
     }
@@ -393,16 +525,19 @@ impl Journal {
         }
         let mut seq = self.seq.lock().unwrap_or_else(|e| e.into_inner());
         *seq += 1;
-        let _ = self.tx.send(Op::Compact {
-            contents,
-            seq: *seq,
-        });
+        self.tx.send(
+            Op::Compact {
+                contents,
+                seq: *seq,
+            },
+            true,
+        );
     }
 
     /// Resolves once everything sent so far is synced.
     pub(crate) fn flush(&self) -> Commit {
         let (ack, rx) = oneshot::channel();
-        let _ = self.tx.send(Op::Flush(ack));
+        self.tx.send(Op::Flush(ack), true);
         Commit(Some(rx), 0)
     }
 
@@ -438,19 +573,29 @@ struct Writer {
 type Ack = oneshot::Sender<Result<(), String>>;
 
 impl Writer {
-    fn run(mut self, rx: mpsc::Receiver<Op>) {
+    fn run(mut self, rx: Arc<Queue>) {
+        /// However the writer ends, later ops (and their waiters) are dropped, not kept.
+        struct Dead(Arc<Queue>);
+        impl Drop for Dead {
+            fn drop(&mut self) {
+                let mut s = self.0.lock();
+                s.dead = true;
+                s.ops.clear();
+            }
+        }
+        let _dead = Dead(rx.clone());
         let mut acks: Vec<Ack> = Vec::new();
         loop {
             let first = if self.failing_since.is_some() {
                 match rx.recv_timeout(RETRY_EVERY) {
                     Ok(op) => Some(op),
-                    Err(mpsc::RecvTimeoutError::Timeout) => None,
-                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    Err(Recv::Timeout) => None,
+                    Err(Recv::Closed) => break,
                 }
             } else {
                 match rx.recv() {
-                    Ok(op) => Some(op),
-                    Err(_) => break,
+                    Some(op) => Some(op),
+                    None => break,
                 }
             };
             // Take everything already queued: one write and one sync for the whole batch.
@@ -461,7 +606,7 @@ impl Writer {
                 if acks.len() >= 4096 || self.pending.len().saturating_sub(before) >= 4 << 20 {
                     break;
                 }
-                next = rx.try_recv().ok();
+                next = rx.try_recv();
             }
             // While writes fail, lines nobody waits for are retried once a second, not with
             // every line that arrives (each try may write megabytes only to cut them off).
