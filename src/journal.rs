@@ -909,6 +909,30 @@ mod tests {
         assert!(j.flush_to(later).0.is_none());
     }
 
+    /// Lines nobody waits for gather before the writer wakes, but land whole and in order
+    /// with the durable ones around them.
+    #[tokio::test]
+    async fn lines_nobody_waits_for_land_in_order_with_durable_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("j.log");
+        let (j, _) = Journal::open(&p, any).unwrap();
+        let mut want = Vec::new();
+        for i in 0..3000 {
+            want.push(format!("e{i}"));
+            j.append(&want[i], false);
+        }
+        want.push("durable".into());
+        j.append("durable", true).wait().await.unwrap();
+        for i in 0..10 {
+            want.push(format!("after{i}"));
+            j.append(&want[want.len() - 1], false);
+        }
+        j.flush().wait().await.unwrap();
+        drop(j);
+        let (_j, lines) = Journal::open(&p, any).unwrap();
+        assert_eq!(lines, want);
+    }
+
     #[tokio::test]
     async fn many_concurrent_durable_appends_all_land() {
         let dir = tempfile::tempdir().unwrap();
