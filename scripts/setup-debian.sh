@@ -3,7 +3,7 @@
 set -euo pipefail
 
 PACKAGES=(
-  build-essential pkg-config curl ca-certificates iproute2 procps psmisc
+  build-essential pkg-config curl wget ca-certificates iproute2 procps psmisc
   isc-dhcp-client udhcpc tftp-hpa atftp dnsmasq-base isc-dhcp-relay
   qemu-system-x86 ipxe ipxe-qemu ovmf busybox-static cpio zstd xz-utils
   chromium chromium-driver fonts-dejavu-core

@@ -21,12 +21,13 @@
 //!
 //! It knows nothing of what the lines mean: replay hands them back to the owner.
 
+use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -37,6 +38,130 @@ pub(crate) const BACKLOG_MAX: usize = 32 << 20;
 
 /// How often a failing journal retries its backlog.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
+
+/// How long lines nobody waits for may gather before the writer wakes for them: one
+/// write (and one thread wake-up) for many events instead of one each. A durable append
+/// never waits for it.
+const LINGER: Duration = Duration::from_millis(5);
+
+/// Ops waiting for the writer, in order.
+#[derive(Default)]
+struct Queue {
+    state: Mutex<QueueState>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct QueueState {
+    ops: VecDeque<Op>,
+    /// The writer waits with nothing queued: the next op must wake it.
+    parked: bool,
+    /// Something is waited for (a durable append, a flush, a compaction, a long queue).
+    urgent: bool,
+    /// Every handle is gone: write what is queued and stop.
+    closed: bool,
+    /// The writer has stopped (or panicked): ops are dropped, so their waiters hear so.
+    dead: bool,
+}
+
+/// What [`Queue::recv_timeout`] got instead of an op.
+enum Recv {
+    Timeout,
+    Closed,
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn send(&self, op: Op, urgent: bool) {
+        let mut s = self.lock();
+        if s.dead {
+            return;
+        }
+        s.ops.push_back(op);
+        let urgent = urgent || s.ops.len() >= 1024;
+        s.urgent |= urgent;
+        let wake = urgent || s.parked;
+        s.parked = false;
+        drop(s);
+        if wake {
+            self.wake.notify_one();
+        }
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.wake.notify_one();
+    }
+
+    fn try_recv(&self) -> Option<Op> {
+        self.lock().ops.pop_front()
+    }
+
+    /// The next op, waiting as long as it takes; `None` once closed and empty. Woken for
+    /// lines nobody waits for, it lets more gather for [`LINGER`] first.
+    fn recv(&self) -> Option<Op> {
+        let mut s = self.lock();
+        loop {
+            if let Some(op) = s.ops.pop_front() {
+                return Some(op);
+            }
+            if s.closed {
+                return None;
+            }
+            s.parked = true;
+            s.urgent = false;
+            s = self.wake.wait(s).unwrap_or_else(|e| e.into_inner());
+            s.parked = false;
+            if !s.urgent && !s.closed && !s.ops.is_empty() {
+                s = self
+                    .wake
+                    .wait_timeout_while(s, LINGER, |s| !s.urgent && !s.closed)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+        }
+    }
+
+    fn recv_timeout(&self, d: Duration) -> Result<Op, Recv> {
+        let mut s = self.lock();
+        if let Some(op) = s.ops.pop_front() {
+            return Ok(op);
+        }
+        if s.closed {
+            return Err(Recv::Closed);
+        }
+        s.parked = true;
+        s = self
+            .wake
+            .wait_timeout(s, d)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+        s.parked = false;
+        match s.ops.pop_front() {
+            Some(op) => Ok(op),
+            None if s.closed => Err(Recv::Closed),
+            None => Err(Recv::Timeout),
+        }
+    }
+}
+
+/// The handles' side of the queue: when the last handle drops it, the writer finishes.
+struct Sender(Arc<Queue>);
+
+impl Sender {
+    fn send(&self, op: Op, urgent: bool) {
+        self.0.send(op, urgent);
+    }
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
 
 /// A journal that cannot be used as it is.
 #[derive(Debug, thiserror::Error)]
@@ -59,9 +184,11 @@ enum Op {
     Append {
         line: Vec<u8>,
         ack: Option<oneshot::Sender<Result<(), String>>>,
+        seq: u64,
     },
     Compact {
         contents: Vec<u8>,
+        seq: u64,
     },
     Flush(oneshot::Sender<Result<(), String>>),
 }
@@ -73,6 +200,8 @@ struct Stats {
     backlog_bytes: AtomicU64,
     dropped_lines: AtomicU64,
     lost: AtomicBool,
+    /// Every append and compaction up to this sequence number is on disk (synced).
+    synced: AtomicU64,
 }
 
 /// A copy of a journal's counters.
@@ -90,17 +219,27 @@ pub(crate) struct JournalStats {
 /// handle is dropped, after writing what it was given.
 #[derive(Clone)]
 pub(crate) struct Journal {
-    tx: mpsc::Sender<Op>,
+    tx: Arc<Sender>,
     stats: Arc<Stats>,
+    /// The last sequence number given, held while its op is sent: the writer sees them in
+    /// order.
+    seq: Arc<std::sync::Mutex<u64>>,
 }
 
-/// A pending commit: await it for durability.
-pub(crate) struct Commit(Option<oneshot::Receiver<Result<(), String>>>);
+/// A pending commit: await it for durability. [`Commit::seq`] names its line for
+/// [`Journal::flush_to`].
+pub(crate) struct Commit(Option<oneshot::Receiver<Result<(), String>>>, u64);
 
 impl Commit {
-    /// A commit answered by another writer (`None`: nothing to wait for).
+    /// A commit answered by another writer (`None`: nothing to wait for). It has no line
+    /// number: [`Journal::flush_to`] of it always waits.
     pub(crate) fn from_receiver(rx: Option<oneshot::Receiver<Result<(), String>>>) -> Commit {
-        Commit(rx)
+        Commit(rx, u64::MAX)
+    }
+
+    /// The number of the line this commit is for (see [`Journal::flush_to`]).
+    pub(crate) fn seq(&self) -> u64 {
+        self.1
     }
 
     /// Wait until the line is on disk (`fdatasync` returned). A non-durable append resolves
@@ -304,7 +443,11 @@ impl Journal {
 
     /// Start the writer thread for `file`, whose first `good_len` bytes are good records.
     fn spawn(path: &Path, file: File, good_len: u64) -> io::Result<Journal> {
-        let (tx, rx) = mpsc::channel();
+        // What an earlier run wrote may not have been synced: once it is, every line read
+        // back counts as durable (`flush_to`).
+        file.sync_data()?;
+        let rx = Arc::new(Queue::default());
+        let tx = Arc::new(Sender(rx.clone()));
         let stats = Arc::new(Stats::default());
         let w = Writer {
             path: path.to_path_buf(),
@@ -316,11 +459,17 @@ impl Journal {
             failing_since: None,
             last_report: None,
             last_attempt: None,
+            taken: 0,
+            hole: None,
         };
         thread::Builder::new()
             .name("journal".into())
             .spawn(move || w.run(rx))?;
-        Ok(Journal { tx, stats })
+        Ok(Journal {
+            tx,
+            stats,
+            seq: Arc::default(),
+        })
     }
 
     /// The writer's counters.
@@ -345,21 +494,31 @@ impl Journal {
         let mut bytes = Vec::with_capacity(line.len() + 1);
         bytes.extend_from_slice(line.as_bytes());
         bytes.push(b'\n');
+        let mut seq = self.seq.lock().unwrap_or_else(|e| e.into_inner());
+        *seq += 1;
         if durable {
             // If the writer is gone the sender is dropped with the op, so `wait` reports
             // "journal writer stopped".
             let (ack, rx) = oneshot::channel();
-            let _ = self.tx.send(Op::Append {
-                line: bytes,
-                ack: Some(ack),
-            });
-            Commit(Some(rx))
+            self.tx.send(
+                Op::Append {
+                    line: bytes,
+                    ack: Some(ack),
+                    seq: *seq,
+                },
+                true,
+            );
+            Commit(Some(rx), *seq)
         } else {
-            let _ = self.tx.send(Op::Append {
-                line: bytes,
-                ack: None,
-            });
-            Commit(None)
+            self.tx.send(
+                Op::Append {
+                    line: bytes,
+                    ack: None,
+                    seq: *seq,
+                },
+                false,
+            );
+            Commit(None, *seq)
         }
     }
 
@@ -371,14 +530,31 @@ impl Journal {
             contents.extend_from_slice(l.as_bytes());
             contents.push(b'\n');
         }
-        let _ = self.tx.send(Op::Compact { contents });
+        let mut seq = self.seq.lock().unwrap_or_else(|e| e.into_inner());
+        *seq += 1;
+        self.tx.send(
+            Op::Compact {
+                contents,
+                seq: *seq,
+            },
+            true,
+        );
     }
 
     /// Resolves once everything sent so far is synced.
     pub(crate) fn flush(&self) -> Commit {
         let (ack, rx) = oneshot::channel();
-        let _ = self.tx.send(Op::Flush(ack));
-        Commit(Some(rx))
+        self.tx.send(Op::Flush(ack), true);
+        Commit(Some(rx), 0)
+    }
+
+    /// Resolves once the append numbered `seq` ([`Commit::seq`]) is synced: at once when
+    /// it already is (no sync to wait for), else as [`Journal::flush`].
+    pub(crate) fn flush_to(&self, seq: u64) -> Commit {
+        if self.stats.synced.load(Ordering::Acquire) >= seq {
+            return Commit(None, seq);
+        }
+        self.flush()
     }
 }
 
@@ -395,24 +571,38 @@ struct Writer {
     failing_since: Option<Instant>,
     last_report: Option<Instant>,
     last_attempt: Option<Instant>,
+    /// The highest sequence number taken into `pending` or `snapshot`.
+    taken: u64,
+    /// The first line dropped since the last snapshot: nothing from it on counts as synced.
+    hole: Option<u64>,
 }
 
 type Ack = oneshot::Sender<Result<(), String>>;
 
 impl Writer {
-    fn run(mut self, rx: mpsc::Receiver<Op>) {
+    fn run(mut self, rx: Arc<Queue>) {
+        /// However the writer ends, later ops (and their waiters) are dropped, not kept.
+        struct Dead(Arc<Queue>);
+        impl Drop for Dead {
+            fn drop(&mut self) {
+                let mut s = self.0.lock();
+                s.dead = true;
+                s.ops.clear();
+            }
+        }
+        let _dead = Dead(rx.clone());
         let mut acks: Vec<Ack> = Vec::new();
         loop {
             let first = if self.failing_since.is_some() {
                 match rx.recv_timeout(RETRY_EVERY) {
                     Ok(op) => Some(op),
-                    Err(mpsc::RecvTimeoutError::Timeout) => None,
-                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    Err(Recv::Timeout) => None,
+                    Err(Recv::Closed) => break,
                 }
             } else {
                 match rx.recv() {
-                    Ok(op) => Some(op),
-                    Err(_) => break,
+                    Some(op) => Some(op),
+                    None => break,
                 }
             };
             // Take everything already queued: one write and one sync for the whole batch.
@@ -423,7 +613,7 @@ impl Writer {
                 if acks.len() >= 4096 || self.pending.len().saturating_sub(before) >= 4 << 20 {
                     break;
                 }
-                next = rx.try_recv().ok();
+                next = rx.try_recv();
             }
             // While writes fail, lines nobody waits for are retried once a second, not with
             // every line that arrives (each try may write megabytes only to cut them off).
@@ -447,28 +637,32 @@ impl Writer {
 
     fn take(&mut self, op: Op, acks: &mut Vec<Ack>) {
         match op {
-            Op::Append { line, ack } => {
+            Op::Append { line, ack, seq } => {
                 let backlog = self.pending.len() + self.snapshot.as_ref().map_or(0, Vec::len);
                 if self.failing_since.is_some() && backlog + line.len() > BACKLOG_MAX {
                     // The disk has refused writes for long enough to fill the backlog: drop
                     // the line (its waiter hears so) and have the owner write a snapshot.
                     self.stats.dropped_lines.fetch_add(1, Ordering::Relaxed);
                     self.stats.lost.store(true, Ordering::Relaxed);
+                    self.hole.get_or_insert(seq);
                     if let Some(a) = ack {
                         let _ = a.send(Err("journal backlog is full (disk full?)".into()));
                     }
                     return;
                 }
                 self.pending.extend_from_slice(&line);
+                self.taken = self.taken.max(seq);
                 if let Some(a) = ack {
                     acks.push(a);
                 }
             }
             Op::Flush(a) => acks.push(a),
-            Op::Compact { contents } => {
+            Op::Compact { contents, seq } => {
                 // Everything before the snapshot is superseded by it.
                 self.pending.clear();
                 self.snapshot = Some(contents);
+                self.taken = self.taken.max(seq);
+                self.hole = None;
             }
         }
     }
@@ -477,6 +671,10 @@ impl Writer {
     /// back to its last good length and everything stays pending.
     fn write(&mut self, sync: bool) -> io::Result<()> {
         let r = self.try_write(sync);
+        if sync && r.is_ok() {
+            let upto = self.hole.map_or(self.taken, |h| h - 1);
+            self.stats.synced.fetch_max(upto, Ordering::Release);
+        }
         let backlog = self.pending.len() + self.snapshot.as_ref().map_or(0, Vec::len);
         self.stats
             .backlog_bytes
@@ -690,6 +888,58 @@ mod tests {
         assert_eq!(fs::read(&p).unwrap(), b"r1\nr2\ngarbage");
     }
 
+    /// `flush_to` waits for a sync only while the line is not yet synced: a pending
+    /// machine's boot script, whose token is long on disk, waits for nothing.
+    #[tokio::test]
+    async fn flush_to_waits_only_for_lines_not_yet_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("j.log");
+        fs::write(&p, b"old\n").unwrap();
+        let (j, _) = Journal::open(&p, any).unwrap();
+        // What the file held at open was synced then.
+        assert!(j.flush_to(0).0.is_none());
+        let c = j.append("token", false);
+        let seq = c.seq();
+        assert!(seq > 0);
+        c.wait().await.unwrap();
+        assert!(
+            j.flush_to(seq).0.is_some(),
+            "a line written without a sync is not durable yet"
+        );
+        j.flush_to(seq).wait().await.unwrap();
+        assert!(j.flush_to(seq).0.is_none(), "synced: nothing to wait for");
+        let later = j.append("event", false).seq();
+        assert!(later > seq);
+        assert!(j.flush_to(seq).0.is_none());
+        assert!(j.flush_to(later).0.is_some());
+        j.append("durable", true).wait().await.unwrap();
+        assert!(j.flush_to(later).0.is_none());
+    }
+
+    /// Lines nobody waits for gather before the writer wakes, but land whole and in order
+    /// with the durable ones around them.
+    #[tokio::test]
+    async fn lines_nobody_waits_for_land_in_order_with_durable_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("j.log");
+        let (j, _) = Journal::open(&p, any).unwrap();
+        let mut want = Vec::new();
+        for i in 0..3000 {
+            want.push(format!("e{i}"));
+            j.append(&want[i], false);
+        }
+        want.push("durable".into());
+        j.append("durable", true).wait().await.unwrap();
+        for i in 0..10 {
+            want.push(format!("after{i}"));
+            j.append(&want[want.len() - 1], false);
+        }
+        j.flush().wait().await.unwrap();
+        drop(j);
+        let (_j, lines) = Journal::open(&p, any).unwrap();
+        assert_eq!(lines, want);
+    }
+
     #[tokio::test]
     async fn many_concurrent_durable_appends_all_land() {
         let dir = tempfile::tempdir().unwrap();
@@ -719,6 +969,8 @@ mod tests {
             failing_since: None,
             last_report: None,
             last_attempt: None,
+            taken: 0,
+            hole: None,
         }
     }
 
@@ -732,6 +984,7 @@ mod tests {
             Op::Append {
                 line: format!("{line}\n").into_bytes(),
                 ack: Some(tx),
+                seq: w.taken + 1,
             },
             acks,
         );
@@ -802,6 +1055,7 @@ mod tests {
         w.take(
             Op::Compact {
                 contents: b"snap\n".to_vec(),
+                seq: 99,
             },
             &mut acks,
         );
@@ -811,8 +1065,11 @@ mod tests {
             .create(true)
             .open(&p)
             .unwrap();
+        assert_eq!(w.stats.synced.load(Ordering::Relaxed), 0);
         w.write(true).unwrap();
         assert_eq!(fs::read_to_string(&p).unwrap(), "snap\n");
+        // The snapshot supersedes the dropped line: everything up to it is durable.
+        assert_eq!(w.stats.synced.load(Ordering::Relaxed), 99);
     }
 
     fn libc_enospc() -> i32 {

@@ -264,6 +264,8 @@ pub(crate) const UNLISTED_KEPT: usize = 10_000;
 struct Entry {
     record: Option<Record>,
     events: VecDeque<Event>,
+    /// The journal's number for the last line of `record` (`Journal::flush_to`).
+    seq: u64,
 }
 
 struct Inner {
@@ -317,6 +319,15 @@ impl Sink {
     fn flush(&self) -> Commit {
         match self {
             Sink::Journal(j) => j.flush(),
+            Sink::Pg(p) => p.flush(),
+        }
+    }
+
+    /// Resolves once the line numbered `seq` (a [`Commit::seq`]) is stored: at once if the
+    /// journal synced it already; the database writer has no numbers, so it flushes.
+    fn flush_to(&self, seq: u64) -> Commit {
+        match self {
+            Sink::Journal(j) => j.flush_to(seq),
             Sink::Pg(p) => p.flush(),
         }
     }
@@ -390,6 +401,7 @@ fn replay(lines: Vec<Line>) -> HashMap<MacAddr, Entry> {
                     .or_insert_with(|| Entry {
                         record: None,
                         events: VecDeque::new(),
+                        seq: 0,
                     })
                     .record = Some(r);
             }
@@ -397,6 +409,7 @@ fn replay(lines: Vec<Line>) -> HashMap<MacAddr, Entry> {
                 let e = machines.entry(mac).or_insert_with(|| Entry {
                     record: None,
                     events: VecDeque::new(),
+                    seq: 0,
                 });
                 if e.events.len() >= EVENTS_KEPT {
                     e.events.pop_front();
@@ -609,16 +622,15 @@ impl Store {
     fn put(&self, inner: &mut Inner, r: Record, durable: bool) -> Commit {
         let line = Line::Record(Box::new(r.clone()));
         let mac = r.mac;
-        inner
-            .machines
-            .entry(mac)
-            .or_insert_with(|| Entry {
-                record: None,
-                events: VecDeque::new(),
-            })
-            .record = Some(r);
-        inner.lines_since_compact += 1;
         let c = self.sink.append(line, durable);
+        let e = inner.machines.entry(mac).or_insert_with(|| Entry {
+            record: None,
+            events: VecDeque::new(),
+            seq: 0,
+        });
+        e.record = Some(r);
+        e.seq = c.seq();
+        inner.lines_since_compact += 1;
         self.maybe_compact(inner, false);
         let _ = self.changes.send(Change { mac });
         c
@@ -674,6 +686,7 @@ impl Store {
         let e = inner.machines.entry(mac).or_insert_with(|| Entry {
             record: None,
             events: VecDeque::new(),
+            seq: 0,
         });
         if e.events.len() >= EVENTS_KEPT {
             e.events.pop_front();
@@ -717,6 +730,23 @@ impl Store {
         let mut inner = self.lock();
         if !listed && !inner.machines.contains_key(&mac) {
             self.remember_unlisted(&mut inner, mac);
+        }
+        // Seen again within a minute with nothing new (every boot script of a known
+        // machine): only `last_seen` moves, without copying the record three times.
+        if let Some(r) = inner.machines.get_mut(&mac).and_then(|e| e.record.as_mut()) {
+            let same = |new: &Option<String>, old: &Option<String>| new.is_none() || new == old;
+            if (listed || r.state != Lifecycle::Unknown)
+                && (facts.hardware.is_empty() || facts.hardware == r.facts.hardware)
+                && same(&facts.arch, &r.facts.arch)
+                && same(&facts.vendor_class, &r.facts.vendor_class)
+                && same(&facts.uuid, &r.facts.uuid)
+                && same(&facts.ip, &r.facts.ip)
+                && same(&facts.boot_nic, &r.facts.boot_nic)
+                && now.saturating_sub(r.last_seen) <= 60_000
+            {
+                r.last_seen = now;
+                return;
+            }
         }
         let mut r = inner
             .machines
@@ -794,7 +824,10 @@ impl Store {
                 }
                 // The token may still be on its way to disk (another request made it, or
                 // its write failed on a full disk): it is handed out only once durable.
-                break 'arm (t, self.sink.flush());
+                // Once its line is synced there is nothing to wait for (every boot script
+                // of a pending machine used to wait for a sync of the events since).
+                let seq = inner.machines.get(&mac).map_or(u64::MAX, |e| e.seq);
+                break 'arm (t, self.sink.flush_to(seq));
             }
             if matches!(r.state, Lifecycle::Unknown | Lifecycle::Discovered) {
                 r.state = Lifecycle::Pending;

@@ -698,3 +698,227 @@ fn a_machine_with_two_nics_boots_from_either_as_one_machine() {
         "{page}"
     );
 }
+
+/// One raw HTTP/1.1 response read from `r`: status, lower-cased head and body (by
+/// `Content-Length`; `head_only` for a HEAD). `None` when the connection closed first.
+fn read_reply(
+    r: &mut std::io::BufReader<std::net::TcpStream>,
+    head_only: bool,
+) -> Option<(u16, String, Vec<u8>)> {
+    use std::io::{BufRead, Read};
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        if line == "\r\n" {
+            break;
+        }
+        head.push_str(&line.to_ascii_lowercase());
+    }
+    let status = head.get(9..12)?.parse().ok()?;
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    let mut body = vec![0u8; if head_only { 0 } else { len }];
+    r.read_exact(&mut body).ok()?;
+    Some((status, head, body))
+}
+
+fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    (0..len as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(seed) >> 24) as u8)
+        .collect()
+}
+
+/// The plain listener sends files with sendfile(2) (src/http/fast.rs) and hands other
+/// requests to hyper on the same connection: curl and wget get every byte, Range and
+/// HEAD answer as before, one connection carries several files (iPXE fetches the kernel
+/// then the initrd), pipelined requests come back in order, and a client that leaves in
+/// the middle of a file or a file that shrinks while it is sent ends that connection only.
+#[test]
+fn files_go_out_zero_copy_on_kept_alive_and_pipelined_connections() {
+    use std::io::{BufReader, Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    lab(dir.path(), INVENTORY);
+    let big = pattern(3_000_001, 7);
+    std::fs::write(dir.path().join("assets/big.bin"), &big).unwrap();
+    let initrd = pattern(700_000, 3);
+    std::fs::write(dir.path().join("stemcell/initrd.img"), &initrd).unwrap();
+    let kernel = std::fs::read(dir.path().join("stemcell/vmlinuz")).unwrap();
+    let s = Server::start(dir.path());
+
+    // curl: whole files, byte for byte; Range; HEAD.
+    let r = curl(&[], &s.url("/assets/big.bin"));
+    assert_eq!(r.status, 200);
+    assert!(r.body == big, "the asset differs ({} bytes)", r.body.len());
+    assert_eq!(r.header("content-length").as_deref(), Some("3000001"));
+    assert!(r.header("etag").is_some() && r.header("last-modified").is_some());
+    assert!(r.header("date").is_some());
+    let r = curl(&["-r", "1000000-2000004"], &s.url("/assets/big.bin"));
+    assert_eq!(r.status, 206);
+    assert!(r.body == big[1_000_000..=2_000_004]);
+    assert_eq!(
+        r.header("content-range").as_deref(),
+        Some("bytes 1000000-2000004/3000001")
+    );
+    let r = curl(&["-r", "-5"], &s.url("/stemcell/initrd.img"));
+    assert_eq!((r.status, &r.body[..]), (206, &initrd[initrd.len() - 5..]));
+    let r = curl(&["-I"], &s.url("/assets/big.bin"));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-length").as_deref(), Some("3000001"));
+    // (curl -I writes the head as its output: a HEAD's empty body is checked below.)
+
+    // curl: the kernel then the initrd on one connection.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "20",
+            "-w",
+            "%{num_connects} %{http_code}\\n",
+        ])
+        .arg("-o")
+        .arg(tmp.path().join("k"))
+        .arg(s.url(&format!("/stemcell/vmlinuz?mac={WEB}")))
+        .arg("-o")
+        .arg(tmp.path().join("i"))
+        .arg(s.url("/stemcell/initrd.img"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout,
+        "1 200\n0 200\n",
+        "two files, one connection: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(std::fs::read(tmp.path().join("k")).unwrap() == kernel);
+    assert!(std::fs::read(tmp.path().join("i")).unwrap() == initrd);
+
+    // wget, the other client installers and people use.
+    let out = std::process::Command::new("wget")
+        .args(["-q", "-T", "20", "-O"])
+        .arg(tmp.path().join("w"))
+        .arg(s.url("/assets/big.bin"))
+        .status()
+        .expect("wget must be installed (apt-get install wget)");
+    assert!(out.success());
+    assert!(std::fs::read(tmp.path().join("w")).unwrap() == big);
+
+    // Pipelined in one write: files (sendfile), a route hyper serves (the connection is
+    // handed over with the bytes already read), then files through hyper.
+    let mut c = std::net::TcpStream::connect(&s.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut reqs = String::new();
+    for path in [
+        "/stemcell/vmlinuz",
+        "/assets/sub/file.txt",
+        "/healthz",
+        "/stemcell/initrd.img",
+        "/assets/big.bin",
+    ] {
+        reqs.push_str(&format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n"));
+    }
+    reqs.push_str("HEAD /stemcell/vmlinuz HTTP/1.1\r\nHost: x\r\n\r\n");
+    c.write_all(reqs.as_bytes()).unwrap();
+    let mut r = BufReader::new(c.try_clone().unwrap());
+    let mut next = |head_only| read_reply(&mut r, head_only).expect("a reply");
+    assert!(next(false).2 == kernel);
+    assert_eq!(next(false).2, b"asset");
+    assert_eq!(next(false).2, b"ok\n");
+    assert!(next(false).2 == initrd);
+    assert!(next(false).2 == big);
+    let (status, head, body) = next(true);
+    assert_eq!(status, 200);
+    assert!(head.contains("content-length: 1000000\r\n") && body.is_empty());
+
+    // Fast-path keep-alive: one connection, requests one after another, a 404 between.
+    let mut c = std::net::TcpStream::connect(&s.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut r = BufReader::new(c.try_clone().unwrap());
+    for (path, want) in [
+        ("/stemcell/initrd.img", 200),
+        ("/assets/nothing-here", 404),
+        ("/stemcell/vmlinuz", 200),
+    ] {
+        c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .unwrap();
+        assert_eq!(
+            read_reply(&mut r, false).expect("a reply").0,
+            want,
+            "{path}"
+        );
+    }
+    // Connection: close is honoured.
+    c.write_all(b"GET /assets/sub/file.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let (_, head, body) = read_reply(&mut r, false).unwrap();
+    assert!(
+        head.contains("connection: close") && body == b"asset",
+        "{head}"
+    );
+    assert!(
+        read_reply(&mut r, false).is_none(),
+        "the connection must close"
+    );
+
+    // A client that leaves in the middle of a file: the server carries on.
+    for _ in 0..3 {
+        let mut c = std::net::TcpStream::connect(&s.addr).unwrap();
+        c.write_all(b"GET /assets/big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut some = [0u8; 10_000];
+        c.read_exact(&mut some).unwrap();
+        drop(c);
+    }
+    let r = curl(&[], &s.url("/assets/big.bin"));
+    assert!(r.status == 200 && r.body == big);
+
+    // A file that shrinks while it is sent: the connection ends early with the file's own
+    // bytes (never other bytes, never a hang), the next request is served whole.
+    let huge = pattern(64 << 20, 11);
+    let path = dir.path().join("assets/shrinks.bin");
+    std::fs::write(&path, &huge).unwrap();
+    let mut c = std::net::TcpStream::connect(&s.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    c.write_all(b"GET /assets/shrinks.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut r = BufReader::new(c);
+    let mut head = String::new();
+    while !head.ends_with("\r\n\r\n") {
+        let mut b = [0u8; 1];
+        r.read_exact(&mut b).unwrap();
+        head.push(b[0] as char);
+    }
+    assert!(head.contains("content-length: 67108864"), "{head}");
+    let mut got = vec![0u8; 1 << 20];
+    r.read_exact(&mut got).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(2 << 20)
+        .unwrap();
+    r.read_to_end(&mut got)
+        .expect("the connection must end, not hang");
+    assert!(
+        got.len() < huge.len(),
+        "{} bytes sent of a file cut to 2 MiB",
+        got.len()
+    );
+    assert!(
+        got[..] == huge[..got.len()],
+        "the bytes sent must be the file's own"
+    );
+    assert!(
+        s.wait_log("shrank", Duration::from_secs(10)),
+        "{}",
+        s.log_text()
+    );
+    let r = curl(&[], &s.url("/assets/shrinks.bin"));
+    assert!(r.status == 200 && r.body[..] == huge[..2 << 20]);
+}

@@ -3,6 +3,7 @@
 
 use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use axum::body::Body;
@@ -77,7 +78,10 @@ struct Meta {
 }
 
 enum Source {
-    File(tokio::fs::File),
+    /// Sent with sendfile(2) on plain HTTP (`fast::SendFile`).
+    File(Arc<std::fs::File>),
+    /// Written from memory: on loopback and fast links that costs less CPU per GB than
+    /// sendfile (measured: 0.17 s against 0.23 s), and the bytes are already there.
     Memory(bytes::Bytes),
 }
 
@@ -113,6 +117,7 @@ pub(crate) async fn serve(path: &Path, headers: &HeaderMap) -> Response {
         Ok(m) if m.is_file() => m,
         _ => return not_found(),
     };
+    let file = Arc::new(file.into_std().await);
     respond(
         Meta {
             len: meta.len(),
@@ -130,7 +135,14 @@ pub(crate) async fn serve(path: &Path, headers: &HeaderMap) -> Response {
 /// of memory costs a fraction of the CPU of reading the file for every request.
 pub(crate) struct Cached {
     path: PathBuf,
-    current: std::sync::RwLock<Option<(Fingerprint, Meta, bytes::Bytes)>>,
+    current: std::sync::RwLock<Option<Loaded>>,
+}
+
+/// A cached file: its fingerprint, validators and bytes.
+struct Loaded {
+    fp: Fingerprint,
+    meta: Meta,
+    data: bytes::Bytes,
 }
 
 type Fingerprint = (u64, u64, i128);
@@ -146,60 +158,76 @@ impl Cached {
         }
     }
 
-    async fn load(&self) -> std::io::Result<Option<(Meta, bytes::Bytes)>> {
+    fn fingerprint(m: &std::fs::Metadata) -> Fingerprint {
         use std::os::unix::fs::MetadataExt;
+        (
+            m.ino(),
+            m.len(),
+            i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+        )
+    }
+
+    async fn load(&self) -> std::io::Result<Option<(Meta, Source)>> {
         let m = tokio::fs::metadata(&self.path).await?;
         if !m.is_file() || m.len() > CACHE_MAX {
             return Ok(None);
         }
-        let fp: Fingerprint = (
-            m.ino(),
-            m.len(),
-            i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
-        );
-        if let Some((f, meta, b)) = &*self.current.read().unwrap_or_else(|e| e.into_inner()) {
-            if *f == fp {
+        let fp = Self::fingerprint(&m);
+        if let Some(l) = &*self.current.read().unwrap_or_else(|e| e.into_inner()) {
+            if l.fp == fp {
                 return Ok(Some((
                     Meta {
-                        len: meta.len,
-                        mtime: meta.mtime,
+                        len: l.meta.len,
+                        mtime: l.meta.mtime,
                     },
-                    b.clone(),
+                    Source::Memory(l.data.clone()),
                 )));
             }
         }
-        let data = bytes::Bytes::from(tokio::fs::read(&self.path).await?);
-        if data.len() as u64 != m.len() {
+        // Read through one descriptor: the bytes and their fingerprint are the same file
+        // even if the path is replaced meanwhile.
+        let path = self.path.clone();
+        let (file, m, data) = tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut file = std::fs::File::open(&path)?;
+            let m = file.metadata()?;
+            let mut data = Vec::with_capacity(m.len() as usize);
+            (&mut file).take(CACHE_MAX + 1).read_to_end(&mut data)?;
+            Ok::<_, std::io::Error>((file, m, data))
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        let data = bytes::Bytes::from(data);
+        if !m.is_file() || data.len() as u64 != m.len() {
             // Changed while we read it: serve what we read, cache nothing.
             return Ok(Some((
                 Meta {
                     len: data.len() as u64,
                     mtime: m.modified().unwrap_or(UNIX_EPOCH),
                 },
-                data,
+                Source::Memory(data),
             )));
         }
         let meta = Meta {
             len: m.len(),
             mtime: m.modified().unwrap_or(UNIX_EPOCH),
         };
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some((
-            fp,
-            Meta {
+        drop(file);
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(Loaded {
+            fp: Self::fingerprint(&m),
+            meta: Meta {
                 len: meta.len,
                 mtime: meta.mtime,
             },
-            data.clone(),
-        ));
+            data: data.clone(),
+        });
         tracing::debug!(path = %self.path.display(), bytes = data.len(), "file cached in memory");
-        Ok(Some((meta, data)))
+        Ok(Some((meta, Source::Memory(data))))
     }
 
     pub(crate) async fn serve(&self, headers: &HeaderMap) -> Response {
         match self.load().await {
-            Ok(Some((meta, data))) => {
-                respond(meta, Source::Memory(data), headers, &self.path).await
-            }
+            Ok(Some((meta, source))) => respond(meta, source, headers, &self.path).await,
             Ok(None) => serve(&self.path, headers).await,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => not_found(),
             Err(e) => {
@@ -279,22 +307,44 @@ async fn respond(meta: Meta, source: Source, headers: &HeaderMap, path: &Path) -
         }
     };
     out.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
-    let body = match source {
-        Source::Memory(data) => Body::from(data.slice(start as usize..(start + count) as usize)),
-        Source::File(mut file) => {
+    let (body, file) = match source {
+        Source::Memory(data) => (
+            Body::from(data.slice(start as usize..(start + count) as usize)),
+            None,
+        ),
+        Source::File(file) => {
+            // hyper's body reads its own descriptor (its own offset); the plain
+            // listener's sendfile uses `file` and never moves an offset.
+            let mut own = match file.try_clone() {
+                Ok(f) => tokio::fs::File::from_std(f),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot read file");
+                    return (StatusCode::INTERNAL_SERVER_ERROR, "read error\n").into_response();
+                }
+            };
             if start > 0 {
-                if let Err(e) = file.seek(SeekFrom::Start(start)).await {
+                if let Err(e) = own.seek(SeekFrom::Start(start)).await {
                     tracing::warn!(path = %path.display(), error = %e, "seek failed");
                     return (StatusCode::INTERNAL_SERVER_ERROR, "read error\n").into_response();
                 }
             }
-            Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
-                file.take(count),
+            let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
+                own.take(count),
                 256 * 1024,
-            ))
+            ));
+            (body, Some(file))
         }
     };
-    (status, out, body).into_response()
+    let mut resp = (status, out, body).into_response();
+    if let Some(file) = file {
+        resp.extensions_mut().insert(super::fast::SendFile {
+            file,
+            path: Arc::new(path.to_path_buf()),
+            start,
+            count,
+        });
+    }
+    resp
 }
 
 #[cfg(test)]

@@ -100,10 +100,7 @@ impl Gate {
     }
 }
 
-/// The address a request's connection came in on (a request from this host to one of its
-/// own addresses has that address as its peer too).
-#[derive(Clone, Copy)]
-pub(crate) struct LocalAddr(pub(crate) SocketAddr);
+pub(crate) use super::fast::LocalAddr;
 
 /// In a request's extensions when it came over TLS (the page marks its cookie `Secure`).
 #[derive(Clone, Copy)]
@@ -159,6 +156,7 @@ pub(crate) async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let router = router.clone();
+        let fast_router = router.clone();
         let over_tls = tls.is_some();
         let local = stream.local_addr().ok();
         let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
@@ -172,10 +170,31 @@ pub(crate) async fn serve(
             router.clone().oneshot(req.map(axum::body::Body::new))
         });
         let Some(tls) = tls.clone() else {
-            let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+            // Plain HTTP: machines' files and scripts first (`fast`, sendfile), the rest
+            // of the connection by hyper once a request is anything else.
+            let conn = super::fast::Conn {
+                peer,
+                local,
+                router: fast_router,
+                header_timeout: limits.header_timeout,
+                max_head: limits.max_header_bytes.max(8192),
+                shutdown: shutdown.clone(),
+            };
+            let http = http.clone();
+            let watcher = graceful.watcher();
             tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(peer = %peer, error = %e, "HTTP connection ended with an error");
+                match super::fast::serve(&conn, stream).await {
+                    Ok(Some(rest)) => {
+                        let conn =
+                            watcher.watch(http.serve_connection(TokioIo::new(rest), service));
+                        if let Err(e) = conn.await {
+                            tracing::debug!(peer = %peer, error = %e, "HTTP connection ended with an error");
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::debug!(peer = %peer, error = %e, "HTTP connection ended with an error");
+                    }
                 }
                 drop((permit, slot));
             });

@@ -12,6 +12,7 @@
 //! Every request from a machine is an event in that machine's history.
 
 mod api;
+mod fast;
 pub(crate) mod files;
 pub(crate) mod grub;
 mod install;
@@ -174,7 +175,7 @@ fn finish(router: Router<App>, app: App) -> Router {
         // Everything else (forms, API actions) carries little or nothing.
         .layer(DefaultBodyLimit::max(16 << 10))
         .layer(axum::middleware::from_fn_with_state(
-            app.clone(),
+            app.metrics.clone(),
             count_requests,
         ))
         .with_state(app)
@@ -240,19 +241,21 @@ async fn local_only(
 /// Count every request by its route pattern (never the raw path: MACs would explode the
 /// label set) and status.
 async fn count_requests(
-    State(app): State<App>,
+    State(metrics): State<Arc<crate::metrics::Metrics>>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
     let route = req
         .extensions()
         .get::<axum::extract::MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".into());
+        .cloned();
     let resp = next.run(req).await;
-    app.metrics.inc(
+    metrics.inc(
         "stemcell_http_requests_total",
-        &[("route", &route), ("status", resp.status().as_str())],
+        &[
+            ("route", route.as_ref().map_or("unmatched", |p| p.as_str())),
+            ("status", resp.status().as_str()),
+        ],
         1.0,
     );
     resp

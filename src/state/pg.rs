@@ -306,6 +306,7 @@ fn empty() -> Entry {
     Entry {
         record: None,
         events: VecDeque::new(),
+        seq: 0,
     }
 }
 
@@ -367,7 +368,11 @@ async fn load_one(client: &Client, mac: MacAddr) -> Result<Option<Entry>, PgErro
     if record.is_none() && events.is_empty() {
         return Ok(None);
     }
-    Ok(Some(Entry { record, events }))
+    Ok(Some(Entry {
+        record,
+        events,
+        seq: 0,
+    }))
 }
 
 /// Put the database's copy of one machine into the mirror, unless lines of ours for it
