@@ -286,6 +286,10 @@ def cmd_report(args):
             if r[5] == "FAIL" and top in ("client", "generator"):
                 r[5] = "inconclusive: load generator bound"
             rows[-1] = tuple(r)
+        if "dhcp.sc.acks_not_in_journal" in s:
+            lost = sum(int(x) for x in s["dhcp.sc.acks_not_in_journal"])
+            rows.append(("DHCP: ACKs received without their lease in stemcell's journal, every run",
+                         str(lost), "—", "—", "0", "pass" if lost == 0 else "FAIL"))
         common = []
         for k in s:
             m = re.match(r"dhcp\.cpu\.sc\.(\d+)$", k)

@@ -364,7 +364,7 @@ EOF
     # dhcp_run SERVER RATE: one perfdhcp run against a fresh server; 0 if it kept up. Sets
     # LIMIT to where the drops were: "server" (its socket overflowed) or "client" (perfdhcp's did).
     dhcp_run() {
-        local srv=$1 rate=$2 sns=$NS_SS cns=$NS_SC out achieved drops ra sent acks ok=1 s0 c0 t0 s1 c1 t1 us
+        local srv=$1 rate=$2 sns=$NS_SS cns=$NS_SC out achieved drops ra sent acks ok=1 s0 c0 t0 s1 c1 t1 us bound
         [ "$srv" = kea ] && sns=$NS_KS cns=$NS_KC
         dhcp_start "$srv"
         out=$W/perfdhcp.$srv.$rate.out
@@ -382,6 +382,11 @@ EOF
         s1=$(udp_rcvbuf_errors $sns) c1=$(udp_rcvbuf_errors $cns) t1=$(cpu_ticks $SRV_PID)
         stop_pid "$SRV_PID"
         read -r achieved drops ra sent acks < <("${LIB[@]}" perfdhcp "${outs[@]}")
+        if [ "$srv" = sc ]; then # every ACK the generators received has its record in the journal
+            bound=$(grep -c '"state":"bound"' "$D/state/leases.journal")
+            sample dhcp.sc.acks_not_in_journal $((acks > bound ? acks - bound : 0))
+            [ "$bound" -ge "$acks" ] || log "  stemcell @ $rate/s: $acks ACKs received but only $bound leases in its journal: NOT DURABLE"
+        fi
         # Kept up: under 1% drops in both halves of the exchange, at (nearly) the rate asked.
         if $PY -c "import sys; a,d,r,rate=map(float,sys.argv[1:]); sys.exit(0 if d<1 and r<1 and a>=0.95*rate else 1)" "$achieved" "$drops" "$ra" "$rate"; then ok=0; fi
         us=$(calc "round(($t1 - $t0) * 1e6 / $(getconf CLK_TCK) / max(1, $acks), 1)")
