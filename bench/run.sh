@@ -400,7 +400,7 @@ EOF
         log "  $srv @ $rate/s: sent $sent DISCOVERs, achieved $achieved/s, drops $drops% (DISCOVER-OFFER) $ra% (REQUEST-ACK); socket overflows: server $((s1 - s0)), perfdhcp $((c1 - c0)); server CPU $us µs per DORA -> $([ $ok = 0 ] && echo kept up || echo "fell behind ($LIMIT)")"
         return $ok
     }
-    LADDER=(2000 4000 6000 8000 10000 12000 14000 16000 20000 24000 28000 32000 40000 48000 56000 64000)
+    LADDER=(1000 2000 4000 6000 8000 10000 12000 14000 16000 20000 24000 28000 32000 40000 48000 56000 64000)
     declare -A BEST PREV
     for round in $(seq "$DHCP_ROUNDS"); do
         declare -A IDX=() FINISHED=() LIM=()
@@ -535,6 +535,7 @@ set terminal pngcairo size 1200,520 font ",10"
 set output "$PNG"
 set multiplot layout 1,2 title "stemcell boot storm: seconds per machine by storm size (medians of $REPS runs; machines start within $STORM_RAMP s)"
 set logscale x
+set xrange [$(calc "min(int(x) for x in '$STORM_SIZES'.split()) * 0.7"):$(calc "max(int(x) for x in '$STORM_SIZES'.split()) * 1.4")]
 set xtics ($(for n in $STORM_SIZES; do printf '"%s" %s,' "$n" "$n"; done | sed 's/,$//'))
 set xlabel "machines"
 set ylabel "seconds"
@@ -591,7 +592,7 @@ if [ "$MD" != none ]; then
         echo
         want tftp && echo "- TFTP: \`atftp [--option \"blksize 1428\"] [--option \"windowsize 16\"] -g -r big.bin -l out.bin ADDR\` (50 MB), stemcell at 127.0.0.1, \`in.tftpd -L -s DIR -a 127.0.0.2:69\`"
         want http && echo "- HTTP: \`wrk -t2 -c4 -d${WRK_SECS}s URL\` (kernel: a 10 MB file; scripts: \`-s boot.lua\` picking one of 1,000 MACs), nginx at :8081 (sendfile, Debian's stock shape)"
-        want dhcp && echo "- DHCP: $DHCP_GENERATORS × \`perfdhcp -4 -r RATE/$DHCP_GENERATORS -R 50000 -p $DHCP_PERIOD -b mac=BASE -l ADDR 198.18.0.1\` at once (each its own relay address and MAC range), the rate stepped up to the first step not kept up; Kea (memfile persist, one thread) and stemcell (authoritative, journal fdatasync'ed before each ACK)"
+        want dhcp && echo "- DHCP: $DHCP_GENERATORS × \`perfdhcp -4 -r RATE/$DHCP_GENERATORS -R 50000/$DHCP_GENERATORS -p $DHCP_PERIOD -b mac=02:0G:00:00:00:00 -l ADDR 198.18.0.1\` at once (each its own relay address and MAC range), the rate stepped up to the first step not kept up; Kea (memfile persist, one thread) and stemcell (authoritative, journal fdatasync'ed before each ACK)"
         want storm && echo "- Storm: \`storm --macs MACS -n N --server 198.18.0.1 --relay 198.18.32.1,198.18.32.2,198.18.32.3,198.18.32.4 --ramp $STORM_RAMP --deadline $STORM_DEADLINE --tftp-file /usr/lib/ipxe/undionly.kpxe\` (bench/storm, release) for N in $STORM_SIZES"
         want inventory && echo "- Inventory: \`/usr/bin/time -v stemcell check\` and \`stemcell serve\` to \"stemcell ready\" with $INV_MACHINES machines"
         echo
