@@ -8,8 +8,10 @@
 # Knobs (environment): ONLY="tftp http dhcp dhcppg storm inventory" (a subset, in that order),
 # REPS=3 (runs per measurement; medians are reported), CHEAP_REPS=5 (TFTP and the
 # inventory), WRK_SECS=5, DHCP_PERIOD=5,
-# DHCP_ROUNDS=$REPS, PERFDHCP_BIGBUF=1, STORM_MACHINES=1000, STORM_MAX_TRANSFERS (stemcell's
-# tftp.max_transfers in the storm; default: stemcell's own), INV_MACHINES=100000, KEEP=1 (keep the work
+# DHCP_ROUNDS=$REPS, PERFDHCP_BIGBUF=1, STORM_SIZES="100 1000 5000" (machines per storm),
+# STORM_RAMP=3 (seconds in which a storm's machines start), STORM_DEADLINE=120 (per machine),
+# STORM_MAX_TRANSFERS (stemcell's tftp.max_transfers in the storm; default: stemcell's own),
+# INV_MACHINES=100000, KEEP=1 (keep the work
 # folder), CARGO_TARGET_DIR (where stemcell is built; default ./target), NO_BUILD=1 with
 # STEMCELL=/path/to/stemcell to measure a binary as it is.
 #
@@ -34,7 +36,10 @@ CHEAP_REPS=${CHEAP_REPS:-5} # TFTP and inventory runs take a second or two: more
 WRK_SECS=${WRK_SECS:-5}
 DHCP_PERIOD=${DHCP_PERIOD:-5}
 DHCP_ROUNDS=${DHCP_ROUNDS:-$REPS}
-STORM_MACHINES=${STORM_MACHINES:-1000}
+DHCP_GENERATORS=${DHCP_GENERATORS:-3}
+STORM_SIZES=${STORM_SIZES:-"100 1000 5000"}
+STORM_RAMP=${STORM_RAMP:-3}
+STORM_DEADLINE=${STORM_DEADLINE:-120}
 INV_MACHINES=${INV_MACHINES:-100000}
 ONLY=${ONLY:-"tftp http dhcp dhcppg storm inventory"}
 OUT_DIR=$REPO/target/bench
@@ -88,7 +93,7 @@ tcp_bound() { inns "$1" ss -Hltn "sport = :$2" | grep -q .; }
 [ "$(id -u)" = 0 ] || die "run as root (network namespaces, ports 67 and 69)"
 
 # ---- packages ----------------------------------------------------------------------------
-PACKAGES=(atftp tftpd-hpa nginx wrk kea-dhcp4-server kea-admin ipxe time curl iproute2 procps python3 gcc libc6-dev)
+PACKAGES=(atftp tftpd-hpa nginx wrk kea-dhcp4-server kea-admin ipxe time curl iproute2 procps python3 gcc libc6-dev gnuplot-nox)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -117,7 +122,7 @@ if ((${#missing[@]})); then
     fi
     [ -n "$CREATED_POLICY" ] && rm -f /usr/sbin/policy-rc.d && CREATED_POLICY=
 fi
-for t in atftp in.tftpd nginx wrk kea-dhcp4 perfdhcp /usr/bin/time curl ss; do
+for t in atftp in.tftpd nginx wrk kea-dhcp4 perfdhcp /usr/bin/time curl ss gnuplot; do
     command -v $t >/dev/null || die "$t is missing"
 done
 
@@ -131,6 +136,12 @@ else
     BIN=$TD/release/stemcell
 fi
 [ -x "$BIN" ] || die "no stemcell binary at $BIN"
+if want storm; then # the storm's generator: its own package and Cargo.lock (bench/storm), release
+    STORM_TD=${CARGO_TARGET_DIR:-$REPO/target}/bench-storm
+    log "building the storm generator (bench/storm, release) in $STORM_TD"
+    (cd "$BENCH/storm" && CARGO_TARGET_DIR=$STORM_TD cargo build --release --locked --quiet) || die "cargo build of bench/storm failed"
+    STORM=$STORM_TD/release/storm
+fi
 mkdir -p "$OUT_DIR"
 
 # A stemcell folder (lab_config; the caller sets its LAB_* knobs): DIR MODE
@@ -302,11 +313,13 @@ fi
 
 # ==== 3. DHCP: perfdhcp against Kea and stemcell, each in its own namespace pair =============
 if want dhcp; then
-    log "DHCP: perfdhcp -r RATE -R 50000 -p $DHCP_PERIOD, stepping the rate; Kea 2 (memfile, persist, one thread) vs stemcell (authoritative, journal synced before each ACK)"
+    log "DHCP: $DHCP_GENERATORS perfdhcp at once, -r RATE/$DHCP_GENERATORS each, -p $DHCP_PERIOD, stepping the rate; Kea 2 (memfile, persist, one thread) vs stemcell (authoritative, journal synced before each ACK)"
     for pair in "$NS_KS $NS_KC" "$NS_SS $NS_SC"; do
         read -r srv_ns cli_ns <<<"$pair"
         netns "$srv_ns"; netns "$cli_ns"
         lab_link "$srv_ns" s0 198.18.0.1/16 "$cli_ns" c0 198.18.0.2/16 || die "veth"
+        # one relay address per generator: 198.18.0.2, .3, ...
+        for g in $(seq 2 "$DHCP_GENERATORS"); do ip -n "$cli_ns" addr add "198.18.0.$((g + 1))/16" dev c0 || die "address"; done
     done
     D=$W/dhcp-sc
     LAB_IFACE=s0 LAB_TFTP_ROOT='' LAB_SUBNETS='    - subnet: 198.18.0.0/16
@@ -360,15 +373,29 @@ EOF
     # dhcp_run SERVER RATE: one perfdhcp run against a fresh server; 0 if it kept up. Sets
     # LIMIT to where the drops were: "server" (its socket overflowed) or "client" (perfdhcp's did).
     dhcp_run() {
-        local srv=$1 rate=$2 sns=$NS_SS cns=$NS_SC out achieved drops ra sent acks ok=1 s0 c0 t0 s1 c1 t1 us
+        local srv=$1 rate=$2 sns=$NS_SS cns=$NS_SC out achieved drops ra sent acks ok=1 s0 c0 t0 s1 c1 t1 us bound
         [ "$srv" = kea ] && sns=$NS_KS cns=$NS_KC
         dhcp_start "$srv"
         out=$W/perfdhcp.$srv.$rate.out
         s0=$(udp_rcvbuf_errors $sns) c0=$(udp_rcvbuf_errors $cns) t0=$(cpu_ticks $SRV_PID)
-        inns $cns timeout $((DHCP_PERIOD + 20)) "${PERFDHCP[@]}" -4 -r "$rate" -R 50000 -p "$DHCP_PERIOD" -l 198.18.0.2 198.18.0.1 >"$out" 2>&1
+        # DHCP_GENERATORS perfdhcp processes at once, each RATE/G, its own relay address (giaddr)
+        # and its own MAC range (50,000 clients in all, so the pool never runs out)
+        local g outs=() pids=()
+        for g in $(seq "$DHCP_GENERATORS"); do
+            outs+=("$out.$g")
+            inns $cns timeout $((DHCP_PERIOD + 20)) "${PERFDHCP[@]}" -4 -r $((rate / DHCP_GENERATORS)) -R $((50000 / DHCP_GENERATORS)) \
+                -p "$DHCP_PERIOD" -b "mac=02:0$g:00:00:00:00" -l "198.18.0.$((g + 1))" 198.18.0.1 >"$out.$g" 2>&1 &
+            pids+=($!)
+        done
+        wait "${pids[@]}"
         s1=$(udp_rcvbuf_errors $sns) c1=$(udp_rcvbuf_errors $cns) t1=$(cpu_ticks $SRV_PID)
         stop_pid "$SRV_PID"
-        read -r achieved drops ra sent acks < <("${LIB[@]}" perfdhcp "$out")
+        read -r achieved drops ra sent acks < <("${LIB[@]}" perfdhcp "${outs[@]}")
+        if [ "$srv" = sc ]; then # every ACK the generators received has its record in the journal
+            bound=$(grep -c '"state":"bound"' "$D/state/leases.journal")
+            sample dhcp.sc.acks_not_in_journal $((acks > bound ? acks - bound : 0))
+            [ "$bound" -ge "$acks" ] || log "  stemcell @ $rate/s: $acks ACKs received but only $bound leases in its journal: NOT DURABLE"
+        fi
         # Kept up: under 1% drops in both halves of the exchange, at (nearly) the rate asked.
         if $PY -c "import sys; a,d,r,rate=map(float,sys.argv[1:]); sys.exit(0 if d<1 and r<1 and a>=0.95*rate else 1)" "$achieved" "$drops" "$ra" "$rate"; then ok=0; fi
         us=$(calc "round(($t1 - $t0) * 1e6 / $(getconf CLK_TCK) / max(1, $acks), 1)")
@@ -382,10 +409,10 @@ EOF
         log "  $srv @ $rate/s: sent $sent DISCOVERs, achieved $achieved/s, drops $drops% (DISCOVER-OFFER) $ra% (REQUEST-ACK); socket overflows: server $((s1 - s0)), perfdhcp $((c1 - c0)); server CPU $us µs per DORA -> $([ $ok = 0 ] && echo kept up || echo "fell behind ($LIMIT)")"
         return $ok
     }
-    LADDER=(2000 4000 6000 8000 10000 12000 14000 16000 20000 24000 28000 32000 40000 48000 56000 64000)
+    LADDER=(1000 2000 4000 6000 8000 10000 12000 14000 16000 20000 24000 28000 32000 40000 48000 56000 64000)
     declare -A BEST PREV
     for round in $(seq "$DHCP_ROUNDS"); do
-        declare -A IDX=() FINISHED=() LIM=()
+        declare -A IDX=() FINISHED=() LIM=() AGAIN=()
         for srv in kea sc; do
             BEST[$srv]=0
             IDX[$srv]=0
@@ -406,6 +433,9 @@ EOF
                     BEST[$srv]=${LADDER[$i]}
                     IDX[$srv]=$((i + 1))
                     [ $((i + 1)) -ge ${#LADDER[@]} ] && FINISHED[$srv]=1
+                elif [ -z "${AGAIN[$srv.$i]:-}" ]; then
+                    AGAIN[$srv.$i]=1 # a step not kept up is run once more before it counts (a busy moment of the shared machine)
+                    log "  $srv @ ${LADDER[$i]}/s: once more"
                 elif [ "${BEST[$srv]}" != 0 ] || [ "$i" = 0 ]; then
                     FINISHED[$srv]=1
                     LIM[$srv]=$LIMIT
@@ -547,46 +577,47 @@ fi
 
 # ==== 4. Boot storm ===========================================================================
 if want storm; then
-    log "Boot storm: $STORM_MACHINES machines through PXE DHCP, TFTP undionly.kpxe, iPXE DHCP, boot script, kernel + initrd"
+    STORM_MAX=0
+    for n in $STORM_SIZES; do [ "$n" -gt "$STORM_MAX" ] && STORM_MAX=$n; done
+    [ "$STORM_MAX" -le 8000 ] || die "STORM_SIZES: at most 8000 machines (the storm's subnet is a /19)"
+    log "Boot storm: $STORM_SIZES machines (each size started within ${STORM_RAMP} s) through PXE DHCP, TFTP undionly.kpxe, iPXE DHCP, boot script, kernel + initrd"
     netns $NS_STS; netns $NS_STC
     lab_link $NS_STS s0 198.18.0.1/24 $NS_STC c0 198.18.0.2/24 || die "veth"
-    # The machines' subnet is behind the simulator, which is also their relay (198.18.8.1).
-    ip -n $NS_STC route add local 198.18.8.0/22 dev lo
-    ip -n $NS_STS route add 198.18.8.0/22 via 198.18.0.2
+    # The machines' subnet is behind the generator, which is also their relays (198.18.32.1-4:
+    # four sockets, machine i behind relay i mod 4, as four relays on one subnet would be).
+    ip -n $NS_STC route add local 198.18.32.0/19 dev lo
+    ip -n $NS_STS route add 198.18.32.0/19 via 198.18.0.2
     S=$W/storm
     LAB_IFACE=s0 LAB_TFTP_ROOT=/usr/lib/ipxe LAB_TFTP_MORE="${STORM_MAX_TRANSFERS:+  max_transfers: $STORM_MAX_TRANSFERS}" \
         LAB_SUBNETS='    - subnet: 198.18.0.0/24
       pool: [198.18.0.100, 198.18.0.199]
       router: 198.18.0.1
       lease_time: 1h
-    - subnet: 198.18.8.0/22
-      pool: [198.18.8.10, 198.18.11.250]
-      router: 198.18.8.1
+    - subnet: 198.18.32.0/19
+      pool: [198.18.32.10, 198.18.63.250]
+      router: 198.18.32.1
       dns: [198.18.0.1]
       lease_time: 1h' write_config "$S" authoritative
     head -c 10000000 /dev/urandom >"$S/stemcell/vmlinuz"
     head -c 1000000 /dev/urandom >"$S/stemcell/initrd.img"
-    "${LIB[@]}" inventory "$STORM_MACHINES" "$S/inventory.yaml" --prefix 52:54:01 || die "inventory"
+    "${LIB[@]}" inventory "$STORM_MAX" "$S/inventory.yaml" --prefix 52:54:01 || die "inventory"
     for rep in $(seq "$REPS"); do
-        rm -rf "$S/state"
-        start_stemcell $NS_STS "$S"
-        inns $NS_STC timeout 300 $PY "$BENCH/storm.py" --macs "$S/inventory.yaml.macs" --server 198.18.0.1 \
-            --relay 198.18.8.1 --ramp 3 >"$W/storm.$rep.json" 2>"$W/storm.$rep.err" || { cat "$W/storm.$rep.err" >&2; die "the storm simulator failed"; }
-        stop_pid $SC_PID
-        $PY - "$W/storm.$rep.json" "$SAMPLES" <<'EOF' >&2
-import json, sys
-r = json.load(open(sys.argv[1]))
-with open(sys.argv[2], "a") as f:
-    for k in ("machines", "completed", "failed", "p50", "p99", "ramp", "wall"):
-        f.write("storm.%s %s\n" % (k, round(r[k], 3) if isinstance(r[k], float) else r[k]))
-ph = " ".join("%s %.2f/%.2f" % (k, v["p50"] or 0, v["p99"] or 0) for k, v in r["phases"].items())
-print("        %d/%d completed, %d failed; per machine p50 %.2f s, p99 %.2f s; all done after %.1f s" % (
-    r["completed"], r["machines"], r["failed"], r["p50"] or 0, r["p99"] or 0, r["wall"]))
-print("        phases p50/p99 (s): " + ph)
-for reason, n in r["failures"]:
-    print("        failure x%d: %s" % (n, reason))
-EOF
-        log "  storm run $rep done ($(grep -c ' WARN \| ERROR ' "$S/stemcell.log") warnings/errors in stemcell's log)"
+        for n in $STORM_SIZES; do
+            rm -rf "$S/state"
+            start_stemcell $NS_STS "$S"
+            out=$W/storm.$n.$rep.json
+            t0=$(awk '{print $14 + $15}' "/proc/$SC_PID/stat")
+            inns $NS_STC timeout $((STORM_DEADLINE + 60)) "$STORM" --macs "$S/inventory.yaml.macs" -n "$n" \
+                --server 198.18.0.1 --relay 198.18.32.1,198.18.32.2,198.18.32.3,198.18.32.4 --ramp "$STORM_RAMP" \
+                --deadline "$STORM_DEADLINE" --tftp-file /usr/lib/ipxe/undionly.kpxe >"$out" 2>"$W/storm.$n.$rep.err" ||
+                { cat "$W/storm.$n.$rep.err" >&2; die "the storm generator failed"; }
+            t1=$(awk '{print $14 + $15}' "/proc/$SC_PID/stat")
+            sample "storm.$n.server_rss_mb" "$(awk '/VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$SC_PID/status")"
+            stop_pid $SC_PID
+            sample "storm.$n.server_cpu" "$(calc "round(($t1 - $t0) / $(getconf CLK_TCK), 2)")"
+            "${LIB[@]}" storm "$out" "$SAMPLES" >&2 || die "cannot read the storm's result $out"
+            log "  storm of $n, run $rep done ($(grep -c ' WARN \| ERROR ' "$S/stemcell.log") warnings/errors in stemcell's log)"
+        done
     done
 fi
 
@@ -628,18 +659,87 @@ fi
 
 # ==== report ====================================================================================
 log "done in $((SECONDS - T0)) s"
+ver() { dpkg-query -W -f='${Version}' "$1" 2>/dev/null || echo "not installed"; }
+PNG=
+if want storm; then # the storm's cost curve: machines vs p50 and p99, total and per phase
+    "${LIB[@]}" stormdata "$SAMPLES" "$W/storm.dat" || die "storm data"
+    PNG=$OUT_DIR/storm.png
+    gnuplot >"$W/gnuplot.log" 2>&1 <<EOF || { cat "$W/gnuplot.log" >&2; die "gnuplot failed"; }
+set terminal pngcairo size 1200,520 font ",10"
+set output "$PNG"
+set multiplot layout 1,2 title "stemcell boot storm: seconds per machine by storm size (medians of $REPS runs; machines start within $STORM_RAMP s)"
+set logscale x
+set xrange [$(calc "min(int(x) for x in '$STORM_SIZES'.split()) * 0.7"):$(calc "max(int(x) for x in '$STORM_SIZES'.split()) * 1.4")]
+set xtics ($(for n in $STORM_SIZES; do printf '"%s" %s,' "$n" "$n"; done | sed 's/,$//'))
+set xlabel "machines"
+set ylabel "seconds"
+set grid
+set key top left
+set yrange [0:*]
+names = "total PXE-DHCP TFTP iPXE-DHCP script kernel+initrd"
+set title "p50"
+plot for [i=0:5] "$W/storm.dat" using 1:(column(2 + 2 * i)) with linespoints lw (i == 0 ? 3 : 1.5) pt 7 title word(names, i + 1)
+set title "p99"
+plot for [i=0:5] "$W/storm.dat" using 1:(column(3 + 2 * i)) with linespoints lw (i == 0 ? 3 : 1.5) pt 7 title word(names, i + 1)
+unset multiplot
+EOF
+fi
 {
     echo "# stemcell benchmarks"
     echo
     echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) at the end;"
-    echo "stemcell $("$BIN" --version 2>/dev/null | awk '{print $2}') (binary of $(date -u -r "$BIN" '+%Y-%m-%d %H:%M UTC')),"
-    echo "tftp-hpa $(dpkg-query -W -f='${Version}' tftpd-hpa), nginx $(dpkg-query -W -f='${Version}' nginx),"
-    echo "Kea $(dpkg-query -W -f='${Version}' kea-dhcp4-server), PostgreSQL $(dpkg-query -W -f='${Version}' postgresql 2>/dev/null), atftp $(dpkg-query -W -f='${Version}' atftp), wrk $(dpkg-query -W -f='${Version}' wrk)."
-    echo "$CHEAP_REPS runs of TFTP and the inventory, $REPS of HTTP, DHCP and the storm; peer and stemcell alternate."
+    echo "stemcell $(git -C "$REPO" describe --tags --always --dirty 2>/dev/null || "$BIN" --version) (binary of $(date -u -r "$BIN" '+%Y-%m-%d %H:%M UTC')),"
+    echo "tftp-hpa $(ver tftpd-hpa), nginx $(ver nginx), Kea and perfdhcp $(ver kea-dhcp4-server), PostgreSQL $(ver postgresql), atftp $(ver atftp), wrk $(ver wrk)."
+    echo "Parts run: $ONLY. $CHEAP_REPS runs of TFTP and the inventory, $REPS of HTTP, DHCP and the storm; peer and stemcell alternate."
     echo
     "${LIB[@]}" report "$SAMPLES"
 } >"$OUT_DIR/results.md"
 cat "$OUT_DIR/results.md"
 echo
-echo "written to $OUT_DIR/results.md"
+echo "written to $OUT_DIR/results.md${PNG:+ and $PNG}"
+# BENCHMARKS.md (the repo's reference numbers, so that every later change can be compared with
+# them): the machine, the versions, the commands, the results and the storm's plot beside it
+# (bench/storm.png). BENCHMARKS=path writes it elsewhere (its plot beside it), BENCHMARKS=none not at all.
+MD=${BENCHMARKS:-$REPO/BENCHMARKS.md}
+if [ "$MD" != none ]; then
+    PNG_REL=bench/storm.png
+    [ "$MD" = "$REPO/BENCHMARKS.md" ] || PNG_REL=$(basename "$MD" .md).storm.png
+    [ -n "$PNG" ] && { mkdir -p "$(dirname "$MD")/$(dirname "$PNG_REL")"; cp "$PNG" "$(dirname "$MD")/$PNG_REL"; }
+    {
+        echo "# Benchmarks"
+        echo
+        echo "Written by \`bench/run.sh\` at the end of a run (bench/README.md says what each number means"
+        echo "and how it is measured). Run it again and compare: \`git diff BENCHMARKS.md\`."
+        echo
+        echo "## The run"
+        echo
+        echo "- When: $(date -u '+%Y-%m-%d %H:%M UTC'), $((SECONDS - T0)) s; load average at the end $(cut -d' ' -f1-3 /proc/loadavg)"
+        echo "- Command: \`$(for v in ONLY REPS CHEAP_REPS WRK_SECS DHCP_PERIOD DHCP_ROUNDS DHCP_GENERATORS STORM_SIZES STORM_RAMP INV_MACHINES; do printf '%s="%s" ' "$v" "${!v:-}"; done)bash bench/run.sh\`"
+        echo "- Parts: $ONLY"
+        echo "- Machine: $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo), $(nproc) cores (shared with other work),"
+        echo "  $(awk '/^MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo) RAM, Linux $(uname -r), $(. /etc/os-release && echo "$PRETTY_NAME")"
+        echo "- stemcell: $(git -C "$REPO" describe --tags --always --dirty 2>/dev/null) ($("$BIN" --version 2>/dev/null), release build)"
+        echo "- Peers and tools (Debian packages): nginx $(ver nginx), Kea $(ver kea-dhcp4-server), perfdhcp $(ver kea-admin),"
+        echo "  tftp-hpa $(ver tftpd-hpa), atftp $(ver atftp), wrk $(ver wrk), gnuplot $(ver gnuplot-nox); $(rustc --version 2>/dev/null)"
+        echo
+        echo "## Commands"
+        echo
+        want tftp && echo "- TFTP: \`atftp [--option \"blksize 1428\"] [--option \"windowsize 16\"] -g -r big.bin -l out.bin ADDR\` (50 MB), stemcell at 127.0.0.1, \`in.tftpd -L -s DIR -a 127.0.0.2:69\`"
+        want http && echo "- HTTP: \`wrk -t2 -c4 -d${WRK_SECS}s URL\` (kernel: a 10 MB file; scripts: \`-s boot.lua\` picking one of 1,000 MACs), nginx at :8081 (sendfile, Debian's stock shape)"
+        want dhcp && echo "- DHCP: $DHCP_GENERATORS × \`perfdhcp -4 -r RATE/$DHCP_GENERATORS -R 50000/$DHCP_GENERATORS -p $DHCP_PERIOD -b mac=02:0G:00:00:00:00 -l ADDR 198.18.0.1\` at once (each its own relay address and MAC range), the rate stepped up to the first step not kept up; Kea (memfile persist, one thread) and stemcell (authoritative, journal fdatasync'ed before each ACK)"
+        want storm && echo "- Storm: \`storm --macs MACS -n N --server 198.18.0.1 --relay 198.18.32.1,198.18.32.2,198.18.32.3,198.18.32.4 --ramp $STORM_RAMP --deadline $STORM_DEADLINE --tftp-file /usr/lib/ipxe/undionly.kpxe\` (bench/storm, release) for N in $STORM_SIZES"
+        want inventory && echo "- Inventory: \`/usr/bin/time -v stemcell check\` and \`stemcell serve\` to \"stemcell ready\" with $INV_MACHINES machines"
+        echo
+        echo "## Results"
+        echo
+        sed -n '/^| benchmark/,$p' "$OUT_DIR/results.md"
+        if [ -n "$PNG" ]; then
+            echo
+            echo "## Boot storm cost curve"
+            echo
+            echo "![seconds per machine by storm size, p50 and p99, total and per phase]($PNG_REL)"
+        fi
+    } >"$MD"
+    echo "written to $MD"
+fi
 if grep -q '| FAIL |' "$OUT_DIR/results.md"; then exit 3; fi

@@ -736,3 +736,55 @@ async fn a_missing_root_is_an_error() {
     assert_eq!(error.kind(), io::ErrorKind::NotFound);
     assert!(error.to_string().contains("stemcell-tftp-root"));
 }
+
+/// Reads a ReadAhead to its end; returns the bytes and the largest chunk buffer it held.
+async fn read_all(mut r: ReadAhead) -> (Vec<u8>, usize) {
+    let (mut out, mut held) = (Vec::new(), 0);
+    loop {
+        let n = {
+            let b = r.fill_buf().await.unwrap();
+            out.extend_from_slice(b);
+            b.len()
+        };
+        held = held.max(r.chunk.capacity());
+        if n == 0 {
+            return (out, held);
+        }
+        r.consume(n);
+    }
+}
+
+#[tokio::test]
+async fn read_ahead_holds_no_more_than_a_small_file_and_stops_at_its_announced_size() {
+    // A boot file smaller than a chunk: its buffer is its size (thousands run at once).
+    let small = pattern(70_000);
+    let (got, held) = read_all(ReadAhead::new(
+        Box::new(std::io::Cursor::new(small.clone())),
+        70_000,
+    ))
+    .await;
+    assert_eq!(got, small);
+    assert!(
+        held <= 70_000,
+        "a 70,000-byte file held a {held}-byte buffer"
+    );
+    // Exact multiples of a chunk, and a file that grew after tsize was announced: the
+    // transfer sends what it announced.
+    for (len, announced) in [
+        (2 * FILE_CHUNK, 2 * FILE_CHUNK),
+        (3 * FILE_CHUNK + 5, 2 * FILE_CHUNK + 7),
+        (0, 0),
+    ] {
+        let data = pattern(len);
+        let (got, _) = read_all(ReadAhead::new(
+            Box::new(std::io::Cursor::new(data.clone())),
+            announced as u64,
+        ))
+        .await;
+        assert_eq!(
+            got,
+            data[..announced],
+            "file of {len} bytes announced as {announced}"
+        );
+    }
+}
