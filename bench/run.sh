@@ -144,6 +144,24 @@ if want storm; then # the storm's generator: its own package and Cargo.lock (ben
 fi
 mkdir -p "$OUT_DIR"
 
+# kea_config DIR LEASE_DATABASE: DIR/kea-dhcp4.json for the DHCP benchmarks (s0, one thread,
+# 198.18.0.0/16 with the pool stemcell gets), its lease database given as JSON
+kea_config() {
+    cat >"$1/kea-dhcp4.json" <<EOF
+{ "Dhcp4": {
+    "interfaces-config": { "interfaces": [ "s0" ], "dhcp-socket-type": "udp" },
+    "lease-database": $2,
+    "multi-threading": { "enable-multi-threading": false },
+    "valid-lifetime": 3600,
+    "subnet4": [ { "id": 1, "subnet": "198.18.0.0/16",
+                   "pools": [ { "pool": "198.18.1.0 - 198.18.255.250" } ],
+                   "option-data": [ { "name": "routers", "data": "198.18.0.1" },
+                                    { "name": "domain-name-servers", "data": "198.18.0.1" } ] } ],
+    "loggers": [ { "name": "kea-dhcp4", "severity": "WARN", "output_options": [ { "output": "$1/kea.log" } ] } ]
+} }
+EOF
+}
+
 # A stemcell folder (lab_config; the caller sets its LAB_* knobs): DIR MODE
 write_config() { lab_config "$@" || die "cannot write the config in $1"; }
 # start_stemcell NS DIR: serve DIR's config in NS (fresh log DIR/stemcell.log); sets SC_PID
@@ -330,19 +348,7 @@ if want dhcp; then
     "${LIB[@]}" inventory 10 "$D/inventory.yaml" --prefix 52:54:03 || die "inventory"
     K=$W/kea
     mkdir -p "$K"
-    cat >"$K/kea-dhcp4.json" <<EOF
-{ "Dhcp4": {
-    "interfaces-config": { "interfaces": [ "s0" ], "dhcp-socket-type": "udp" },
-    "lease-database": { "type": "memfile", "persist": true, "name": "$K/leases4.csv", "lfc-interval": 0 },
-    "multi-threading": { "enable-multi-threading": false },
-    "valid-lifetime": 3600,
-    "subnet4": [ { "id": 1, "subnet": "198.18.0.0/16",
-                   "pools": [ { "pool": "198.18.1.0 - 198.18.255.250" } ],
-                   "option-data": [ { "name": "routers", "data": "198.18.0.1" },
-                                    { "name": "domain-name-servers", "data": "198.18.0.1" } ] } ],
-    "loggers": [ { "name": "kea-dhcp4", "severity": "WARN", "output_options": [ { "output": "$K/kea.log" } ] } ]
-} }
-EOF
+    kea_config "$K" '{ "type": "memfile", "persist": true, "name": "'"$K"'/leases4.csv", "lfc-interval": 0 }'
     # dhcp_start SERVER: a fresh server (empty lease store) in its namespace; sets SRV_PID
     dhcp_start() {
         if [ "$1" = kea ]; then
@@ -487,19 +493,7 @@ if want dhcppg; then
     printf 'store:\n  postgres:\n    url: "host=%s dbname=stemcell user=stemcell"\n    password_file: pg.password\n' "$PGD/sock" >>"$PD/stemcell.yaml"
     PK=$W/kea-pg
     mkdir -p "$PK"
-    cat >"$PK/kea-dhcp4.json" <<EOF
-{ "Dhcp4": {
-    "interfaces-config": { "interfaces": [ "s0" ], "dhcp-socket-type": "udp" },
-    "lease-database": { "type": "postgresql", "name": "kea", "user": "stemcell", "password": "$PGPW", "host": "$PGD/sock" },
-    "multi-threading": { "enable-multi-threading": false },
-    "valid-lifetime": 3600,
-    "subnet4": [ { "id": 1, "subnet": "198.18.0.0/16",
-                   "pools": [ { "pool": "198.18.1.0 - 198.18.255.250" } ],
-                   "option-data": [ { "name": "routers", "data": "198.18.0.1" },
-                                    { "name": "domain-name-servers", "data": "198.18.0.1" } ] } ],
-    "loggers": [ { "name": "kea-dhcp4", "severity": "WARN", "output_options": [ { "output": "$PK/kea.log" } ] } ]
-} }
-EOF
+    kea_config "$PK" '{ "type": "postgresql", "name": "kea", "user": "stemcell", "password": "'"$PGPW"'", "host": "'"$PGD"'/sock" }'
     # pg_fresh DB: an empty database DB (Kea's with its schema from kea-admin)
     pg_fresh() {
         { pgq "DROP DATABASE IF EXISTS $1 WITH (FORCE)" && pgq "CREATE DATABASE $1"; } || die "cannot make database $1"

@@ -199,6 +199,24 @@ pub(crate) async fn connect(
     Ok(client)
 }
 
+/// A connection LISTENing on `channel`, and the notifications it receives (the receiver
+/// ends when the connection does).
+pub(crate) async fn listen(
+    cfg: &tokio_postgres::Config,
+    channel: &str,
+) -> Result<
+    (
+        Client,
+        tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>,
+    ),
+    PgError,
+> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let client = connect(cfg, Some(tx)).await?;
+    client.batch_execute(&format!("LISTEN {channel}")).await?;
+    Ok((client, rx))
+}
+
 /// A database error with its server-side detail, which `Display` leaves out.
 pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {

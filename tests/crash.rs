@@ -699,32 +699,7 @@ fn sigkill_under_dhcp_and_http_load_loses_nothing_acknowledged() {
     let started = std::time::Instant::now();
     let state = p.dir.path().join("state");
     let pcap = p.dir.path().join("dhcp.pcap");
-    let mut dump = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &p.cli.name,
-            "tcpdump",
-            "-i",
-            "c0",
-            "-U",
-            "-n",
-        ])
-        .args(["-Z", "root", "-s", "0", "-w"])
-        .arg(&pcap)
-        .arg("udp port 67 or udp port 68")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("tcpdump");
-    {
-        use std::io::BufRead;
-        let mut line = String::new();
-        std::io::BufReader::new(dump.stderr.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert!(line.contains("listening on c0"), "tcpdump: {line}");
-    }
+    let mut dump = tcpdump(&p.cli, "c0", &pcap);
     let mut s = Server::start_in(Some(&p.srv), p.dir.path());
     let perf_out = p.dir.path().join("perfdhcp.out");
     let mut perf = Command::new("ip")

@@ -160,28 +160,6 @@ fn dhclient(ns: &Netns, dir: &Path, name: &str, iface: &str) -> (String, String,
     );
 }
 
-/// tcpdump of DHCP on `iface` in `ns` into `pcap`, running once it says it listens.
-fn tcpdump(ns: &Netns, iface: &str, pcap: &Path) -> Child {
-    let mut dump = Command::new("ip")
-        .args([
-            "netns", "exec", &ns.name, "tcpdump", "-i", iface, "-U", "-n",
-        ])
-        .args(["-B", "16384", "-Z", "root", "-s", "0", "-w"])
-        .arg(pcap)
-        .arg("udp port 67 or udp port 68")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("tcpdump");
-    use std::io::BufRead;
-    let mut line = String::new();
-    std::io::BufReader::new(dump.stderr.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.contains("listening on"), "tcpdump: {line}");
-    dump
-}
-
 fn stop(mut c: Child) {
     let _ = Command::new("kill")
         .args(["-INT", &c.id().to_string()])

@@ -127,7 +127,7 @@ impl PgLeaseStore {
         drop(first);
         let writer = Conn::open(&settings).await?;
         let alloc = Arc::new(Mutex::new(alloc));
-        let (listener, notes) = listen(&settings).await?;
+        let (listener, notes) = pg::listen(&settings, pg::LEASE_CHANNEL).await?;
         let loaded = load(&listener, &alloc).await?;
         tracing::info!(leases = loaded, server = %server, "lease database loaded");
         let stats = Arc::new(Stats::default());
@@ -192,24 +192,6 @@ impl PgLeaseStore {
     }
 }
 
-/// A LISTENing connection and its notifications.
-async fn listen(
-    settings: &tokio_postgres::Config,
-) -> Result<
-    (
-        Client,
-        mpsc::UnboundedReceiver<tokio_postgres::Notification>,
-    ),
-    PgError,
-> {
-    let (ntx, nrx) = mpsc::unbounded_channel();
-    let client = pg::connect(settings, Some(ntx)).await?;
-    client
-        .batch_execute(&format!("LISTEN {}", pg::LEASE_CHANNEL))
-        .await?;
-    Ok((client, nrx))
-}
-
 /// Every row into the mirror; how many.
 async fn load(client: &Client, alloc: &Mutex<Allocator>) -> Result<usize, PgError> {
     let rows = client
@@ -272,7 +254,7 @@ async fn listen_loop(
             Some(c) => c,
             None => {
                 tokio::time::sleep(RETRY_EVERY).await;
-                match listen(&settings).await {
+                match pg::listen(&settings, pg::LEASE_CHANNEL).await {
                     Ok((c, n)) => match load(&c, &alloc).await {
                         Ok(k) => {
                             tracing::info!(leases = k, "lease mirror reloaded from the database");

@@ -155,7 +155,7 @@ impl PgSink {
         let key = shared_key(&first).await?;
         drop(first);
         let writer = Conn::open(&settings).await?;
-        let (listener, notes) = listen(&settings).await?;
+        let (listener, notes) = pg::listen(&settings, pg::MACHINE_CHANNEL).await?;
         let machines = load_all(&writer.client).await?;
         tracing::info!(machines = machines.len(), server = %server, "machine database loaded");
         let mirror = mirror(machines);
@@ -263,23 +263,6 @@ async fn shared_key(client: &Client) -> Result<[u8; 32], PgError> {
     }
     k.copy_from_slice(&v);
     Ok(k)
-}
-
-async fn listen(
-    settings: &tokio_postgres::Config,
-) -> Result<
-    (
-        Client,
-        mpsc::UnboundedReceiver<tokio_postgres::Notification>,
-    ),
-    PgError,
-> {
-    let (ntx, nrx) = mpsc::unbounded_channel();
-    let client = pg::connect(settings, Some(ntx)).await?;
-    client
-        .batch_execute(&format!("LISTEN {}", pg::MACHINE_CHANNEL))
-        .await?;
-    Ok((client, nrx))
 }
 
 fn parse_record(mac: &str, json: &str) -> Option<Record> {
@@ -456,7 +439,7 @@ async fn listen_loop(
             Some(c) => c,
             None => {
                 tokio::time::sleep(RETRY_EVERY).await;
-                match listen(&settings).await {
+                match pg::listen(&settings, pg::MACHINE_CHANNEL).await {
                     Ok(c) => {
                         let Some(w) = writer.upgrade() else { return };
                         let _ = w.send(Op::ReloadAll);

@@ -685,3 +685,28 @@ pub fn acks_in(pcap: &[u8]) -> Vec<Ack> {
     }
     out
 }
+
+/// tcpdump of DHCP on `iface` in `ns` into `pcap`, running once it says it listens.
+pub fn tcpdump(ns: &Netns, iface: &str, pcap: &Path) -> Child {
+    let mut dump = Command::new("ip")
+        .args([
+            "netns", "exec", &ns.name, "tcpdump", "-i", iface, "-U", "-n",
+        ])
+        .args(["-B", "16384", "-Z", "root", "-s", "0", "-w"])
+        .arg(pcap)
+        .arg("udp port 67 or udp port 68")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("tcpdump");
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::BufReader::new(dump.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(
+        line.contains(&format!("listening on {iface}")),
+        "tcpdump: {line}"
+    );
+    dump
+}
