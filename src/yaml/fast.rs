@@ -14,6 +14,10 @@ use std::collections::HashSet;
 
 use super::{is_null, Kind, Node, Pos};
 
+/// The longest line the fast path reads (an implicit key may not span more than 1,024
+/// characters, so no key on a shorter line can).
+const MAX_LINE: usize = 1000;
+
 /// The tree of `text` if it is in the subset, else `None`.
 pub(crate) fn parse(text: &str) -> Option<Node> {
     // Printable ASCII and newlines only (YAML refuses control characters; tabs and CRs
@@ -24,21 +28,23 @@ pub(crate) fn parse(text: &str) -> Option<Node> {
     {
         return None;
     }
-    let lines: Vec<Line<'_>> = text
-        .split('\n')
-        .enumerate()
-        .filter_map(|(i, l)| {
-            let body = l.trim_start_matches(' ');
-            if body.is_empty() || body.starts_with('#') {
-                return None;
-            }
-            Some(Line {
-                no: i + 1,
-                indent: l.len() - body.len(),
-                text: l,
-            })
-        })
-        .collect();
+    let mut lines: Vec<Line<'_>> = Vec::new();
+    for (i, l) in text.split('\n').enumerate() {
+        // YAML's implicit keys end within 1,024 characters of their start; lines that
+        // long are left to the general parser, which enforces it.
+        if l.len() > MAX_LINE {
+            return None;
+        }
+        let body = l.trim_start_matches(' ');
+        if body.is_empty() || body.starts_with('#') {
+            continue;
+        }
+        lines.push(Line {
+            no: i + 1,
+            indent: l.len() - body.len(),
+            text: l,
+        });
+    }
     let first = lines.first()?;
     if first.text.starts_with("---") || first.text.starts_with('%') {
         return None;
@@ -434,6 +440,13 @@ mod tests {
         ] {
             assert!(parse(odd).is_none(), "{odd:?} should be left alone");
         }
+        // Found by the fuzzer: a quoted key longer than YAML's 1,024-character limit for
+        // implicit keys, which the general parser refuses.
+        let long = format!("a:\n  \"52:{}\":\n    b: c\n", "&".repeat(1100));
+        assert!(general(&long).is_none(), "the general parser refuses it");
+        assert!(parse(&long).is_none(), "a key over 1,024 characters is left alone");
+        let flow = format!("a: {{ {}: 1 }}\n", "k".repeat(1100));
+        assert!(parse(&flow).is_none());
     }
 
     /// Many small random documents from YAML-ish pieces: whenever the fast path takes one,
