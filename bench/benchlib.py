@@ -270,6 +270,15 @@ def cmd_report(args):
     if "http.script_pending.sc.rps" in s:
         ratio_row("HTTP /boot/MAC.ipxe, pending (armed), 1000 MACs (req/s)", "http.script_pending.sc.rps",
                   "http.static.nginx.rps", "", "≥ 1× nginx static", 1.0, peer_name=" (nginx, static file)")
+    for kind in ("installed", "pending"):
+        if "http.script_%s.sc.cpu_us" % kind in s and "http.static.nginx.cpu_us" in s:
+            ratio_row("HTTP /boot/MAC.ipxe, %s: server CPU per request (µs)" % kind,
+                      "http.script_%s.sc.cpu_us" % kind, "http.static.nginx.cpu_us", "",
+                      "(reported; lower is better)", 0.0, higher=False,
+                      peer_name=" (nginx, static file)")
+            r = list(rows[-1])
+            r[5] = "—"
+            rows[-1] = tuple(r)
     if "dhcp.sc" in s or "dhcp.kea" in s:
         ratio_row("DHCP sustained DORA/s, < 1% drops, durable leases", "dhcp.sc", "dhcp.kea", "",
                   "≥ 3× Kea", 3.0, peer_name=" (Kea, memfile, 1 thread)")

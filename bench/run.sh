@@ -303,6 +303,10 @@ EOF
             cpu=$(calc "round(($t1 - $t0) / $(getconf CLK_TCK) / max(0.001, $mbps * $WRK_SECS / 1000), 3)")
             sample "http.$name.cpu_per_gb" "$cpu"
             cpu=", server CPU $cpu s per GB"
+        else
+            cpu=$(calc "round(($t1 - $t0) / $(getconf CLK_TCK) / max(1, $rps * $WRK_SECS) * 1e6, 2)")
+            sample "http.$name.cpu_us" "$cpu"
+            cpu=", server CPU $cpu µs per request"
         fi
         if [ "${bad:-1}" != 0 ]; then log "  $name: $bad errors or non-2xx responses (see $out with KEEP=1)"; sample "http.errors.$name" "$bad"; fi
         sample "http.$name.rps" "$rps"

@@ -148,15 +148,27 @@ fn api_command(
     }
 }
 
-fn init_tracing() {
+/// Log lines go to stderr; for `serve` (`buffered`) through [`crate::logwriter`]'s thread.
+/// The returned guard writes out what is buffered when dropped.
+fn init_tracing(buffered: bool) -> Option<crate::logwriter::Guard> {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("STEMCELL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+        .with_ansi(ansi)
+        .with_target(false);
+    let guard = if buffered {
+        crate::logwriter::start().ok()
+    } else {
+        None
+    };
+    if guard.is_some() {
+        fmt.with_writer(|| crate::logwriter::Line).init();
+    } else {
+        fmt.with_writer(std::io::stderr).init();
+    }
+    guard
 }
 
 fn fail(f: crate::server::Fatal) -> ExitCode {
@@ -199,7 +211,7 @@ async fn wait_for_signal() {
 /// The `stemcell` command.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    let log = init_tracing(matches!(cli.command, Command::Serve { .. }));
     match cli.command {
         Command::Serve { config } => {
             let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -212,7 +224,10 @@ pub fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(serve(&config)) {
+            let result = rt.block_on(serve(&config));
+            // Every log line out before the last word.
+            drop(log);
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(f) => fail(f),
             }

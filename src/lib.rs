@@ -23,6 +23,7 @@ mod inventory;
 mod jail;
 mod journal;
 mod leases;
+mod logwriter;
 mod mac;
 mod metrics;
 mod network;

@@ -200,6 +200,7 @@ fn lower_layers_do_not_use_upper_ones() {
         "values",
         "jail",
         "journal",
+        "logwriter",
         "metrics",
         "leases",
         "dhcp",

@@ -109,6 +109,54 @@ pub(crate) struct OverTls;
 /// What the first bytes of a TLS port's connection must be: a TLS handshake record.
 const TLS_HANDSHAKE: u8 = 0x16;
 
+/// The threads that serve plain connections: one current-thread runtime each, as many as
+/// the machine has cores. A connection lives on one thread from accept to close, as in
+/// nginx's workers: its socket's readiness, its request and its response never cross
+/// threads, where the multi-thread runtime parked and woke a worker (a futex each way)
+/// for most requests of a keep-alive connection. What handlers spawn runs there too; the
+/// rest of the server (DHCP, TFTP, the journals' writers) keeps the main runtime.
+struct Workers {
+    handles: Vec<tokio::runtime::Handle>,
+    next: std::sync::atomic::AtomicUsize,
+    /// Cancelled when the listener is done: each thread's runtime then stops.
+    stop: CancellationToken,
+}
+
+impl Workers {
+    fn start() -> io::Result<Workers> {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get().min(64));
+        let stop = CancellationToken::new();
+        let mut handles = Vec::with_capacity(n);
+        for i in 0..n {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            handles.push(rt.handle().clone());
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name(format!("http-{i}"))
+                .spawn(move || rt.block_on(stop.cancelled()))?;
+        }
+        Ok(Workers {
+            handles,
+            next: std::sync::atomic::AtomicUsize::new(0),
+            stop,
+        })
+    }
+
+    /// The next thread, round robin.
+    fn pick(&self) -> &tokio::runtime::Handle {
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        &self.handles[i % self.handles.len()]
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
 /// Serve `router` on `listener` (over TLS with `tls`) until `shutdown`, then give open
 /// connections 10 s.
 pub(crate) async fn serve(
@@ -128,6 +176,12 @@ pub(crate) async fn serve(
         .max_buf_size(limits.max_header_bytes.max(8192))
         .keep_alive(true);
     let mut refused_total = 0u64;
+    // Plain connections run on their own threads; TLS ones (the operators') stay here.
+    let workers = if tls.is_none() {
+        Some(Workers::start()?)
+    } else {
+        None
+    };
     let result = loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break Ok(()),
@@ -182,7 +236,25 @@ pub(crate) async fn serve(
             };
             let http = http.clone();
             let watcher = graceful.watcher();
-            tokio::spawn(async move {
+            // Registered again with the reactor of the thread that serves it.
+            let stream = match stream.into_std() {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(peer = %peer, error = %e, "HTTP connection lost at accept");
+                    continue;
+                }
+            };
+            let spawn_on = workers
+                .as_ref()
+                .map_or_else(tokio::runtime::Handle::current, |w| w.pick().clone());
+            spawn_on.spawn(async move {
+                let stream = match tokio::net::TcpStream::from_std(stream) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::debug!(peer = %peer, error = %e, "HTTP connection lost at accept");
+                        return;
+                    }
+                };
                 match super::fast::serve(&conn, stream).await {
                     Ok(Some(rest)) => {
                         let conn =
@@ -246,6 +318,7 @@ pub(crate) async fn serve(
     {
         tracing::debug!("HTTP connections still open after 10 s (event streams); closing");
     }
+    drop(workers);
     result
 }
 

@@ -444,7 +444,10 @@ mod tests {
         // implicit keys, which the general parser refuses.
         let long = format!("a:\n  \"52:{}\":\n    b: c\n", "&".repeat(1100));
         assert!(general(&long).is_none(), "the general parser refuses it");
-        assert!(parse(&long).is_none(), "a key over 1,024 characters is left alone");
+        assert!(
+            parse(&long).is_none(),
+            "a key over 1,024 characters is left alone"
+        );
         let flow = format!("a: {{ {}: 1 }}\n", "k".repeat(1100));
         assert!(parse(&flow).is_none());
     }
