@@ -17,6 +17,7 @@ import concurrent.futures
 import datetime
 import http.client
 import ipaddress
+import os
 import re
 import statistics
 import sys
@@ -294,6 +295,22 @@ def cmd_report(args):
             if r[5] == "FAIL" and top in ("client", "generator"):
                 r[5] = "inconclusive: load generator bound"
             rows[-1] = tuple(r)
+        sc_cpu = [float(x) for k in s if re.match(r"dhcp\.cpu\.sc\.\d+$", k) for x in s[k]]
+        if "dhcp.gencpu" in s and "dhcp.kea" in s and sc_cpu:
+            # The generators share the machine with the server: at the lowest CPU per DORA
+            # either was measured at (their highest rates), the machine's cores carry at most
+            # this many DORA/s, whatever the server's ceiling is.
+            gen = min(float(x) for x in s["dhcp.gencpu"])
+            own = min(sc_cpu)
+            cores = os.cpu_count() or 1
+            most = int(cores * 1e6 / (gen + own))
+            kea = med(s, "dhcp.kea") or 0
+            rows.append(("DHCP: the most DORA/s %d cores can carry for perfdhcp (%.1f µs a DORA) "
+                         "and stemcell (%.1f µs) together" % (cores, gen, own),
+                         format(most, ",") + "/s", "3× Kea = %s/s" % format(int(3 * kea), ","), "—",
+                         "(reported: %s)" % ("3× Kea fits on this machine" if most >= 3 * kea
+                                             else "3× Kea cannot be shown on this machine"),
+                         "—"))
         if "dhcp.sc.acks_not_in_journal" in s:
             lost = sum(int(x) for x in s["dhcp.sc.acks_not_in_journal"])
             rows.append(("DHCP: ACKs received without their lease in stemcell's journal, every run",

@@ -383,7 +383,7 @@ if want dhcp; then
     # dhcp_run SERVER RATE: one perfdhcp run against a fresh server; 0 if it kept up. Sets
     # LIMIT to where the drops were: "server" (its socket overflowed) or "client" (perfdhcp's did).
     dhcp_run() {
-        local srv=$1 rate=$2 sns=$NS_SS cns=$NS_SC out achieved drops ra sent acks ok=1 s0 c0 t0 s1 c1 t1 us bound
+        local srv=$1 rate=$2 sns=$NS_SS cns=$NS_SC out achieved drops ra sent acks ok=1 s0 c0 t0 s1 c1 t1 us bound g0 g1 gus
         [ "$srv" = kea ] && sns=$NS_KS cns=$NS_KC
         dhcp_start "$srv"
         out=$W/perfdhcp.$srv.$rate.out
@@ -391,6 +391,8 @@ if want dhcp; then
         # DHCP_GENERATORS perfdhcp processes at once, each RATE/G, its own relay address (giaddr)
         # and its own MAC range (50,000 clients in all, so the pool never runs out)
         local g outs=() pids=()
+        # the generators' CPU: what this shell's reaped children used (perfdhcp under timeout)
+        g0=$(awk '{print $16 + $17}' /proc/$$/stat)
         for g in $(seq "$DHCP_GENERATORS"); do
             outs+=("$out.$g")
             inns $cns timeout $((DHCP_PERIOD + 20)) "${PERFDHCP[@]}" -4 -r $((rate / DHCP_GENERATORS)) -R $((50000 / DHCP_GENERATORS)) \
@@ -398,6 +400,7 @@ if want dhcp; then
             pids+=($!)
         done
         wait "${pids[@]}"
+        g1=$(awk '{print $16 + $17}' /proc/$$/stat)
         s1=$(udp_rcvbuf_errors $sns) c1=$(udp_rcvbuf_errors $cns) t1=$(cpu_ticks $SRV_PID)
         stop_pid "$SRV_PID"
         read -r achieved drops ra sent acks < <("${LIB[@]}" perfdhcp "${outs[@]}")
@@ -409,14 +412,16 @@ if want dhcp; then
         # Kept up: under 1% drops in both halves of the exchange, at (nearly) the rate asked.
         if $PY -c "import sys; a,d,r,rate=map(float,sys.argv[1:]); sys.exit(0 if d<1 and r<1 and a>=0.95*rate else 1)" "$achieved" "$drops" "$ra" "$rate"; then ok=0; fi
         us=$(calc "round(($t1 - $t0) * 1e6 / $(getconf CLK_TCK) / max(1, $acks), 1)")
+        gus=$(calc "round(($g1 - $g0) * 1e6 / $(getconf CLK_TCK) / max(1, $acks), 1)")
         [ $ok = 0 ] && sample "dhcp.cpu.$srv.$rate" "$us"
+        sample "dhcp.gencpu" "$gus"
         if [ $((c1 - c0)) -gt $((s1 - s0)) ]; then LIMIT=client
         elif [ $((s1 - s0)) -gt $((sent / 200)) ]; then LIMIT=server # over 0.5% overflowed the server's socket
         elif [ "$sent" -lt $((rate * DHCP_PERIOD * 95 / 100)) ] || $PY -c "import sys; sys.exit(0 if max(map(float, sys.argv[1:])) < 1 else 1)" "$drops" "$ra"; then
             LIMIT=generator # perfdhcp could not send (or count) that fast; under 1% was lost
         elif [ $((s1 - s0)) -gt 0 ]; then LIMIT=server
         else LIMIT=late; fi # answers lost or later than perfdhcp's 1 s
-        log "  $srv @ $rate/s: sent $sent DISCOVERs, achieved $achieved/s, drops $drops% (DISCOVER-OFFER) $ra% (REQUEST-ACK); socket overflows: server $((s1 - s0)), perfdhcp $((c1 - c0)); server CPU $us µs per DORA -> $([ $ok = 0 ] && echo kept up || echo "fell behind ($LIMIT)")"
+        log "  $srv @ $rate/s: sent $sent DISCOVERs, achieved $achieved/s, drops $drops% (DISCOVER-OFFER) $ra% (REQUEST-ACK); socket overflows: server $((s1 - s0)), perfdhcp $((c1 - c0)); server CPU $us µs per DORA, generators $gus µs -> $([ $ok = 0 ] && echo kept up || echo "fell behind ($LIMIT)")"
         return $ok
     }
     LADDER=(1000 2000 4000 6000 8000 10000 12000 14000 16000 20000 24000 28000 32000 40000 48000 56000 64000)

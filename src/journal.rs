@@ -3,7 +3,8 @@
 //! Owns the durability of small records (machine lifecycle, leases): a caller appends a
 //! line and, when it must be durable before answering (an ACK, a `done`), awaits the
 //! commit. One writer thread batches every line that arrived while the previous `fdatasync`
-//! ran, so many waiting callers share one sync. Compaction replaces the file with a
+//! ran, so many waiting callers share one sync; under load syncs start at most every
+//! [`SYNC_INTERVAL`], so each carries more lines. Compaction replaces the file with a
 //! snapshot through write-temp-then-rename, so a crash at any point leaves either the old
 //! journal or the new one, never a mix.
 //!
@@ -43,6 +44,14 @@ const RETRY_EVERY: Duration = Duration::from_secs(1);
 /// write (and one thread wake-up) for many events instead of one each. A durable append
 /// never waits for it.
 const LINGER: Duration = Duration::from_millis(5);
+
+/// The least time from one sync's start to the next's. Under load the writer would sync
+/// back to back, each sync carrying the few lines that arrived during the last one; syncs
+/// cost CPU (and the device's flushes) per call, not per line. Waiting out the rest of
+/// this interval gathers more lines per sync. A durable append after a quiet moment is
+/// synced at once: only an append that arrives within this time of the last sync waits,
+/// and never longer than this.
+const SYNC_INTERVAL: Duration = Duration::from_millis(1);
 
 /// Ops waiting for the writer, in order.
 #[derive(Default)]
@@ -592,6 +601,7 @@ impl Writer {
         }
         let _dead = Dead(rx.clone());
         let mut acks: Vec<Ack> = Vec::new();
+        let mut last_sync: Option<Instant> = None;
         loop {
             let first = if self.failing_since.is_some() {
                 match rx.recv_timeout(RETRY_EVERY) {
@@ -606,14 +616,29 @@ impl Writer {
                 }
             };
             // Take everything already queued: one write and one sync for the whole batch.
-            let mut next = first;
             let before = self.pending.len();
+            let full = |w: &Writer, acks: &Vec<Ack>| {
+                acks.len() >= 4096 || w.pending.len().saturating_sub(before) >= 4 << 20
+            };
+            let mut next = first;
             while let Some(op) = next.take() {
                 self.take(op, &mut acks);
-                if acks.len() >= 4096 || self.pending.len().saturating_sub(before) >= 4 << 20 {
+                if full(&self, &acks) {
                     break;
                 }
                 next = rx.try_recv();
+            }
+            // A sync soon after the last one: let more lines join it first.
+            if !acks.is_empty() && self.failing_since.is_none() && !full(&self, &acks) {
+                if let Some(wait) = last_sync.and_then(|t| SYNC_INTERVAL.checked_sub(t.elapsed())) {
+                    thread::sleep(wait);
+                    while let Some(op) = rx.try_recv() {
+                        self.take(op, &mut acks);
+                        if full(&self, &acks) {
+                            break;
+                        }
+                    }
+                }
             }
             // While writes fail, lines nobody waits for are retried once a second, not with
             // every line that arrives (each try may write megabytes only to cut them off).
@@ -625,6 +650,9 @@ impl Writer {
             }
             self.last_attempt = Some(Instant::now());
             let sync = !acks.is_empty() || self.failing_since.is_some();
+            if sync {
+                last_sync = Some(Instant::now());
+            }
             let result = self.write(sync);
             self.report(&result);
             for a in acks.drain(..) {
