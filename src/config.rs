@@ -823,6 +823,13 @@ fn read_tftp(r: &mut Report, node: &Node, dir: &Path) -> Option<TftpConfig> {
             None => {}
         }
     }
+    if let Some(n) = m.get("max_transfers_per_client") {
+        match r.parsed::<usize>(n, "tftp.max_transfers_per_client", "a whole number from 1") {
+            Some(0) => r.add(n.pos, "tftp.max_transfers_per_client must be at least 1"),
+            Some(v) => t.max_transfers_per_client = v,
+            None => {}
+        }
+    }
     if let Some(n) = m.get("max_window") {
         match r.parsed::<u16>(n, "tftp.max_window", "a whole number from 1 to 64") {
             Some(v @ 1..=64) => t.max_window = v,
@@ -836,7 +843,13 @@ fn read_tftp(r: &mut Report, node: &Node, dir: &Path) -> Option<TftpConfig> {
     m.deny_unknown(
         r,
         "tftp",
-        &["enabled", "root", "max_transfers", "max_window"],
+        &[
+            "enabled",
+            "root",
+            "max_transfers",
+            "max_transfers_per_client",
+            "max_window",
+        ],
     );
     enabled.then_some(t)
 }
@@ -1290,6 +1303,26 @@ admin_token_file: admin.token
         );
         let e = parse(&bad).unwrap_err().to_string();
         assert!(e.contains("dhcp.install_token_from_lease"), "{e}");
+    }
+
+    /// TFTP's bounds: all transfers and one client address's, each at least 1.
+    #[test]
+    fn tftp_transfer_bounds() {
+        let c = parse(&FULL.replace(
+            "  root: /usr/lib/ipxe",
+            "  root: /usr/lib/ipxe\n  max_transfers: 100\n  max_transfers_per_client: 2",
+        ))
+        .unwrap();
+        let t = c.tftp.unwrap();
+        assert_eq!((t.max_transfers, t.max_transfers_per_client), (100, 2));
+        assert_eq!(parse(FULL).unwrap().tftp.unwrap().max_transfers_per_client, 8);
+        let e = parse(&FULL.replace(
+            "  root: /usr/lib/ipxe",
+            "  root: /usr/lib/ipxe\n  max_transfers_per_client: 0",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("tftp.max_transfers_per_client must be at least 1"), "{e}");
     }
 
     /// `loaders` (UEFI HTTP boot's folder): TFTP's root by default, Debian's iPXE folder

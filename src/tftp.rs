@@ -53,6 +53,10 @@ pub(crate) struct TftpConfig {
     /// Transfers running at once; a request beyond this is left unanswered (firmware resends
     /// it a moment later; an ERROR would make it give up).
     pub(crate) max_transfers: usize,
+    /// Transfers one client address may run at once (firmware fetches one file at a time);
+    /// a request beyond this is left unanswered like one beyond `max_transfers`, so one
+    /// host cannot hold every slot a boot storm needs.
+    pub(crate) max_transfers_per_client: usize,
     /// Retransmission timeout when the client does not ask for one (RFC 2349 timeout).
     pub(crate) timeout: Duration,
     /// Retransmissions of one packet or window before the transfer is given up.
@@ -66,6 +70,7 @@ impl Default for TftpConfig {
         TftpConfig {
             root: PathBuf::from("/srv/tftp"),
             max_transfers: 4096,
+            max_transfers_per_client: 8,
             timeout: Duration::from_secs(1),
             retries: 5,
             max_window: 64,
@@ -172,6 +177,8 @@ pub(crate) enum Refusal {
     UnsupportedMode(String),
     #[error("server busy")]
     Busy,
+    #[error("this client already runs its most transfers at once")]
+    ClientBusy,
     /// A served name refused for the machine's sake (e.g. an install that was stopped).
     #[error("{0}")]
     Denied(String),
@@ -207,7 +214,7 @@ impl Refusal {
             | Refusal::WriteRequest
             | Refusal::Denied(_) => ErrorCode::AccessViolation,
             Refusal::UnsupportedMode(_) => ErrorCode::IllegalOperation,
-            Refusal::Busy | Refusal::Io(_) => ErrorCode::NotDefined,
+            Refusal::Busy | Refusal::ClientBusy | Refusal::Io(_) => ErrorCode::NotDefined,
         }
     }
 
@@ -276,6 +283,7 @@ pub(crate) async fn serve_with(
         local_ip: local.ip(),
     });
     let transfers = shutdown.child_token();
+    let running = Arc::new(Running::default());
     let tracker = TaskTracker::new();
     info!(addr = %local, root = %service.root.display(), "listening for TFTP on UDP");
 
@@ -292,6 +300,7 @@ pub(crate) async fn serve_with(
                     socket: &socket,
                     service: &service,
                     permits: &permits,
+                    running: &running,
                     tracker: &tracker,
                     transfers: &transfers,
                 };
@@ -323,11 +332,61 @@ fn is_transient(e: &io::Error) -> bool {
     )
 }
 
+/// The transfers running, by client address: the source ports of each.
+#[derive(Default)]
+struct Running(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, Vec<u16>>>);
+
+/// A running transfer's place in [`Running`], given back when dropped.
+struct RunningSlot {
+    running: Arc<Running>,
+    peer: SocketAddr,
+}
+
+/// Why a read request gets no transfer of its own.
+enum NoSlot {
+    /// The same client port already has a transfer running: a resent request, which that
+    /// transfer answers by retransmitting.
+    Duplicate,
+    /// The client address runs its most transfers already.
+    ClientBusy,
+}
+
+impl Running {
+    fn take(running: &Arc<Running>, peer: SocketAddr, max: usize) -> Result<RunningSlot, NoSlot> {
+        let mut m = running.0.lock().unwrap_or_else(|e| e.into_inner());
+        let ports = m.entry(peer.ip()).or_default();
+        if ports.contains(&peer.port()) {
+            return Err(NoSlot::Duplicate);
+        }
+        if ports.len() >= max {
+            return Err(NoSlot::ClientBusy);
+        }
+        ports.push(peer.port());
+        Ok(RunningSlot {
+            running: running.clone(),
+            peer,
+        })
+    }
+}
+
+impl Drop for RunningSlot {
+    fn drop(&mut self) {
+        let mut m = self.running.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(ports) = m.get_mut(&self.peer.ip()) {
+            ports.retain(|&p| p != self.peer.port());
+            if ports.is_empty() {
+                m.remove(&self.peer.ip());
+            }
+        }
+    }
+}
+
 /// What the listening loop needs to answer one datagram.
 struct Listener<'a> {
     socket: &'a UdpSocket,
     service: &'a Arc<Service>,
     permits: &'a Arc<Semaphore>,
+    running: &'a Arc<Running>,
     tracker: &'a TaskTracker,
     transfers: &'a CancellationToken,
 }
@@ -362,29 +421,45 @@ impl Listener<'_> {
     }
 
     async fn handle_read(&self, request: Request, peer: SocketAddr) {
+        let max = self.service.config.max_transfers_per_client;
+        let slot = match Running::take(self.running, peer, max) {
+            Ok(slot) => slot,
+            Err(NoSlot::Duplicate) => {
+                // Starting it again would send the file twice, in a storm twice the load.
+                debug!(peer = %peer, file = ?request.filename, "TFTP request resent while its transfer runs; that transfer answers it");
+                return;
+            }
+            Err(NoSlot::ClientBusy) => {
+                debug!(peer = %peer, file = ?request.filename, limit = max, "TFTP: this client runs its most transfers; request left unanswered for the client to resend");
+                return self.unanswered(request, peer, Refusal::ClientBusy);
+            }
+        };
         let permit = match Arc::clone(self.permits).try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
-                // Firmware gives up on an ERROR but resends an unanswered RRQ a moment
-                // later: in a boot storm, silence is the answer that gets the machine booted.
                 debug!(peer = %peer, file = ?request.filename, "TFTP busy: request left unanswered for the client to resend");
-                self.service.observer.transfer(TransferEvent {
-                    peer,
-                    file: request.filename,
-                    mode: request.mode,
-                    options: TransferOptions::plain(self.service.config.timeout),
-                    outcome: TransferOutcome::Refused(Refusal::Busy),
-                    elapsed: Duration::ZERO,
-                });
-                return;
+                return self.unanswered(request, peer, Refusal::Busy);
             }
         };
         let service = Arc::clone(self.service);
         let token = self.transfers.clone();
         self.tracker.spawn(async move {
             let event = run_transfer(&service, request, peer, &token).await;
-            drop(permit);
+            drop((permit, slot));
             service.observer.transfer(event);
+        });
+    }
+
+    /// Firmware gives up on an ERROR but resends an unanswered RRQ a moment later: in a
+    /// boot storm, silence is the answer that gets the machine booted.
+    fn unanswered(&self, request: Request, peer: SocketAddr, why: Refusal) {
+        self.service.observer.transfer(TransferEvent {
+            peer,
+            file: request.filename,
+            mode: request.mode,
+            options: TransferOptions::plain(self.service.config.timeout),
+            outcome: TransferOutcome::Refused(why),
+            elapsed: Duration::ZERO,
         });
     }
 

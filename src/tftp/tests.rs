@@ -707,6 +707,58 @@ async fn requests_beyond_the_bound_are_left_for_the_client_to_resend() {
     server.stop().await;
 }
 
+/// One client address holds at most `max_transfers_per_client` transfers (the rest of the
+/// server's slots stay free for other machines), and a request resent from the port of a
+/// transfer that is running starts nothing new: that transfer answers it.
+#[tokio::test]
+async fn one_client_address_is_bounded_and_resent_requests_start_nothing() {
+    let server = TestServer::start(TftpConfig {
+        max_transfers_per_client: 1,
+        ..TftpConfig::default()
+    })
+    .await;
+    server.write("f", &pattern(1500));
+    let first = Client::new().await;
+    first.rrq(server.addr, "f", Mode::Octet, &[]).await;
+    let (data, tid) = first.expect().await;
+    assert_eq!(data, "DATA 1 512");
+    // The same request again from the same port (its DATA was "lost"): no second transfer
+    // (which would send DATA 1 at once from a new port); the running one resends after
+    // its time-out, from its own port.
+    first.rrq(server.addr, "f", Mode::Octet, &[]).await;
+    first.expect_silence(Duration::from_millis(500)).await;
+    let (again, from) = first.expect().await;
+    assert_eq!(
+        (again.as_str(), from),
+        ("DATA 1 512", tid),
+        "the running transfer's retransmission"
+    );
+    // A second port of the same address: over its bound, silence (not an ERROR).
+    let second = Client::new().await;
+    second.rrq(server.addr, "f", Mode::Octet, &[]).await;
+    second.expect_silence(Duration::from_millis(300)).await;
+    for block in 1..=2u16 {
+        first.send(&Packet::Ack(block), tid).await;
+        assert_eq!(
+            first.expect().await.0,
+            format!(
+                "DATA {} {}",
+                block + 1,
+                if block == 2 { 1500 - 1024 } else { 512 }
+            )
+        );
+    }
+    first.send(&Packet::Ack(3), tid).await;
+    // The first transfer ended (one event); the second port's resend is served now.
+    let events = server.events(2).await;
+    assert!(events
+        .iter()
+        .any(|e| e.outcome == TransferOutcome::Refused(Refusal::ClientBusy)));
+    let fetched = fetch(server.addr, "f", Mode::Octet, &[]).await.unwrap();
+    assert_eq!(fetched.data, pattern(1500));
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn shutdown_cancels_transfers_in_flight_and_returns() {
     let server = TestServer::with_defaults().await;
