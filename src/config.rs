@@ -1315,14 +1315,20 @@ admin_token_file: admin.token
         .unwrap();
         let t = c.tftp.unwrap();
         assert_eq!((t.max_transfers, t.max_transfers_per_client), (100, 2));
-        assert_eq!(parse(FULL).unwrap().tftp.unwrap().max_transfers_per_client, 8);
+        assert_eq!(
+            parse(FULL).unwrap().tftp.unwrap().max_transfers_per_client,
+            8
+        );
         let e = parse(&FULL.replace(
             "  root: /usr/lib/ipxe",
             "  root: /usr/lib/ipxe\n  max_transfers_per_client: 0",
         ))
         .unwrap_err()
         .to_string();
-        assert!(e.contains("tftp.max_transfers_per_client must be at least 1"), "{e}");
+        assert!(
+            e.contains("tftp.max_transfers_per_client must be at least 1"),
+            "{e}"
+        );
     }
 
     /// `loaders` (UEFI HTTP boot's folder): TFTP's root by default, Debian's iPXE folder
