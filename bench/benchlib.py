@@ -231,6 +231,13 @@ def cmd_report(args):
     s = load_samples(args[0])
     rows = []  # benchmark, stemcell, peer, ratio, target, result
 
+    def reported_row(name, sk, pk, peer_name):
+        """A lower-is-better ratio shown without a verdict."""
+        ratio_row(name, sk, pk, "", "(reported; lower is better)", 0, higher=False, peer_name=peer_name)
+        r = list(rows[-1])
+        r[5] = "—"
+        rows[-1] = tuple(r)
+
     def ratio_row(name, sk, pk, unit, target, minimum, higher=True, peer_name=""):
         a, b = med(s, sk), med(s, pk)
         if a is None or b is None or b == 0 or a == 0:
@@ -273,13 +280,9 @@ def cmd_report(args):
                   "http.static.nginx.rps", "", "≥ 1× nginx static", 1.0, peer_name=" (nginx, static file)")
     for kind in ("installed", "pending"):
         if "http.script_%s.sc.cpu_us" % kind in s and "http.static.nginx.cpu_us" in s:
-            ratio_row("HTTP /boot/MAC.ipxe, %s: server CPU per request (µs)" % kind,
-                      "http.script_%s.sc.cpu_us" % kind, "http.static.nginx.cpu_us", "",
-                      "(reported; lower is better)", 0.0, higher=False,
-                      peer_name=" (nginx, static file)")
-            r = list(rows[-1])
-            r[5] = "—"
-            rows[-1] = tuple(r)
+            reported_row("HTTP /boot/MAC.ipxe, %s: server CPU per request (µs)" % kind,
+                         "http.script_%s.sc.cpu_us" % kind, "http.static.nginx.cpu_us",
+                         " (nginx, static file)")
     if "dhcp.sc" in s or "dhcp.kea" in s:
         ratio_row("DHCP sustained DORA/s, < 1% drops, durable leases", "dhcp.sc", "dhcp.kea", "",
                   "≥ 3× Kea", 3.0, peer_name=" (Kea, memfile, 1 thread)")
@@ -322,12 +325,8 @@ def cmd_report(args):
                 common.append(int(m.group(1)))
         if common:
             rate = max(common)
-            ratio_row("DHCP server CPU per DORA at %s/s, both keeping up (µs)" % format(rate, ","),
-                      "dhcp.cpu.sc.%d" % rate, "dhcp.cpu.kea.%d" % rate, "", "(reported; lower is better)",
-                      0, higher=False, peer_name=" (Kea)")
-            r = list(rows[-1])
-            r[5] = "—"
-            rows[-1] = tuple(r)
+            reported_row("DHCP server CPU per DORA at %s/s, both keeping up (µs)" % format(rate, ","),
+                         "dhcp.cpu.sc.%d" % rate, "dhcp.cpu.kea.%d" % rate, " (Kea)")
     if "dhcppg.sc" in s or "dhcppg.kea" in s:
         ratio_row("DHCP on PostgreSQL: sustained DORA/s, < 1% drops, committed leases", "dhcppg.sc",
                   "dhcppg.kea", "", "≥ 2× Kea", 2.0, peer_name=" (Kea, PostgreSQL backend, 1 thread)")
@@ -336,12 +335,8 @@ def cmd_report(args):
         if common:
             rate = common[-1]
             for key, what in (("cpu", "server"), ("dbcpu", "database server")):
-                ratio_row("DHCP on PostgreSQL: %s CPU per DORA at %s/s, both keeping up (µs)" % (what, format(rate, ",")),
-                          "dhcppg.%s.sc.%d" % (key, rate), "dhcppg.%s.kea.%d" % (key, rate), "",
-                          "(reported; lower is better)", 0, higher=False, peer_name=" (Kea)")
-                r = list(rows[-1])
-                r[5] = "—"
-                rows[-1] = tuple(r)
+                reported_row("DHCP on PostgreSQL: %s CPU per DORA at %s/s, both keeping up (µs)" % (what, format(rate, ",")),
+                             "dhcppg.%s.sc.%d" % (key, rate), "dhcppg.%s.kea.%d" % (key, rate), " (Kea)")
     for n in storm_sizes(s):
         k = "storm.%d." % n
         done = [int(x) for x in s.get(k + "completed", [])]

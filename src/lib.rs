@@ -35,6 +35,7 @@ mod puppet;
 mod render;
 mod secrets;
 mod server;
+mod slots;
 mod state;
 mod tftp;
 mod values;

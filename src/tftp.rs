@@ -34,6 +34,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::jail;
+use crate::slots::{NoSlot, PerClient};
 use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -283,7 +284,7 @@ pub(crate) async fn serve_with(
         local_ip: local.ip(),
     });
     let transfers = shutdown.child_token();
-    let running = Arc::new(Running::default());
+    let running = Arc::new(PerClient::default());
     let tracker = TaskTracker::new();
     info!(addr = %local, root = %service.root.display(), "listening for TFTP on UDP");
 
@@ -332,61 +333,12 @@ fn is_transient(e: &io::Error) -> bool {
     )
 }
 
-/// The transfers running, by client address: the source ports of each.
-#[derive(Default)]
-struct Running(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, Vec<u16>>>);
-
-/// A running transfer's place in [`Running`], given back when dropped.
-struct RunningSlot {
-    running: Arc<Running>,
-    peer: SocketAddr,
-}
-
-/// Why a read request gets no transfer of its own.
-enum NoSlot {
-    /// The same client port already has a transfer running: a resent request, which that
-    /// transfer answers by retransmitting.
-    Duplicate,
-    /// The client address runs its most transfers already.
-    ClientBusy,
-}
-
-impl Running {
-    fn take(running: &Arc<Running>, peer: SocketAddr, max: usize) -> Result<RunningSlot, NoSlot> {
-        let mut m = running.0.lock().unwrap_or_else(|e| e.into_inner());
-        let ports = m.entry(peer.ip()).or_default();
-        if ports.contains(&peer.port()) {
-            return Err(NoSlot::Duplicate);
-        }
-        if ports.len() >= max {
-            return Err(NoSlot::ClientBusy);
-        }
-        ports.push(peer.port());
-        Ok(RunningSlot {
-            running: running.clone(),
-            peer,
-        })
-    }
-}
-
-impl Drop for RunningSlot {
-    fn drop(&mut self) {
-        let mut m = self.running.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(ports) = m.get_mut(&self.peer.ip()) {
-            ports.retain(|&p| p != self.peer.port());
-            if ports.is_empty() {
-                m.remove(&self.peer.ip());
-            }
-        }
-    }
-}
-
 /// What the listening loop needs to answer one datagram.
 struct Listener<'a> {
     socket: &'a UdpSocket,
     service: &'a Arc<Service>,
     permits: &'a Arc<Semaphore>,
-    running: &'a Arc<Running>,
+    running: &'a Arc<PerClient>,
     tracker: &'a TaskTracker,
     transfers: &'a CancellationToken,
 }
@@ -422,14 +374,14 @@ impl Listener<'_> {
 
     async fn handle_read(&self, request: Request, peer: SocketAddr) {
         let max = self.service.config.max_transfers_per_client;
-        let slot = match Running::take(self.running, peer, max) {
+        let slot = match PerClient::take(self.running, peer, max) {
             Ok(slot) => slot,
-            Err(NoSlot::Duplicate) => {
+            Err(NoSlot::Held) => {
                 // Starting it again would send the file twice, in a storm twice the load.
                 debug!(peer = %peer, file = ?request.filename, "TFTP request resent while its transfer runs; that transfer answers it");
                 return;
             }
-            Err(NoSlot::ClientBusy) => {
+            Err(NoSlot::Full) => {
                 debug!(peer = %peer, file = ?request.filename, limit = max, "TFTP: this client runs its most transfers; request left unanswered for the client to resend");
                 return self.unanswered(request, peer, Refusal::ClientBusy);
             }

@@ -202,6 +202,7 @@ fn lower_layers_do_not_use_upper_ones() {
         "journal",
         "logwriter",
         "metrics",
+        "slots",
         "leases",
         "dhcp",
         "dhcp6",

@@ -19,10 +19,9 @@
 //! logged and waited out; any other means the listening socket is gone, and `serve`
 //! returns it, which stops the server (see `server::run`).
 
-use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
@@ -32,43 +31,9 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use crate::slots::PerClient;
+
 pub(crate) use crate::config::HttpLimits as Limits;
-
-/// Connections per client address, released when a connection ends.
-#[derive(Default)]
-struct PerClient(Mutex<HashMap<IpAddr, usize>>);
-
-struct ClientSlot {
-    table: Arc<PerClient>,
-    ip: IpAddr,
-}
-
-impl PerClient {
-    fn take(table: &Arc<PerClient>, ip: IpAddr, max: usize) -> Option<ClientSlot> {
-        let mut m = table.0.lock().unwrap_or_else(|e| e.into_inner());
-        let n = m.entry(ip).or_default();
-        if *n >= max {
-            return None;
-        }
-        *n += 1;
-        Some(ClientSlot {
-            table: table.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for ClientSlot {
-    fn drop(&mut self) {
-        let mut m = self.table.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = m.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(&self.ip);
-            }
-        }
-    }
-}
 
 /// An accept error that says nothing about the listening socket itself.
 fn passing(e: &io::Error) -> bool {
@@ -203,8 +168,7 @@ pub(crate) async fn serve(
             }
             continue;
         };
-        let Some(slot) = PerClient::take(&per_client, peer.ip(), limits.max_connections_per_client)
-        else {
+        let Ok(slot) = PerClient::take(&per_client, peer, limits.max_connections_per_client) else {
             tracing::debug!(peer = %peer, limit = limits.max_connections_per_client, "HTTP connection refused: too many from this address");
             continue;
         };
@@ -318,25 +282,12 @@ pub(crate) async fn serve(
     {
         tracing::debug!("HTTP connections still open after 10 s (event streams); closing");
     }
-    drop(workers);
     result
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn per_client_slots_are_bounded_and_released() {
-        let t = Arc::new(PerClient::default());
-        let ip: IpAddr = "198.18.0.7".parse().unwrap();
-        let a = PerClient::take(&t, ip, 2).unwrap();
-        let _b = PerClient::take(&t, ip, 2).unwrap();
-        assert!(PerClient::take(&t, ip, 2).is_none());
-        assert!(PerClient::take(&t, "198.18.0.8".parse().unwrap(), 2).is_some());
-        drop(a);
-        assert!(PerClient::take(&t, ip, 2).is_some());
-    }
 
     #[test]
     fn only_a_dead_listener_is_fatal() {
